@@ -1,0 +1,1 @@
+"""deeproom.models"""

@@ -1,0 +1,1 @@
+"""DeepRoom core."""

@@ -1,0 +1,315 @@
+"""The replicated room document: a pycrdt (Yjs) document holding a room's state.
+
+`RoomDocument.apply` is the one place an operation changes a room: it checks the
+operation against the current state and the actor's role, then writes it into the
+CRDT. Copies of a document exchange binary updates (`update_since`, `apply_update`)
+and converge whatever order the updates arrive in; a copy that was offline catches
+up by sending its state vector and receiving only what it lacks.
+
+Layout of the CRDT: three root maps, `settings` (scalar fields), `panels` (panel id ->
+map of fields) and `participants` (participant id -> map of fields). Panels are
+nested maps so concurrent edits to different fields of one panel (a move and a
+retitle) both survive; a transform is written as one value so a concurrent move
+never mixes two positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pycrdt import Doc, Map
+
+from deeproom.errors import ValidationError
+from deeproom.ops import (
+    SYSTEM,
+    AddPanel,
+    Join,
+    Leave,
+    LockLayout,
+    LockPanel,
+    MovePanel,
+    MuteAll,
+    MuteParticipant,
+    Operation,
+    RaiseHand,
+    RemovePanel,
+    RenameRoom,
+    ResizePanel,
+    RetitlePanel,
+    SetCapacity,
+    SetFollow,
+    SetPanelContent,
+    SetProfile,
+    SetRole,
+    SetVoiceMode,
+    UnlockPanel,
+    parse_operation,
+)
+from deeproom.state import (
+    FollowMode,
+    Panel,
+    Participant,
+    Role,
+    Room,
+    RoomSettings,
+)
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+REMOTE = "remote"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChange:
+    """What observers are told after every change."""
+
+    room: Room
+    """The room as it is now."""
+    operation: Operation | None
+    """The operation applied here, or None for an update that came from another copy."""
+    actor: str | None
+    """Who applied the operation (None for remote updates)."""
+    update: bytes
+    """The CRDT update this change produced (what another copy needs to apply)."""
+    origin: str
+    """LOCAL for an operation applied on this copy, REMOTE for an applied update."""
+
+
+class Subscription:
+    """Returned by `observe`; call `unsubscribe()` (or use as a context manager) to stop."""
+
+    def __init__(self, owner: RoomDocument, callback: Callable[[RoomChange], None]) -> None:
+        self._owner: RoomDocument | None = owner
+        self.callback = callback
+
+    def unsubscribe(self) -> None:
+        if self._owner is not None:
+            self._owner._observers.remove(self)
+            self._owner = None
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unsubscribe()
+
+
+class RoomDocument:
+    """One copy of a room's replicated state."""
+
+    def __init__(self, room_id: str, *, update: bytes | None = None, client_id: int | None = None) -> None:
+        self.room_id = room_id
+        self._doc: Doc = Doc(client_id=client_id) if client_id is not None else Doc()
+        self._settings: Map = self._doc.get("settings", type=Map)
+        self._panels: Map = self._doc.get("panels", type=Map)
+        self._participants: Map = self._doc.get("participants", type=Map)
+        self._observers: list[Subscription] = []
+        self._snapshot: Room | None = None
+        self._pending: tuple[Operation | None, str | None, str] | None = None
+        self._doc.observe(self._on_transaction)
+        if update:
+            self.apply_update(update)
+
+    # --- reading -------------------------------------------------------------------
+
+    @property
+    def client_id(self) -> int:
+        return int(self._doc.client_id)
+
+    def snapshot(self) -> Room:
+        """The room as it is now (cached until the next change)."""
+        if self._snapshot is None:
+            self._snapshot = self._read()
+        return self._snapshot
+
+    def _read(self) -> Room:
+        settings_raw = self._settings.to_py() or {}
+        try:
+            settings = RoomSettings.from_dict(settings_raw)
+        except ValidationError as exc:  # only a foreign writer could put this here
+            log.warning("room %s: ignoring invalid settings: %s", self.room_id, exc)
+            settings = RoomSettings()
+        panels: dict[str, Panel] = {}
+        for pid, raw in (self._panels.to_py() or {}).items():
+            try:
+                panels[pid] = Panel.from_dict({"id": pid, **raw})
+            except (ValidationError, TypeError) as exc:
+                log.warning("room %s: ignoring invalid panel %r: %s", self.room_id, pid, exc)
+        people: dict[str, Participant] = {}
+        for pid, raw in (self._participants.to_py() or {}).items():
+            try:
+                people[pid] = Participant.from_dict({"id": pid, **raw})
+            except (ValidationError, TypeError, KeyError) as exc:
+                log.warning("room %s: ignoring invalid participant %r: %s", self.room_id, pid, exc)
+        return Room(self.room_id, settings, panels, people)
+
+    # --- changing ------------------------------------------------------------------
+
+    def apply(self, op: Operation | dict[str, Any], actor: str, *, now: float | None = None) -> Room:
+        """Check `op` against the room and `actor`'s role, then apply it. Returns the new room.
+
+        Raises ValidationError, PermissionDenied or NotFound and changes nothing when
+        the operation is not allowed.
+        """
+        if not isinstance(op, Operation):
+            op = parse_operation(op)
+        room = self.snapshot()
+        op.check(room, actor)
+        stamp = time.time() if now is None else now
+        self._pending = (op, actor, LOCAL)
+        try:
+            with self._doc.transaction(origin=LOCAL):
+                self._write(op, actor, room, stamp)
+        finally:
+            self._pending = None
+        return self.snapshot()
+
+    def _write(self, op: Operation, actor: str, room: Room, now: float) -> None:
+        panels, people, settings = self._panels, self._participants, self._settings
+        match op:
+            case AddPanel():
+                panels[op.panel_id] = Map(
+                    {
+                        "kind": op.kind.value,
+                        "title": op.title,
+                        "transform": op.transform.to_dict(),
+                        "size": list(op.size),
+                        "owner": actor,
+                        "lock_holder": None,
+                        "content": op.content.to_dict(),
+                        "created": now,
+                        "updated": now,
+                    }
+                )
+            case MovePanel():
+                self._set_panel(op.panel_id, "transform", op.transform.to_dict(), now)
+            case ResizePanel():
+                self._set_panel(op.panel_id, "size", list(op.size), now)
+            case RetitlePanel():
+                self._set_panel(op.panel_id, "title", op.title, now)
+            case SetPanelContent():
+                self._set_panel(op.panel_id, "content", op.content.to_dict(), now)
+            case LockPanel():
+                self._set_panel(op.panel_id, "lock_holder", actor if actor != SYSTEM else None, now)
+            case UnlockPanel():
+                self._set_panel(op.panel_id, "lock_holder", None, now)
+            case RemovePanel():
+                del panels[op.panel_id]
+            case Join():
+                existing = room.participants.get(op.participant_id)
+                # A rejoin keeps the role the room gave; only the relay (SYSTEM) assigns roles.
+                role = op.role if (existing is None or actor == SYSTEM) else existing.role
+                people[op.participant_id] = Map(
+                    {
+                        "name": op.display_name,
+                        "colour": op.colour,
+                        "role": role.value,
+                        "hand_raised": existing.hand_raised if existing else False,
+                        "muted": existing.muted if existing else False,
+                    }
+                )
+            case Leave():
+                del people[op.participant_id]
+                for panel in room.panels.values():  # their locks go with them
+                    if panel.lock_holder == op.participant_id:
+                        self._set_panel(panel.id, "lock_holder", None, now)
+                if room.settings.presenter == op.participant_id:
+                    settings["follow"] = FollowMode.OFF.value
+                    settings["presenter"] = None
+            case SetRole():
+                people[op.participant_id]["role"] = op.role.value
+                if room.settings.presenter == op.participant_id and op.role not in (Role.HOST, Role.PRESENTER):
+                    settings["follow"] = FollowMode.OFF.value
+                    settings["presenter"] = None
+            case SetProfile():
+                people[op.participant_id]["name"] = op.display_name
+                people[op.participant_id]["colour"] = op.colour
+            case RaiseHand():
+                people[op.participant_id]["hand_raised"] = op.raised
+            case MuteParticipant():
+                people[op.participant_id]["muted"] = op.muted
+            case LockLayout():
+                settings["layout_locked"] = op.locked
+            case SetFollow():
+                settings["follow"] = op.mode.value
+                settings["presenter"] = op.presenter if op.mode is FollowMode.PRESENTER else None
+            case MuteAll():
+                settings["muted_all"] = op.muted
+            case SetVoiceMode():
+                settings["voice"] = op.mode.value
+            case RenameRoom():
+                settings["name"] = op.room_name
+            case SetCapacity():
+                settings["capacity"] = op.capacity
+            case _:
+                raise ValidationError(f"operation {op.name!r} has no writer")  # a programming error
+
+    def _set_panel(self, panel_id: str, key: str, value: Any, now: float) -> None:
+        entry = self._panels[panel_id]
+        entry[key] = value
+        entry["updated"] = now
+
+    # --- replication ---------------------------------------------------------------
+
+    def state_vector(self) -> bytes:
+        """What this copy has seen, to send to another copy that will answer with what it lacks."""
+        return bytes(self._doc.get_state())
+
+    def update_since(self, state_vector: bytes | None = None) -> bytes:
+        """Everything this copy has that a copy with `state_vector` lacks (all of it for None)."""
+        if state_vector is None:
+            return bytes(self._doc.get_update())
+        try:
+            return bytes(self._doc.get_update(state_vector))
+        except Exception as exc:  # pycrdt raises plain exceptions on garbage
+            raise ValidationError(f"not a valid state vector: {exc}") from None
+
+    def apply_update(self, update: bytes) -> Room:
+        """Merge an update from another copy. Applying one twice, or out of order, is harmless."""
+        if not isinstance(update, bytes | bytearray | memoryview):
+            raise ValidationError(f"a room update must be bytes; got {type(update).__name__}")
+        self._pending = (None, None, REMOTE)
+        try:
+            self._doc.apply_update(bytes(update))
+        except Exception as exc:
+            raise ValidationError(f"not a valid room update: {exc}") from None
+        finally:
+            self._pending = None
+        return self.snapshot()
+
+    # --- observing -----------------------------------------------------------------
+
+    def observe(self, callback: Callable[[RoomChange], None]) -> Subscription:
+        """Call `callback` after every change; returns a Subscription to drop later."""
+        sub = Subscription(self, callback)
+        self._observers.append(sub)
+        return sub
+
+    def _on_transaction(self, event: Any) -> None:
+        self._snapshot = None
+        update = bytes(event.update)
+        if not update or update == b"\x00\x00":  # a transaction that changed nothing
+            return
+        op, actor, origin = self._pending or (None, None, REMOTE)
+        if not self._observers:
+            return
+        change = RoomChange(self.snapshot(), op, actor, update, origin)
+        for sub in list(self._observers):
+            try:
+                sub.callback(change)
+            except Exception:  # one broken observer must not stop the others
+                log.exception("room %s: observer failed", self.room_id)
+
+
+def new_room(room_id: str, *, name: str, host_id: str, host_name: str, colour: str = "#e0a030", capacity: int = 32) -> RoomDocument:
+    """A fresh room with its creator as host."""
+    doc = RoomDocument(room_id)
+    doc.apply(RenameRoom(name), SYSTEM)
+    doc.apply(SetCapacity(capacity), SYSTEM)
+    doc.apply(Join(host_id, host_name, colour, Role.HOST), SYSTEM)
+    return doc
