@@ -22,7 +22,14 @@ from typing import Any
 from deeproom.config import Config
 from deeproom.errors import DeepRoomError
 
-PARTS = ("deeproom.net.commands", "deeproom.models.commands", "deeproom.scenes.commands")
+PARTS = (
+    "deeproom.net.commands",
+    "deeproom.net.voice_commands",
+    "deeproom.models.commands",
+    "deeproom.models.training_commands",
+    "deeproom.scenes.commands",
+    "deeproom.scenes.xr_commands",
+)
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
