@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import Doc, Map
+from pycrdt import Doc, Map, merge_updates
 
 from deeproom.errors import ValidationError
 from deeproom.ops import (
@@ -110,7 +110,7 @@ class RoomDocument:
         self._participants: Map = self._doc.get("participants", type=Map)
         self._observers: list[Subscription] = []
         self._snapshot: Room | None = None
-        self._pending: tuple[Operation | None, str | None, str] | None = None
+        self._updates: list[bytes] = []
         self._doc.observe(self._on_transaction)
         if update:
             self.apply_update(update)
@@ -161,12 +161,9 @@ class RoomDocument:
         room = self.snapshot()
         op.check(room, actor)
         stamp = time.time() if now is None else now
-        self._pending = (op, actor, LOCAL)
-        try:
-            with self._doc.transaction(origin=LOCAL):
-                self._write(op, actor, room, stamp)
-        finally:
-            self._pending = None
+        with self._doc.transaction(origin=LOCAL):
+            self._write(op, actor, room, stamp)
+        self._notify(op, actor, LOCAL)
         return self.snapshot()
 
     def _write(self, op: Operation, actor: str, room: Room, now: float) -> None:
@@ -273,13 +270,12 @@ class RoomDocument:
         """Merge an update from another copy. Applying one twice, or out of order, is harmless."""
         if not isinstance(update, bytes | bytearray | memoryview):
             raise ValidationError(f"a room update must be bytes; got {type(update).__name__}")
-        self._pending = (None, None, REMOTE)
         try:
             self._doc.apply_update(bytes(update))
         except Exception as exc:
+            self._updates.clear()
             raise ValidationError(f"not a valid room update: {exc}") from None
-        finally:
-            self._pending = None
+        self._notify(None, None, REMOTE)
         return self.snapshot()
 
     # --- observing -----------------------------------------------------------------
@@ -291,13 +287,18 @@ class RoomDocument:
         return sub
 
     def _on_transaction(self, event: Any) -> None:
+        # Called inside pycrdt's transaction, where the document cannot be read yet:
+        # keep the update and tell observers once the transaction is over (_notify).
         self._snapshot = None
         update = bytes(event.update)
-        if not update or update == b"\x00\x00":  # a transaction that changed nothing
+        if update and update != b"\x00\x00":  # an empty transaction changed nothing
+            self._updates.append(update)
+
+    def _notify(self, op: Operation | None, actor: str | None, origin: str) -> None:
+        updates, self._updates = self._updates, []
+        if not updates or not self._observers:
             return
-        op, actor, origin = self._pending or (None, None, REMOTE)
-        if not self._observers:
-            return
+        update = updates[0] if len(updates) == 1 else bytes(merge_updates(*updates))
         change = RoomChange(self.snapshot(), op, actor, update, origin)
         for sub in list(self._observers):
             try:
