@@ -99,7 +99,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{self.path} is not a DeepRoom store (or is damaged): {exc}") from None
         if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
             raise StorageError(
                 f"{self.path} was written by a newer DeepRoom (store schema {row[0]}; this one reads up to {SCHEMA_VERSION})"
