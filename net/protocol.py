@@ -1,0 +1,121 @@
+"""The relay protocol: event names, limits, and checks of what arrives from the network.
+
+Client to relay (Socket.IO events, each answered through its ack unless noted):
+- `join` {room, name, participant_id, key?, colour?, password?, invite?, sv?}
+  -> {ok, participant_id, role, update, streams} : joins (creating the room if new);
+  `update` is what the client's state vector `sv` lacks.
+- `op` {id, op} -> {ok, update?} : one operation with a client-chosen id
+  ("<client>:<seq>"); a replayed id is answered without applying it twice.
+- `pose` bytes (no ack) : the sender's latest pose (`deeproom.presence`).
+- `event` {kind, payload, to?} -> {ok}: "signal" | "stream" | "steer" | "summon".
+- `blob_begin` {sha, size} -> {ok, have}; `blob_chunk` {sha, offset, data} -> {ok};
+  `blob_end` {sha} -> {ok}; `blob_get` {sha, offset, length} -> {ok, size, data}.
+- `invite` {role, ttl} -> {ok, token}; `kick` {participant_id}; `set_password` {password}.
+Relay to client: `update` bytes, `poses` bytes (a presence batch), `event`
+{kind, sender, payload}, `error` {type, message}, `kicked` {message}.
+A refusal is an ack {ok: false, error: {type, message}}.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from deeproom.net.errors import ProtocolError, TooLarge
+
+PROTOCOL_VERSION = 1
+
+EVENT_KINDS = ("signal", "stream", "steer", "summon")
+"""Kinds of `event` the relay forwards."""
+
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+"""Engine.IO closes a connection that sends one message bigger than this."""
+MAX_OP_BYTES = 64 * 1024
+"""An operation as JSON (content sources are capped at 16 KiB by the core)."""
+MAX_EVENT_BYTES = {"signal": 64 * 1024, "stream": 256 * 1024, "steer": 16 * 1024, "summon": 4 * 1024}
+"""Largest payload per event kind."""
+MAX_POSE_BYTES = 256
+BLOB_CHUNK = 256 * 1024
+"""Bytes per blob chunk, both ways."""
+MAX_BLOB_CHUNK = 512 * 1024
+MAX_UPLOADS_PER_CLIENT = 4
+MAX_STATE_VECTOR = 64 * 1024
+MAX_DEPTH = 16
+
+
+def require_mapping(data: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"{what} must be an object; got {type(data).__name__}")
+    return data
+
+
+def require_str(data: Mapping[str, Any], key: str, what: str, max_len: int = 256, optional: bool = False) -> str | None:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what} must be a string; got {type(value).__name__}")
+    if len(value) > max_len:
+        raise TooLarge(f"{what} is at most {max_len} characters; got {len(value)}")
+    return value
+
+
+def require_bytes(data: Mapping[str, Any], key: str, what: str, max_len: int, optional: bool = False) -> bytes | None:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, bytes | bytearray):
+        raise ProtocolError(f"{what} must be bytes; got {type(value).__name__}")
+    if len(value) > max_len:
+        raise TooLarge(f"{what} is at most {max_len} bytes; got {len(value)}")
+    return bytes(value)
+
+
+def require_int(data: Mapping[str, Any], key: str, what: str, lo: int, hi: int) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{what} must be a whole number; got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ProtocolError(f"{what} must be in [{lo}, {hi}]; got {value}")
+    return value
+
+
+def payload_size(value: Any, depth: int = 0) -> int:
+    """Rough wire size of a JSON-like payload (bytes allowed); raises on other types or deep nesting."""
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"payload nests deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool):
+        return 4
+    if isinstance(value, int):
+        if abs(value) > 2**63:
+            raise ProtocolError("payload integers must fit in 64 bits")
+        return 8
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ProtocolError("payload numbers must be finite")
+        return 8
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return 2 + sum(payload_size(v, depth + 1) + 1 for v in value)
+    if isinstance(value, Mapping):
+        total = 2
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ProtocolError("payload keys must be strings")
+            total += len(k) + 3 + payload_size(v, depth + 1)
+        return total
+    raise ProtocolError(f"payload values are JSON types or bytes; got {type(value).__name__}")
+
+
+def check_payload(value: Any, max_bytes: int, what: str) -> dict[str, Any]:
+    """A dict payload no bigger than `max_bytes`."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} payload must be an object; got {type(value).__name__}")
+    size = payload_size(value)
+    if size > max_bytes:
+        raise TooLarge(f"{what} payload is at most {max_bytes} bytes; got about {size}")
+    return value
