@@ -1,0 +1,145 @@
+"""Epoch differences and run comparisons, as data the scenes can show.
+
+`CheckpointDiff(model, layer).compute(inputs, a, b)` says how a layer's activations
+and filters and the embedding positions changed between two checkpoints.
+`overlay_runs` lays two or more runs' metric series on one x axis (one metrics blob
+with series "<run>/<name>"); `confusion_side_by_side` gives each run's confusion
+matrix with its own precision/recall/F1, ready for panels next to each other.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deeproom.models.training.checkpoints import Checkpoint
+from deeproom.models.training.errors import TrainingError
+
+
+@dataclass
+class CheckpointDifference:
+    """How one layer and the embedding changed from checkpoint a to checkpoint b."""
+
+    layer: str
+    activation_change: torch.Tensor
+    """Per filter (output channel): mean |act_b − act_a| over the inputs, divided by mean |act_a|."""
+    filter_change: torch.Tensor
+    """Per filter: ‖w_b − w_a‖ / ‖w_a‖."""
+    weight_change: dict[str, float]
+    """Per parameter tensor of the whole model: ‖b − a‖ / ‖a‖."""
+    position_change: torch.Tensor | None
+    """Per embedded point: distance moved, when both checkpoints hold positions of the same points."""
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "layer": self.layer,
+            "activation_change": [round(float(v), 5) for v in self.activation_change[:512]],
+            "filter_change": [round(float(v), 5) for v in self.filter_change[:512]],
+            "weight_change": {k: round(v, 5) for k, v in list(self.weight_change.items())[:200]},
+        }
+        if self.position_change is not None:
+            out["mean_position_change"] = float(self.position_change.mean())
+        return out
+
+
+class CheckpointDiff:
+    """Compare two checkpoints of one model at one layer."""
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        modules = dict(model.named_modules())
+        if layer not in modules or not layer:
+            raise TrainingError(f"no layer named {layer!r}; layers: {', '.join(n for n in modules if n)[:400]}")
+        self.model = model
+        self.layer = layer
+
+    @torch.no_grad()
+    def _activations(self, model: nn.Module, state: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        model.load_state_dict(dict(state))
+        model.eval()
+        got: list[torch.Tensor] = []
+        handle = dict(model.named_modules())[self.layer].register_forward_hook(lambda m, i, o: got.append(o.detach()))
+        try:
+            model(inputs)
+        finally:
+            handle.remove()
+        return got[0]
+
+    def compute(self, inputs: torch.Tensor, a: Checkpoint, b: Checkpoint) -> CheckpointDifference:
+        work = copy.deepcopy(self.model)  # the live model keeps its weights
+        for m in work.modules():
+            m._forward_hooks.clear()
+        act_a = self._activations(work, a.model, inputs)
+        act_b = self._activations(work, b.model, inputs)
+        dims = [0, *range(2, act_a.dim())]
+        act_change = (act_b - act_a).abs().mean(dim=dims) / act_a.abs().mean(dim=dims).clamp_min(1e-8)
+        wkey = f"{self.layer}.weight"
+        if wkey in a.model and wkey in b.model:
+            wa, wb = a.model[wkey].flatten(1), b.model[wkey].flatten(1)
+            filt = (wb - wa).norm(dim=1) / wa.norm(dim=1).clamp_min(1e-8)
+        else:
+            filt = torch.zeros(0)
+        weights = {
+            k: float((b.model[k].float() - v.float()).norm() / v.float().norm().clamp_min(1e-8))
+            for k, v in a.model.items() if k in b.model and v.is_floating_point() and v.shape == b.model[k].shape
+        }
+        pa, pb = a.arrays.get("positions"), b.arrays.get("positions")
+        moved = (pb - pa).norm(dim=1) if pa is not None and pb is not None and pa.shape == pb.shape else None
+        return CheckpointDifference(self.layer, act_change, filt, weights, moved)
+
+
+def confusion_meta(matrix: np.ndarray, classes: Sequence[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """The confusion_matrix blob's meta: labels and per-class precision, recall, F1 (rows true, cols predicted)."""
+    m = np.asarray(matrix, np.float64)
+    n = m.shape[0]
+    tp = np.diag(m) if n else np.zeros(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(m.sum(0) > 0, tp / np.maximum(m.sum(0), 1), 0.0)
+        recall = np.where(m.sum(1) > 0, tp / np.maximum(m.sum(1), 1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    labels = list(classes)[:n] if classes else [str(i) for i in range(n)]
+    labels += [str(i) for i in range(len(labels), n)]
+    return {"kind": "confusion_matrix", "labels": labels, "precision": [round(float(v), 4) for v in precision],
+            "recall": [round(float(v), 4) for v in recall], "f1": [round(float(v), 4) for v in f1], **extra}
+
+
+def overlay_runs(runs: Mapping[str, Mapping[str, np.ndarray]], series: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One metrics blob with each run's series on a common step axis ("<run>/<series>", NaN where absent).
+
+    Each value in `runs` is a metrics table (as `Run.metrics_table()` gives): "step" plus series.
+    """
+    if not runs:
+        raise TrainingError("overlay_runs needs at least one run")
+    steps = np.unique(np.concatenate([np.asarray(t["step"], np.float64) for t in runs.values()]))
+    arrays: dict[str, np.ndarray] = {"step": steps.astype(np.float32)}
+    names: list[str] = []
+    for run, table in runs.items():
+        if "step" not in table:
+            raise TrainingError(f"run {run!r}: a metrics table needs a 'step' series")
+        pos = np.searchsorted(steps, np.asarray(table["step"], np.float64))
+        for key, values in table.items():
+            if key == "step" or (series is not None and key not in series):
+                continue
+            col = np.full(len(steps), np.nan, np.float32)
+            col[pos] = np.asarray(values, np.float32)
+            arrays[f"{run}/{key}"] = col
+            names.append(f"{run}/{key}")
+    if len(arrays) > 64:
+        raise TrainingError(f"{len(arrays)} series do not fit one blob (at most 64); pass series= to choose")
+    return {"kind": "metrics", "series": names, "x": "step", "runs": list(runs)}, arrays
+
+
+def confusion_side_by_side(matrices: Mapping[str, np.ndarray], classes: Sequence[str] | None = None) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """One confusion_matrix blob per run (same labels, same class order), in the given order."""
+    shapes = {np.asarray(m).shape for m in matrices.values()}
+    if len(shapes) > 1:
+        raise TrainingError(f"confusion matrices to compare must have one shape; got {sorted(shapes)}")
+    return [
+        (confusion_meta(np.asarray(m), classes, run=name, title=f"{name}: confusion matrix"), {"matrix": np.asarray(m, np.int32)})
+        for name, m in matrices.items()
+    ]

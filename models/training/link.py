@@ -1,0 +1,244 @@
+"""How a run talks to a room: a small interface, and its implementation over the relay.
+
+`RoomLink` is what `Run` needs from a room — broadcast a live delta, publish a
+panel's content, hand over the steering commands that arrived, close. `RelayLink`
+implements it with `deeproom.net.BackgroundClient` (its own asyncio thread), and
+does the slow part of publishing (encoding, uploading the blob, `set_content`) on a
+publisher thread of its own, newest content per panel winning, so the training loop
+never waits on the network. `EmbeddedRelayThread` runs `deeproom.net.EmbeddedRelay`
+on a private event loop for scripts that name no server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from deeproom.content import encode_content
+from deeproom.models.training.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+ContentFn = Callable[[], tuple[dict[str, Any], dict[str, np.ndarray]]]
+"""Builds (meta, arrays) for a content blob; called on the publisher thread."""
+
+
+class RoomLink(Protocol):
+    """What a run needs from a room."""
+
+    @property
+    def participant_id(self) -> str | None: ...
+
+    def stream(self, payload: dict[str, Any], to: str | None = None) -> None:
+        """Send a small live delta (a "stream" event), without waiting."""
+
+    def publish(self, panel_id: str, kind: str, title: str, source: dict[str, Any], make: ContentFn) -> None:
+        """Make the panel show this content (creating the panel if it is new), without waiting."""
+
+    def poll(self) -> list[tuple[str, dict[str, Any]]]:
+        """The (sender, payload) of each "steer" event that arrived since the last poll."""
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until what was published so far is in the room; False on timeout."""
+
+    def close(self) -> None: ...
+
+
+class EmbeddedRelayThread:
+    """An EmbeddedRelay on 127.0.0.1 with its own event loop thread; `url` once started."""
+
+    def __init__(self, data_dir: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self.url = ""
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="deeproom-embedded-relay", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> EmbeddedRelayThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TrainingError(f"the embedded relay did not start within {timeout} s")
+        if self._error is not None:
+            raise TrainingError(f"the embedded relay could not start: {self._error}") from self._error
+        return self
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from deeproom.net import EmbeddedRelay
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            async with EmbeddedRelay(host=self.host, port=self.port, data_dir=self.data_dir) as relay:
+                self.url = relay.url
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    def close(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread.is_alive():
+            self._thread.join(timeout=15)
+
+
+class RelayLink:
+    """A RoomLink over a BackgroundClient: the run's own participant in the room."""
+
+    def __init__(self, url: str, room: str, name: str = "training run", *, password: str | None = None,
+                 invite: str | None = None, on_error: Callable[[str], None] | None = None) -> None:
+        from deeproom.net import BackgroundClient
+
+        kwargs: dict[str, Any] = {"room": room, "name": name}
+        if password is not None:
+            kwargs["password"] = password
+        if invite is not None:
+            kwargs["invite"] = invite
+        self.client = BackgroundClient(url, **kwargs)
+        start = getattr(self.client, "start", None)
+        if callable(start):
+            start()
+        self.room = room
+        self._on_error = on_error
+        self._panels: set[str] = set()
+        self._pending: dict[str, tuple[str, str, dict[str, Any], ContentFn]] = {}
+        self._cv = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._publisher = threading.Thread(target=self._publish_loop, name="deeproom-run-publisher", daemon=True)
+        self._publisher.start()
+
+    @property
+    def participant_id(self) -> str | None:
+        return getattr(self.client, "participant_id", None)
+
+    def _report(self, message: str) -> None:
+        log.warning("%s", message)
+        if self._on_error is not None:
+            self._on_error(message)
+
+    def stream(self, payload: dict[str, Any], to: str | None = None) -> None:
+        if self._closed:
+            return
+        try:
+            fut = self.client.send_event("stream", payload, to=to)
+        except Exception as exc:  # the client is gone: the run goes on without the room
+            log.debug("stream event not sent: %s", exc)
+            return
+        if isinstance(fut, Future):
+            fut.add_done_callback(_ignore_result)
+
+    def publish(self, panel_id: str, kind: str, title: str, source: dict[str, Any], make: ContentFn) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            self._pending[panel_id] = (kind, title, source, make)
+            self._cv.notify_all()
+
+    def poll(self) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        inbox: queue.Queue[Any] = self.client.inbox
+        while True:
+            try:
+                item = inbox.get_nowait()
+            except queue.Empty:
+                return out
+            steer = _as_steer(item)
+            if steer is not None:
+                out.append(steer)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _publish_loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                panel_id = next(iter(self._pending))
+                kind, title, source, make = self._pending.pop(panel_id)
+                self._busy = True
+            try:
+                self._publish_one(panel_id, kind, title, source, make)
+            except Exception as exc:
+                self._report(f"could not publish panel {panel_id}: {exc}")
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _publish_one(self, panel_id: str, kind: str, title: str, source: dict[str, Any], make: ContentFn) -> None:
+        meta, arrays = make()
+        blob = encode_content(meta, arrays)
+        sha = self.client.put_blob(blob).result(timeout=60)
+        content = {"source": source, "refs": [sha]}
+        if panel_id not in self._panels:
+            room = getattr(self.client, "room", None)
+            exists = room is not None and panel_id in getattr(room, "panels", {})
+            if not exists:
+                op = {"op": "add_panel", "panel_id": panel_id, "kind": kind, "title": title[:100],
+                      "content": content}
+                try:
+                    self.client.apply(op).result(timeout=30)
+                    self._panels.add(panel_id)
+                    return
+                except Exception as exc:
+                    if "already exists" not in str(exc):
+                        raise
+            self._panels.add(panel_id)
+        self.client.apply({"op": "set_content", "panel_id": panel_id, "content": content}).result(timeout=30)
+
+    def close(self) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._cv.notify_all()
+        self._publisher.join(timeout=60)
+        closer = getattr(self.client, "close", None)
+        if callable(closer):
+            closer()
+
+
+def _ignore_result(fut: Future[Any]) -> None:
+    try:
+        fut.result()
+    except Exception as exc:
+        log.debug("stream event refused: %s", exc)
+
+
+def _as_steer(item: Any) -> tuple[str, dict[str, Any]] | None:
+    """Pick "steer" events out of what the BackgroundClient's inbox holds."""
+    kind = sender = payload = None
+    if isinstance(item, tuple):
+        if len(item) == 4 and item[0] == "event":
+            _, kind, sender, payload = item
+        elif len(item) == 3:
+            kind, sender, payload = item
+    else:
+        kind = getattr(item, "kind", None)
+        sender = getattr(item, "sender", None)
+        payload = getattr(item, "payload", None)
+        if isinstance(item, dict):
+            kind, sender, payload = item.get("kind"), item.get("sender"), item.get("payload")
+    if kind == "steer" and isinstance(payload, dict):
+        return (str(sender), payload)
+    return None
