@@ -20,7 +20,13 @@ from deeproom.net.voice.audio import (
     rms,
     write_wav,
 )
-from deeproom.net.voice.errors import NamespaceError, NoAudioDevice, SfuError, SignalError, VoiceError
+from deeproom.net.voice.errors import (
+    NamespaceError,
+    NoAudioDevice,
+    SfuError,
+    SignalError,
+    VoiceError,
+)
 from deeproom.net.voice.ice import LOOPBACK, host_addresses, set_host_addresses
 from deeproom.net.voice.local import LocalVoice, TalkMode
 from deeproom.net.voice.session import VoiceConfig, VoiceSession

@@ -41,14 +41,8 @@ def frame_to_mono(frame: AudioFrame) -> np.ndarray:
     """Float32 mono samples in [-1, 1] from any s16/flt frame (stereo is averaged)."""
     arr = frame.to_ndarray()
     channels = len(frame.layout.channels)
-    if frame.format.is_planar:
-        data = arr.reshape(channels, -1)
-    else:
-        data = arr.reshape(-1, channels).T
-    if data.dtype == np.int16:
-        out = data.astype(np.float32) / 32768.0
-    else:
-        out = data.astype(np.float32)
+    data = arr.reshape(channels, -1) if frame.format.is_planar else arr.reshape(-1, channels).T
+    out = data.astype(np.float32) / 32768.0 if data.dtype == np.int16 else data.astype(np.float32)
     return out.mean(axis=0) if channels > 1 else out[0]
 
 
@@ -118,10 +112,10 @@ class ArrayTrack(PacedTrack):
     def __init__(self, samples: np.ndarray, loop: bool = False) -> None:
         super().__init__()
         self._data = np.asarray(samples, dtype=np.float32).reshape(-1)
-        self._loop = loop
+        self._looping = loop
 
     def samples(self, start: int, n: int) -> np.ndarray:
-        if self._loop and len(self._data):
+        if self._looping and len(self._data):
             idx = np.arange(start, start + n) % len(self._data)
             return self._data[idx]
         out = np.zeros(n, dtype=np.float32)

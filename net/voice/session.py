@@ -21,7 +21,6 @@ only when the SFU carries audio, so nobody rejoins anything and speech is not cu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -204,9 +203,8 @@ class VoiceSession:
             if self.pid < sender:
                 self.peers.add(sender)
                 await self._offer(sender)
-        elif msg.kind == "bye":
-            if self._link_ids.get(sender, -1) <= msg.link or msg.link == 0:
-                await self._drop_link(sender, say_bye=False)
+        elif msg.kind == "bye" and (self._link_ids.get(sender, -1) <= msg.link or msg.link == 0):
+            await self._drop_link(sender, say_bye=False)
 
     async def _send(self, to: str, msg: VoiceSignal) -> None:
         try:
@@ -291,6 +289,8 @@ class VoiceSession:
                 self._sink,
                 send=self.local.track() if self.config.publish else None,
                 addresses=self.config.addresses,
+                stall_s=max(self.config.stall_s, 3.0),
+                new_track=self.local.track,
             )
             await sfu.start()
             self.sfu = sfu
