@@ -138,8 +138,9 @@ class _EventClient(Protocol):
 class RelaySignalling:
     """Voice signals over a RoomClient's "signal" events (one participant at a time)."""
 
-    def __init__(self, client: _EventClient) -> None:
+    def __init__(self, client: _EventClient, accept: Callable[[str, dict[str, Any]], bool] | None = None) -> None:
         self._client = client
+        self._accept = accept
         self._handlers: list[SignalHandler] = []
         client.on_event("signal", self._dispatch)
 
@@ -148,9 +149,12 @@ class RelaySignalling:
         return self._client.participant_id
 
     def _dispatch(self, sender: str, payload: dict[str, Any]) -> None:
-        if isinstance(payload, Mapping) and "voice" in payload:  # other parts may signal too
-            for h in list(self._handlers):
-                h(sender, dict(payload))
+        if not isinstance(payload, Mapping) or "voice" not in payload:
+            return  # other parts may signal too
+        if self._accept is not None and not self._accept(sender, dict(payload)):
+            return
+        for h in list(self._handlers):
+            h(sender, dict(payload))
 
     async def send(self, to: str, payload: dict[str, Any]) -> None:
         await self._client.send_event("signal", payload, to=to)

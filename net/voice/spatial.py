@@ -190,3 +190,20 @@ class SpatialMixer:
         out *= self.master
         np.clip(out, -1.0, 1.0, out=out)
         return out
+
+
+async def render_live(mixer: SpatialMixer, seconds: float, block: int = 960) -> np.ndarray:
+    """Render the mixer in real time for `seconds` (as a sound card would pull it): [n, 2]."""
+    import asyncio
+    import time
+
+    blocks = max(1, round(seconds * SAMPLE_RATE / block))
+    out = np.zeros((blocks * block, 2), dtype=np.float32)
+    t0 = time.perf_counter()
+    for i in range(blocks):
+        due = t0 + (i + 1) * block / SAMPLE_RATE
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        out[i * block : (i + 1) * block] = mixer.render(block)
+    return out
