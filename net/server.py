@@ -191,7 +191,7 @@ class RelayServer:
         self._started = False
         self._closed = False
         self.port = 0
-        self.stats = {"poses_in": 0, "batches_out": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0}
+        self.stats = {"poses_in": 0, "batches_out": 0, "entries_scheduled": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0}
         self._register()
 
     # --- lifecycle --------------------------------------------------------------------
@@ -262,7 +262,7 @@ class RelayServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"ok": True, "rooms": len(self.rooms), "clients": len(self.sessions), **self.stats}
+            {"ok": True, "time": time.time(), "rooms": len(self.rooms), "clients": len(self.sessions), **self.stats}
         )
 
     # --- helpers ----------------------------------------------------------------------
@@ -710,6 +710,11 @@ class RelayServer:
             if not batch_poses or not room.sessions:
                 continue
             skip = [sid for sid in room.sessions if self._backed_up(sid)]
+            # What every recipient should get this tick (others' poses), skipped ones included:
+            # the benchmark's delivered ratio is measured against this.
+            self.stats["entries_scheduled"] += sum(
+                len(batch_poses) - (s.participant_id in batch_poses) for s in room.sessions.values()
+            )
             self.stats["skipped_backed_up"] += len(skip)
             batch = encode_batch(batch_poses, wall)
             self.stats["batches_out"] += len(room.sessions) - len(skip)

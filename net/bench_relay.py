@@ -1,0 +1,373 @@
+"""`deeproom bench relay`: poses from N real Socket.IO clients through a real relay.
+
+The relay runs as its own process (`deeproom serve`), the clients in a few other
+processes (this machine has 2 cores: one process per client would measure the
+scheduler, not the relay). Each client joins the room, then sends poses at the
+given rate, each stamped with its send time and a sequence number; every client
+counts the new poses it receives from each peer and how old they are on arrival.
+
+expected = poses sent in the measured window x (N - 1) receivers; delivered = poses
+from that window that reached a receiver (the relay sends only each participant's
+latest pose per tick, so a pose overtaken within one tick is, by design, not
+delivered). The same load is then sent through a naive relay that forwards every
+pose to every peer at once (the baseline), in the same run.
+
+Also run as `python -m deeproom.net.bench_relay naive --port P` to start that
+naive relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deeproom.config import Config
+
+_BATCH = struct.Struct("<BdH")
+_POSE_HEAD = struct.Struct("<BBId")
+ROOM = "bench"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"relay process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"relay did not listen on {port} within {timeout} s")
+
+
+# --- the naive relay (baseline) ----------------------------------------------------------
+
+
+def naive_main(port: int) -> None:
+    """Forward every pose to every other client in the room, at once."""
+    import socketio
+    from aiohttp import web
+
+    sio = socketio.AsyncServer(async_mode="aiohttp", transports=["websocket"])
+    names: dict[str, bytes] = {}
+
+    @sio.on("join")
+    async def join(sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        await sio.enter_room(sid, str(data["room"]))
+        key = str(data["participant_id"]).encode()
+        names[sid] = bytes((len(key),)) + key
+        return {"ok": True}
+
+    @sio.on("pose")
+    async def pose(sid: str, data: bytes) -> None:
+        await sio.emit("pose", names[sid] + data, room=ROOM, skip_sid=sid)
+
+    app = web.Application()
+    sio.attach(app)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# --- client processes ---------------------------------------------------------------------
+
+
+class _Tally:
+    def __init__(self, t0: float, t1: float) -> None:
+        self.t0, self.t1 = t0, t1
+        self.last: dict[tuple[int, str], int] = {}
+        self.delivered = 0
+        self.batches: list[tuple[float, int]] = []
+        self.latencies: list[float] = []
+
+    def seen(self, me: int, pid: str, seq: int, sent_at: float, now: float) -> None:
+        key = (me, pid)
+        if seq <= self.last.get(key, -1):
+            return
+        self.last[key] = seq
+        if self.t0 <= sent_at <= self.t1:
+            self.delivered += 1
+            self.latencies.append(now - sent_at)
+
+
+def _parse_batch(data: bytes) -> list[tuple[str, int, float]]:
+    """(pid, seq, sent_at) of each pose in a relay batch, reading only what counting needs."""
+    _, _, count = _BATCH.unpack_from(data, 0)
+    pos = _BATCH.size
+    out = []
+    for _ in range(count):
+        n = data[pos]
+        pid = data[pos + 1 : pos + 1 + n].decode()
+        pos += 1 + n
+        _, flags, seq, sent_at = _POSE_HEAD.unpack_from(data, pos)
+        pos += 42 + 28 * (bool(flags & 2) + bool(flags & 4)) + (24 if flags & 8 else 0)
+        out.append((pid, seq, sent_at))
+    return out
+
+
+def _client_proc(url: str, mode: str, ids: list[str], rate: float, ready: Any, go: Any, times: Any, results: Any) -> None:
+    import socketio
+
+    from deeproom.presence import Pose, encode_pose
+
+    async def main() -> None:
+        clients: list[Any] = []
+        tally: _Tally | None = None
+
+        def make_handler(me: int, own: str) -> Any:
+            def on_poses(data: bytes) -> None:
+                if tally is None:
+                    return
+                now = time.time()
+                others = 0
+                for pid, seq, sent_at in _parse_batch(data):
+                    if pid != own:
+                        others += 1
+                        tally.seen(me, pid, seq, sent_at, now)
+                tally.batches.append((_BATCH.unpack_from(data, 0)[1], others))
+
+            def on_pose(data: bytes) -> None:
+                if tally is None:
+                    return
+                now = time.time()
+                n = data[0]
+                pid = data[1 : 1 + n].decode()
+                _, _, seq, sent_at = _POSE_HEAD.unpack_from(data, 1 + n)
+                tally.seen(me, pid, seq, sent_at, now)
+
+            return on_poses if mode == "relay" else on_pose
+
+        for i, pid in enumerate(ids):
+            sio = socketio.AsyncClient(reconnection=False)
+            sio.on("poses" if mode == "relay" else "pose", make_handler(i, pid))
+            await sio.connect(url, transports=["websocket"], wait_timeout=30)
+            ack = await sio.call("join", {"room": ROOM, "name": pid, "participant_id": pid}, timeout=60)
+            if not ack.get("ok"):
+                raise RuntimeError(f"join refused: {ack}")
+            clients.append(sio)
+        ready.put(os.getpid())
+        await asyncio.get_running_loop().run_in_executor(None, go.wait)
+        start, t0, t1, end = times[0], times[1], times[2], times[3]
+        tally = _Tally(t0, t1)
+        sent = [0]
+        period = 1.0 / rate
+
+        async def sender(sio: Any) -> None:
+            await asyncio.sleep(max(0.0, start - time.time()) + random.random() * period)
+            seq = 0
+            next_at = time.monotonic()
+            while time.time() < end:
+                now = time.time()
+                await sio.emit("pose", encode_pose(Pose(seq=seq, sent_at=now)))
+                if t0 <= now <= t1:
+                    sent[0] += 1
+                seq += 1
+                next_at += period
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+        await asyncio.gather(*(sender(c) for c in clients))
+        await asyncio.sleep(0.5)  # let the last batches arrive
+        results.put((sent[0], tally.delivered, np.asarray(tally.batches, dtype=np.float64).tobytes(),
+                     np.asarray(tally.latencies, dtype=np.float32).tobytes()))
+        for c in clients:
+            with contextlib.suppress(Exception):
+                await c.disconnect()
+
+    asyncio.run(main())
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+
+def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: int, server_pid: int,
+              warmup: float = 2.0) -> dict[str, Any]:
+    import psutil
+
+    ctx = mp.get_context("spawn")
+    ready, results = ctx.Queue(), ctx.Queue()
+    go = ctx.Event()
+    times = ctx.Array("d", 4)
+    ids = [f"c{i:03d}" for i in range(n)]
+    groups = [ids[i::procs] for i in range(procs)]
+    workers = [ctx.Process(target=_client_proc, args=(url, mode, g, rate, ready, go, times, results), daemon=True)
+               for g in groups if g]
+    for w in workers:
+        w.start()
+    try:
+        for _ in workers:
+            ready.get(timeout=180)
+        now = time.time()
+        start = now + 0.3
+        times[0], times[1], times[2], times[3] = start, start + warmup, start + warmup + seconds, start + warmup + seconds + 0.3
+        server = psutil.Process(server_pid)
+        go.set()
+        time.sleep(max(0.0, times[1] - time.time()))
+        cpu0 = sum(server.cpu_times()[:2])
+        stats0 = _stats(url) if mode == "relay" else {}
+        rss0 = server.memory_info().rss
+        wall0 = time.monotonic()
+        time.sleep(max(0.0, times[2] - time.time()))
+        cpu1 = sum(server.cpu_times()[:2])
+        stats1 = _stats(url) if mode == "relay" else {}
+        rss1 = server.memory_info().rss
+        wall1 = time.monotonic()
+        sent = delivered = entries = 0
+        lat: list[np.ndarray] = []
+        for _ in workers:
+            s, d, b, raw = results.get(timeout=120)
+            sent += s
+            delivered += d
+            if stats0:
+                # entries of the batches the relay made between the two snapshots
+                batches = np.frombuffer(b, dtype=np.float64).reshape(-1, 2)
+                inside = (batches[:, 0] > stats0["time"]) & (batches[:, 0] <= stats1["time"])
+                entries += int(batches[inside, 1].sum())
+            lat.append(np.frombuffer(raw, dtype=np.float32))
+    finally:
+        for w in workers:
+            w.join(10)
+            if w.is_alive():
+                w.kill()
+    latencies = np.concatenate(lat) * 1000.0 if lat else np.zeros(0)
+    all_poses = sent * (n - 1)
+    if mode == "relay":
+        # The relay sends each participant's latest pose once per tick; what it scheduled
+        # for everyone (skipped, backed-up recipients included) is what was expected.
+        expected = stats1["entries_scheduled"] - stats0["entries_scheduled"]
+        received = entries
+    else:
+        expected, received = all_poses, delivered
+    cpu = cpu1 - cpu0
+    return {
+        "expected": expected,
+        "delivered": received,
+        "delivered_ratio": round(received / expected, 4) if expected else 0.0,
+        "poses_sent_x_peers": all_poses,
+        "distinct_poses_delivered": delivered,
+        "pose_coverage": round(delivered / all_poses, 4) if all_poses else 0.0,
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies.size else None,
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies.size else None,
+        "server_cpu_pct": round(100.0 * cpu / (wall1 - wall0), 1),
+        "us_per_delivery": round(1e6 * cpu / delivered, 2) if delivered else None,
+        "server_rss_start_mb": round(rss0 / 2**20, 1),
+        "server_rss_end_mb": round(rss1 / 2**20, 1),
+    }
+
+
+def _stats(url: str) -> dict[str, Any]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+    return data
+
+
+class _Server:
+    """A relay (real or naive) in its own process, stopped by PID."""
+
+    def __init__(self, mode: str, data_dir: Path) -> None:
+        self.port = _free_port()
+        if mode == "relay":
+            cmd = [sys.executable, "-m", "deeproom.cli", "--data-dir", str(data_dir), "serve", "--port", str(self.port),
+                   "--capacity", "500"]
+        else:
+            cmd = [sys.executable, "-m", "deeproom.net.bench_relay", "naive", "--port", str(self.port)]
+        self.log = open(data_dir / f"{mode}-{self.port}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        _wait_port(self.port, self.proc)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+
+def _measure(mode: str, n: int, rate: float, seconds: float, procs: int, workdir: Path) -> dict[str, Any]:
+    data = workdir / f"{mode}-{n}-{time.monotonic_ns()}"
+    data.mkdir()
+    server = _Server(mode, data)
+    try:
+        return _run_load(server.url, mode, n, rate, seconds, procs, server.proc.pid)
+    finally:
+        server.stop()
+
+
+def run_bench(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.bench import emit
+
+    n, rate, seconds, procs = int(args.clients), float(args.rate), float(args.seconds), max(1, int(args.procs))
+    if n < 2:
+        raise SystemExit("--clients must be at least 2 (poses go to the others)")
+    with tempfile.TemporaryDirectory(prefix="deeproom-bench-relay-") as tmp:
+        work = Path(tmp)
+        main = _measure("relay", n, rate, seconds, procs, work)
+        print(f"relay   N={n}: {main}", flush=True)
+        result: dict[str, Any] = {"bench": "relay", "clients": n, "rate_hz": rate, "seconds": seconds, **main}
+        if not args.no_baseline:
+            base = _measure("naive", n, rate, seconds, procs, work)
+            print(f"naive   N={n}: {base}", flush=True)
+            result.update({
+                "baseline_p50_ms": base["p50_ms"],
+                "baseline_p99_ms": base["p99_ms"],
+                "baseline_delivered_ratio": base["delivered_ratio"],
+                "baseline_server_cpu_pct": base["server_cpu_pct"],
+                "baseline_us_per_delivery": base["us_per_delivery"],
+            })
+            if base["p99_ms"] and main["p99_ms"]:
+                result["p99_vs_baseline"] = round(main["p99_ms"] / base["p99_ms"], 3)
+        if args.sweep:
+            best = None
+            sweep: list[dict[str, Any]] = []
+            for size in (10, 20, 30, 40, 50, 60, 70, 80, 100):
+                r = _measure("relay", size, rate, max(3.0, seconds / 2), procs, work)
+                print(f"sweep   N={size}: {r}", flush=True)
+                sweep.append({"clients": size, "p99_ms": r["p99_ms"], "delivered_ratio": r["delivered_ratio"],
+                              "server_cpu_pct": r["server_cpu_pct"]})
+                if r["p99_ms"] is not None and r["p99_ms"] <= 100.0 and r["delivered_ratio"] >= 0.95:
+                    best = size
+                else:
+                    break
+            result["sweep"] = sweep
+            result["max_clients_p99_le_100ms"] = best
+        if args.memory_seconds > 0:
+            mem = _measure("relay", n, rate, float(args.memory_seconds), procs, work)
+            print(f"memory  N={n} {args.memory_seconds}s: {mem}", flush=True)
+            result["memory_seconds"] = args.memory_seconds
+            result["memory_rss_start_mb"] = mem["server_rss_start_mb"]
+            result["memory_rss_end_mb"] = mem["server_rss_end_mb"]
+        result["cpu_count"] = os.cpu_count()
+        emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m deeproom.net.bench_relay")
+    parser.add_argument("mode", choices=["naive"])
+    parser.add_argument("--port", type=int, required=True)
+    naive_main(parser.parse_args().port)

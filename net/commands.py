@@ -1,0 +1,93 @@
+"""Command-line part of the relay: `deeproom serve` and `deeproom bench relay`.
+
+Light at import (argparse only); the relay's libraries load when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from deeproom.config import Config
+
+
+def register(commands: Any, bench: Any) -> None:
+    p = commands.add_parser("serve", help="run a relay: many rooms, websocket clients (python-socketio)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--db", help="SQLite store for rooms (default: DATA_DIR/deeproom.sqlite3)")
+    p.add_argument("--redis", metavar="URL", help="keep rooms in Redis so several relays serve them together")
+    p.add_argument("--tick-hz", type=float, default=30.0, help="presence batches per second per room (default 30)")
+    p.add_argument("--leave-grace", type=float, default=10.0,
+                   help="seconds a disconnected participant stays in the room (default 10)")
+    p.add_argument("--capacity", type=int, default=32, help="capacity of rooms created on this relay (default 32)")
+    p.set_defaults(func=cmd_serve)
+
+    b = bench.add_parser("relay", help="poses through a real relay from N real clients in other processes")
+    b.add_argument("--clients", type=int, default=30, help="participants in one room (default 30)")
+    b.add_argument("--rate", type=float, default=30.0, help="poses per second per client (default 30)")
+    b.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run (default 10)")
+    b.add_argument("--sweep", action="store_true", help="also find the largest N holding p99 <= 100 ms")
+    b.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
+    b.add_argument("--memory-seconds", type=float, default=0.0,
+                   help="also run this long at the given load and report relay RSS at start and end")
+    b.add_argument("--no-baseline", action="store_true", help="skip the naive forward-every-pose relay")
+    b.set_defaults(func=cmd_bench_relay)
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+    import logging
+    import signal
+    from pathlib import Path
+
+    from deeproom.net.server import RelayServer, RelaySettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = RelaySettings(
+        data_dir=config.data_dir,
+        host=args.host,
+        port=args.port,
+        db_path=Path(args.db) if args.db else None,
+        redis_url=args.redis,
+        tick_hz=args.tick_hz,
+        leave_grace_s=args.leave_grace,
+        capacity=args.capacity,
+        blob_max_bytes=config.blob_max_bytes,
+        store_max_bytes=config.store_max_bytes,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with RelayServer(settings) as relay:
+            print(f"deeproom relay listening on {relay.url}", flush=True)
+            await stop.wait()
+        print("deeproom relay stopped", flush=True)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_bench_relay(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.net.bench_relay import run_bench
+
+    return run_bench(args, config)
+
+
+def doctor_checks() -> list[tuple[str, Callable[[], str]]]:
+    def socketio_version() -> str:
+        import importlib.metadata
+
+        return "python-socketio " + importlib.metadata.version("python-socketio")
+
+    def redis_server() -> str:
+        import shutil
+
+        path = shutil.which("redis-server")
+        return f"redis-server at {path}" if path else "redis-server not installed (only needed for --redis tests)"
+
+    return [("relay", socketio_version), ("redis-server", redis_server)]
