@@ -1,0 +1,335 @@
+"""Load any model the engine understands into one shape: a torch module plus facts.
+
+Accepted: ONNX files (run by our torch executor), torch modules passed in from
+Python, TorchScript archives, `torch.export` programs (`.pt2`), and checkpoints
+(state dicts, also nested under "state_dict"/"model") read with
+`torch.load(..., weights_only=True)` and put into a named architecture. The kind is
+decided from the bytes, not the file name. Anything else — truncated or random
+bytes, a pickle that would run code to load — is refused with a `ModelLoadError`
+that says what the file looked like and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deeproom.models.errors import LayerNotFoundError, ModelLoadError, UnsafeModelError
+
+MAX_MODEL_BYTES = 4 << 30
+KINDS = ("onnx", "torch", "torchscript", "export", "checkpoint")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the analyses."""
+
+    module: nn.Module
+    """The runnable torch module (an `OnnxModel` for ONNX files)."""
+    kind: str
+    """One of KINDS: where it came from."""
+    name: str
+    """A short name for titles (the file stem or the class name)."""
+    digest: str
+    """sha256 identifying the weights and structure; the cache key's model part."""
+    input_shape: tuple[int, ...] | None = None
+    """An example input shape with batch 1, when it is known."""
+    source: str | None = None
+    """The file it was read from, if any."""
+    onnx_proto: Any = None
+    """The parsed ONNX model, for graph extraction."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        if self.input_shape is None:
+            raise ModelLoadError(f"model {self.name!r}: input shape unknown; pass input_shape=(1, C, H, W)")
+        return torch.zeros((batch, *self.input_shape[1:]))
+
+
+def module_digest(module: nn.Module) -> str:
+    """sha256 over the class name, every parameter and buffer (name, shape, dtype, bytes)."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, t in module.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        tt = t.detach().cpu().contiguous()
+        if tt.dtype == torch.bfloat16:
+            tt = tt.to(torch.float32)
+        h.update(tt.numpy().tobytes() if tt.numel() else b"")
+    return h.hexdigest()
+
+
+def _guess_input_shape(module: nn.Module) -> tuple[int, ...] | None:
+    from deeproom.models.zoo import DigitsCNN, TinyResNet, TinyViT
+
+    if isinstance(module, DigitsCNN | TinyResNet):
+        first = next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+        return (1, first.in_channels, 8, 8)
+    if isinstance(module, TinyViT):
+        return (1, module.patch_embed.in_channels, module.grid * module.patch_embed.stride[0],
+                module.grid * module.patch_embed.stride[0])
+    return None
+
+
+def load_model(
+    source: str | Path | bytes | nn.Module,
+    *,
+    architecture: str | type[nn.Module] | Callable[[], nn.Module] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    name: str | None = None,
+) -> LoadedModel:
+    """Load `source` (a path, raw bytes, or a torch module) into a `LoadedModel`.
+
+    `architecture` is needed only for checkpoints that hold weights alone: a name from
+    `deeproom.models.zoo.ZOO`, a module class, or a factory; without it the built-in
+    architectures are tried in turn.
+    """
+    if isinstance(source, nn.Module):
+        source.eval()
+        return LoadedModel(
+            source, "torch", name or type(source).__name__, module_digest(source),
+            input_shape or _guess_input_shape(source),
+        )
+    data, where = _read(source)
+    stem = name or (Path(where).stem if not isinstance(source, bytes) else "model")
+    if data[:4] == b"PK\x03\x04":
+        return _load_zip(data, where, stem, architecture, input_shape)
+    if data[:1] == b"\x80" and len(data) > 2 and data[1] in range(2, 6):
+        # a legacy (non-zip) torch.save file: still read with weights_only
+        return _from_checkpoint(_torch_load(data, where), where, stem, architecture, input_shape)
+    return _load_onnx(data, where, stem, input_shape)
+
+
+def _read(source: str | Path | bytes) -> tuple[bytes, str]:
+    if isinstance(source, bytes):
+        return source, "<bytes>"
+    p = Path(source)
+    if not p.is_file():
+        raise ModelLoadError(f"{p}: no such model file")
+    size = p.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise ModelLoadError(f"{p}: {size} bytes; models larger than {MAX_MODEL_BYTES} bytes are refused")
+    if size == 0:
+        raise ModelLoadError(f"{p}: the file is empty (allowed: ONNX, TorchScript, torch.export .pt2, state dict)")
+    return p.read_bytes(), str(p)
+
+
+def _load_onnx(data: bytes, where: str, stem: str, input_shape: tuple[int, ...] | None) -> LoadedModel:
+    from deeproom.models.onnx_exec import OnnxModel, load_onnx_proto
+
+    try:
+        proto = load_onnx_proto(data)
+    except ModelLoadError as exc:
+        raise ModelLoadError(
+            f"{where}: not a model file DeepRoom can read — not a zip archive (TorchScript, .pt2, "
+            f"torch.save) and not ONNX ({exc})"
+        ) from None
+    # an ONNX model with external weights must be read from its path so the data file is found
+    if any(t.data_location == 1 for t in proto.graph.initializer) and where != "<bytes>":
+        proto = load_onnx_proto(Path(where))
+    module = OnnxModel(proto)
+    module.eval()
+    shape = input_shape or _onnx_input_shape(proto)
+    return LoadedModel(module, "onnx", stem, hashlib.sha256(data).hexdigest(), shape, where, proto)
+
+
+def _onnx_input_shape(proto: Any) -> tuple[int, ...] | None:
+    inits = {t.name for t in proto.graph.initializer}
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            return None
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+        return tuple(dims)
+    return None
+
+
+def _torch_load(data: bytes, where: str) -> Any:
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln for ln in first if "Unsupported global" in ln or "GLOBAL" in ln), first[0] if first else "")
+        raise UnsafeModelError(
+            f"{where}: refused — this checkpoint is a pickle that would run code to load "
+            f"({detail.strip()[:200]}). Allowed: a state dict saved with torch.save(model.state_dict()), "
+            "TorchScript, torch.export (.pt2) or ONNX"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(f"{where}: unreadable torch file ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _load_zip(data: bytes, where: str, stem: str, architecture: Any, input_shape: tuple[int, ...] | None) -> LoadedModel:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{where}: a damaged or truncated zip archive ({exc})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    is_script = any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+    if not is_script and any(n.endswith(("serialized_exported_program.json", "/archive_format", "/models/model.json"))
+                             for n in names):
+        try:
+            ep = torch.export.load(io.BytesIO(data))
+        except Exception as exc:
+            raise ModelLoadError(f"{where}: unreadable torch.export program ({type(exc).__name__}: {str(exc)[:200]})") from None
+        module = ep.module()
+        shape = input_shape
+        if shape is None:
+            user_inputs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+            for node in ep.graph.nodes:
+                if node.op == "placeholder" and user_inputs and node.name == user_inputs[0].arg.name:
+                    val = node.meta.get("val")
+                    if val is not None:
+                        shape = (1, *(int(d) for d in val.shape[1:]))
+        return LoadedModel(module, "export", stem, digest, shape, where, extra={"exported_program": ep})
+    if is_script:
+        try:
+            jm = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        except Exception as exc:
+            raise ModelLoadError(f"{where}: unreadable TorchScript archive ({type(exc).__name__}: {str(exc)[:200]})") from None
+        jm.eval()
+        return LoadedModel(jm, "torchscript", stem, digest, input_shape, where)
+    if any(n.endswith("data.pkl") for n in names):
+        return _from_checkpoint(_torch_load(data, where), where, stem, architecture, input_shape, digest)
+    raise ModelLoadError(f"{where}: a zip archive but not a torch file (found {names[:5]})")
+
+
+def state_dict_of(obj: Any, where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint: the dict itself, or its "state_dict"/"model"/"model_state_dict"."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return {str(k): v for k, v in inner.items()}
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise ModelLoadError(f"{where}: holds no tensors (a {type(obj).__name__}); expected a state dict")
+
+
+def _from_checkpoint(obj: Any, where: str, stem: str, architecture: Any, input_shape: tuple[int, ...] | None,
+                     digest: str | None = None) -> LoadedModel:
+    from deeproom.models.zoo import ZOO
+
+    sd = state_dict_of(obj, where)
+    candidates: list[tuple[str, Callable[[], nn.Module]]]
+    if architecture is None:
+        candidates = list(ZOO.items())
+    elif isinstance(architecture, str):
+        if architecture not in ZOO:
+            raise ModelLoadError(f"unknown architecture {architecture!r}; built in: {', '.join(ZOO)}")
+        candidates = [(architecture, ZOO[architecture])]
+    else:
+        candidates = [(getattr(architecture, "__name__", "architecture"), architecture)]
+    errors = []
+    for arch_name, factory in candidates:
+        module = factory()
+        try:
+            module.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            errors.append(f"{arch_name}: {str(exc).splitlines()[0][:160]}")
+            continue
+        module.eval()
+        return LoadedModel(module, "checkpoint", stem, digest or module_digest(module),
+                           input_shape or _guess_input_shape(module), where, extra={"architecture": arch_name})
+    hint = "; ".join(errors[:3])
+    raise ModelLoadError(
+        f"{where}: a checkpoint of {len(sd)} tensors that fits no "
+        + ("built-in architecture" if architecture is None else f"architecture {candidates[0][0]}")
+        + f" ({hint}). Pass architecture= (a zoo name: {', '.join(ZOO)}, or your module class)"
+    )
+
+
+# --- layers ---------------------------------------------------------------------------------
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+    """The submodule called `layer` (a module path like "layer1.0.conv2", or an ONNX node name)."""
+    if isinstance(layer, nn.Module):
+        return layer
+    from deeproom.models.onnx_exec import OnnxModel
+
+    if isinstance(model, OnnxModel):
+        return model.node(layer)
+    try:
+        return model.get_submodule(layer)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        close = [n for n in names if layer.lower() in n.lower() or n.lower() in layer.lower()][:5]
+        hint = f"similar: {close}" if close else f"layers: {names[:8]}{' …' if len(names) > 8 else ''}"
+        raise LayerNotFoundError(f"model has no layer named {layer!r}; {hint}") from None
+
+
+def layer_names(model: nn.Module, *, leaves_only: bool = True) -> list[str]:
+    """Every layer name an analysis accepts, in definition (or execution) order."""
+    from deeproom.models.onnx_exec import OnnxModel
+
+    if isinstance(model, OnnxModel):
+        return model.layer_names()
+    out = []
+    for name, m in model.named_modules():
+        if not name:
+            continue
+        if leaves_only and any(True for _ in m.children()):
+            continue
+        out.append(name)
+    return out
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of `deeproom inspect`."""
+
+    name: str
+    type: str
+    params: int
+    output_shape: tuple[int, ...] | None
+
+
+def describe_layers(loaded: LoadedModel) -> list[LayerInfo]:
+    """Each leaf layer (or ONNX node) with its type, own parameter count and output shape."""
+    from deeproom.models.onnx_exec import OnnxModel
+
+    model = loaded.module
+    rows: list[tuple[str, nn.Module, str, int]] = []
+    if isinstance(model, OnnxModel):
+        for name in model.layer_names():
+            node = model.node(name)
+            params = sum(model.tensor(i).numel() for i in node.input_names if i and model.has_tensor(i))
+            rows.append((name, node, node.op_type, params))
+    else:
+        for name in layer_names(model):
+            m = model.get_submodule(name)
+            rows.append((name, m, type(m).__name__, sum(p.numel() for p in m.parameters(recurse=False))))
+    shapes: dict[str, tuple[int, ...]] = {}
+    if loaded.input_shape is not None and not isinstance(model, torch.jit.ScriptModule):
+        handles = []
+        for name, m, _, _ in rows:
+            def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+                t = out[0] if isinstance(out, tuple | list) else out
+                if isinstance(t, torch.Tensor):
+                    shapes[name] = tuple(int(d) for d in t.shape)
+            handles.append(m.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                model(loaded.example_input())
+        except Exception as exc:
+            loaded.extra["shape_error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            for h in handles:
+                h.remove()
+    return [LayerInfo(n, t, p, shapes.get(n)) for n, _, t, p in rows]
