@@ -224,6 +224,9 @@ class VoiceSession:
         self._link_no += 1
         link = self._new_link(pid, self._link_no)
         sdp = await link.create_offer()
+        if self.sfu is not None or self.links.get(pid) is not link:
+            await self._forget(pid, link)  # the room moved to the SFU (or a newer link) meanwhile
+            return
         await self._send(pid, VoiceSignal("offer", self._link_ids[pid], sdp))
 
     async def _answer(self, pid: str, msg: VoiceSignal) -> None:
@@ -233,7 +236,15 @@ class VoiceSession:
         self.peers.add(pid)
         link = self._new_link(pid, msg.link)
         sdp = await link.accept_offer(msg.sdp or "")
+        if self.sfu is not None or self.links.get(pid) is not link:
+            await self._forget(pid, link)
+            return
         await self._send(pid, VoiceSignal("answer", msg.link, sdp))
+
+    async def _forget(self, pid: str, link: VoiceLink) -> None:
+        if self.links.get(pid) is link:
+            del self.links[pid]
+        await link.close()
 
     async def _drop_link(self, pid: str, say_bye: bool) -> None:
         link = self.links.pop(pid, None)
