@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from deeproom.models.training.errors import CheckpointError, SteerError, TrainingError
-from deeproom.models.training.link import EmbeddedRelayThread, RelayLink, RoomLink
+from deeproom.models.training.link import RelayLink, RoomLink
 from deeproom.models.training.run import (
     EmbeddingFrame,
     LossFn,
@@ -97,23 +97,16 @@ def watch(
         x, y = train_data[0][: opts.probe_size], train_data[1][: opts.probe_size]
         probe = Probe(x, y, _thumbnails(x))
     base = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="deeproom-run-"))
-    relay: EmbeddedRelayThread | None = None
     url = server
     if link is None and not offline:
-        if url is None:
-            relay = EmbeddedRelayThread(base / "relay").start()
-            url = relay.url
-        try:
-            link = RelayLink(url, room, participant_name or f"run {opts.name}", password=password, invite=invite)
-        except Exception:
-            if relay is not None:
-                relay.close()
-            raise
+        relay_link = RelayLink(server, room, participant_name or f"run {opts.name}", password=password,
+                               invite=invite, data_dir=base / "relay")
+        url = relay_link.url
+        link = relay_link
     run = Run(
         model, optimizer, link=link, train_data=train_data, val_data=val_data, probe=probe,
         loss_fn=loss_fn, classes=classes, embed_layer=embed_layer,
         checkpoint_dir=base / "checkpoints" / opts.name, options=opts,
-        on_close=relay.close if relay is not None else None,
     )
     run.url = url  # type: ignore[attr-defined]
     return run

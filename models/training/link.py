@@ -2,16 +2,14 @@
 
 `RoomLink` is what `Run` needs from a room — broadcast a live delta, publish a
 panel's content, hand over the steering commands that arrived, close. `RelayLink`
-implements it with `deeproom.net.BackgroundClient` (its own asyncio thread), and
-does the slow part of publishing (encoding, uploading the blob, `set_content`) on a
-publisher thread of its own, newest content per panel winning, so the training loop
-never waits on the network. `EmbeddedRelayThread` runs `deeproom.net.EmbeddedRelay`
-on a private event loop for scripts that name no server.
+implements it with `deeproom.net.BackgroundClient` (its own asyncio thread; with no
+URL it starts an embedded relay on 127.0.0.1), and does the slow part of publishing
+(encoding, uploading the blob, `set_content`) on a publisher thread of its own,
+newest content per panel winning, so the training loop never waits on the network.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
@@ -52,68 +50,26 @@ class RoomLink(Protocol):
     def close(self) -> None: ...
 
 
-class EmbeddedRelayThread:
-    """An EmbeddedRelay on 127.0.0.1 with its own event loop thread; `url` once started."""
-
-    def __init__(self, data_dir: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.data_dir = Path(data_dir)
-        self.host = host
-        self.port = port
-        self.url = ""
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name="deeproom-embedded-relay", daemon=True)
-
-    def start(self, timeout: float = 30.0) -> EmbeddedRelayThread:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TrainingError(f"the embedded relay did not start within {timeout} s")
-        if self._error is not None:
-            raise TrainingError(f"the embedded relay could not start: {self._error}") from self._error
-        return self
-
-    def _main(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        from deeproom.net import EmbeddedRelay
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            async with EmbeddedRelay(host=self.host, port=self.port, data_dir=self.data_dir) as relay:
-                self.url = relay.url
-                self._ready.set()
-                await self._stop.wait()
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    def close(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread.is_alive():
-            self._thread.join(timeout=15)
-
-
 class RelayLink:
     """A RoomLink over a BackgroundClient: the run's own participant in the room."""
 
-    def __init__(self, url: str, room: str, name: str = "training run", *, password: str | None = None,
-                 invite: str | None = None, on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, url: str | None, room: str, name: str = "training run", *, password: str | None = None,
+                 invite: str | None = None, data_dir: str | Path | None = None,
+                 on_error: Callable[[str], None] | None = None, join_timeout: float = 30.0) -> None:
         from deeproom.net import BackgroundClient
 
-        kwargs: dict[str, Any] = {"room": room, "name": name}
+        kwargs: dict[str, Any] = {}
         if password is not None:
             kwargs["password"] = password
         if invite is not None:
             kwargs["invite"] = invite
-        self.client = BackgroundClient(url, **kwargs)
-        start = getattr(self.client, "start", None)
-        if callable(start):
-            start()
+        self.client = BackgroundClient(url, room=room, name=name, data_dir=data_dir, **kwargs)
+        try:
+            self.client.wait_ready(join_timeout)
+        except Exception as exc:
+            self.client.close()
+            raise TrainingError(f"the run could not join room {room!r} at {url or 'an embedded relay'}: {exc}") from exc
+        self.url = self.client.url
         self.room = room
         self._on_error = on_error
         self._panels: set[str] = set()
@@ -213,9 +169,7 @@ class RelayLink:
             self._closed = True
             self._cv.notify_all()
         self._publisher.join(timeout=60)
-        closer = getattr(self.client, "close", None)
-        if callable(closer):
-            closer()
+        self.client.close()
 
 
 def _ignore_result(fut: Future[Any]) -> None:
@@ -226,19 +180,13 @@ def _ignore_result(fut: Future[Any]) -> None:
 
 
 def _as_steer(item: Any) -> tuple[str, dict[str, Any]] | None:
-    """Pick "steer" events out of what the BackgroundClient's inbox holds."""
-    kind = sender = payload = None
-    if isinstance(item, tuple):
-        if len(item) == 4 and item[0] == "event":
-            _, kind, sender, payload = item
-        elif len(item) == 3:
-            kind, sender, payload = item
-    else:
-        kind = getattr(item, "kind", None)
-        sender = getattr(item, "sender", None)
-        payload = getattr(item, "payload", None)
-        if isinstance(item, dict):
-            kind, sender, payload = item.get("kind"), item.get("sender"), item.get("payload")
+    """Pick "steer" events out of what the BackgroundClient's inbox holds (Inbound(kind, data))."""
+    if getattr(item, "kind", None) != "event":
+        return None
+    data = getattr(item, "data", None)
+    if not isinstance(data, tuple) or len(data) != 3:
+        return None
+    kind, sender, payload = data
     if kind == "steer" and isinstance(payload, dict):
         return (str(sender), payload)
     return None

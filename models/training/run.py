@@ -153,6 +153,7 @@ class Run:
         self.probe = probe
         self.embed_layer = embed_layer or self._default_embed_layer()
         self.latest_frame: EmbeddingFrame | None = None
+        self._cloud_published = False
         self.frame_listeners: list[Callable[[EmbeddingFrame], None]] = []
         self._worker: _EmbeddingWorker | None = None
         if self.options.embed and probe is not None and self.embed_layer is not None:
@@ -655,6 +656,7 @@ class Run:
             self.link.publish(f"{self.name}.confusion", "confusion_matrix", f"{self.name}: confusion matrix",
                               self.source("confusion_matrix"), self.confusion_content)
         if self.latest_frame is not None:
+            self._cloud_published = True
             self.link.publish(f"{self.name}.embedding", "latent_cloud", f"{self.name}: {self.embed_layer} embedding",
                               self.source("latent_cloud"), self.cloud_content)
 
@@ -709,6 +711,8 @@ class Run:
                 "positions": base64.b64encode(pos16.tobytes()).decode("ascii"),
                 "predictions": base64.b64encode(frame.predictions.astype("<i2").tobytes()).decode("ascii"),
             })
+            if not self._cloud_published:  # the first frame may come after the last epoch's publish
+                self.publish()
         for fn in list(self.frame_listeners):
             fn(frame)
 
