@@ -89,21 +89,49 @@ class PacedTrack(MediaStreamTrack):
 
 
 class ToneTrack(PacedTrack):
-    """A sine tone (default 440 Hz) starting after `onset_s` seconds of silence."""
+    """A sine tone (default 440 Hz) starting after `onset_s` seconds of silence.
 
-    def __init__(self, hz: float = 440.0, amplitude: float = 0.5, onset_s: float = 0.0) -> None:
+    With `burst_s` and `period_s` it is a train of bursts: on for `burst_s` at the
+    start of every `period_s` (the onsets are `onset_samples(...)`), for latency runs.
+    """
+
+    def __init__(
+        self,
+        hz: float = 440.0,
+        amplitude: float = 0.5,
+        onset_s: float = 0.0,
+        burst_s: float | None = None,
+        period_s: float | None = None,
+    ) -> None:
         super().__init__()
         if not 20.0 <= hz <= SAMPLE_RATE / 2:
             raise VoiceError(f"tone frequency must be in [20, {SAMPLE_RATE // 2}] Hz; got {hz}")
+        if (burst_s is None) != (period_s is None) or (period_s is not None and not 0 < burst_s < period_s):  # type: ignore[operator]
+            raise VoiceError("a burst train needs 0 < burst_s < period_s (or neither)")
         self.hz = hz
         self.amplitude = amplitude
         self.onset_sample = round(onset_s * SAMPLE_RATE)
+        self.burst = None if burst_s is None else round(burst_s * SAMPLE_RATE)
+        self.period = None if period_s is None else round(period_s * SAMPLE_RATE)
+
+    def onset_samples(self, upto: int) -> list[int]:
+        """Indices of the samples where the tone (or each burst) starts, below `upto`."""
+        if self.period is None:
+            return [self.onset_sample] if self.onset_sample < upto else []
+        return list(range(self.onset_sample, upto, self.period))
 
     def samples(self, start: int, n: int) -> np.ndarray:
         idx = np.arange(start, start + n)
         out = self.amplitude * np.sin(2 * np.pi * self.hz * idx / SAMPLE_RATE)
-        out[idx < self.onset_sample] = 0.0
+        on = idx >= self.onset_sample
+        if self.period is not None and self.burst is not None:
+            on &= (idx - self.onset_sample) % self.period < self.burst
+        out[~on] = 0.0
         return out.astype(np.float32)
+
+    @property
+    def samples_sent(self) -> int:
+        return self._next
 
 
 class ArrayTrack(PacedTrack):

@@ -94,8 +94,10 @@ class _Voice:
 class SpatialMixer:
     """Mixes every remote voice to stereo for one listener. Thread-safe."""
 
-    def __init__(self, distance: DistanceModel | None = None, jitter_ms: float = 40.0, max_buffer_ms: float = 200.0) -> None:
+    def __init__(self, distance: DistanceModel | None = None, jitter_ms: float = 20.0, max_buffer_ms: float = 200.0) -> None:
         self.distance = distance or DistanceModel()
+        # aiortc already holds 4 frames (80 ms) in its own jitter buffer before decoding;
+        # one more block here is enough to ride out scheduling jitter on our side.
         self._jitter = int(SAMPLE_RATE * jitter_ms / 1000)
         self._max = int(SAMPLE_RATE * max_buffer_ms / 1000)
         self._voices: dict[str, _Voice] = {}
@@ -104,6 +106,7 @@ class SpatialMixer:
         self.listener_rot: Quat = (1.0, 0.0, 0.0, 0.0)
         self.master = 1.0
         self.underruns = 0
+        self.dropped = 0  # samples dropped to keep latency bounded
 
     # -- what arrives ---------------------------------------------------------
     def push(self, speaker: str, samples: np.ndarray) -> None:
@@ -149,6 +152,12 @@ class SpatialMixer:
             if v.queued < self._jitter:
                 return out
             v.started = True
+        excess = v.queued - (self._jitter + n)
+        if excess > 2 * n:
+            # More queued than the jitter buffer needs (a burst after a stall, or nobody
+            # pulled for a while): drop the oldest so latency does not stay high for good.
+            self.dropped += excess
+            self._discard(v, excess)
         filled = 0
         while filled < n and v.queue:
             head = v.queue[0]
@@ -164,6 +173,19 @@ class SpatialMixer:
             self.underruns += 1
             v.started = False  # rebuffer
         return out
+
+    @staticmethod
+    def _discard(v: _Voice, k: int) -> None:
+        while k > 0 and v.queue:
+            head = v.queue[0]
+            if len(head) <= k:
+                v.queue.popleft()
+                v.queued -= len(head)
+                k -= len(head)
+            else:
+                v.queue[0] = head[k:]
+                v.queued -= k
+                k = 0
 
     def render(self, n: int) -> np.ndarray:
         """The next n stereo samples, float32 [n, 2]."""
