@@ -1,0 +1,103 @@
+"""Analysis results as content blobs (`deeproom.content`): float16/uint8 arrays plus JSON
+metadata, one schema per panel kind (see the brief's table). numpy only on the way out;
+scenes decode them without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from deeproom.content import encode_content
+
+MAX_FEATURE_MAPS = 1024
+
+
+def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def image_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[C, H, W] or [H, W] floats in [0, 1] → uint8 [H, W] or [H, W, 3]."""
+    a = _np(image).astype(np.float32)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a[:3], 0, -1)
+    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _unit(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    lo = a.min(axis=axes, keepdims=True)
+    hi = a.max(axis=axes, keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return (a - lo) / span
+
+
+def feature_maps_blob(maps: torch.Tensor, layer: str, *, normalize: bool = True) -> bytes:
+    """One sample's maps [C, H, W] (a batch's first sample is taken); each map scaled to [0, 1]."""
+    a = _np(maps).astype(np.float32)
+    if a.ndim == 4:
+        a = a[0]
+    if a.ndim == 2:
+        a = a[:, None, :]
+    a = a[:MAX_FEATURE_MAPS]
+    meta: dict[str, Any] = {"kind": "feature_maps", "layer": layer, "min": float(a.min(initial=0)),
+                            "max": float(a.max(initial=0)), "normalized": normalize}
+    if normalize:
+        a = _unit(a, (1, 2))
+    return encode_content(meta, {"maps": a.astype(np.float16)})
+
+
+def filters_blob(filters: torch.Tensor, layer: str) -> bytes:
+    """[N, H, W] or [N, H, W, 3] filter tiles, each scaled to [0, 1] (raw range in meta)."""
+    a = _np(filters).astype(np.float32)
+    meta = {"kind": "filters", "layer": layer, "min": float(a.min(initial=0)), "max": float(a.max(initial=0))}
+    axes = (1, 2, 3) if a.ndim == 4 else (1, 2)
+    return encode_content(meta, {"filters": _unit(a, axes).astype(np.float16)})
+
+
+def grad_cam_blob(image: torch.Tensor | np.ndarray, cam: torch.Tensor, *, layer: str, target: int, method: str) -> bytes:
+    c = _np(cam).astype(np.float32)
+    if c.ndim == 3:
+        c = c[0]
+    img = _np(image)
+    if img.ndim == 4:
+        img = img[0]
+    return encode_content({"kind": "grad_cam", "layer": layer, "target": int(target), "method": method},
+                          {"image": image_uint8(img), "cam": np.clip(c, 0, 1).astype(np.float16)})
+
+
+def attention_blob(attention: torch.Tensor, layer: str) -> bytes:
+    a = _np(attention).astype(np.float32)
+    if a.ndim == 4:
+        a = a[0]
+    return encode_content({"kind": "attention", "layer": layer}, {"attention": a.astype(np.float16)})
+
+
+def confusion_blob(evaluation: Any, labels: Sequence[str]) -> bytes:
+    ev = evaluation
+    return encode_content(
+        {"kind": "confusion_matrix", "labels": list(labels), "precision": [float(v) for v in ev.precision],
+         "recall": [float(v) for v in ev.recall], "f1": [float(v) for v in ev.f1], "accuracy": float(ev.accuracy),
+         "misclassified": [int(i) for i in ev.misclassified[:200]],
+         "low_confidence": [int(i) for i in ev.low_confidence[:200]]},
+        {"matrix": _np(ev.matrix).astype(np.int32)},
+    )
+
+
+def latent_cloud_blob(embedding: Any, classes: Sequence[str], thumbnails: np.ndarray | None = None) -> bytes:
+    e = embedding
+    arrays: dict[str, np.ndarray] = {
+        "positions": e.positions.astype(np.float32), "labels": e.labels.astype(np.int16),
+        "predictions": e.predictions.astype(np.int16), "confidence": e.confidence.astype(np.float16),
+    }
+    if thumbnails is not None:
+        arrays["thumbnails"] = np.ascontiguousarray(thumbnails[e.thumbnail_index]).astype(np.uint8)
+    return encode_content({"kind": "latent_cloud", "classes": list(classes), "method": e.method, "layer": e.layer},
+                          arrays)
+
+
+def image_blob(image: torch.Tensor | np.ndarray, text: str = "") -> bytes:
+    return encode_content({"kind": "image", "text": text}, {"image": image_uint8(image)})
