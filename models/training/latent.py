@@ -139,7 +139,7 @@ class LabelingSession:
         labelled = torch.nonzero(self.labels >= 0).flatten()
         if len(labelled):
             pick = labelled[torch.randint(0, len(labelled), (min(len(labelled), 64),), generator=self.generator)]
-            _, mu_l, _, logits_l = self.model(self.x[pick])
+            *_, logits_l = self.model(self.x[pick])
             loss = loss + self.label_weight * nn.functional.cross_entropy(logits_l, self.labels[pick])
         self.optimizer.zero_grad()
         loss.backward()
@@ -328,14 +328,14 @@ class LabelingLoop:
                               "labelled": self.session.n_labelled})
                 return True
             if cmd == "label_ids":
-                ids, label = payload.get("ids"), payload.get("label")
+                ids, id_label = payload.get("ids"), payload.get("label")
                 if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
                     raise SteerError("'ids' must be a non-empty list of point ids")
-                if isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < len(self.session.classes):
+                if isinstance(id_label, bool) or not isinstance(id_label, int) or not -1 <= id_label < len(self.session.classes):
                     raise SteerError(f"'label' must be an integer in [-1, {len(self.session.classes) - 1}]")
-                self.session.label_ids(ids, label)
-                self.label_events.append(LabelEvent((0.0, 0.0, 0.0), 0.0, label, np.asarray(ids)))
-                self._report({"type": "labelled", "by": sender, "count": len(ids), "label": label,
+                self.session.label_ids(ids, id_label)
+                self.label_events.append(LabelEvent((0.0, 0.0, 0.0), 0.0, id_label, np.asarray(ids)))
+                self._report({"type": "labelled", "by": sender, "count": len(ids), "label": id_label,
                               "labelled": self.session.n_labelled})
                 return True
             raise SteerError(f"unknown labeling command {cmd!r:.40}; allowed: label_sphere, label_ids")
