@@ -223,7 +223,12 @@ class VoiceSession:
         await self._drop_link(pid, say_bye=False)
         self._link_no += 1
         link = self._new_link(pid, self._link_no)
-        sdp = await link.create_offer()
+        try:
+            sdp = await link.create_offer()
+        except Exception as exc:  # e.g. our address is gone for a moment; the watchdog retries
+            log.info("could not make an offer to %s: %r", pid, exc)
+            await self._forget(pid, link)
+            return
         if self.sfu is not None or self.links.get(pid) is not link:
             await self._forget(pid, link)  # the room moved to the SFU (or a newer link) meanwhile
             return
