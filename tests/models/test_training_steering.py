@@ -109,14 +109,14 @@ def test_retraining_on_misclassified_points_fixes_most_of_them(data, tmp_path) -
     assert wrong_before > 50
     run.steer({"cmd": "retrain", "select": "misclassified", "steps": 40})
     run.service()
-    done = [e for e in run.events if e["type"] == "steered" and e["cmd"] == "retrain"][0]
+    done = next(e for e in run.events if e["type"] == "steered" and e["cmd"] == "retrain")
     assert done["points"] == wrong_before and done["wrong_before"] == wrong_before
     assert done["wrong_after"] <= 0.3 * wrong_before, done
     run.close()
 
 
 def test_selections_of_zero_points_are_refused(data, tmp_path) -> None:
-    run, model, opt = make_run(data, tmp_path)
+    run, _model, _opt = make_run(data, tmp_path)
     with pytest.raises(SteerError, match="zero points"):
         parse_steer({"cmd": "retrain", "select": "ids", "ids": []})
     run.steer({"cmd": "retrain", "select": "low_confidence", "threshold": 1e-9})
