@@ -153,3 +153,12 @@ class StreamedEmbedding:
             if progress is not None and progress(epoch + 1, epochs) is False:
                 break
         return y
+
+
+def filter_features(model: torch.nn.Module, layer: str) -> np.ndarray:
+    """One row per filter (output channel) of `layer`'s weight, flattened: what a filter embedding embeds."""
+    module = dict(model.named_modules()).get(layer) if layer else None
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        raise ValueError(f"layer {layer!r} has no weight with filters to embed")
+    return weight.detach().reshape(weight.shape[0], -1).numpy().astype(np.float32).copy()
