@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deeproom.models.training import watch
+from deeproom.models.training import EmbeddingFrame, watch
 from deeproom.models.training.demo import DemoCNN, digits
 from deeproom.models.training.stream_embed import (
     StreamedEmbedding,
@@ -82,7 +82,7 @@ def test_embedding_streams_while_training_and_separates_classes(tmp_path) -> Non
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     run = watch(model, optimizer=opt, offline=True, train_data=(train.x, train.y), val_data=(val.x, val.y),
                 data_dir=tmp_path, embed_layer="fc1")
-    frames = []
+    frames: list[EmbeddingFrame] = []
     run.frame_listeners.append(frames.append)
     for _ in range(4):
         for i in range(0, len(train.y), 64):
