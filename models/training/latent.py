@@ -305,7 +305,7 @@ class LabelingLoop:
                     if self._stop:
                         return
             commands = self._take()
-            if any(self._apply(s, p) for s, p in commands):
+            if any([self._apply(s, p) for s, p in commands]):  # apply every one, not just up to the first
                 rounds_left = self.rounds
             if rounds_left > 0:
                 self.session.train(self.steps_per_frame)
