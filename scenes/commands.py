@@ -1,0 +1,166 @@
+"""Command-line part of the scenes: `demo`, `open`, `join` and `bench render`.
+
+Light at import (argparse only); Ursina, torch and the relay load when a command runs.
+Without a display (no DISPLAY) or with --headless, rooms render offscreen (EGL) and
+PNG snapshots are written; with one, a desktop window opens.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from deeproom.config import Config
+
+
+def _view_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--headless", action="store_true", help="render offscreen (EGL) and write PNG snapshots")
+    p.add_argument("--frames", type=int, default=30, help="frames to render before each snapshot (headless)")
+    p.add_argument("--snapshot", metavar="PNG", help="write one snapshot here (headless; default: ./snapshots/)")
+    p.add_argument("--size", default="1280x720", help="window or image size WxH (default 1280x720)")
+    p.add_argument("--xr", action="store_true", help="show the room in an OpenXR headset when one is available")
+    p.add_argument("--name", default="You", help="your display name")
+
+
+def register(commands: Any, bench: Any) -> None:
+    p = commands.add_parser("demo", help="a room with a digits CNN trained in seconds and every panel kind "
+                                         "(window, or offscreen snapshots without a display)")
+    _view_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--server", help="a relay URL to host the demo room on (default: an embedded relay)")
+    p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser("open", help="open one or more models (ONNX, TorchScript, checkpoints) side by side in a new room")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    _view_args(p)
+    p.add_argument("--room", default=None, help="room id (default: open-<random>)")
+    p.add_argument("--server", help="a relay URL (default: an embedded relay)")
+    p.set_defaults(func=cmd_open)
+
+    p = commands.add_parser("join", help="join a room: deeproom://host:port/room?invite=TOKEN or http://host:port/room")
+    p.add_argument("target", metavar="URL-or-invite")
+    _view_args(p)
+    p.add_argument("--password")
+    p.set_defaults(func=cmd_join)
+
+    b = bench.add_parser("render", help="a 70k-point cloud, a 10k-node graph and a 20k-tile wall in one room "
+                                        "vs the same tiles as one Entity each")
+    b.add_argument("--frames", type=int, default=40, help="frames measured per scene (default 40)")
+    b.add_argument("--size", default="1280x720")
+    b.set_defaults(func=cmd_bench_render)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--size must look like 1280x720; got {text!r}") from None
+    if not (64 <= w <= 8192 and 64 <= h <= 8192):
+        raise SystemExit(f"--size must be between 64 and 8192 pixels per side; got {text!r}")
+    return w, h
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from deeproom.scenes.runner import RunSettings, decide_headless
+
+    return RunSettings(headless=decide_headless(args.headless), frames=max(1, args.frames),
+                       snapshot=Path(args.snapshot) if args.snapshot else None, size=_size(args.size), xr=args.xr)
+
+
+def _client(url: str | None, room: str, name: str, config: Config, **kw: Any) -> Any:
+    from deeproom.net import BackgroundClient
+
+    client = BackgroundClient(url, room=room, name=name, data_dir=config.data_dir, **kw)
+    client.wait_ready(60)
+    return client
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.scenes.app import AppOptions, RoomApp
+    from deeproom.scenes.demo import DemoEngine
+    from deeproom.scenes.runner import run_room
+    from deeproom.scenes.session import RelaySession
+
+    run = _settings(args)
+    client = _client(args.server or config.server, "demo", args.name, config)
+    print(f"demo room on relay {client.url} (room 'demo')")
+    session = RelaySession(client)
+    engine = DemoEngine(session, seed=args.seed, progress=lambda s: print(s, flush=True)).start()
+    app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4)),
+                  provider=engine)
+    try:
+        return run_room(app, run, engine=engine, name="demo")
+    finally:
+        engine.close()
+        app.close()
+        client.close()
+
+
+def cmd_open(args: argparse.Namespace, config: Config) -> int:
+    import secrets
+
+    from deeproom.scenes.app import AppOptions, RoomApp
+    from deeproom.scenes.open_models import ModelsEngine
+    from deeproom.scenes.runner import run_room
+    from deeproom.scenes.session import RelaySession
+
+    run = _settings(args)
+    for m in args.models:
+        if not Path(m).exists():
+            print(f"no such model file: {m}")
+            return 2
+    room = args.room or f"open-{secrets.token_hex(3)}"
+    client = _client(args.server or config.server, room, args.name, config)
+    print(f"room {room!r} on relay {client.url}")
+    session = RelaySession(client)
+    engine = ModelsEngine(session, [Path(m) for m in args.models], progress=lambda s: print(s, flush=True)).start()
+    app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4)),
+                  provider=engine)
+    try:
+        return run_room(app, run, engine=engine, name="open")
+    finally:
+        engine.close()
+        app.close()
+        client.close()
+
+
+def parse_target(target: str) -> tuple[str, str, str | None]:
+    """(relay URL, room, invite token or None) from an invite link or http://host:port/room."""
+    import urllib.parse
+
+    from deeproom.errors import ValidationError
+
+    if target.startswith("deeproom://"):
+        from deeproom.net.auth import relay_url_from_link
+
+        return relay_url_from_link(target)
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme in ("http", "https") and parts.netloc and parts.path.strip("/"):
+        q = urllib.parse.parse_qs(parts.query).get("invite")
+        return f"{parts.scheme}://{parts.netloc}", parts.path.strip("/"), q[0] if q else None
+    raise ValidationError("join needs deeproom://host:port/room?invite=TOKEN or http://host:port/ROOM; "
+                          f"got {target[:60]!r}")
+
+
+def cmd_join(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.scenes.app import AppOptions, RoomApp
+    from deeproom.scenes.runner import run_room
+    from deeproom.scenes.session import RelaySession
+
+    run = _settings(args)
+    url, room, invite = parse_target(args.target)
+    client = _client(url, room, args.name, config, invite=invite, password=args.password)
+    session = RelaySession(client)
+    app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4)))
+    try:
+        return run_room(app, run, name="join")
+    finally:
+        app.close()
+        client.close()
+
+
+def cmd_bench_render(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.scenes.bench_render import run_bench
+
+    return run_bench(frames=args.frames, size=_size(args.size))

@@ -1,0 +1,88 @@
+"""What is pinned to the screen: room status, the lost-connection banner, notices, help, the add menu."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ursina import Entity, Text, camera, color, window
+
+from deeproom.state import PanelKind
+
+if TYPE_CHECKING:
+    from deeproom.scenes.app import RoomApp
+
+HELP = ("WASD walk · right-drag look · drag title bar: move · Q/E rotate · +/- scale · corner: resize · "
+        "Tab: add panel · T teleport · F follow me · G summon")
+NOTICE_SECONDS = 6.0
+
+
+class Hud:
+    def __init__(self, app: RoomApp) -> None:
+        self.app = app
+        self._cache: dict[str, Any] = {}
+
+    def build(self) -> None:
+        ui = camera.ui
+        self.status = Text("", parent=ui, origin=(-0.5, 0.5), scale=0.9, color=color.rgb(0.85, 0.88, 0.95))
+        self.banner_bg = Entity(parent=ui, model="quad", color=color.rgba(0.7, 0.12, 0.15, 0.92), enabled=False)
+        self.banner = Text("", parent=ui, origin=(0, 0), scale=1.0, color=color.white, enabled=False)
+        self.follow = Text("", parent=ui, origin=(0, 0.5), scale=1.0, color=color.rgb(1, 0.85, 0.4))
+        self.notice = Text("", parent=ui, origin=(-0.5, -0.5), scale=0.85)
+        self.help = Text(HELP, parent=ui, origin=(0, -0.5), scale=0.7, color=color.rgb(0.6, 0.64, 0.72))
+        lines = ["Add a panel:"] + [f"  {(i + 1) % 10}  {k.value.replace('_', ' ')}" for i, k in enumerate(PanelKind)]
+        self.menu_bg = Entity(parent=ui, model="quad", scale=(0.42, 0.5), color=color.rgba(0.1, 0.11, 0.16, 0.95),
+                              enabled=False)
+        self.menu = Text("\n".join(lines), parent=ui, origin=(-0.5, 0.5), scale=1.0, enabled=False)
+        self.layout()
+
+    def layout(self) -> None:
+        a = window.aspect_ratio
+        self.status.position = (-a / 2 + 0.015, 0.49)
+        self.banner_bg.position = (0, 0.45)
+        self.banner_bg.scale = (a, 0.06)
+        self.banner.position = (0, 0.45)
+        self.follow.position = (0, 0.40)
+        self.notice.position = (-a / 2 + 0.015, -0.44)
+        self.help.position = (0, -0.495)
+        self.menu_bg.position = (0, 0)
+        self.menu.position = (-0.19, 0.23)
+
+    def _set(self, name: str, entity: Text, text: str) -> None:
+        if self._cache.get(name) != text:
+            self._cache[name] = text
+            entity.text = text
+
+    def update(self, now: float) -> None:
+        app = self.app
+        room = app.room
+        name = room.settings.name if room is not None else "…"
+        people = len(room.participants) if room is not None else 0
+        conn = "connected" if app.connected else "offline"
+        self._set("status", self.status, f"DeepRoom · {name} · {people} here · {conn}")
+        lost = not app.connected
+        self.banner.enabled = self.banner_bg.enabled = lost
+        if lost:
+            self._set("banner", self.banner, f"Connection lost — reconnecting…  {app.status_text}"[:120])
+        self._set("follow", self.follow, f"Following {app.name_of(app.following)}" if app.following else "")
+        live = [(t, s, e) for t, s, e in app.notices if now - t < NOTICE_SECONDS]
+        text = "\n".join(s for _, s, _ in live[-3:])
+        self._set("notice", self.notice, text)
+        err = any(e for _, _, e in live[-1:])
+        self.notice.color = color.rgb(1, 0.55, 0.55) if err else color.rgb(0.7, 0.95, 0.75)
+
+    def show_menu(self, on: bool) -> None:
+        self.menu.enabled = self.menu_bg.enabled = on
+
+    def click_menu(self) -> None:
+        from ursina import mouse
+
+        if mouse.position is None:
+            return
+        row = int((0.23 - float(mouse.y)) / (self.menu.size * self.menu.scale_y * 1.0 + 1e-6)) - 1
+        kinds = list(PanelKind)
+        if 0 <= row < len(kinds):
+            self.app.key(str((row + 1) % 10))
+        else:
+            self.app.key("escape")
+
+

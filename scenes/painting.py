@@ -1,0 +1,380 @@
+"""Panel faces drawn as images: curves, matrices, map grids, overlays, notes, error cards.
+
+Each 2D panel kind is painted once per content change into one RGB image (numpy +
+Pillow), which becomes one texture on one quad: a panel costs one draw call however
+many cells or maps it shows, and the colours are exactly the colour maps' (tests
+compute the colour a cell must have with `colormap`). Nothing here imports Ursina.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from deeproom.scenes import colormap
+
+BACKGROUND = (24, 28, 40)
+FOREGROUND = (230, 234, 242)
+MUTED = (140, 148, 166)
+GRID = (52, 58, 76)
+ERROR_BG = (92, 24, 30)
+SERIES_COLOURS = [(94, 176, 255), (255, 160, 64), (120, 220, 120), (240, 90, 110), (200, 140, 255), (250, 220, 90)]
+
+FontT = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+@lru_cache(maxsize=16)
+def font(size: int) -> FontT:
+    """Ursina's bundled Open Sans at `size` pixels (Pillow's own font if it is missing)."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("ursina")
+        if spec and spec.origin:
+            path = Path(spec.origin).parent / "fonts" / "OpenSans-Regular.ttf"
+            if path.exists():
+                return ImageFont.truetype(str(path), size)
+    except (OSError, ImportError):
+        pass
+    return ImageFont.load_default(size=size)
+
+
+def canvas(width: int, height: int, colour: tuple[int, int, int] = BACKGROUND) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    img = Image.new("RGB", (max(int(width), 8), max(int(height), 8)), colour)
+    return img, ImageDraw.Draw(img)
+
+
+def to_array(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def _text_width(draw: ImageDraw.ImageDraw, text: str, f: FontT) -> float:
+    return float(draw.textlength(text, font=f))
+
+
+def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return "nan"
+    a = abs(v)
+    if a >= 1000 or (0 < a < 0.01):
+        return f"{v:.2e}"
+    return f"{v:.3f}" if a < 10 else f"{v:.1f}"
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def paint_metrics(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], width: int, height: int) -> np.ndarray:
+    """Training curves: loss-like series on top, accuracies (0-1) below, others as a footer."""
+    img, d = canvas(width, height)
+    xname = str(meta.get("x", "step"))
+    names = [str(n) for n in meta.get("series", [k for k in arrays if k != xname]) if str(n) in arrays and str(n) != xname]
+    x = arrays.get(xname)
+    acc = [n for n in names if "acc" in n]
+    rest = [n for n in names if n not in acc and n not in ("lr", "epoch_time")]
+    extra = [n for n in names if n in ("lr", "epoch_time")]
+    f = font(max(10, height // 24))
+    plots = [p for p in (rest, acc) if p]
+    footer = max(14, height // 14) if extra else 0
+    if not plots:
+        d.text((10, 10), "no series yet", fill=MUTED, font=f)
+        return to_array(img)
+    ph = (height - footer) // len(plots)
+    colour_i = 0
+    for pi, group in enumerate(plots):
+        top = pi * ph
+        box = (int(width * 0.1), top + ph // 8, width - 10, top + ph - ph // 8)
+        d.rectangle(box, outline=GRID)
+        series = [np.asarray(arrays[n], dtype=np.float64).ravel() for n in group]
+        finite = np.concatenate([s[np.isfinite(s)] for s in series]) if series else np.zeros(0)
+        lo, hi = (0.0, 1.0) if group is acc else ((float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0))
+        if hi <= lo:
+            hi = lo + 1.0
+        for k in range(1, 4):
+            yy = box[1] + (box[3] - box[1]) * k / 4
+            d.line([(box[0], yy), (box[2], yy)], fill=GRID)
+        d.text((4, box[1] - 2), _fmt(hi), fill=MUTED, font=f)
+        d.text((4, box[3] - f.size if hasattr(f, "size") else box[3] - 10), _fmt(lo), fill=MUTED, font=f)
+        legend_x = float(box[0] + 6)
+        for name, s in zip(group, series, strict=True):
+            colour = SERIES_COLOURS[colour_i % len(SERIES_COLOURS)]
+            colour_i += 1
+            n = len(s)
+            if n:
+                xs = np.asarray(x, dtype=np.float64).ravel()[:n] if x is not None and len(x) >= n else np.arange(n, dtype=np.float64)
+                x0, x1 = float(np.nanmin(xs)), float(np.nanmax(xs))
+                x1 = x1 if x1 > x0 else x0 + 1
+                px = box[0] + (xs - x0) / (x1 - x0) * (box[2] - box[0])
+                py = box[3] - (np.clip(s, lo, hi) - lo) / (hi - lo) * (box[3] - box[1])
+                ok = np.isfinite(s)
+                pts = [(float(a), float(b)) for a, b, k in zip(px, py, ok, strict=True) if k]
+                if len(pts) > 1:
+                    d.line(pts, fill=colour, width=max(1, height // 160))
+                elif pts:
+                    d.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=colour)
+                last = _fmt(float(s[ok][-1])) if ok.any() else "nan"
+            else:
+                last = "-"
+            label = f"{name} {last}"
+            d.text((legend_x, box[1] + 2), label, fill=colour, font=f)
+            legend_x += _text_width(d, label, f) + 12
+    if extra:
+        parts = []
+        for series_name in extra:
+            vals = np.asarray(arrays[series_name], dtype=np.float64).ravel()
+            parts.append(f"{series_name} {_fmt(float(vals[-1])) if vals.size else '-'}")
+        steps = f"{xname} {int(np.asarray(x).ravel()[-1])}" if x is not None and np.asarray(x).size else ""
+        d.text((10, height - footer + 1), "   ".join([steps, *parts]), fill=MUTED, font=f)
+    return to_array(img)
+
+
+# --- confusion matrix ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixLayout:
+    """Where the cells of a C x C matrix are on a width x height image (pixels, top-left origin)."""
+
+    left: float
+    top: float
+    cell_w: float
+    cell_h: float
+
+    def cell(self, row: int, col: int) -> tuple[float, float, float, float]:
+        x0 = self.left + col * self.cell_w
+        y0 = self.top + row * self.cell_h
+        return x0, y0, x0 + self.cell_w, y0 + self.cell_h
+
+
+def matrix_layout(classes: int, width: int, height: int) -> MatrixLayout:
+    left, top = width * 0.16, height * 0.16
+    right, bottom = width * 0.98, height * 0.98
+    return MatrixLayout(left, top, (right - left) / max(classes, 1), (bottom - top) / max(classes, 1))
+
+
+def confusion_colours(matrix: np.ndarray) -> np.ndarray:
+    """[C, C, 3] uint8: the colour each cell is painted (counts over the largest count)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    top = float(m.max()) if m.size else 1.0
+    return colormap.sequential(m / (top if top > 0 else 1.0))
+
+
+def paint_confusion(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], width: int, height: int) -> np.ndarray:
+    m = np.asarray(arrays["matrix"])
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"confusion matrix must be square [C, C]; got shape {list(m.shape)}")
+    c = m.shape[0]
+    labels = [str(s) for s in meta.get("labels", [])][:c]
+    labels += [str(i) for i in range(len(labels), c)]
+    img, d = canvas(width, height)
+    lay = matrix_layout(c, width, height)
+    colours = confusion_colours(m)
+    f = font(max(8, int(min(lay.cell_w, lay.cell_h) * 0.36)))
+    fl = font(max(8, int(min(lay.cell_h, height * 0.06) * 0.6)))
+    for r in range(c):
+        for k in range(c):
+            x0, y0, x1, y1 = lay.cell(r, k)
+            col = tuple(int(v) for v in colours[r, k])
+            d.rectangle([x0, y0, x1 - 1, y1 - 1], fill=col)
+            if c <= 30:
+                text = str(int(m[r, k]))
+                lum = 0.3 * col[0] + 0.59 * col[1] + 0.11 * col[2]
+                tw = _text_width(d, text, f)
+                d.text(((x0 + x1) / 2 - tw / 2, (y0 + y1) / 2 - f.size / 1.6 if hasattr(f, "size") else y0),
+                       text, fill=(20, 20, 20) if lum > 140 else (240, 240, 240), font=f)
+    if c <= 40:
+        for i, lab in enumerate(labels):
+            x0, y0, x1, y1 = lay.cell(i, i)
+            tw = _text_width(d, lab, fl)
+            d.text(((x0 + x1) / 2 - tw / 2, lay.top - fl.size * 1.3 if hasattr(fl, "size") else 2), lab, fill=FOREGROUND, font=fl)
+            d.text((lay.left - tw - 6, (y0 + y1) / 2 - (fl.size if hasattr(fl, "size") else 8) / 1.6), lab, fill=FOREGROUND, font=fl)
+    d.text((4, 2), "true \u2193  predicted \u2192", fill=MUTED, font=fl)
+    acc = float(np.trace(m)) / max(float(m.sum()), 1.0)
+    d.text((4, 2 + (fl.size if hasattr(fl, "size") else 10) * 1.3), f"acc {acc:.3f}", fill=MUTED, font=fl)
+    return to_array(img)
+
+
+# --- grids of maps -------------------------------------------------------------------------
+
+
+def grid_shape(n: int, aspect: float) -> tuple[int, int]:
+    """(rows, cols) for n tiles on an area of the given width/height ratio."""
+    cols = max(1, math.ceil(math.sqrt(n * aspect)))
+    rows = max(1, math.ceil(n / cols))
+    return rows, cols
+
+
+def tile_maps(maps: np.ndarray, width: int, height: int, *, signed: bool = False, title: str = "") -> np.ndarray:
+    """Maps [N, H, W] (each normalised on its own) or RGB [N, H, W, 3] tiled onto one image."""
+    arr = np.nan_to_num(np.asarray(maps, dtype=np.float32))
+    img, d = canvas(width, height)
+    header = max(14, height // 14) if title else 0
+    if title:
+        d.text((6, 1), title, fill=FOREGROUND, font=font(max(10, header - 4)))
+    n = int(arr.shape[0])
+    if n == 0:
+        return to_array(img)
+    rows, cols = grid_shape(n, width / max(height - header, 1))
+    tw, th = width / cols, (height - header) / rows
+    pad = max(1.0, min(tw, th) * 0.06)
+    for i in range(n):
+        m = arr[i]
+        if m.ndim == 3:
+            rgb = (colormap.normalise(m) * 255).astype(np.uint8)
+        elif signed:
+            rgb = colormap.diverging(m)
+        else:
+            rgb = colormap.sequential(colormap.normalise(m))
+        r, c = divmod(i, cols)
+        x0, y0 = int(c * tw + pad), int(header + r * th + pad)
+        w, h = max(1, int(tw - 2 * pad)), max(1, int(th - 2 * pad))
+        tile = Image.fromarray(np.ascontiguousarray(rgb), "RGB").resize((w, h), Image.Resampling.NEAREST)
+        img.paste(tile, (x0, y0))
+    return to_array(img)
+
+
+def paint_feature_maps(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], width: int, height: int) -> np.ndarray:
+    maps = np.asarray(arrays["maps"])
+    if maps.ndim != 3:
+        raise ValueError(f"feature maps must be [C, H, W]; got shape {list(maps.shape)}")
+    return tile_maps(maps, width, height, title=f"{meta.get('layer', '')}  ({maps.shape[0]} maps)")
+
+
+def paint_filters(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], width: int, height: int) -> np.ndarray:
+    f = np.asarray(arrays["filters"])
+    if f.ndim not in (3, 4):
+        raise ValueError(f"filters must be [N, H, W] or [N, H, W, 3]; got shape {list(f.shape)}")
+    return tile_maps(f, width, height, signed=f.ndim == 3, title=f"{meta.get('layer', '')}  ({f.shape[0]} filters)")
+
+
+def paint_attention(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], width: int, height: int) -> np.ndarray:
+    a = np.asarray(arrays["attention"])
+    if a.ndim != 3:
+        raise ValueError(f"attention must be [heads, T, T]; got shape {list(a.shape)}")
+    return tile_maps(a, width, height, title=f"{meta.get('layer', '')}  ({a.shape[0]} heads)")
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    im = np.asarray(image)
+    if im.ndim == 2:
+        im = np.repeat(im[:, :, None], 3, axis=2)
+    if im.ndim != 3 or im.shape[2] not in (3, 4):
+        raise ValueError(f"image must be [H, W] or [H, W, 3]; got shape {list(np.asarray(image).shape)}")
+    if im.dtype != np.uint8:
+        im = (colormap.normalise(im) * 255).astype(np.uint8)
+    return np.ascontiguousarray(im[:, :, :3])
+
+
+def _fit(img: Image.Image, box: tuple[int, int, int, int], resample: Image.Resampling) -> tuple[Image.Image, tuple[int, int]]:
+    x0, y0, x1, y1 = box
+    s = min((x1 - x0) / img.width, (y1 - y0) / img.height)
+    w, h = max(1, int(img.width * s)), max(1, int(img.height * s))
+    return img.resize((w, h), resample), (x0 + (x1 - x0 - w) // 2, y0 + (y1 - y0 - h) // 2)
+
+
+def paint_image(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], width: int, height: int) -> np.ndarray:
+    img, _ = canvas(width, height)
+    src = Image.fromarray(_rgb(arrays["image"]), "RGB")
+    tile, at = _fit(src, (4, 4, width - 4, height - 4), Image.Resampling.NEAREST)
+    img.paste(tile, at)
+    return to_array(img)
+
+
+def grad_cam_overlay(image: np.ndarray, cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The input (grey or RGB) with the CAM, upsampled and colour-mapped, blended by its value."""
+    base = Image.fromarray(_rgb(image), "RGB").resize(size, Image.Resampling.BILINEAR)
+    c = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
+    cam_img = Image.fromarray((c * 255).astype(np.uint8), "L").resize(size, Image.Resampling.BILINEAR)
+    cu = np.asarray(cam_img, dtype=np.float32) / 255.0
+    heat = colormap.sequential(cu).astype(np.float32)
+    alpha = (0.25 + 0.55 * cu)[:, :, None]
+    out = np.asarray(base, dtype=np.float32) * (1 - alpha) + heat * alpha
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def paint_grad_cam(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], width: int, height: int) -> np.ndarray:
+    img, d = canvas(width, height)
+    header = max(14, height // 12)
+    d.text((6, 1), f"{meta.get('method', 'Grad-CAM')} · {meta.get('layer', '')} · target {meta.get('target', '')}",
+           fill=FOREGROUND, font=font(max(10, header - 4)))
+    half = (width - 12) // 2
+    side = min(half, height - header - 8)
+    src = Image.fromarray(_rgb(arrays["image"]), "RGB").resize((side, side), Image.Resampling.NEAREST)
+    img.paste(src, (4 + (half - side) // 2, header + 4))
+    over = Image.fromarray(grad_cam_overlay(arrays["image"], arrays["cam"], (side, side)), "RGB")
+    img.paste(over, (8 + half + (half - side) // 2, header + 4))
+    return to_array(img)
+
+
+def paint_note(text: str, width: int, height: int) -> np.ndarray:
+    img, d = canvas(width, height, (40, 38, 30))
+    size = max(12, height // 14)
+    f = font(size)
+    chars = max(8, int(width / (size * 0.52)))
+    y = 8.0
+    for para in str(text).splitlines() or [""]:
+        for line in textwrap.wrap(para, chars) or [""]:
+            if y > height - size:
+                return to_array(img)
+            d.text((10, y), line, fill=(250, 240, 200), font=f)
+            y += size * 1.3
+    return to_array(img)
+
+
+def paint_message(title: str, message: str, width: int, height: int, *, error: bool = True) -> np.ndarray:
+    """A card in place of content: an error (red) or a waiting notice (grey)."""
+    img, d = canvas(width, height, ERROR_BG if error else (36, 40, 54))
+    size = max(12, height // 12)
+    d.text((12, 10), title, fill=(255, 210, 210) if error else FOREGROUND, font=font(size))
+    f = font(max(10, int(size * 0.7)))
+    y = 14 + size * 1.5
+    for line in textwrap.wrap(message, max(10, int(width / (f.size * 0.55 if hasattr(f, "size") else 6))))[:8]:
+        d.text((12, y), line, fill=FOREGROUND, font=f)
+        y += (f.size if hasattr(f, "size") else 10) * 1.3
+    return to_array(img)
+
+
+def thumbnail_atlas(thumbs: np.ndarray, max_side: int = 4096) -> tuple[np.ndarray, int, int]:
+    """Thumbnails [N, h, w] or [N, h, w, 3] packed into one RGB atlas; returns (atlas, cols, rows)."""
+    t = np.asarray(thumbs)
+    if t.ndim == 3:
+        t = np.repeat(t[:, :, :, None], 3, axis=3)
+    if t.dtype != np.uint8:
+        t = (colormap.normalise(t) * 255).astype(np.uint8)
+    n, h, w = t.shape[:3]
+    cols = max(1, min(math.ceil(math.sqrt(n)), max_side // max(w, 1)))
+    rows = math.ceil(n / cols)
+    pad = cols * rows - n
+    if pad:
+        t = np.concatenate([t, np.zeros((pad, h, w, 3), np.uint8)])
+    atlas = t.reshape(rows, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, 3)
+    return np.ascontiguousarray(atlas), cols, rows
+
+
+def atlas_uv(indices: Sequence[int] | np.ndarray, cols: int, rows: int) -> np.ndarray:
+    """[N, 4] (u0, v0, u1, v1) of atlas entries, v measured from the bottom (texture space)."""
+    idx = np.asarray(indices, dtype=np.int64)
+    r, c = np.divmod(idx, cols)
+    u0, u1 = c / cols, (c + 1) / cols
+    v1 = 1.0 - r / rows
+    v0 = 1.0 - (r + 1) / rows
+    return np.stack([u0, v0, u1, v1], axis=1).astype(np.float32)
+
+
+PAINTERS = {
+    "metrics": paint_metrics,
+    "confusion_matrix": paint_confusion,
+    "feature_maps": paint_feature_maps,
+    "filters": paint_filters,
+    "grad_cam": paint_grad_cam,
+    "attention": paint_attention,
+    "image": paint_image,
+}

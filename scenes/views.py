@@ -1,0 +1,634 @@
+"""One view per panel: a frame (title bar, grab handle, resize corner, close, lock) and its content.
+
+Every view has `build()`, `sync(...)` and `teardown()` and owns the entities it
+creates. A `PanelView` places its root where the panel's transform says and draws
+the frame; its content view (chosen by what the content worker prepared) draws what
+the panel shows: a painted face (one textured quad), a 3D model graph (one mesh of
+boxes, one of edges), a latent cloud (one point draw, one thumbnail draw for the
+points near the viewer, one trail draw) or a wall of feature-map tiles (one mesh).
+
+Hit testing is done here in panel face coordinates (metres from the face centre,
+unscaled), so input from a mouse, a controller or a test lands on the same regions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from panda3d.core import NodePath, Quat, TransparencyAttrib
+from ursina import Entity, Text, color
+from ursina.texture import Texture as UrsinaTexture
+
+from deeproom.scenes import batch, colormap, geometry, painting
+from deeproom.scenes.prepared import (
+    CloudContent,
+    ContentFailure,
+    GraphContent,
+    PaintedContent,
+    Prepared,
+    WallContent,
+    render_failure,
+)
+from deeproom.state import Panel
+
+TITLE_BAR = 0.075
+"""Height of the title bar above a panel's face (metres, before scaling)."""
+CORNER = 0.07
+"""Side of the resize corner at the bottom right."""
+
+_KIND_ACCENT = {
+    "model_graph": "#5a8dee", "metrics": "#45b38a", "confusion_matrix": "#d9a441", "latent_cloud": "#b36ae2",
+    "feature_maps": "#3fb7c9", "filters": "#e07a5f", "grad_cam": "#e05f8a", "attention": "#8ab34a",
+    "image": "#9aa3b5", "note": "#d8c46a",
+}
+
+
+def rgb(c: tuple[int, int, int] | np.ndarray, a: float = 1.0) -> Any:
+    return color.rgba(float(c[0]) / 255, float(c[1]) / 255, float(c[2]) / 255, a)
+
+
+def ursina_texture(image: np.ndarray, *, nearest: bool = False, mipmap: bool = False) -> UrsinaTexture:
+    tex = batch.texture(image, nearest=nearest, mipmap=mipmap)
+    ut = UrsinaTexture(tex, filtering=None if nearest else ("mipmap" if mipmap else "bilinear"))
+    ut._cached_image = None  # Ursina's Texture expects these for textures it did not load itself
+    ut.path = None
+    return ut
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """What a pointer ray hit on a panel: the region and face coordinates (unscaled metres)."""
+
+    panel_id: str
+    region: str  # "title", "close", "resize", "body"
+    u: float
+    v: float
+    distance: float
+    point: tuple[float, float, float]
+
+
+class ContentView:
+    """Draws a panel's content inside its face area (width x height, centred at the origin)."""
+
+    def __init__(self, parent: Entity, width: float, height: float) -> None:
+        self.parent = parent
+        self.width = width
+        self.height = height
+        self.entities: list[Entity] = []
+        self.nodes: list[NodePath] = []
+
+    def build(self) -> None: ...
+
+    def sync(self, viewer_local: np.ndarray | None, now: float) -> None:
+        """Per-frame work that is only arithmetic (level of detail); no I/O."""
+
+    def click(self, u: float, v: float) -> str | None:
+        """A click on the face at (u, v); returns an action name for the app, or None."""
+        return None
+
+    def teardown(self) -> None:
+        for e in self.entities:
+            e.parent = None
+            from ursina import destroy
+
+            destroy(e)
+        for n in self.nodes:
+            n.remove_node()
+        self.entities.clear()
+        self.nodes.clear()
+
+
+class FaceView(ContentView):
+    """A painted image on one quad (all 2D kinds, and error / waiting cards)."""
+
+    def __init__(self, parent: Entity, width: float, height: float, image: np.ndarray, nearest: bool = False) -> None:
+        super().__init__(parent, width, height)
+        self.image = image
+        self.nearest = nearest
+
+    def build(self) -> None:
+        self.quad = Entity(parent=self.parent, model="quad", scale=(self.width, self.height), z=-0.002,
+                           texture=ursina_texture(self.image, nearest=self.nearest), color=color.white)
+        self.entities.append(self.quad)
+
+
+_OP_COLOURS = {
+    "conv": (90, 141, 238), "linear": (235, 150, 70), "gemm": (235, 150, 70), "matmul": (235, 150, 70),
+    "norm": (90, 200, 130), "relu": (150, 156, 170), "gelu": (150, 156, 170), "pool": (170, 120, 230),
+    "add": (240, 210, 80), "cat": (240, 210, 80), "attention": (230, 100, 150), "group": (60, 190, 200),
+    "input": (230, 230, 230), "output": (230, 230, 230),
+}
+
+
+def op_colour(op: str) -> tuple[int, int, int]:
+    o = op.lower()
+    for key, c in _OP_COLOURS.items():
+        if key in o:
+            return c
+    return (130, 140, 160)
+
+
+class GraphView(ContentView):
+    """A model graph in 3D: layers as boxes (one mesh), edges as lines (one mesh), few labels."""
+
+    MAX_LABELS = 40
+
+    def __init__(self, parent: Entity, width: float, height: float, meta: dict[str, Any],
+                 collapsed: set[str] | None = None) -> None:
+        super().__init__(parent, width, height)
+        self.meta = meta
+        self.collapsed = set(geometry.default_collapsed(meta) if collapsed is None else collapsed)
+        self.selected: int | None = None
+        self.layout: geometry.GraphLayout | None = None
+        self.world: np.ndarray = np.zeros((0, 3), np.float32)
+        self.half: np.ndarray = np.zeros((0, 3), np.float32)
+
+    def build(self) -> None:
+        self.layout = lay = geometry.layout_graph(self.meta, self.collapsed)
+        n = len(lay.nodes)
+        w, h = self.width * 0.94, self.height * 0.86
+        depth = min(w, h) * 0.3
+        pos = lay.positions * np.array([w, h, depth], np.float32)
+        pos[:, 1] -= self.height * 0.03
+        per_rank = np.bincount([nd.rank for nd in lay.nodes], minlength=lay.ranks).max() if n else 1
+        hx = min(0.3 * w / max(lay.ranks, 1), 0.07)
+        hy = min(0.3 * h / max(per_rank, 1), 0.1)
+        params = np.array([max(nd.params, 1) for nd in lay.nodes], np.float64)
+        rel = np.log10(params) / max(float(np.log10(params.max())) if n else 1.0, 1.0)
+        half = np.stack([np.full(n, hx), np.full(n, hy), (0.25 + 0.75 * rel) * max(hx, hy)], axis=1).astype(np.float32)
+        for i, nd in enumerate(lay.nodes):
+            if nd.collapsed:
+                half[i] *= np.float32(1.35)
+        pos[:, 2] -= half[:, 2] + 0.01  # boxes stand in front of the face
+        cols = np.array([op_colour(nd.op) for nd in lay.nodes], np.uint8).reshape(-1, 3)
+        self.world, self.half = pos, half
+        if n:
+            node = batch.boxes("graph-nodes", pos, half, cols)
+            node.reparent_to(self.parent)
+            self.nodes.append(node)
+        if lay.edges:
+            pts: list[np.ndarray] = []
+            segs: list[np.ndarray] = []
+            ecol: list[np.ndarray] = []
+            base = 0
+            for a, b in lay.edges:
+                span = abs(lay.nodes[b].rank - lay.nodes[a].rank)
+                line = geometry.edge_polyline(pos[a], pos[b], span, bow=min(w, h) * 0.05)
+                k = len(line)
+                pts.append(line)
+                segs.append(np.stack([np.arange(k - 1), np.arange(1, k)], axis=1) + base)
+                c = (250, 200, 90) if span > 1 else (150, 160, 185)  # skip connections stand out
+                ecol.append(np.tile(np.array(c, np.uint8), (k, 1)))
+                base += k
+            edges = batch.lines("graph-edges", np.concatenate(pts), np.concatenate(segs),
+                                np.concatenate(ecol), thickness=1.5)
+            edges.reparent_to(self.parent)
+            self.nodes.append(edges)
+        self._labels(lay, pos, half)
+        self.outline = Entity(parent=self.parent, model="wireframe_cube", color=color.white, enabled=False)
+        self.entities.append(self.outline)
+
+    def _labels(self, lay: geometry.GraphLayout, pos: np.ndarray, half: np.ndarray) -> None:
+        picks = [i for i, nd in enumerate(lay.nodes) if nd.collapsed] or list(range(len(lay.nodes)))
+        if len(picks) > self.MAX_LABELS:
+            step = len(picks) / self.MAX_LABELS
+            picks = [picks[int(k * step)] for k in range(self.MAX_LABELS)]
+        size = min(2.0, max(1.0, 12.0 / max(math.sqrt(len(lay.nodes)), 1.0)))
+        for i in picks:
+            nd = lay.nodes[i]
+            name = nd.name if len(nd.name) <= 18 else nd.name[:17] + "…"
+            label = f"{name} ({nd.members})" if nd.collapsed else name
+            t = Text(label, parent=self.parent, scale=size, origin=(0, 0.5),
+                     position=(float(pos[i, 0]), float(pos[i, 1] - half[i, 1] - 0.006), float(pos[i, 2] - half[i, 2] - 0.002)),
+                     color=color.rgb(0.85, 0.88, 0.95))
+            self.entities.append(t)
+
+    def node_at(self, u: float, v: float) -> int | None:
+        if self.layout is None or not len(self.world):
+            return None
+        d = np.abs(self.world[:, :2] - np.array([u, v], np.float32)) - self.half[:, :2] * 1.3
+        inside = np.flatnonzero((d <= 0).all(axis=1))
+        if len(inside):
+            return int(inside[0])
+        dist = np.hypot(self.world[:, 0] - u, self.world[:, 1] - v)
+        i = int(dist.argmin())
+        return i if dist[i] < 0.03 else None
+
+    def select(self, index: int | None) -> None:
+        self.selected = index
+        if index is None:
+            self.outline.enabled = False
+            return
+        self.outline.enabled = True
+        self.outline.position = tuple(float(x) for x in self.world[index])
+        self.outline.scale = tuple(float(x) * 2.4 for x in self.half[index])
+
+    def click(self, u: float, v: float) -> str | None:
+        i = self.node_at(u, v)
+        if i is None or self.layout is None:
+            return None
+        nd = self.layout.nodes[i]
+        if nd.collapsed and nd.group is not None:
+            return f"expand:{nd.group}"
+        self.select(i)
+        return f"layer:{nd.key[2:]}"
+
+
+class CloudView(ContentView):
+    """A latent cloud: every point in one draw; thumbnails for the points near the viewer."""
+
+    NEAR = 0.9  # metres from the viewer within which points show their images
+    MAX_THUMBS = 400
+    REFRESH = 0.25  # seconds between level-of-detail updates
+
+    def __init__(self, parent: Entity, width: float, height: float, content: CloudContent,
+                 colour_by: str = "label") -> None:
+        super().__init__(parent, width, height)
+        self.content = content
+        self.colour_by = colour_by
+        self.selection: np.ndarray = np.zeros(0, np.int64)
+        self._thumb_node: NodePath | None = None
+        self._sel_node: NodePath | None = None
+        self._last_lod = 0.0
+        self._last_viewer: np.ndarray | None = None
+        self.thumbs_shown = 0
+
+    def local_positions(self) -> np.ndarray:
+        p = self.content.positions
+        fitted, _, _ = geometry.fit_unit(p)
+        if fitted.shape[1] == 2:
+            fitted = np.concatenate([fitted, np.zeros((len(fitted), 1), np.float32)], axis=1)
+        s = np.array([self.width * 0.9, self.height * 0.9, min(self.width, self.height) * 0.9], np.float32)
+        out = fitted * s
+        out[:, 2] -= s[2] * 0.5 + 0.02  # the cloud floats in front of the face
+        return out
+
+    def colours(self) -> np.ndarray:
+        c = self.content
+        lab = c.labels if self.colour_by == "label" else c.predictions
+        cols = colormap.label_colours(lab)
+        if self.colour_by == "confidence":
+            cols = colormap.sequential(np.clip(c.confidence, 0, 1))
+        return cols
+
+    def build(self) -> None:
+        self.pos = self.local_positions()
+        n = len(self.pos)
+        size = 5.0 if n < 3000 else (3.0 if n < 20000 else 2.0)
+        self.points = batch.points("cloud-points", self.pos, self.colours(), size=size)
+        self.points.reparent_to(self.parent)
+        self.nodes.append(self.points)
+        if self.content.atlas is not None:
+            self.atlas_tex = batch.texture(self.content.atlas, nearest=False, mipmap=True)
+        trails = self.content.trails
+        if trails is not None and len(trails) > 1:
+            t, n_pts, _ = trails.shape
+            keep = np.arange(min(n_pts, 3000))
+            fitted_all, _, _ = geometry.fit_unit(np.concatenate([trails[:, keep].reshape(-1, trails.shape[2]),
+                                                                self.content.positions[keep]]))
+            # trails are drawn in the same fitted frame as the cloud
+            tr = self._fit_like(trails[:, keep])
+            pts = tr.reshape(-1, 3)
+            idx = (np.arange(t - 1)[:, None] * len(keep) + np.arange(len(keep))[None, :]).ravel()
+            segs = np.stack([idx, idx + len(keep)], axis=1)
+            fade = np.repeat(np.linspace(60, 200, t).astype(np.uint8), len(keep))
+            cols = np.stack([fade, fade, fade], axis=1)
+            node = batch.lines("cloud-trails", pts, segs, cols, thickness=1.0)
+            node.reparent_to(self.parent)
+            self.nodes.append(node)
+            del fitted_all
+        self.sphere = Entity(parent=self.parent, model="sphere", color=color.rgba(1, 1, 1, 0.18), enabled=False)
+        self.sphere.set_transparency(TransparencyAttrib.M_alpha)
+        self.box = Entity(parent=self.parent, model="wireframe_cube", color=color.white, enabled=False)
+        self.entities += [self.sphere, self.box]
+
+    def _fit_like(self, arr: np.ndarray) -> np.ndarray:
+        p = self.content.positions
+        _, centre, span = geometry.fit_unit(p)
+        f = (np.asarray(arr, np.float32) - centre) / span
+        if f.shape[-1] == 2:
+            f = np.concatenate([f, np.zeros((*f.shape[:-1], 1), np.float32)], axis=-1)
+        s = np.array([self.width * 0.9, self.height * 0.9, min(self.width, self.height) * 0.9], np.float32)
+        out = f * s
+        out[..., 2] -= s[2] * 0.5 + 0.02
+        return out
+
+    def recolour(self, colour_by: str) -> None:
+        self.colour_by = colour_by
+        self.points.remove_node()
+        self.nodes.remove(self.points)
+        n = len(self.pos)
+        size = 5.0 if n < 3000 else (3.0 if n < 20000 else 2.0)
+        self.points = batch.points("cloud-points", self.pos, self.colours(), size=size)
+        self.points.reparent_to(self.parent)
+        self.nodes.append(self.points)
+
+    def sync(self, viewer_local: np.ndarray | None, now: float) -> None:
+        if self.content.atlas is None or viewer_local is None:
+            return
+        if now - self._last_lod < self.REFRESH:
+            return
+        if self._last_viewer is not None and np.linalg.norm(viewer_local - self._last_viewer) < 0.02:
+            return
+        self._last_lod = now
+        self._last_viewer = viewer_local.copy()
+        self.update_thumbnails(viewer_local)
+
+    def update_thumbnails(self, viewer_local: np.ndarray) -> None:
+        """Level of detail: image quads for the nearest points, facing the viewer; dots elsewhere."""
+        d2 = ((self.pos - viewer_local[None, :].astype(np.float32)) ** 2).sum(axis=1)
+        near = np.flatnonzero(d2 < self.NEAR * self.NEAR)
+        if len(near) > self.MAX_THUMBS:
+            near = near[np.argpartition(d2[near], self.MAX_THUMBS)[: self.MAX_THUMBS]]
+        if self._thumb_node is not None:
+            self._thumb_node.remove_node()
+            self.nodes.remove(self._thumb_node)
+            self._thumb_node = None
+        self.thumbs_shown = len(near)
+        if not len(near):
+            return
+        fwd = self.pos[near].mean(axis=0) - viewer_local
+        fwd = fwd / (np.linalg.norm(fwd) or 1.0)
+        right = np.cross(np.array([0, 1, 0], np.float32), fwd)
+        right = right / (np.linalg.norm(right) or 1.0)
+        up = np.cross(fwd, right)
+        side = 0.01 if len(self.pos) > 5000 else 0.014
+        cols, rows = self.content.atlas_grid
+        uv = painting.atlas_uv(near, cols, rows)
+        centres = self.pos[near] - fwd * 0.002
+        tint = (self.colours()[near].astype(np.float32) * 0.6 + 102).clip(0, 255).astype(np.uint8)
+        node = batch.quads("cloud-thumbs", centres, right * side, up * side, tint, uv)
+        node.set_texture(self.atlas_tex, 1)
+        node.set_two_sided(True)
+        node.reparent_to(self.parent)
+        self._thumb_node = node
+        self.nodes.append(node)
+
+    def to_data(self, local: np.ndarray) -> np.ndarray:
+        """Panel-local coordinates back to the data's own coordinates."""
+        p = self.content.positions
+        _, centre, span = geometry.fit_unit(p)
+        s = np.array([self.width * 0.9, self.height * 0.9, min(self.width, self.height) * 0.9], np.float32)
+        q = np.asarray(local, np.float32).copy()
+        q[..., 2] += s[2] * 0.5 + 0.02
+        f = q / s
+        return (f[..., : p.shape[1]] * span + centre[: p.shape[1]]).astype(np.float32)
+
+    def select_sphere(self, centre_local: np.ndarray, radius: float) -> np.ndarray:
+        self.selection = geometry.select_sphere(self.pos, centre_local, radius)
+        self.sphere.enabled = True
+        self.box.enabled = False
+        self.sphere.position = tuple(float(x) for x in centre_local)
+        self.sphere.scale = radius * 2
+        self._show_selection()
+        return self.selection
+
+    def select_box(self, lo_local: np.ndarray, hi_local: np.ndarray) -> np.ndarray:
+        self.selection = geometry.select_box(self.pos, lo_local, hi_local)
+        self.box.enabled = True
+        self.sphere.enabled = False
+        lo, hi = np.minimum(lo_local, hi_local), np.maximum(lo_local, hi_local)
+        self.box.position = tuple(float(x) for x in (lo + hi) / 2)
+        self.box.scale = tuple(float(max(x, 0.005)) for x in hi - lo)
+        self._show_selection()
+        return self.selection
+
+    def _show_selection(self) -> None:
+        if self._sel_node is not None:
+            self._sel_node.remove_node()
+            self.nodes.remove(self._sel_node)
+            self._sel_node = None
+        if len(self.selection):
+            node = batch.points("cloud-selection", self.pos[self.selection] - np.array([0, 0, 0.001], np.float32),
+                                np.full((len(self.selection), 3), 255, np.uint8), size=7.0)
+            node.reparent_to(self.parent)
+            self._sel_node = node
+            self.nodes.append(node)
+
+
+class WallView(ContentView):
+    """Thousands of feature-map tiles as one mesh over one atlas texture."""
+
+    def __init__(self, parent: Entity, width: float, height: float, content: WallContent) -> None:
+        super().__init__(parent, width, height)
+        self.content = content
+
+    def build(self) -> None:
+        c = self.content
+        rows, cols = painting.grid_shape(c.count, self.width / self.height)
+        tw, th = self.width / cols, self.height / rows
+        idx = np.arange(c.count)
+        r, k = np.divmod(idx, cols)
+        centres = np.stack([(k + 0.5) * tw - self.width / 2, self.height / 2 - (r + 0.5) * th,
+                            np.full(c.count, -0.003)], axis=1).astype(np.float32)
+        uv = painting.atlas_uv(idx, *c.atlas_grid)
+        node = batch.quads("wall-tiles", centres, np.array([tw * 0.42, 0, 0], np.float32),
+                           np.array([0, th * 0.42, 0], np.float32), None, uv)
+        node.set_texture(batch.texture(c.atlas, mipmap=True), 1)
+        node.reparent_to(self.parent)
+        self.nodes.append(node)
+
+
+class PanelView:
+    """A panel in the room: its frame, its content view, its hit regions."""
+
+    def __init__(self, parent: Entity, panel: Panel, colour_of: Callable[[str], str]) -> None:
+        self.parent = parent
+        self.panel = panel
+        self.colour_of = colour_of
+        self.content: ContentView | None = None
+        self.content_key: str | None = None
+        self.prepared: Prepared | None = None
+        self.selected = False
+        self.preview: tuple[tuple[float, float, float], tuple[float, float, float, float], tuple[float, float, float]] | None = None
+        self.preview_size: tuple[float, float] | None = None
+        self.graph_collapsed: set[str] | None = None
+        self._frame: list[Entity] = []
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def build(self) -> None:
+        self.root = Entity(parent=self.parent, name=f"panel-{self.panel.id}")
+        self.content_root = Entity(parent=self.root)
+        self._build_frame()
+        self._place()
+
+    def _build_frame(self) -> None:
+        for e in self._frame:
+            from ursina import destroy
+
+            destroy(e)
+        self._frame = []
+        p = self.panel
+        w, h = self.size
+        accent = colormap.hex_rgb(_KIND_ACCENT.get(p.kind.value, "#8890a0"))
+        self.outline = Entity(parent=self.root, model="quad", scale=(w + 0.03, h + TITLE_BAR + 0.03),
+                              y=TITLE_BAR / 2, z=0.006, color=color.rgb(1, 0.85, 0.3), enabled=self.selected)
+        self.plate = Entity(parent=self.root, model="quad", scale=(w, h), z=0.003, color=rgb(painting.BACKGROUND))
+        self.title_bar = Entity(parent=self.root, model="quad", scale=(w, TITLE_BAR), y=h / 2 + TITLE_BAR / 2,
+                                color=rgb(np.array(accent) * 0.55))
+        self.handle = Entity(parent=self.root, model="quad", scale=(min(0.12, w * 0.2), TITLE_BAR * 0.22),
+                             position=(w / 2 - TITLE_BAR * 2.2 - min(0.06, w * 0.1), h / 2 + TITLE_BAR * 0.5, -0.001),
+                             color=rgb(accent))
+        title = p.title if len(p.title) <= 40 else p.title[:39] + "…"
+        self.title = Text(title, parent=self.root, origin=(-0.5, 0), scale=2.8,
+                          position=(-w / 2 + 0.02, h / 2 + TITLE_BAR * 0.42, -0.002), color=color.rgb(0.95, 0.96, 1))
+        self.close_button = Entity(parent=self.root, model="quad", scale=(TITLE_BAR * 0.8, TITLE_BAR * 0.8),
+                                   position=(w / 2 - TITLE_BAR / 2, h / 2 + TITLE_BAR / 2, -0.001),
+                                   color=color.rgb(0.75, 0.22, 0.25))
+        self.close_x = Text("x", parent=self.close_button, origin=(0, 0), scale=(2.6 / (TITLE_BAR * 0.8),) * 2,
+                            z=-0.001, color=color.white)
+        self.lock = Entity(parent=self.root, model="quad", scale=(TITLE_BAR * 0.55, TITLE_BAR * 0.55),
+                           position=(w / 2 - TITLE_BAR * 1.5, h / 2 + TITLE_BAR / 2, -0.001), color=color.rgb(0.9, 0.7, 0.2))
+        self.corner = Entity(parent=self.root, model=self._corner_mesh(), position=(w / 2, -h / 2, -0.004),
+                             color=rgb(accent, 0.95))
+        self._frame = [self.outline, self.plate, self.title_bar, self.handle, self.title, self.close_button,
+                       self.close_x, self.lock, self.corner]
+        self._sync_lock()
+
+    @staticmethod
+    def _corner_mesh() -> Any:
+        from ursina import Mesh
+
+        c = CORNER
+        return Mesh(vertices=[(0, 0, 0), (0, c, 0), (-c, 0, 0)], triangles=[(0, 2, 1)], mode="triangle")
+
+    def _sync_lock(self) -> None:
+        holder = self.panel.lock_holder
+        self.lock.enabled = holder is not None
+        if holder is not None:
+            self.lock.color = rgb(colormap.hex_rgb(self.colour_of(holder)))
+
+    @property
+    def size(self) -> tuple[float, float]:
+        return self.preview_size or self.panel.size
+
+    def teardown(self) -> None:
+        from ursina import destroy
+
+        if self.content is not None:
+            self.content.teardown()
+            self.content = None
+        for e in self._frame:
+            destroy(e)
+        self._frame = []
+        destroy(self.content_root)
+        destroy(self.root)
+
+    # --- state ------------------------------------------------------------------------------
+
+    def sync(self, panel: Panel) -> bool:
+        """Take the panel's new state; returns True if its content must be (re)prepared."""
+        old = self.panel
+        self.panel = panel
+        if old.size != panel.size or old.title != panel.title or old.kind != panel.kind:
+            self.preview_size = None
+            self._build_frame()
+            if old.size != panel.size and self.prepared is not None:
+                self.show(self.prepared, self.content_key or "")
+        if old.lock_holder != panel.lock_holder:
+            self._sync_lock()
+        if self.preview is None:
+            self._place()
+        return old.content != panel.content or old.size != panel.size
+
+    @property
+    def transform(self) -> tuple[tuple[float, float, float], tuple[float, float, float, float], tuple[float, float, float]]:
+        if self.preview is not None:
+            return self.preview
+        t = self.panel.transform
+        return t.position, t.rotation, t.scale
+
+    def _place(self) -> None:
+        pos, rot, scale = self.transform
+        self.root.position = pos
+        self.root.set_quat(Quat(*rot))
+        self.root.scale = scale
+
+    def set_preview(self, pos: tuple[float, float, float], rot: tuple[float, float, float, float],
+                    scale: tuple[float, float, float]) -> None:
+        """Show the panel where the user is dragging it, before the room confirms."""
+        self.preview = (pos, rot, scale)
+        self._place()
+
+    def end_preview(self) -> None:
+        self.preview = None
+        self._place()
+
+    def set_selected(self, on: bool) -> None:
+        self.selected = on
+        self.outline.enabled = on
+
+    def show(self, prepared: Prepared, key: str) -> None:
+        """Replace the content view with one for `prepared` (render thread; builds meshes only)."""
+        if self.content is not None:
+            self.content.teardown()
+        self.prepared = prepared
+        self.content_key = key
+        w, h = self.size
+        view: ContentView
+        if isinstance(prepared, PaintedContent):
+            view = FaceView(self.content_root, w, h, prepared.image, nearest=self.panel.kind.value in ("image",))
+        elif isinstance(prepared, GraphContent):
+            view = GraphView(self.content_root, w, h, dict(prepared.meta), self.graph_collapsed)
+        elif isinstance(prepared, CloudContent):
+            view = CloudView(self.content_root, w, h, prepared)
+        elif isinstance(prepared, WallContent):
+            view = WallView(self.content_root, w, h, prepared)
+        else:
+            failure = prepared if isinstance(prepared, ContentFailure) else ContentFailure(str(prepared))
+            view = FaceView(self.content_root, w, h, render_failure(failure, (w, h)))
+        try:
+            view.build()
+        except Exception as exc:  # a view that cannot be built must not take the room down
+            view.teardown()
+            view = FaceView(self.content_root, w, h, render_failure(ContentFailure(f"cannot draw: {exc}"), (w, h)))
+            view.build()
+        self.content = view
+
+    @property
+    def is_error(self) -> bool:
+        return isinstance(self.prepared, ContentFailure) and not self.prepared.waiting
+
+    # --- geometry ---------------------------------------------------------------------------
+
+    def frame(self) -> geometry.PanelFrame:
+        pos, rot, scale = self.transform
+        w, h = self.size
+        return geometry.PanelFrame.of(pos, rot, scale, (w, h + 2 * TITLE_BAR))
+
+    def hit(self, origin: np.ndarray, direction: np.ndarray) -> Hit | None:
+        f = self.frame()
+        res = geometry.ray_panel(origin, direction, f)
+        if res is None:
+            return None
+        t, p, u, v = res
+        _, _, scale = self.transform
+        u, v = u / scale[0], v / scale[1]
+        w, h = self.size
+        if v > h / 2 + TITLE_BAR:
+            return None  # the frame is symmetric; only the title bar is above the face
+        if v > h / 2:
+            region = "close" if u > w / 2 - TITLE_BAR else "title"
+        elif v < -h / 2:
+            return None
+        elif u > w / 2 - CORNER and v < -h / 2 + CORNER and (u - (w / 2 - CORNER)) + (-h / 2 + CORNER - v) >= CORNER * 0.4:
+            region = "resize"
+        else:
+            region = "body"
+        return Hit(self.panel.id, region, u, v, t, (float(p[0]), float(p[1]), float(p[2])))
+
+    def to_local(self, world: np.ndarray) -> np.ndarray:
+        """World point into the panel's unscaled local frame (where content views draw)."""
+        pos, rot, scale = self.transform
+        m = geometry.quat_matrix(rot)
+        return ((m.T @ (np.asarray(world, np.float64) - np.asarray(pos))) / np.asarray(scale)).astype(np.float32)
+
+
+def now() -> float:
+    return time.monotonic()
