@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from deeproom.models.training import SteerError
-from deeproom.models.training.latent import LabelingLoop, LabelingSession, parse_sphere, simulate_labeller
+from deeproom.models.training.latent import (
+    LabelingLoop,
+    LabelingSession,
+    parse_sphere,
+    simulate_labeller,
+)
 from deeproom.models.training.stream_embed import knn_agreement
 
 pytestmark = pytest.mark.timeout(180)
