@@ -814,7 +814,7 @@ class _EmbeddingWorker:
                 self._last = time.perf_counter()
                 self._busy = False
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _features(self, weights: dict[str, torch.Tensor], x: torch.Tensor, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.model.load_state_dict(weights)
         module = dict(self.model.named_modules())[layer]
