@@ -161,7 +161,8 @@ def measure_labeling(base: Path, *, repeats: int, seed: int) -> dict[str, Any]:
             loop.wait_idle(60)
             viewer.drain()
             pos = session.refresh_positions()
-            i = int(rng.integers(len(pos)))
+            unlabelled = np.flatnonzero(session.labels.numpy() < 0)
+            i = int(rng.choice(unlabelled))
             before = session.n_labelled
             t0 = time.perf_counter()
             viewer.send_event("steer", {"cmd": "label_sphere", "center": pos[i].tolist(), "radius": 0.2,
