@@ -25,33 +25,39 @@ from panda3d.core import (
 )
 
 _VERTEX_DTYPE = np.dtype([("pos", "<f4", 3), ("colour", "u1", 4), ("uv", "<f4", 2)])
+_VERTEX_DTYPE_NO_UV = np.dtype([("pos", "<f4", 3), ("colour", "u1", 4)])
 
 
-def _format() -> GeomVertexFormat:
+def _format(with_uv: bool) -> GeomVertexFormat:
     arr = GeomVertexArrayFormat()
     arr.add_column("vertex", 3, GeomEnums.NT_float32, GeomEnums.C_point)
     arr.add_column("color", 4, GeomEnums.NT_uint8, GeomEnums.C_color)
-    arr.add_column("texcoord", 2, GeomEnums.NT_float32, GeomEnums.C_texcoord)
+    if with_uv:
+        arr.add_column("texcoord", 2, GeomEnums.NT_float32, GeomEnums.C_texcoord)
     return GeomVertexFormat.register_format(GeomVertexFormat(arr))
 
 
-_FORMAT: GeomVertexFormat | None = None
+_FORMATS: dict[bool, GeomVertexFormat] = {}
 
 
-def vertex_format() -> GeomVertexFormat:
-    global _FORMAT
-    if _FORMAT is None:
-        _FORMAT = _format()
-        stride = _FORMAT.get_array(0).get_stride()
-        if stride != _VERTEX_DTYPE.itemsize:  # layout must match the numpy record exactly
-            raise RuntimeError(f"vertex stride {stride} != {_VERTEX_DTYPE.itemsize}")
-    return _FORMAT
+def vertex_format(with_uv: bool = True) -> GeomVertexFormat:
+    fmt = _FORMATS.get(with_uv)
+    if fmt is None:
+        fmt = _FORMATS[with_uv] = _format(with_uv)
+        dtype = _VERTEX_DTYPE if with_uv else _VERTEX_DTYPE_NO_UV
+        stride = fmt.get_array(0).get_stride()
+        if stride != dtype.itemsize:  # layout must match the numpy record exactly
+            raise RuntimeError(f"vertex stride {stride} != {dtype.itemsize}")
+    return fmt
 
 
 def _vertex_data(positions: np.ndarray, colours: np.ndarray | None, uvs: np.ndarray | None,
                  dynamic: bool = False) -> GeomVertexData:
+    # Points and lines carry no texture coordinates: a narrower vertex is measurably
+    # cheaper for llvmpipe to fetch (70,000 points: ~25 % of the frame).
+    with_uv = uvs is not None
     n = int(positions.shape[0])
-    rec = np.zeros(n, dtype=_VERTEX_DTYPE)
+    rec = np.zeros(n, dtype=_VERTEX_DTYPE if with_uv else _VERTEX_DTYPE_NO_UV)
     rec["pos"] = positions
     if colours is None:
         rec["colour"] = 255
@@ -62,9 +68,9 @@ def _vertex_data(positions: np.ndarray, colours: np.ndarray | None, uvs: np.ndar
         if c.shape[-1] == 3:
             c = np.concatenate([c, np.full((*c.shape[:-1], 1), 255, np.uint8)], axis=-1)
         rec["colour"] = c
-    if uvs is not None:
+    if with_uv:
         rec["uv"] = uvs
-    vdata = GeomVertexData("batch", vertex_format(), GeomEnums.UH_dynamic if dynamic else GeomEnums.UH_static)
+    vdata = GeomVertexData("batch", vertex_format(with_uv), GeomEnums.UH_dynamic if dynamic else GeomEnums.UH_static)
     vdata.unclean_set_num_rows(n)
     handle = vdata.modify_array(0)
     memoryview(handle).cast("B")[:] = rec.tobytes()
