@@ -1,0 +1,72 @@
+"""Rendering tests run their scene in a subprocess (Ursina is one app per process).
+
+`run_scene(script, cwd)` writes the script into a small folder of its own (Ursina
+scans the folder of sys.argv[0]), runs it with this interpreter, and returns the
+JSON object the script printed as its last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PRELUDE = '''
+import json, sys, time
+import numpy as np
+from deeproom.scenes.app import AppOptions, RoomApp
+
+def settle(app, timeout=60.0, extra=3):
+    from deeproom.scenes.runner import content_settled
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        app.step()
+        if content_settled(app):
+            app.step(extra)
+            return True
+        time.sleep(0.01)
+    return False
+
+def pixel(app, x, y):
+    img = app.screenshot()
+    h, w = img.shape[:2]
+    return [int(c) for c in img[min(max(int(round(y)), 0), h - 1), min(max(int(round(x)), 0), w - 1), :3]]
+
+def done(result):
+    print(json.dumps(result), flush=True)
+'''
+
+
+@pytest.fixture
+def run_scene(tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    def run(script: str, *, name: str = "scene", timeout: float = 240.0, env: dict[str, str] | None = None,
+            background: bool = False) -> Any:
+        folder = tmp_path / name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.py"
+        path.write_text(PRELUDE + textwrap.dedent(script))
+        full_env = {**os.environ, **(env or {})}
+        full_env.pop("DISPLAY", None)
+        if background:
+            return subprocess.Popen([sys.executable, str(path)], cwd=folder, env=full_env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run([sys.executable, str(path)], cwd=folder, env=full_env, capture_output=True,
+                              text=True, timeout=timeout)
+        return parse(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def parse(code: int, stdout: str, stderr: str = "") -> dict[str, Any]:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    if code != 0 or not lines:
+        raise AssertionError(f"scene process failed (exit {code}):\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
