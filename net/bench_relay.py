@@ -133,8 +133,11 @@ def _client_proc(url: str, mode: str, ids: list[str], rate: float, ready: Any, g
         clients: list[Any] = []
         tally: _Tally | None = None
 
+        read = [0] * len(ids)
+
         def make_handler(me: int, own: str) -> Any:
             def on_poses(data: bytes) -> None:
+                read[me] += 1
                 if tally is None:
                     return
                 now = time.time()
@@ -160,6 +163,7 @@ def _client_proc(url: str, mode: str, ids: list[str], rate: float, ready: Any, g
             sio = socketio.AsyncClient(reconnection=False)
             sio.on("poses" if mode == "relay" else "pose", make_handler(i, pid))
             await sio.connect(url, transports=["websocket"], wait_timeout=30)
+            sio.index = i
             ack = await sio.call("join", {"room": ROOM, "name": pid, "participant_id": pid}, timeout=60)
             if not ack.get("ok"):
                 raise RuntimeError(f"join refused: {ack}")
@@ -177,7 +181,9 @@ def _client_proc(url: str, mode: str, ids: list[str], rate: float, ready: Any, g
             next_at = time.monotonic()
             while time.time() < end:
                 now = time.time()
-                await sio.emit("pose", encode_pose(Pose(seq=seq, sent_at=now)))
+                pose = encode_pose(Pose(seq=seq, sent_at=now))
+                # the relay's flow control: each pose also says how many batches were read
+                await sio.emit("pose", (pose, read[sio.index]) if mode == "relay" else pose)
                 if t0 <= now <= t1:
                     sent[0] += 1
                 seq += 1

@@ -119,6 +119,8 @@ class RoomClient:
         self.errors: deque[DeepRoomError] = deque(maxlen=100)
         self.poses: dict[str, Pose] = {}
         self._pose_seen: dict[str, float] = {}
+        self._batches_read = 0
+        self._acked_at = 0.0
         self._connect_timeout = connect_timeout
         self._backoff = backoff
         self._op_bucket = TokenBucket(*op_rate)
@@ -222,6 +224,7 @@ class RoomClient:
             sio = socketio.AsyncClient(reconnection=False, request_timeout=10)
             self._sio = sio
             self._lost = asyncio.Event()
+            self._batches_read = 0
             sio.on("update", self._on_update)
             sio.on("poses", self._on_poses)
             sio.on("event", self._on_event)
@@ -413,8 +416,9 @@ class RoomClient:
                 # A backed-up socket gets no more poses: a stale one is worth nothing.
                 if sio.eio.queue is not None and sio.eio.queue.qsize() > 4:
                     continue
-                await sio.emit("pose", data)
+                await sio.emit("pose", (data, self._batches_read))
                 last = time.monotonic()
+                self._acked_at = last
             except Exception:
                 continue
 
@@ -423,11 +427,17 @@ class RoomClient:
         return self._pose_listeners.add(callback)
 
     def _on_poses(self, data: Any) -> None:
+        # Tell the relay how far we have read, so it stops sending while we lag behind.
+        self._batches_read += 1
+        now = time.monotonic()
+        sio = self._sio
+        if sio is not None and self._batches_read % 3 == 0 and now - self._acked_at > 0.08:
+            self._acked_at = now
+            asyncio.get_running_loop().create_task(_quietly(sio.emit("pa", self._batches_read)))
         try:
             _, batch = decode_batch(data)
         except ValidationError:
             return
-        now = time.monotonic()
         batch.pop(self.participant_id, None)
         self.poses.update(batch)
         for pid in batch:

@@ -46,7 +46,7 @@ from deeproom.net.auth import (
     verify_invite,
 )
 from deeproom.net.backend import RedisBackend, RoomBackend, RoomMeta, SqliteBackend
-from deeproom.net.errors import JoinRefused, ProtocolError, RateLimited, error_to_wire
+from deeproom.net.errors import JoinRefused, NetError, ProtocolError, RateLimited, error_to_wire
 from deeproom.net.ratelimit import TokenBucket
 from deeproom.ops import SYSTEM, Join, Leave, parse_operation
 from deeproom.presence import decode_pose, encode_batch, split_batch
@@ -80,6 +80,9 @@ class RelaySettings:
     keyframe_s: float = 1.0
     """How often a batch carries every live pose, not only those that changed."""
     backed_up_packets: int = 4
+    max_unacked_batches: int = 6
+    """A client that has not confirmed the batches sent to it more than this many ticks ago is
+    skipped until it catches up (the backlog may sit in kernel buffers the relay cannot see)."""
     """A client with more packets than this waiting to be sent is skipped for a tick."""
     leave_grace_s: float = 10.0
     """A participant who disconnects stays in the room this long, for reconnects."""
@@ -97,6 +100,8 @@ class RelaySettings:
     """Recently served blobs kept in memory."""
     capacity: int = 32
     """Capacity of rooms created here."""
+    idle_room_s: float = 60.0
+    """A room nobody has been in for this long is dropped from memory (and its log compacted)."""
 
     @property
     def store_path(self) -> Path:
@@ -115,6 +120,8 @@ class Session:
     participant_id: str | None = None
     uploads: dict[str, BlobUpload] = field(default_factory=dict)
     warned_at: float = 0.0
+    batches_sent: int = 0
+    batches_acked: int = 0
 
 
 @dataclass(eq=False)
@@ -135,6 +142,7 @@ class LiveRoom:
     recent_ops: OrderedDict[str, None] = field(default_factory=OrderedDict)
     log_seen: int = 0
     last_keyframe: float = 0.0
+    idle_since: float = field(default_factory=time.monotonic)
 
     def role_of(self, pid: str) -> Role | None:
         p = self.doc.snapshot().participants.get(pid)
@@ -190,6 +198,7 @@ class RelayServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
+        self._ticks = 0
         self.port = 0
         self.stats = {"poses_in": 0, "batches_out": 0, "entries_scheduled": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0}
         self._register()
@@ -286,6 +295,7 @@ class RelayServer:
         ):
             sio.on(name, self._guard(name, handler))
         sio.on("pose", self._on_pose)
+        sio.on("pa", self._on_pose_ack)
         sio.on("*", self._on_unknown)
 
     def _guard(self, name: str, handler: Handler) -> Handler:
@@ -545,6 +555,8 @@ class RelayServer:
                 if room is None:
                     raise NotFound(f"room {room_id!r} could not be created or loaded")
         async with room.lock:
+            if self.rooms.get(room.id) is not room:
+                raise NetError(f"room {room.id!r} was being unloaded; join again")
             await self._admit(room, pid, name, colour, key, password, invite)
             sess.room_id = room.id
             sess.participant_id = pid
@@ -637,10 +649,23 @@ class RelayServer:
 
     # --- presence ---------------------------------------------------------------------
 
+    async def _on_pose_ack(self, sid: str, count: Any = None, *extra: Any) -> None:
+        sess = self.sessions.get(sid)
+        if sess is not None:
+            self._ack_batches(sess, count)
+
+    @staticmethod
+    def _ack_batches(sess: Session, count: Any) -> None:
+        # Cumulative count of batches the client has read; never beyond what was sent.
+        if isinstance(count, int) and not isinstance(count, bool) and sess.batches_acked < count <= sess.batches_sent:
+            sess.batches_acked = count
+
     async def _on_pose(self, sid: str, data: Any = None, *extra: Any) -> None:
         sess = self.sessions.get(sid)
         if sess is None or sess.room_id is None or sess.participant_id is None:
             return
+        if extra:
+            self._ack_batches(sess, extra[0])
         room = self.rooms.get(sess.room_id)
         if room is None:
             return
@@ -684,11 +709,29 @@ class RelayServer:
             except Exception:
                 log.exception("relay: presence tick failed")
 
+    async def _evict_idle_rooms(self) -> None:
+        """Forget rooms nobody is in (their log is compacted first), so memory stays flat."""
+        for room in list(self.rooms.values()):
+            if room.sessions or room.leave_tasks or room.lock.locked() or room.id in self._room_loads:
+                continue
+            if time.monotonic() - room.idle_since < self.settings.idle_room_s:
+                continue
+            self.rooms.pop(room.id, None)
+            try:
+                await self.backend.compact(room.id)
+            except Exception:
+                log.exception("relay: compacting %s failed (its log stays as it is)", room.id)
+
     async def _tick(self) -> None:
         now = time.monotonic()
+        self._ticks += 1
+        if self._ticks % max(1, int(self.settings.tick_hz * 10)) == 0:
+            await self._evict_idle_rooms()
         stale = now - self.settings.stale_pose_s
         wall = time.time()
         for room in list(self.rooms.values()):
+            if room.sessions:
+                room.idle_since = now
             if not room.sessions and not room.poses:
                 continue
             for table in (room.poses, room.remote_poses):
@@ -709,7 +752,14 @@ class RelayServer:
                 batch_poses.update(local)
             if not batch_poses or not room.sessions:
                 continue
-            skip = [sid for sid in room.sessions if self._backed_up(sid)]
+            limit = self.settings.max_unacked_batches
+            skip = [
+                sid for sid, sess in room.sessions.items()
+                if sess.batches_sent - sess.batches_acked > limit or self._backed_up(sid)
+            ]
+            for sid, sess in room.sessions.items():
+                if sid not in skip:
+                    sess.batches_sent += 1
             # What every recipient should get this tick (others' poses), skipped ones included:
             # the benchmark's delivered ratio is measured against this.
             self.stats["entries_scheduled"] += sum(
