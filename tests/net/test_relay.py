@@ -224,3 +224,25 @@ def test_background_client_inbox_kinds(tmp_path: Path) -> None:
             sha = solo.put_blob(b"hello").result(10)
             assert peer.get_blob(sha).result(10) == b"hello"
     solo.close()  # twice is fine
+
+
+async def test_a_client_that_stops_reading_is_skipped_not_queued_for(relay: EmbeddedRelay) -> None:
+    async with RoomClient(relay.url, room="lag", name="A") as a, RoomClient(relay.url, room="lag", name="B") as b:
+        import socketio
+
+        lagging = socketio.AsyncClient(reconnection=False)
+        got = [0]
+        lagging.on("poses", lambda data: got.__setitem__(0, got[0] + 1))
+        await lagging.connect(relay.url, transports=["websocket"])
+        assert (await lagging.call("join", {"room": "lag", "name": "Lag", "participant_id": "lag1"}))["ok"]
+        seen: list[dict[str, Pose]] = []
+        b.on_poses(seen.append)
+        for i in range(45):  # 1.5 s of poses; the lagging client never confirms a batch
+            a.publish_pose(Pose(seq=i, sent_at=time.time()))
+            await asyncio.sleep(1 / 30)
+        await eventually(lambda: seen and seen[-1][a.participant_id].seq == 44)
+        max_unacked = relay.settings.max_unacked_batches
+        assert got[0] <= max_unacked + 1
+        assert relay.server.stats["skipped_backed_up"] > 0
+        assert b.stats["batches"] > 3 * max_unacked  # the reader kept getting batches
+        await lagging.disconnect()
