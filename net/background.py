@@ -130,7 +130,14 @@ class BackgroundClient:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def _need(self) -> RoomClient:
-        self.ready.result()  # raises the join error, or waits for the join
+        """The client, from a caller's thread (waits for the join; raises its error)."""
+        self.ready.result()
+        assert self._client is not None
+        return self._client
+
+    async def _joined(self) -> RoomClient:
+        """The client, on the client's own loop (never blocks the loop while it joins)."""
+        await asyncio.wrap_future(self.ready)
         assert self._client is not None
         return self._client
 
@@ -159,7 +166,7 @@ class BackgroundClient:
 
     def apply(self, op: dict[str, Any] | Any) -> concurrent.futures.Future[Room]:
         async def run() -> Room:
-            return await self._need().apply(op)
+            return await (await self._joined()).apply(op)
 
         return self._submit(run())
 
@@ -170,19 +177,19 @@ class BackgroundClient:
 
     def put_blob(self, data: bytes) -> concurrent.futures.Future[str]:
         async def run() -> str:
-            return await self._need().put_blob(data)
+            return await (await self._joined()).put_blob(data)
 
         return self._submit(run())
 
     def get_blob(self, sha: str) -> concurrent.futures.Future[bytes]:
         async def run() -> bytes:
-            return await self._need().get_blob(sha)
+            return await (await self._joined()).get_blob(sha)
 
         return self._submit(run())
 
     def send_event(self, kind: str, payload: dict[str, Any], to: str | None = None) -> concurrent.futures.Future[None]:
         async def run() -> None:
-            await self._need().send_event(kind, payload, to)
+            await (await self._joined()).send_event(kind, payload, to)
 
         return self._submit(run())
 
@@ -190,7 +197,7 @@ class BackgroundClient:
         """Run any async RoomClient method (create_invite, kick, set_role, ...) on the client's thread."""
 
         async def run() -> Any:
-            return await getattr(self._need(), method)(*args, **kwargs)
+            return await getattr(await self._joined(), method)(*args, **kwargs)
 
         return self._submit(run())
 

@@ -246,3 +246,10 @@ async def test_a_client_that_stops_reading_is_skipped_not_queued_for(relay: Embe
         assert relay.server.stats["skipped_backed_up"] > 0
         assert b.stats["batches"] > 3 * max_unacked  # the reader kept getting batches
         await lagging.disconnect()
+
+
+def test_background_client_accepts_work_before_it_has_joined(tmp_path: Path) -> None:
+    with BackgroundClient(None, room="early", name="Solo", data_dir=tmp_path / "solo") as solo:
+        fut = solo.apply(panel("p1"))  # not joined yet: queued, not a deadlock
+        assert "p1" in fut.result(20).panels
+        assert solo.call("create_invite", "viewer").result(10)
