@@ -125,16 +125,44 @@ class Activations:
 
 
 class AllActivations:
-    """Every leaf layer's output in one forward pass: {layer name: tensor}."""
+    """Every leaf layer's output in one forward pass: {layer name: tensor}.
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None) -> None:
+    With `reuse_buffers=True` the outputs are copied into tensors kept from the previous
+    call (same shapes), which avoids fresh allocations on every step of a live view;
+    the returned tensors are then overwritten by the next call."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None, *, reuse_buffers: bool = False) -> None:
         self.model = model
         self.layers = list(layers) if layers is not None else layer_names(model)
+        self.modules = [resolve_layer(model, name) for name in self.layers]
+        self.reuse_buffers = reuse_buffers
+        self._buffers: dict[str, Tensor] = {}
 
     def compute(self, inputs: Tensor, target: Any = None) -> dict[str, Tensor]:
-        with capture(self.model, self.layers) as got, torch.no_grad():
-            self.model(inputs)
-        return dict(got)
+        got: dict[str, Tensor] = {}
+        bufs = self._buffers
+        reuse = self.reuse_buffers
+        handles = []
+        try:
+            for name, mod in zip(self.layers, self.modules, strict=True):
+                def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+                    t = out if isinstance(out, Tensor) else (out[0] if isinstance(out, tuple | list) and out else None)
+                    if not isinstance(t, Tensor):
+                        return
+                    if reuse:
+                        b = bufs.get(name)
+                        if b is None or b.shape != t.shape or b.dtype != t.dtype:
+                            b = bufs[name] = torch.empty_like(t)
+                        got[name] = b.copy_(t)
+                    else:
+                        got[name] = t.detach()
+                handles.append(mod.register_forward_hook(hook))
+            with torch.no_grad():
+                self.model(inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        return got
 
 
 def _layer_weight(model: nn.Module, layer: str | nn.Module) -> Tensor:
