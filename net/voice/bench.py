@@ -119,7 +119,7 @@ async def bench_mesh(seconds: float = 8.0) -> dict[str, Any]:
     if not lat:
         raise RuntimeError("no tone burst was heard at the receiver")
     return {
-        "mouth_to_ear_ms": round(statistics.median(lat), 1),
+        "mouth_to_ear_ms": round(float(statistics.median(lat)), 1),
         "mouth_to_ear_p90_ms": round(float(np.percentile(lat, 90)), 1),
         "bursts": len(lat),
         "dominant_hz": round(dominant_hz(heard), 1),
@@ -128,8 +128,13 @@ async def bench_mesh(seconds: float = 8.0) -> dict[str, Any]:
     }
 
 
-async def bench_sfu(ns: Any, listeners: int, seconds: float = 6.0) -> dict[str, Any]:
-    """One speaker, `listeners` listen-only seats, all through a real Janus in namespace `ns`."""
+async def bench_sfu(ns: Any, listeners: int, seconds: float = 6.0, procs: int = 2) -> dict[str, Any]:
+    """One speaker, `listeners` listen-only seats spread over `procs` processes, through a real
+    Janus in namespace `ns`. Listeners live in their own processes so that the clients'
+    Python (30 aiortc connections decoding Opus) does not sit on the speaker's event loop."""
+    import json
+    import sys
+
     import psutil
 
     from deeproom.net import EmbeddedRelay, RoomClient
@@ -137,6 +142,7 @@ async def bench_sfu(ns: Any, listeners: int, seconds: float = 6.0) -> dict[str, 
     from deeproom.net.voice.room import RoomVoice
 
     tone = burst_tone()
+    workers: list[asyncio.subprocess.Process] = []
     with tempfile.TemporaryDirectory(prefix="deeproom-bench-sfu-") as tmp:
         async with (
             JanusServer(ns.address, namespace=ns) as janus,
@@ -147,43 +153,59 @@ async def bench_sfu(ns: Any, listeners: int, seconds: float = 6.0) -> dict[str, 
             host = await stack.enter_async_context(RoomClient(relay.url, room="lecture", name="Teacher"))
             await host.apply({"op": "set_voice", "mode": "sfu"})
             await stack.enter_async_context(RoomVoice(host, tone, cfg, sfu_url=janus.url))
-            seats = []
-            for i in range(listeners):
-                c = await stack.enter_async_context(RoomClient(relay.url, room="lecture", name=f"S{i}"))
-                seats.append(await stack.enter_async_context(
-                    RoomVoice(c, SilenceTrack(), VoiceConfig(addresses=(ns.address,), publish=False))
-                ))
             tid = host.participant_id
-            deadline = time.perf_counter() + 60
-            while not all(
-                s.session.sfu is not None and any(link.frames_rx for link in s.session.sfu.subscribers.values())
-                for s in seats
-            ):
-                if time.perf_counter() > deadline:
-                    raise TimeoutError(f"not every one of {listeners} listeners got audio within 60 s")
-                await asyncio.sleep(0.05)
-            for s in seats:
-                s.mixer.set_position(tid, (0.0, 1.6, 1.0))
-            assert janus.pid is not None
-            jproc = psutil.Process(janus.pid)
-            me = psutil.Process()
-            j0, m0, w0 = jproc.cpu_times(), me.cpu_times(), time.perf_counter()
-            probe = OutputProbe({str(i): s.mixer for i, s in enumerate(seats)})
-            await probe.run(seconds)
-            j1, m1, w1 = jproc.cpu_times(), me.cpu_times(), time.perf_counter()
-            lat = [x for name in probe.onsets for x in latencies_ms(tone, probe.onsets[name])]
-            links = [link for s in seats if s.session.sfu for link in s.session.sfu.subscribers.values()]
-            lost = await loss_pct(links)
-            rss = jproc.memory_info().rss / 2**20
+            shares = [listeners // procs + (1 if i < listeners % procs else 0) for i in range(procs)]
+            try:
+                for i, n in enumerate(x for x in shares if x):
+                    argv = ns.exec_args(
+                        sys.executable, "-m", "deeproom.net.voice.bench_worker", "--relay", relay.url,
+                        "--room", "lecture", "--listeners", str(n), "--address", ns.address,
+                        "--speaker", tid, "--seconds", str(seconds), "--tag", f"W{i}-",
+                    )
+                    errlog = open(Path(tmp) / f"worker{i}.log", "wb")  # noqa: SIM115 - the child keeps it
+                    workers.append(await asyncio.create_subprocess_exec(
+                        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errlog,
+                    ))
+                    errlog.close()
+                for i, w in enumerate(workers):
+                    assert w.stdout is not None
+                    line = await asyncio.wait_for(w.stdout.readline(), 120)
+                    if line.strip() != b"ready":
+                        await w.wait()
+                        why = (Path(tmp) / f"worker{i}.log").read_text(errors="replace").strip().splitlines()[-12:]
+                        raise RuntimeError(f"a listener process failed to start: {why}")
+                assert janus.pid is not None
+                jproc = psutil.Process(janus.pid)
+                j0, w0 = jproc.cpu_times(), time.perf_counter()
+                for w in workers:
+                    assert w.stdin is not None
+                    w.stdin.write(b"go\n")
+                    await w.stdin.drain()
+                results = []
+                for w in workers:
+                    assert w.stdout is not None
+                    results.append(json.loads(await asyncio.wait_for(w.stdout.readline(), seconds + 60)))
+                j1, w1 = jproc.cpu_times(), time.perf_counter()
+                rss = jproc.memory_info().rss / 2**20
+                for w in workers:
+                    await w.wait()
+            finally:
+                for w in workers:
+                    if w.returncode is None:
+                        w.kill()
+                        await w.wait()
     wall = w1 - w0
+    lat = [x for r in results for on in r["onsets"].values() for x in latencies_ms(tone, on)]
+    lost = sum(r["lost"] for r in results)
+    received = sum(r["received"] for r in results)
     if not lat:
         raise RuntimeError("no tone burst was heard through the SFU")
     return {
         "cpu_pct": round(100 * ((j1.user - j0.user) + (j1.system - j0.system)) / wall, 1),
-        "mouth_to_ear_ms": round(statistics.median(lat), 1),
+        "mouth_to_ear_ms": round(float(statistics.median(lat)), 1),
         "mouth_to_ear_p90_ms": round(float(np.percentile(lat, 90)), 1),
-        "frames_lost_pct": round(lost, 2),
-        "clients_cpu_pct": round(100 * ((m1.user - m0.user) + (m1.system - m0.system)) / wall, 1),
+        "frames_lost_pct": round(100.0 * lost / max(1, lost + received), 2),
         "janus_rss_mb": round(rss, 1),
-        "late_blocks": probe.late_blocks,
+        "listener_procs": len(workers),
+        "late_blocks": sum(r["late_blocks"] for r in results),
     }

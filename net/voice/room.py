@@ -82,6 +82,9 @@ class RoomVoice:
         self._sync_task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
         self._closed = False
+        self._waiting_sfu = 0  # sync rounds spent in SFU mode without access
+        self._last_roster: frozenset[str] = frozenset()
+        self.signal.on_signal(self._on_ask)
 
     @property
     def mixer(self) -> SpatialMixer:
@@ -160,9 +163,22 @@ class RoomVoice:
             return False
         return True
 
+    def _dirty_roster(self, room: Room) -> bool:
+        roster = frozenset(room.participants)
+        changed = roster != self._last_roster
+        self._last_roster = roster
+        return changed
+
+    def _on_ask(self, sender: str, payload: dict[str, Any]) -> None:
+        if payload.get("voice") == "ask" and self._announced is not None:
+            msg = VoiceSignal("sfu", 0, sfu=self._announced)
+            asyncio.get_running_loop().create_task(self.signal.send(sender, msg.to_dict()))
+
     async def _sync_loop(self) -> None:
         while True:
-            await self._dirty.wait()
+            # wake on every room change, and now and then to repair what a lost message broke
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), 1.0)
             self._dirty.clear()
             try:
                 await self._sync()
@@ -189,7 +205,14 @@ class RoomVoice:
             await self.session.use_sfu(None)
             return
         await self.session.set_peers(room.participants)
-        if sfu_coordinator(room) != self.client.participant_id:
+        coordinator = sfu_coordinator(room)
+        if coordinator != self.client.participant_id:
+            if mode == "sfu" and self.session.sfu is None and coordinator is not None:
+                self._waiting_sfu += 1
+                if self._waiting_sfu % 2 == 0:  # no access yet after a while: ask for it
+                    await self.signal.send(coordinator, VoiceSignal("ask", 0).to_dict())
+            else:
+                self._waiting_sfu = 0
             return
         if mode == "sfu" and self.sfu_url:
             if self._announced is None or self._announced["url"] != self.sfu_url:
@@ -197,7 +220,8 @@ class RoomVoice:
                 await ensure_room(access["url"], access["room"], access["pin"])
                 self._announced = access
             await self.session.use_sfu(self._announced)
-            await self.session.announce_sfu(self._announced)  # late joiners get it too
+            if self._dirty_roster(room):
+                await self.session.announce_sfu(self._announced)  # late joiners get it too
         elif mode == "mesh" and self._announced is not None:
             self._announced = None
             await self.session.announce_sfu(None)

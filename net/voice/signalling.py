@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from deeproom.net.voice.errors import SignalError
 
 MAX_SDP = 64 * 1024
-KINDS = ("offer", "answer", "hello", "bye", "sfu")
+KINDS = ("offer", "answer", "hello", "bye", "sfu", "ask")
 
 SignalHandler = Callable[[str, dict[str, Any]], None]
 
@@ -30,7 +30,8 @@ class VoiceSignal:
     """One voice signalling message."""
 
     kind: str
-    """offer / answer (with sdp), hello (please offer me), bye (I hung up), sfu (SFU access)."""
+    """offer / answer (with sdp), hello (please offer me), bye (I hung up), sfu (SFU access),
+    ask (please send me the SFU access)."""
     link: int
     """Which connection attempt this belongs to; a newer link replaces an older one."""
     sdp: str | None = None

@@ -71,11 +71,14 @@ async def test_three_peer_mesh_everyone_hears_everyone(relay: EmbeddedRelay) -> 
             )
 
         await eventually(all_heard, timeout=30)
+        await asyncio.sleep(0.6)  # a full second of each
         for x in vs:
             assert len(vs[x].session.links) == 2
             for y in vs:
                 if x != y:
-                    assert abs(dominant_hz(heard(vs[x], vs[y])) - freqs[y]) < 3.0, (x, y)
+                    # the three tones are >= 110 Hz apart; a few Hz of slack for a dropped frame
+                    # on a loaded machine (a gap moves the FFT peak of a short window)
+                    assert abs(dominant_hz(heard(vs[x], vs[y], 1.0)) - freqs[y]) < 8.0, (x, y)
 
 
 async def test_a_peer_that_leaves_and_rejoins_is_heard_again(relay: EmbeddedRelay) -> None:
