@@ -6,7 +6,11 @@ Client to relay (Socket.IO events, each answered through its ack unless noted):
   `update` is what the client's state vector `sv` lacks.
 - `op` {id, op} -> {ok, update?} : one operation with a client-chosen id
   ("<client>:<seq>"); a replayed id is answered without applying it twice.
-- `pose` bytes (no ack) : the sender's latest pose (`deeproom.presence`).
+- `pose` bytes[, batches read] (no ack) : the sender's latest pose (`deeproom.presence`),
+  optionally with how many `poses` batches it has read so far.
+- `pa` int (no ack) : how many `poses` batches the client has read (sent every few
+  batches when it sends no poses); the relay skips a client more than a few ticks
+  behind instead of queueing for it.
 - `event` {kind, payload, to?} -> {ok}: "signal" | "stream" | "steer" | "summon".
 - `blob_begin` {sha, size} -> {ok, have}; `blob_chunk` {sha, offset, data} -> {ok};
   `blob_end` {sha} -> {ok}; `blob_get` {sha, offset, length} -> {ok, size, data}.
