@@ -85,6 +85,12 @@ async def test_refusals_reach_only_the_sender_and_change_nothing(relay: Embedded
         await v.apply({"op": "raise_hand", "participant_id": v.participant_id, "raised": True})
         await host.apply({"op": "lock_layout", "locked": True})
         await eventually(lambda: v.room.participants[v.participant_id].muted and v.room.settings.layout_locked)
+        # teaching: follow me and mute all reach everyone; viewers cannot start them
+        await host.apply({"op": "set_follow", "mode": "presenter", "presenter": host.participant_id})
+        await host.apply({"op": "mute_all", "muted": True})
+        await eventually(lambda: v.room.settings.follow.value == "presenter" and v.room.settings.muted_all)
+        with pytest.raises(PermissionDenied):
+            await v.apply({"op": "set_follow", "mode": "off"})
 
 
 async def test_password_invites_kick_and_capacity(relay: EmbeddedRelay) -> None:
