@@ -107,3 +107,34 @@ async def test_host_addresses_apply_only_inside_the_block() -> None:
     assert "127.0.0.1" not in outside  # aioice's own behaviour is left alone elsewhere
     with pytest.raises(VoiceError, match="IP address"), host_addresses(["localhost"]):
         pass
+
+
+def test_missing_audio_devices_give_a_clear_message_not_a_crash() -> None:
+    from deeproom.net.voice import SpatialMixer
+    from deeproom.net.voice.devices import open_devices
+
+    async def run() -> None:
+        devices = open_devices(SpatialMixer())
+        try:
+            if devices.microphone is None:
+                assert any("microphone" in m and "listen" in m for m in devices.messages)
+            if devices.speakers is None:
+                assert any("speakers" in m and "hear you" in m for m in devices.messages)
+            assert len(devices.messages) == (devices.microphone is None) + (devices.speakers is None)
+        finally:
+            devices.close()
+
+    asyncio.run(run())
+
+
+def test_voice_modules_do_not_import_the_renderer() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, deeproom.net.voice, deeproom.net.voice.room, deeproom.net.voice.sfu, "
+        "deeproom.net.voice.devices, deeproom.net.voice.bench, deeproom.net.voice_commands\n"
+        "bad = [m for m in ('ursina', 'panda3d', 'xr', 'torch') if m in sys.modules]\n"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
