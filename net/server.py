@@ -120,6 +120,8 @@ class Session:
     participant_id: str | None = None
     uploads: dict[str, BlobUpload] = field(default_factory=dict)
     warned_at: float = 0.0
+    join_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0.5, 3))
+    """Join attempts (each may cost a password hash): bursts of 3, then one per 2 s."""
     batches_sent: int = 0
     batches_acked: int = 0
 
@@ -525,6 +527,8 @@ class RelayServer:
             raise ProtocolError("not connected")
         if sess.room_id is not None:
             raise ProtocolError(f"this connection already joined room {sess.room_id!r}; open another to join more")
+        if not sess.join_bucket.take():
+            raise RateLimited("too many join attempts on this connection; wait a few seconds")
         d = P.require_mapping(data, "join")
         room_id = check_id(d.get("room"), "room id")
         name = check_text(d.get("name"), "display name", MAX_NAME)
