@@ -377,7 +377,7 @@ class RoomApp:
             if pose is not None and pose.pointer is not None:
                 hit = self.pick(np.array(pose.pointer.origin), np.array(pose.pointer.direction))
                 dist = hit.distance if hit is not None else None
-            av.tick(dt, dist)
+            av.tick(dt, dist, viewer)
         if t0 - self._last_pose >= POSE_INTERVAL:
             self._last_pose = t0
             self._publish_pose()

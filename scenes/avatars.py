@@ -20,6 +20,8 @@ from deeproom.scenes import colormap
 SMOOTHING = 14.0
 """How fast an avatar catches up with its pose (1/s): ~95% within 0.2 s."""
 LASER_LENGTH = 4.0
+NEAR_HIDE = 0.45
+"""Metres from the viewer within which an avatar is hidden."""
 
 
 def _nlerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
@@ -48,6 +50,7 @@ class AvatarView:
         self.speaking = False
         self._placed = False
         self._phase = 0.0
+        self.too_close = False
 
     def build(self) -> None:
         c = color.rgb(0.6, 0.6, 0.6)
@@ -58,7 +61,7 @@ class AvatarView:
         self.ring = Entity(parent=self.root, model="sphere", scale=(0.34, 0.02, 0.34), y=-0.16,
                            color=color.rgb(0.3, 1.0, 0.5), enabled=False)
         self.body = Entity(parent=self.root, model="cube", scale=(0.3, 0.5, 0.16), y=-0.48, color=c)
-        self.tag = Text(self.name, parent=self.root, y=0.26, scale=4, origin=(0, 0), billboard=True,
+        self.tag = Text(self.name, parent=self.root, y=0.36, scale=2.5, origin=(0, 0), billboard=True,
                         color=color.white, background=True)
         self.hands = {
             side: Entity(parent=self.parent, model="cube", scale=(0.07, 0.04, 0.11), color=c, enabled=False)
@@ -87,12 +90,18 @@ class AvatarView:
                     if hand is not None:
                         self.hand_pos[side] = np.array(hand.position, float)
                 self._placed = True
-        self.root.enabled = self._placed
+        self.root.enabled = self._placed and not self.too_close
 
-    def tick(self, dt: float, hit_distance: float | None = None) -> None:
+    def tick(self, dt: float, hit_distance: float | None = None, viewer: np.ndarray | None = None) -> None:
         p = self.target
         if p is None:
             return
+        # An avatar standing where we stand (teleported onto, or following) would fill the
+        # view with the inside of its head: hide it while it is that close.
+        near = viewer is not None and float(np.linalg.norm(self.head_pos - viewer)) < NEAR_HIDE
+        if near != self.too_close:
+            self.too_close = near
+            self.root.enabled = self._placed and not near
         t = 1.0 - math.exp(-SMOOTHING * max(dt, 0.0))
         self.head_pos += (np.array(p.head_position) - self.head_pos) * t
         self.head_rot = _nlerp(self.head_rot, np.array(p.head_rotation, float), t)

@@ -9,7 +9,14 @@ import pytest
 
 from deeproom.content import encode_content
 from deeproom.scenes import colormap, geometry, painting
-from deeproom.scenes.prepared import CloudContent, ContentFailure, GraphContent, PaintedContent, WallContent, prepare_blob
+from deeproom.scenes.prepared import (
+    CloudContent,
+    ContentFailure,
+    GraphContent,
+    PaintedContent,
+    WallContent,
+    prepare_blob,
+)
 
 
 def test_viridis_endpoints_and_monotone_luminance() -> None:

@@ -9,7 +9,6 @@ missing shows an error card while the rest of the room works; a resize is follow
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
