@@ -138,8 +138,8 @@ def run_bench(frames: int = 40, size: tuple[int, int] = (1280, 720), points: int
     t_naive = time.perf_counter()
     naive_root = Entity(position=wall_view.root.position, rotation=wall_view.root.rotation)
     w, h = wall_view.size
-    cols = int(math.ceil(math.sqrt(tiles * w / h)))
-    rows = int(math.ceil(tiles / cols))
+    cols = math.ceil(math.sqrt(tiles * w / h))
+    rows = math.ceil(tiles / cols)
     tw, th = w / cols, h / rows
     means = rng.random(tiles)
     from deeproom.scenes.colormap import sequential

@@ -46,7 +46,7 @@ def test_ray_hits_panel_face_in_local_coordinates() -> None:
     f = geometry.PanelFrame.of((0, 1.5, 2), geometry.yaw_quat(0.0), (2, 1, 1), (1.0, 0.5))
     hit = geometry.ray_panel((0.4, 1.6, 0), (0, 0, 1), f)
     assert hit is not None
-    t, p, u, v = hit
+    t, _p, u, v = hit
     assert t == pytest.approx(2.0) and u == pytest.approx(0.4) and v == pytest.approx(0.1)
     assert geometry.ray_panel((1.2, 1.5, 0), (0, 0, 1), f) is None  # beyond the scaled half width of 1.0
     assert geometry.ray_panel((0, 1.5, 0), (0, 0, -1), f) is None  # behind the ray
