@@ -244,7 +244,7 @@ def _from_checkpoint(obj: Any, where: str, stem: str, architecture: Any, input_s
             errors.append(f"{arch_name}: {str(exc).splitlines()[0][:160]}")
             continue
         module.eval()
-        return LoadedModel(module, "checkpoint", stem, digest or module_digest(module),
+        return LoadedModel(module, "checkpoint", stem, module_digest(module),
                            input_shape or _guess_input_shape(module), where, extra={"architecture": arch_name})
     hint = "; ".join(errors[:3])
     raise ModelLoadError(
