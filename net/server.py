@@ -729,7 +729,7 @@ class RelayServer:
     async def _tick(self) -> None:
         now = time.monotonic()
         self._ticks += 1
-        if self._ticks % max(1, int(self.settings.tick_hz * 10)) == 0:
+        if self._ticks % max(1, int(self.settings.tick_hz * min(10.0, self.settings.idle_room_s))) == 0:
             await self._evict_idle_rooms()
         stale = now - self.settings.stale_pose_s
         wall = time.time()

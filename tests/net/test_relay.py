@@ -259,3 +259,16 @@ def test_background_client_accepts_work_before_it_has_joined(tmp_path: Path) -> 
         fut = solo.apply(panel("p1"))  # not joined yet: queued, not a deadlock
         assert "p1" in fut.result(20).panels
         assert solo.call("create_invite", "viewer").result(10)
+
+
+async def test_idle_rooms_are_unloaded_compacted_and_reload_intact(tmp_path: Path) -> None:
+    async with EmbeddedRelay(data_dir=tmp_path, leave_grace_s=0.1, idle_room_s=0.3) as relay:
+        async with RoomClient(relay.url, room="idle", name="A") as a:
+            for i in range(5):
+                await a.apply(panel(f"p{i}", i))
+            before = a.room.panels
+        await eventually(lambda: "idle" not in relay.server.rooms, timeout=10)
+        store = Store(relay.settings.store_path)
+        await eventually(lambda: [r.updates for r in store.rooms() if r.id == "idle"] == [1])  # compacted
+        async with RoomClient(relay.url, room="idle", name="B") as b:
+            assert b.room.panels == before
