@@ -1,0 +1,102 @@
+"""The torch ONNX executor: round trips against torch and onnxruntime, gradients,
+hooks by node name, and the ONNX project's own backend node tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from deeproom.models.analysis import Activations
+from deeproom.models.bench import deep_onnx_model, export_onnx
+from deeproom.models.conformance import claimed_node_tests, run_conformance
+from deeproom.models.loading import load_model
+from deeproom.models.onnx_exec import OnnxModel
+from deeproom.models.zoo import DigitsCNN, TinyResNet, TinyViT
+
+
+def _models() -> list[tuple[str, torch.nn.Module]]:
+    torch.manual_seed(0)
+    resnet = TinyResNet().eval()
+    for m in resnet.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return [("cnn", DigitsCNN().eval()), ("resnet", resnet), ("vit", TinyViT().eval())]
+
+
+@pytest.mark.parametrize("opset", [11, 14, 17, 20])
+def test_round_trip_matches_torch_and_onnxruntime(opset: int) -> None:
+    x = torch.rand(5, 1, 8, 8)
+    for name, model in _models():
+        data = export_onnx(model, x[:1], opset)
+        ours = load_model(data).module
+        with torch.no_grad():
+            ref = model(x)
+            got = ours(x)  # batch axis is dynamic: 5 works though 1 was exported
+        ort_out = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+        assert (got - ref).abs().max() < 1e-5, (name, opset)
+        assert np.abs(got.numpy() - ort_out).max() < 1e-5, (name, opset)
+
+
+def test_gradients_reach_onnx_weights_like_torch() -> None:
+    torch.manual_seed(3)
+    model = DigitsCNN().eval()
+    x = torch.rand(4, 1, 8, 8)
+    om = load_model(export_onnx(model, x[:1])).module
+    assert isinstance(om, OnnxModel)
+    assert sum(p.numel() for p in om.parameters()) == sum(p.numel() for p in model.parameters())
+    model(x)[:, 3].sum().backward()
+    om(x)[:, 3].sum().backward()
+    w = om.tensor("conv1.weight")
+    assert w.grad is not None and model.conv1.weight.grad is not None
+    assert torch.allclose(w.grad, model.conv1.weight.grad, atol=1e-5)
+
+
+def test_every_node_output_is_reachable_by_name() -> None:
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.rand(2, 1, 8, 8)
+    om = load_model(export_onnx(model, x[:1])).module
+    ours = Activations(om, "/layers/layers.1/Add").compute(x)
+    # the block's Add (before relu2) equals relu2's input in torch
+    store = {}
+    h = model.layers[1].relu2.register_forward_hook(lambda m, i, o: store.setdefault("in", i[0]))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    assert torch.allclose(ours, store["in"], atol=1e-5)
+    assert len(om.layer_names()) == len({*om.layer_names()})
+
+
+def test_deep_generated_graph_runs() -> None:
+    proto = deep_onnx_model(50)
+    om = OnnxModel(proto)
+    y = om(torch.rand(1, 2, 4, 4))
+    assert y.shape == (1, 2, 4, 4) and torch.isfinite(y).all()
+
+
+KNOWN_FAILURES = {
+    # random training-mode dropout cannot match numpy's generator
+    "test_training_dropout_cpu", "test_training_dropout_default_cpu", "test_training_dropout_default_mask_cpu",
+    "test_training_dropout_mask_cpu",
+    # antialiased Resize is not implemented (raises, naming it)
+    "test_resize_downsample_scales_cubic_antialias_cpu", "test_resize_downsample_scales_linear_antialias_cpu",
+    "test_resize_downsample_sizes_cubic_antialias_cpu", "test_resize_downsample_sizes_linear_antialias_cpu",
+    # float16 attention accumulates differently; 3-D dilated ceil-mode average pool edge case
+    "test_attention_4d_causal_fp16_expanded_cpu",
+    "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True_cpu",
+}
+
+
+@pytest.mark.slow
+def test_onnx_backend_node_conformance_for_claimed_ops() -> None:
+    names = claimed_node_tests()
+    assert len(names) > 1000
+    result = run_conformance(names)
+    failed = {n for n, _ in result.failures}
+    assert result.total == len(names)
+    assert failed <= KNOWN_FAILURES, sorted(failed - KNOWN_FAILURES)
+    assert result.passed / result.total > 0.99
