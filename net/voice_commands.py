@@ -21,6 +21,8 @@ def register(commands: Any, bench: Any) -> None:
     b.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run (default 8)")
     b.add_argument("--listeners", default="10,30",
                    help="SFU runs: listener counts, comma-separated (default 10,30; empty: no SFU runs)")
+    b.add_argument("--procs", type=int, default=2,
+                   help="processes the SFU listeners are spread over (default 2)")
     b.set_defaults(func=cmd_bench_voice)
 
 
@@ -47,6 +49,12 @@ def cmd_bench_voice(args: argparse.Namespace, config: Config) -> int:
     mesh = asyncio.run(bench_mesh(args.seconds))
     print(f"  {mesh}", flush=True)
     result: dict[str, Any] = dict(mesh)
+    print("mesh again, aiortc's receive buffer at 2 frames instead of 4 ...", flush=True)
+    tuned = asyncio.run(bench_mesh(args.seconds, receive_buffer_frames=2))
+    print(f"  {tuned}", flush=True)
+    result["mouth_to_ear_buffer2_ms"] = tuned["mouth_to_ear_ms"]
+    result["frames_lost_buffer2_pct"] = tuned["frames_lost_pct"]
+    result["buffer2_vs_default_latency_ratio"] = round(tuned["mouth_to_ear_ms"] / mesh["mouth_to_ear_ms"], 2)
     result["mouth_to_ear_target_ms"] = 150
     why = available() or (None if find_janus() else "janus is not installed")
     if counts and why:
@@ -55,7 +63,7 @@ def cmd_bench_voice(args: argparse.Namespace, config: Config) -> int:
         print(f"SFU: Janus in a network namespace, 1 speaker -> {n} listeners ...", flush=True)
         try:
             with Namespace.create() as ns:
-                r = ns.run_inside(lambda ns=ns, n=n: bench_sfu(ns, n, args.seconds), timeout=300)  # type: ignore[misc]
+                r = ns.run_inside(lambda ns=ns, n=n: bench_sfu(ns, n, args.seconds, max(1, args.procs)), timeout=300)  # type: ignore[misc]
         except (DeepRoomError, TimeoutError, RuntimeError) as exc:
             result[f"sfu{n}_error"] = str(exc)[:300]
             continue

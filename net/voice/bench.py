@@ -89,7 +89,7 @@ def burst_tone() -> ToneTrack:
     return ToneTrack(440.0, amplitude=0.4, onset_s=1.0, burst_s=0.3, period_s=1.0)
 
 
-async def bench_mesh(seconds: float = 8.0) -> dict[str, Any]:
+async def bench_mesh(seconds: float = 8.0, receive_buffer_frames: int | None = None) -> dict[str, Any]:
     """Two participants through a real relay on 127.0.0.1, a direct link between them."""
     from deeproom.net import EmbeddedRelay, RoomClient
     from deeproom.net.voice.room import RoomVoice
@@ -102,7 +102,8 @@ async def bench_mesh(seconds: float = 8.0) -> dict[str, Any]:
             RoomClient(relay.url, room="bench", name="B") as cb,
         ):
             t_join = time.perf_counter()
-            async with RoomVoice(ca, tone, VoiceConfig()) as a, RoomVoice(cb, SilenceTrack(), VoiceConfig()) as b:
+            cfg = VoiceConfig(receive_buffer_frames=receive_buffer_frames)
+            async with RoomVoice(ca, tone, cfg) as a, RoomVoice(cb, SilenceTrack(), cfg) as b:
                 pid = ca.participant_id
                 b.mixer.set_position(pid, (0.0, 1.6, 1.0))
                 while not (pid in b.session.links and b.session.links[pid].frames_rx):

@@ -57,7 +57,17 @@ class VoiceConfig:
     """Keep what each speaker sent in `recorders` (tests, benchmarks)."""
     publish: bool = True
     """Whether this participant sends voice at all (a listen-only seat when False)."""
+    receive_buffer_frames: int | None = None
+    """20 ms frames aiortc buffers before decoding (None: its default, 4). 2 saves ~40 ms on a LAN."""
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.mesh_limit <= 64:
+            raise VoiceError(f"mesh_limit must be in [1, 64]; got {self.mesh_limit}")
+        if self.receive_buffer_frames is not None and not 1 <= self.receive_buffer_frames <= 15:
+            raise VoiceError(f"receive_buffer_frames must be in [1, 15] or None; got {self.receive_buffer_frames}")
+        if self.stall_s <= 0 or self.connect_timeout_s <= 0:
+            raise VoiceError("stall_s and connect_timeout_s must be positive")
 
 
 class VoiceSession:
@@ -214,7 +224,9 @@ class VoiceSession:
 
     def _new_link(self, pid: str, link_no: int) -> VoiceLink:
         track = self.local.track() if self.config.publish else None
-        link = VoiceLink(pid, self._sink, send=track, addresses=self.config.addresses)
+        link = VoiceLink(
+            pid, self._sink, send=track, addresses=self.config.addresses, prefetch=self.config.receive_buffer_frames
+        )
         self.links[pid] = link
         self._link_ids[pid] = link_no
         return link
@@ -306,6 +318,7 @@ class VoiceSession:
                 send=self.local.track() if self.config.publish else None,
                 addresses=self.config.addresses,
                 stall_s=max(self.config.stall_s, 3.0),
+                prefetch=self.config.receive_buffer_frames,
                 new_track=self.local.track,
             )
             await sfu.start()

@@ -41,6 +41,7 @@ class SfuVoice:
         addresses: Sequence[str],
         stall_s: float = 3.0,
         new_track: Any = None,
+        prefetch: int | None = None,
     ) -> None:
         self.url: str = access["url"]
         self.room: int = access["room"]
@@ -62,6 +63,7 @@ class SfuVoice:
         self._pub_handle: JanusHandle | None = None
         self._closed = False
         self.up = asyncio.Event()
+        self.prefetch = prefetch
 
     async def start(self, timeout: float = 15.0) -> None:
         """Join the SFU room (and keep it joined until close)."""
@@ -115,7 +117,9 @@ class SfuVoice:
         if feed in self.subscribers or feed == self.feed_id or self.session is None:
             return
         self.feed_names[feed] = display
-        link = VoiceLink(display, self.sink, send=None, addresses=self.addresses, speaker_of=lambda _t: display)
+        link = VoiceLink(
+            display, self.sink, send=None, addresses=self.addresses, speaker_of=lambda _t: display, prefetch=self.prefetch
+        )
         self.subscribers[feed] = link
         session = self.session
         for attempt in range(20):
