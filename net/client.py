@@ -497,6 +497,12 @@ class RoomClient:
         ack = await self._call("invite", {"role": role, "ttl": ttl_s})
         return str(ack["token"])
 
+    async def create_invite_link(self, role: str = "member", ttl_s: float = 7 * 86400) -> str:
+        """A `deeproom://host:port/room?invite=...` link (host only)."""
+        from deeproom.net.auth import invite_link
+
+        return invite_link(self.url, self.room_id, await self.create_invite(role, ttl_s))
+
     async def kick(self, participant_id: str) -> None:
         """Remove someone from the room for good (host only)."""
         await self._call("kick", {"participant_id": participant_id})

@@ -106,7 +106,8 @@ async def test_password_invites_kick_and_capacity(relay: EmbeddedRelay) -> None:
         with pytest.raises(JoinRefused, match="signature"):
             async with RoomClient(relay.url, room="locked", name="Eve", invite=forged):
                 pass
-        link = f"deeproom://127.0.0.1:{relay.port}/locked?invite={token}"
+        link = await host.create_invite_link("viewer", ttl_s=60)
+        assert link.startswith(f"deeproom://127.0.0.1:{relay.port}/locked?invite=")
         async with RoomClient(relay.url, room="locked", name="Guest", invite=link) as guest:
             assert guest.role is not None and guest.role.value == "viewer"
             await host.set_role(guest.participant_id, "presenter")
