@@ -106,6 +106,8 @@ class _Tally:
         self.last[key] = seq
         if self.t0 <= sent_at <= self.t1:
             self.delivered += 1
+        if self.t0 <= now <= self.t1:
+            # the age of what arrives during the window (a relay that falls behind shows it here)
             self.latencies.append(now - sent_at)
 
 
