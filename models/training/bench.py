@@ -2,7 +2,7 @@
 
 - overhead_ratio: the same training step with and without the watch instrumentation
   (hooks, per-filter statistics, metric rows, stream events and panel publishing to a
-  live relay), in alternating blocks on two identical models, so machine noise hits
+  live relay in its own process, as `deeproom serve` runs), in alternating blocks on two identical models, so machine noise hits
   both; the embedding worker is off here (it is its own thread, measured below), and
   is on for overhead_ratio_with_embedding.
 - freeze_epoch_time_ratio: epoch time with conv1 and conv2 frozen (by "steer" commands)
@@ -16,9 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +55,44 @@ def _timed_block(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: li
     return time.perf_counter() - t0
 
 
-def measure_overhead(train: Split, val: Split, base: Path, *, rounds: int, embed: bool, seed: int) -> dict[str, float]:
+@contextlib.contextmanager
+def relay_process(data_dir: Path) -> Iterator[str]:
+    """A real relay (`deeproom serve --port 0`) in its own process, as a run would stream to; yields its URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deeproom.cli", "--data-dir", str(data_dir), "serve", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if "listening on" in line:
+                url = line.rsplit(" ", 1)[-1].strip()
+                break
+        if not url:
+            raise RuntimeError("the relay process did not start")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def measure_overhead(train: Split, val: Split, base: Path, *, url: str, rounds: int, embed: bool, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     plain, watched = DemoCNN(), DemoCNN()
     watched.load_state_dict(plain.state_dict())
     opt_p = torch.optim.Adam(plain.parameters(), 1e-3)
     opt_w = torch.optim.Adam(watched.parameters(), 1e-3)
-    run = watch(watched, room="bench-overhead", optimizer=opt_w, train_data=(train.x, train.y),
+    run = watch(watched, room=f"bench-overhead-{int(embed)}", server=url, optimizer=opt_w, train_data=(train.x, train.y),
                 val_data=(val.x, val.y), data_dir=base / "overhead", embed=embed, name="overhead")
     try:
         batches = _batches(train)
@@ -75,8 +111,10 @@ def measure_overhead(train: Split, val: Split, base: Path, *, rounds: int, embed
         frames = run.latest_frame.frame if run.latest_frame else 0
     finally:
         run.close()
+    # Median of the paired ratios: each pair ran back to back, so a load spike from the
+    # shared machine spoils one pair rather than the whole figure.
     return {"plain_step_ms": 1000 * statistics.median(tp) / n, "watched_step_ms": 1000 * statistics.median(tw) / n,
-            "ratio": sum(tw) / sum(tp), "frames": frames}
+            "ratio": statistics.median(w / p for w, p in zip(tw, tp, strict=True)), "frames": frames}
 
 
 def measure_freeze(train: Split, base: Path, *, rounds: int, seed: int) -> dict[str, float]:
@@ -104,12 +142,12 @@ def measure_freeze(train: Split, base: Path, *, rounds: int, seed: int) -> dict[
             "ratio": statistics.median(frozen) / statistics.median(free)}
 
 
-def measure_embedding(train: Split, val: Split, base: Path, *, seconds: float, seed: int) -> dict[str, float]:
+def measure_embedding(train: Split, val: Split, base: Path, *, url: str, seconds: float, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     model = DemoCNN()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     probe = jittered(Split(torch.cat([train.x, val.x]), torch.cat([train.y, val.y])), 2000, seed)
-    run = watch(model, room="bench-embedding", optimizer=opt, train_data=(train.x, train.y), val_data=(val.x, val.y),
+    run = watch(model, room="bench-embedding", server=url, optimizer=opt, train_data=(train.x, train.y), val_data=(val.x, val.y),
                 probe=(probe.x, probe.y), data_dir=base / "embedding", name="embedding", embed_layer="fc1")
     times: list[float] = []
     run.frame_listeners.append(lambda f: times.append(f.when))
@@ -133,7 +171,7 @@ def measure_embedding(train: Split, val: Split, base: Path, *, seconds: float, s
             "train_steps_per_s": steps / elapsed}
 
 
-def measure_labeling(base: Path, *, repeats: int, seed: int) -> dict[str, Any]:
+def measure_labeling(base: Path, *, url: str, repeats: int, seed: int) -> dict[str, Any]:
     from sklearn.datasets import load_digits
 
     from deeproom.models.training.latent import LabelingLoop, LabelingSession, simulate_labeller
@@ -150,32 +188,42 @@ def measure_labeling(base: Path, *, repeats: int, seed: int) -> dict[str, Any]:
     # Label placed -> first moved frame, end to end through a live relay.
     session = LabelingSession(x, y, seed=seed)
     session.pretrain(10)
-    link = RelayLink(None, "bench-labels", "labeling run", data_dir=base / "labels")
+    link = RelayLink(url, "bench-labels", "labeling run")
     loop = LabelingLoop(session, link=link, name="labels", rounds=10).start()
-    viewer = BackgroundClient(link.url, room="bench-labels", name="labeller").wait_ready(30)
+    viewer = BackgroundClient(url, room="bench-labels", name="labeller").wait_ready(30)
     latencies: list[float] = []
     rng = np.random.default_rng(seed)
     try:
         owner = link.participant_id
         for _ in range(repeats):
-            loop.wait_idle(60)
             viewer.drain()
             pos = session.refresh_positions()
             unlabelled = np.flatnonzero(session.labels.numpy() < 0)
             i = int(rng.choice(unlabelled))
+            d = np.linalg.norm(pos - pos[i], axis=1)
+            d[i] = np.inf
             before = session.n_labelled
             t0 = time.perf_counter()
-            viewer.send_event("steer", {"cmd": "label_sphere", "center": pos[i].tolist(), "radius": 0.2,
+            viewer.send_event("steer", {"cmd": "label_sphere", "center": pos[i].tolist(),
+                                        "radius": max(float(d.min()) * 0.5, 1e-6),
                                         "label": int(session.y_true[i])}, to=owner)
             got = None
-            while got is None and time.perf_counter() - t0 < 30:
+            settled = False
+            # First moved frame = the latency; then wait for the fine-tuning to finish so the
+            # next sphere is placed on a cloud that is no longer moving (as a person would).
+            while not settled and time.perf_counter() - t0 < 60:
                 for item in viewer.drain():
                     if item.kind == "event" and item.data[0] == "stream":
                         p = item.data[2]
-                        if p.get("type") == "latent_frame" and p.get("labelled", 0) > before:
+                        if p.get("type") == "error" and p.get("where") == "labeling":
+                            settled = True
+                        if p.get("labelled", 0) <= before:
+                            continue
+                        if p.get("type") == "latent_frame" and got is None:
                             got = time.perf_counter() - t0
-                            break
-                if got is None:
+                        if p.get("type") == "label_accuracy":
+                            settled = True
+                if not settled:
                     time.sleep(0.002)
             if got is not None:
                 latencies.append(got)
@@ -196,11 +244,12 @@ def run_bench(*, quick: bool = False, seed: int = 0, threads: int = 1) -> dict[s
     train, val = digits(seed)
     with tempfile.TemporaryDirectory(prefix="deeproom-bench-training-") as tmp:
         base = Path(tmp)
-        over = measure_overhead(train, val, base, rounds=4 if quick else 10, embed=False, seed=seed)
-        over_emb = measure_overhead(train, val, base / "e", rounds=3 if quick else 6, embed=True, seed=seed)
-        freeze = measure_freeze(train, base, rounds=3 if quick else 6, seed=seed)
-        emb = measure_embedding(train, val, base, seconds=4.0 if quick else 10.0, seed=seed)
-        lab = measure_labeling(base, repeats=3 if quick else 7, seed=seed)
+        with relay_process(base / "relay") as url:
+            over = measure_overhead(train, val, base, url=url, rounds=4 if quick else 10, embed=False, seed=seed)
+            over_emb = measure_overhead(train, val, base / "e", url=url, rounds=3 if quick else 6, embed=True, seed=seed)
+            freeze = measure_freeze(train, base, rounds=3 if quick else 6, seed=seed)
+            emb = measure_embedding(train, val, base, url=url, seconds=4.0 if quick else 10.0, seed=seed)
+            lab = measure_labeling(base, url=url, repeats=3 if quick else 7, seed=seed)
     return {
         "bench": "training",
         "overhead_ratio": round(over["ratio"], 4),

@@ -305,6 +305,8 @@ class LabelingLoop:
                     if self._stop:
                         return
             commands = self._take()
+            if commands:
+                self._idle.clear()
             if any([self._apply(s, p) for s, p in commands]):  # apply every one, not just up to the first
                 rounds_left = self.rounds
             if rounds_left > 0:

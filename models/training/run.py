@@ -49,9 +49,9 @@ class WatchOptions:
     """Run name: panel ids start with it (letters, digits, _ . : -)."""
     stats_every: int = 10
     """Sample per-filter activation and gradient magnitudes every this many steps."""
-    stream_every_s: float = 0.25
+    stream_every_s: float = 0.5
     """Send collected metric rows and statistics at most this often."""
-    publish_every_s: float = 3.0
+    publish_every_s: float = 5.0
     """Publish full panel contents at most this often (and at each epoch end and close)."""
     embed: bool = True
     """Stream an embedding of `embed_layer`'s activations on the probe points."""
