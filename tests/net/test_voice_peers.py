@@ -131,3 +131,23 @@ async def test_mouth_to_ear_on_loopback_is_measured(relay: EmbeddedRelay) -> Non
         assert 20 < latency_ms < 1000  # a frame leaves the "microphone" 20 ms after its first sample
         rec = b.session.recorders[pid]
         assert rec.arrivals[0] <= t < rec.arrivals[-1] + 0.02
+
+
+async def test_a_participant_muted_by_the_host_is_silent_and_mute_all_spares_the_host(relay: EmbeddedRelay) -> None:
+    async with member(relay, "Host", ToneTrack(330.0, 0.4)) as h, member(relay, "Ben", ToneTrack(550.0, 0.4)) as b:
+        bid, hid = b.client.participant_id, h.client.participant_id
+        await eventually(lambda: len(heard(h, b, 0.5)) >= SAMPLE_RATE // 2 and len(heard(b, h, 0.5)) >= SAMPLE_RATE // 2, timeout=20)
+        await h.client.apply({"op": "mute_participant", "participant_id": bid, "muted": True})
+        await eventually(lambda: b.session.local.muted, timeout=10)
+        await asyncio.sleep(0.5)
+        h.session.recorders[bid].clear()
+        await asyncio.sleep(0.6)
+        assert rms(heard(h, b, 0.4)) < 0.01
+        await h.client.apply({"op": "mute_participant", "participant_id": bid, "muted": False})
+        await h.client.apply({"op": "mute_all", "muted": True})
+        await asyncio.sleep(1.2)
+        assert rms(heard(h, b, 0.4)) < 0.01  # still silent: everyone but the host is muted
+        assert rms(heard(b, h, 0.4)) > 0.15 and abs(dominant_hz(heard(b, h, 0.4)) - 330.0) < 5  # the host is heard
+        await h.client.apply({"op": "mute_all", "muted": False})
+        await eventually(lambda: rms(heard(h, b, 0.2)) > 0.15, timeout=10)
+        assert hid != bid
