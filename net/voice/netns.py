@@ -88,10 +88,41 @@ class Namespace:
         if self._deleted:
             return
         self._deleted = True
+        self.stop_processes()
         try:
             _ip("netns", "del", self.name)
         except NamespaceError:
             pass
+
+    def stop_processes(self) -> list[int]:
+        """Stop (SIGTERM, then SIGKILL) every process still inside: only ones we started live here."""
+        import signal
+        import time
+
+        ip = shutil.which("ip")
+        if ip is None:
+            return []
+        out = subprocess.run([ip, "netns", "pids", self.name], capture_output=True, text=True, timeout=10)
+        pids = [int(x) for x in out.stdout.split() if x.isdigit() and int(x) != os.getpid()]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        for pid in pids:
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            else:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        return pids
 
     def __enter__(self) -> Namespace:
         return self
