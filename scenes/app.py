@@ -73,6 +73,8 @@ POSE_INTERVAL = 0.05
 MAX_MESSAGES_PER_FRAME = 200
 """A burst of messages is spread over frames rather than stalling one."""
 MOVE_INTERVAL = 0.1
+PREVIEW_TIMEOUT = 3.0
+"""Seconds a keyed move is shown before the room confirms it (a refused one snaps back)."""
 """Seconds between move operations sent while dragging (the last one is always sent)."""
 
 
@@ -210,6 +212,7 @@ class RoomApp:
         self.following: str | None = None
         self.ops_sent: list[dict[str, Any]] = []
         self.on_frame: list[Callable[[RoomApp], None]] = []
+        self._previews: dict[str, float] = {}  # panel id -> when a keyed move was shown
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -364,6 +367,12 @@ class RoomApp:
         dt = min(t0 - self._last_frame, 0.25)
         self._last_frame = t0
         self.drain()
+        for pid, since in list(self._previews.items()):
+            if t0 - since > PREVIEW_TIMEOUT:  # the room never confirmed: show what it says
+                self._previews.pop(pid)
+                view = self.panels.get(pid)
+                if view is not None:
+                    view.end_preview()
         if self.rig is not None:
             self.rig.update(dt)
         self._follow(dt)
@@ -440,6 +449,11 @@ class RoomApp:
                 if self.drag is not None and self.drag.panel_id == pid and view.preview is not None:
                     view.panel = panel  # keep showing the drag preview until release
                     continue
+                if pid in self._previews and view.preview is not None:
+                    t = panel.transform
+                    if np.allclose([*t.position, *t.rotation, *t.scale], [c for part in view.preview for c in part], atol=1e-5):
+                        self._previews.pop(pid)
+                        view.preview = None
                 if view.sync(panel):
                     self._request_content(view)
         me = self.session.participant_id
@@ -878,12 +892,12 @@ class RoomApp:
         return view is not None and isinstance(view.content, CloudView) and len(view.content.selection) > 0
 
     def _move(self, view: Any, pos: Any, rot: Any, scale: Any) -> None:
+        # Shown at once; kept until the room confirms (or PREVIEW_TIMEOUT passes, if it refuses),
+        # so a second key press builds on the first.
         view.set_preview(tuple(pos), tuple(rot), tuple(scale))
+        self._previews[view.panel.id] = time.monotonic()
         self.apply({"op": "move_panel", "panel_id": view.panel.id,
                     "transform": {"position": list(pos), "rotation": list(rot), "scale": list(scale)}})
-        view.end_preview()
-        view.set_preview(tuple(pos), tuple(rot), tuple(scale))
-        view.preview = None  # the room's echo re-places it; until then it shows where it was put
 
     def _teleport_to_pointer(self) -> None:
         assert self.rig is not None
