@@ -149,7 +149,7 @@ def test_menu_adds_a_panel_in_front(seen: dict[str, Any]) -> None:
     assert seen["menu_open"]
     added = seen["added"]
     assert added["kind"] == "confusion_matrix" and added["refs_reused"]
-    x, y, z = added["position"]
+    x, _, z = added["position"]
     assert abs(x) < 0.05 and 1.4 < z < 1.8  # 1.6 m straight ahead
 
 
