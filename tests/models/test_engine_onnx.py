@@ -62,7 +62,7 @@ def test_every_node_output_is_reachable_by_name() -> None:
     om = load_model(export_onnx(model, x[:1])).module
     ours = Activations(om, "/layers/layers.1/Add").compute(x)
     # the block's Add (before relu2) equals relu2's input in torch
-    store = {}
+    store: dict[str, torch.Tensor] = {}
     h = model.layers[1].relu2.register_forward_hook(lambda m, i, o: store.setdefault("in", i[0]))
     with torch.no_grad():
         model(x)
