@@ -144,7 +144,7 @@ class RelayLink:
     def _publish_one(self, panel_id: str, kind: str, title: str, source: dict[str, Any], make: ContentFn) -> None:
         meta, arrays = make()
         blob = encode_content(meta, arrays)
-        sha = self.client.put_blob(blob).result(timeout=60)
+        sha = self.client.put_blob(blob).result(timeout=20)
         content = {"source": source, "refs": [sha]}
         if panel_id not in self._panels:
             room = getattr(self.client, "room", None)
@@ -153,14 +153,14 @@ class RelayLink:
                 op = {"op": "add_panel", "panel_id": panel_id, "kind": kind, "title": title[:100],
                       "content": content}
                 try:
-                    self.client.apply(op).result(timeout=30)
+                    self.client.apply(op).result(timeout=20)
                     self._panels.add(panel_id)
                     return
                 except Exception as exc:
                     if "already exists" not in str(exc):
                         raise
             self._panels.add(panel_id)
-        self.client.apply({"op": "set_content", "panel_id": panel_id, "content": content}).result(timeout=30)
+        self.client.apply({"op": "set_content", "panel_id": panel_id, "content": content}).result(timeout=20)
 
     def close(self) -> None:
         with self._cv:
@@ -168,7 +168,7 @@ class RelayLink:
                 return
             self._closed = True
             self._cv.notify_all()
-        self._publisher.join(timeout=60)
+        self._publisher.join(timeout=30)
         self.client.close()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -84,7 +83,10 @@ def test_embedding_streams_while_training_and_separates_classes(tmp_path) -> Non
                 data_dir=tmp_path, embed_layer="fc1")
     frames: list[EmbeddingFrame] = []
     run.frame_listeners.append(frames.append)
-    for _ in range(4):
+    epochs = 0
+    # Train until a few frames came (a busy machine makes frames slower, not fewer per unit of work).
+    while epochs < 4 or (len(frames) < 4 and epochs < 40):
+        epochs += 1
         for i in range(0, len(train.y), 64):
             loss = torch.nn.functional.cross_entropy(model(train.x[i : i + 64]), train.y[i : i + 64])
             opt.zero_grad()
@@ -92,11 +94,8 @@ def test_embedding_streams_while_training_and_separates_classes(tmp_path) -> Non
             opt.step()
             run.log(loss=loss)
         run.epoch_end()
-    deadline = time.monotonic() + 20
-    while (not frames or frames[-1].step < run.step - 30) and time.monotonic() < deadline:
-        time.sleep(0.05)
     run.close()
-    assert len(frames) >= 3
+    assert len(frames) >= 4
     assert [f.frame for f in frames] == list(range(1, len(frames) + 1))
     last = frames[-1]
     assert last.positions.shape == (len(train.y), 2)

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,6 +80,11 @@ def test_user_script_feeds_a_room_that_a_second_client_reads_and_steers(tmp_path
         emb = next(p for p in streams() if p.get("type") == "embedding")
         assert decode_positions(emb).shape == (len(train.y), 2)
 
+        # The steering client disconnects mid-run: the run trains on and keeps publishing.
+        viewer.close()
+        one_epoch()
+        assert run.link.flush(30) and run.status == "running"
+
         # A late joiner gets the full contents from the room (panels + blobs), not from the run.
         late = BackgroundClient(run.url, room="lab", name="late").wait_ready(30)
         try:
@@ -88,6 +94,7 @@ def test_user_script_feeds_a_room_that_a_second_client_reads_and_steers(tmp_path
             meta, arrays = decode_content(late.get_blob(room.panels["run.metrics"].content.refs[0]).result(30))
             assert meta["kind"] == "metrics" and "loss" in meta["series"]
             assert len(arrays["loss"]) == len(arrays["step"]) > 10
+            assert arrays["step"].max() == run.step and np.isfinite(arrays["epoch_time"]).sum() == 4
             assert room.panels["run.metrics"].content.source["owner"] == owner
             meta, arrays = decode_content(late.get_blob(room.panels["run.confusion"].content.refs[0]).result(30))
             assert arrays["matrix"].shape == (10, 10) and int(arrays["matrix"].sum()) == len(val.y)
