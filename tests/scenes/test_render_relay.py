@@ -60,6 +60,23 @@ x2, y2 = app.world_to_screen(second)
 out["second"] = {"screen": [x2, y2], "pixel": pixel(app, x2, y2), "old_pixel": pixel(app, x, y),
                  "speaking": bool(av.ring.enabled)}
 app.save_snapshot("avatar.png")
+# Bob, made presenter by the host, summons everyone: Alice's view jumps to where Bob says.
+alice.apply({"op": "set_role", "participant_id": bob.participant_id, "role": "presenter"}).result(30)
+bob.send_event("summon", {"position": [1.5, 1.6, -1.0], "yaw": 30.0}).result(30)
+end = time.monotonic() + 30
+while time.monotonic() < end and np.linalg.norm(np.array(app.rig.head()[0]) - [1.5, 1.6, -1.0]) > 1e-3:
+    app.step(); time.sleep(0.02)
+out["summoned"] = list(app.rig.head()[0])
+# Alice (the host) makes Bob the presenter everyone follows: her view eases to just behind his head.
+alice.apply({"op": "set_follow", "mode": "presenter", "presenter": bob.participant_id}).result(30)
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    bob.publish_pose(pose_at(second))
+    app.step(); time.sleep(0.02)
+    if np.linalg.norm(np.array(app.rig.head()[0]) - [-0.6, 1.4, 2.0]) < 0.02:
+        break
+out["following"] = app.following
+out["follow_view"] = list(app.rig.head()[0])
 app.close(); bob.close(); alice.close()
 done(out)
 '''
@@ -93,6 +110,9 @@ def test_remote_avatar_appears_where_its_pose_says(tmp_path: Path) -> None:
     assert not close(out["second"]["old_pixel"], bob, tol=40)  # it left its old place
     assert out["second"]["speaking"]
     assert out["second"]["screen"][0] < 160 < out["first"]["screen"][0]
+    assert np.allclose(out["summoned"], [1.5, 1.6, -1.0], atol=1e-3)
+    assert out["following"] == out["bob"]
+    assert np.allclose(out["follow_view"], [-0.6, 1.4, 2.0], atol=0.02)  # half a metre behind his head
 
 
 COMMON = '''
