@@ -121,10 +121,11 @@ def test_attention_maps_per_head() -> None:
 
 
 def test_filters_shapes() -> None:
-    conv_rgb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3))
+    first = nn.Conv2d(3, 4, 3)
+    conv_rgb = nn.Sequential(first, nn.ReLU(), nn.Conv2d(4, 5, 3))
     rgb = Filters(conv_rgb, "0").compute()
     assert rgb.shape == (4, 3, 3, 3)  # [out, kh, kw, RGB]
-    assert torch.equal(rgb[1, :, :, 2], conv_rgb.get_submodule("0").weight.detach()[1, 2])
+    assert torch.equal(rgb[1, :, :, 2], first.weight.detach()[1, 2])
     assert Filters(conv_rgb, "2").compute().shape == (20, 3, 3)
     with pytest.raises(AnalysisError, match="has no weight"):
         Filters(conv_rgb, "1")
