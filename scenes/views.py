@@ -195,13 +195,17 @@ class GraphView(ContentView):
 
     def _labels(self, lay: geometry.GraphLayout, pos: np.ndarray, half: np.ndarray) -> None:
         picks = [i for i, nd in enumerate(lay.nodes) if nd.collapsed] or list(range(len(lay.nodes)))
-        if len(picks) > self.MAX_LABELS:
-            step = len(picks) / self.MAX_LABELS
-            picks = [picks[int(k * step)] for k in range(self.MAX_LABELS)]
+        # Labels need room: about 12 cm each along the ranks, and at most MAX_LABELS in all.
+        room_for = max(1, int(self.width * 0.94 / 0.12))
+        limit = min(self.MAX_LABELS, room_for)
+        if len(picks) > limit:
+            step = len(picks) / limit
+            picks = [picks[int(k * step)] for k in range(limit)]
         size = min(2.0, max(1.0, 12.0 / max(math.sqrt(len(lay.nodes)), 1.0)))
         for i in picks:
             nd = lay.nodes[i]
-            name = nd.name if len(nd.name) <= 18 else nd.name[:17] + "…"
+            short = nd.name if nd.collapsed else nd.name.rsplit(".", 2)[-1] if nd.name.count(".") > 1 else nd.name
+            name = short if len(short) <= 14 else short[:13] + "…"
             label = f"{name} ({nd.members})" if nd.collapsed else name
             t = Text(label, parent=self.parent, scale=size, origin=(0, 0.5),
                      position=(float(pos[i, 0]), float(pos[i, 1] - half[i, 1] - 0.006), float(pos[i, 2] - half[i, 2] - 0.002)),
