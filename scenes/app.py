@@ -409,21 +409,27 @@ class RoomApp:
                 break
             handled += 1
             for msg in self.session.translate(item):
-                if isinstance(msg, RoomUpdate):
-                    latest_room = msg.room  # only the newest snapshot matters
-                elif isinstance(msg, PosesUpdate):
-                    self._poses(msg.poses)
-                elif isinstance(msg, ContentReady):
-                    self._content(msg)
-                elif isinstance(msg, EventMessage):
-                    self._event(msg)
-                elif isinstance(msg, StatusUpdate):
-                    self.connected = msg.connected
-                    self.status_text = msg.text
-                elif isinstance(msg, Notice):
-                    self.notify(msg.text, error=msg.error)
+                try:
+                    if isinstance(msg, RoomUpdate):
+                        latest_room = msg.room  # only the newest snapshot matters
+                    elif isinstance(msg, PosesUpdate):
+                        self._poses(msg.poses)
+                    elif isinstance(msg, ContentReady):
+                        self._content(msg)
+                    elif isinstance(msg, EventMessage):
+                        self._event(msg)
+                    elif isinstance(msg, StatusUpdate):
+                        self.connected = msg.connected
+                        self.status_text = msg.text
+                    elif isinstance(msg, Notice):
+                        self.notify(msg.text, error=msg.error)
+                except Exception as exc:  # one bad message must not stop the room
+                    self.notify(f"could not apply {type(msg).__name__}: {type(exc).__name__}: {exc}")
         if latest_room is not None:
-            self._room(latest_room)
+            try:
+                self._room(latest_room)
+            except Exception as exc:
+                self.notify(f"could not show the room: {type(exc).__name__}: {exc}")
         return handled
 
     def _room(self, room: Room) -> None:

@@ -76,6 +76,15 @@ while time.monotonic() < end:
     if np.linalg.norm(np.array(app.rig.head()[0]) - [-0.6, 1.4, 2.0]) < 0.02:
         break
 out["following"] = app.following
+# Bob points: others see his laser from where he points, along his ray.
+from deeproom.presence import PointerRay
+for _ in range(40):
+    bob.publish_pose(Pose(head_position=second, pointer=PointerRay((-0.6, 1.3, 2.5), (0.0, 0.0, 1.0)), sent_at=time.time()))
+    app.step(); time.sleep(0.02)
+    if av.laser.enabled:
+        break
+app.step(5)
+out["laser"] = {"on": bool(av.laser.enabled), "dot": [float(c) for c in av.laser_dot.world_position]}
 out["follow_view"] = list(app.rig.head()[0])
 app.close(); bob.close(); alice.close()
 done(out)
@@ -112,6 +121,7 @@ def test_remote_avatar_appears_where_its_pose_says(tmp_path: Path) -> None:
     assert out["second"]["screen"][0] < 160 < out["first"]["screen"][0]
     assert np.allclose(out["summoned"], [1.5, 1.6, -1.0], atol=1e-3)
     assert out["following"] == out["bob"]
+    assert out["laser"]["on"] and np.allclose(out["laser"]["dot"], [-0.6, 1.3, 2.5 + 4.0], atol=1e-3)
     assert np.allclose(out["follow_view"], [-0.6, 1.4, 2.0], atol=0.02)  # half a metre behind his head
 
 
