@@ -106,7 +106,7 @@ def deep_onnx_model(blocks: int, channels: int = 2, size: int = 4) -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def gradcam_costs(repeats: int = 20, batch: int = 32) -> dict[str, float]:
+def gradcam_costs(repeats: int = 20, batch: int = 32) -> dict[str, Any]:
     """Grad-CAM and all-layer capture against plain passes of the same model and batch."""
     from deeproom.models.analysis import AllActivations, GradCAM
     from deeproom.models.zoo import TinyResNet
