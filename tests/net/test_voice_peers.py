@@ -145,7 +145,11 @@ async def test_a_participant_muted_by_the_host_is_silent_and_mute_all_spares_the
         assert rms(heard(h, b, 0.4)) < 0.01
         await h.client.apply({"op": "mute_participant", "participant_id": bid, "muted": False})
         await h.client.apply({"op": "mute_all", "muted": True})
-        await asyncio.sleep(1.2)
+        await eventually(lambda: b.client.room.settings.muted_all and not b.client.room.participants[bid].muted)
+        await asyncio.sleep(0.5)  # B's voice follows the room (and what was in flight drains)
+        assert b.session.local.muted
+        h.session.recorders[bid].clear()
+        await asyncio.sleep(0.6)
         assert rms(heard(h, b, 0.4)) < 0.01  # still silent: everyone but the host is muted
         assert rms(heard(b, h, 0.4)) > 0.15 and abs(dominant_hz(heard(b, h, 0.4)) - 330.0) < 5  # the host is heard
         await h.client.apply({"op": "mute_all", "muted": False})
