@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,6 @@ class VoiceConfig:
     """Whether this participant sends voice at all (a listen-only seat when False)."""
     receive_buffer_frames: int | None = None
     """20 ms frames aiortc buffers before decoding (None: its default, 4). 2 saves ~40 ms on a LAN."""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 1 <= self.mesh_limit <= 64:
@@ -334,8 +333,3 @@ class VoiceSession:
         for pid in sorted(to if to is not None else self.peers):
             await self._send(pid, VoiceSignal("sfu", 0, sfu=access))
 
-
-def check_volume(volume: float) -> float:
-    if not 0.0 <= volume <= 4.0:
-        raise VoiceError(f"volume must be in [0, 4]; got {volume}")
-    return volume

@@ -138,3 +138,24 @@ def test_voice_modules_do_not_import_the_renderer() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_an_unreachable_sfu_is_a_clear_error() -> None:
+    import socket
+
+    from deeproom.net.voice import SfuError
+    from deeproom.net.voice.janus import JanusSession
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SfuError, match="unreachable"):
+        async with JanusSession(f"http://127.0.0.1:{port}/janus"):
+            pass
+
+
+def test_voice_config_is_checked() -> None:
+    with pytest.raises(VoiceError, match="mesh_limit"):
+        VoiceConfig(mesh_limit=0)
+    with pytest.raises(VoiceError, match="receive_buffer_frames"):
+        VoiceConfig(receive_buffer_frames=40)
