@@ -28,7 +28,7 @@ def test_voice_recovers_from_a_network_hiccup_by_restarting_ice(tmp_path: Path) 
     async def scenario(ns: Namespace) -> None:
         cfg = VoiceConfig(record=True, addresses=(ns.address,), stall_s=1.0, connect_timeout_s=4.0)
         async with (
-            EmbeddedRelay(host="127.0.0.1", port=0, data_dir=tmp_path / "relay") as relay,
+            EmbeddedRelay(host="127.0.0.1", port=0, data_dir=tmp_path / "relay", leave_grace_s=0.5) as relay,
             RoomClient(relay.url, room="r", name="A") as ca,
             RoomClient(relay.url, room="r", name="B") as cb,
             RoomVoice(ca, ToneTrack(440.0, 0.4), cfg) as a,

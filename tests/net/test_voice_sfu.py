@@ -49,7 +49,7 @@ def test_janus_carries_one_speaker_to_ten_listeners(tmp_path: Path) -> None:
     async def scenario(ns: Namespace) -> None:
         async with (
             JanusServer(ns.address, namespace=ns) as janus,
-            EmbeddedRelay(host="127.0.0.1", port=0, data_dir=tmp_path / "relay") as relay,
+            EmbeddedRelay(host="127.0.0.1", port=0, data_dir=tmp_path / "relay", leave_grace_s=0.5) as relay,
             contextlib.AsyncExitStack() as stack,
         ):
             pid = janus.pid
@@ -88,7 +88,7 @@ def test_switch_from_mesh_to_sfu_without_rejoining_and_students_push_to_talk(tmp
     async def scenario(ns: Namespace) -> None:
         async with (
             JanusServer(ns.address, namespace=ns) as janus,
-            EmbeddedRelay(host="127.0.0.1", port=0, data_dir=tmp_path / "relay") as relay,
+            EmbeddedRelay(host="127.0.0.1", port=0, data_dir=tmp_path / "relay", leave_grace_s=0.5) as relay,
             contextlib.AsyncExitStack() as stack,
         ):
             cfg = VoiceConfig(record=True, addresses=(ns.address,), mesh_limit=2)
@@ -104,8 +104,9 @@ def test_switch_from_mesh_to_sfu_without_rejoining_and_students_push_to_talk(tmp
             sessions_before = (ch.stats["reconnects"], cs.stats["reconnects"])
 
             # a third joins: above the threshold of 2 the room moves to the SFU by itself
-            cl = await stack.enter_async_context(RoomClient(relay.url, room="class", name="Late"))
-            late = await stack.enter_async_context(RoomVoice(cl, SilenceTrack(), cfg))
+            late_stack = contextlib.AsyncExitStack()
+            cl = await late_stack.enter_async_context(RoomClient(relay.url, room="class", name="Late"))
+            late = await late_stack.enter_async_context(RoomVoice(cl, SilenceTrack(), cfg))
             await eventually(lambda: all(v.session.mode == "sfu" for v in (teacher, student, late)), timeout=30)
             await eventually(lambda: not student.session.links and not teacher.session.links, timeout=10)
             student.session.recorders.pop(tid, None)
@@ -124,6 +125,14 @@ def test_switch_from_mesh_to_sfu_without_rejoining_and_students_push_to_talk(tmp
             got = heard(late, sid, 0.4)
             assert rms(got) > 0.15 and abs(dominant_hz(got) - 660.0) < 3.0
 
+            # the third leaves: back to two, back to a direct mesh, still without rejoining
+            await late_stack.aclose()
+            await eventually(lambda: teacher.session.mode == "mesh" and student.session.mode == "mesh", timeout=30)
+            student.session.recorders.pop(tid, None)
+            await eventually(lambda: tid in student.session.links and len(heard(student, tid)) >= SAMPLE_RATE // 2, timeout=30)
+            assert abs(dominant_hz(heard(student, tid)) - 440.0) < 3.0
+            assert (ch.stats["reconnects"], cs.stats["reconnects"]) == sessions_before
+
     in_namespace(scenario)
 
 
@@ -134,7 +143,7 @@ def test_voice_comes_back_after_the_sfu_restarts(tmp_path: Path) -> None:
         await janus.start()
         try:
             async with (
-                EmbeddedRelay(host="127.0.0.1", port=0, data_dir=tmp_path / "relay") as relay,
+                EmbeddedRelay(host="127.0.0.1", port=0, data_dir=tmp_path / "relay", leave_grace_s=0.5) as relay,
                 RoomClient(relay.url, room="r", name="T") as ch,
                 RoomClient(relay.url, room="r", name="S") as cs,
             ):
