@@ -140,7 +140,9 @@ class DemoEngine:
                                     "title": slot.title, "transform": slot_transform(slot),
                                     "size": list(slot.size)}).result(30)
         self._say("training the digits CNN…")
-        t = eb.train_demo(self.seed, progress=self.progress)
+        live = "metrics" in {s.panel_id for s in self.slots}
+        t = eb.train_demo(self.seed, progress=self.progress,
+                          on_epoch=(lambda h: self._publish("metrics", eb.metrics_blob(h))) if live else None)
         self.trained = t
         self._say(f"trained in {t.seconds:.1f} s; test accuracy {t.history['val_acc'][-1]:.3f}", error=False)
         sample = t.test.x[3]

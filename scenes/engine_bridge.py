@@ -1,12 +1,10 @@
 """The scenes' side of the engine: train the demo CNN, turn model and analyses into blobs.
 
-Runs in its own thread (never in a frame). Graph extraction is the engine's
-(`deeproom.models.graph`); the digits CNN and dataset are the engine's
-(`deeproom.models.zoo`, `deeproom.models.datasets`). The few per-panel analyses the
-demo shows (activations, filters, Grad-CAM, confusion matrix, a PCA embedding of
-fc1) are computed here with torch directly from the trained model, each small and
-exact, until the engine's analysis jobs are wired in (see docs/scenes.md).
-Everything returned is a content blob (`deeproom.content`), as the relay carries.
+Runs in the demo engine's thread (never in a frame). Every analysis is the engine's
+(`deeproom.models.analysis`: Activations, Filters, GradCAM, AttentionMaps,
+ConfusionMatrix; `deeproom.models.embeddings.ActivationEmbedding`), as are the model,
+the dataset, graph extraction and the blob encoders (`deeproom.models.blobs`). This
+module only chooses what the demo shows and records the training curves.
 """
 
 from __future__ import annotations
@@ -30,7 +28,8 @@ class TrainedDemo:
     seconds: float = 0.0
 
 
-def train_demo(seed: int = 0, epochs: int = 4, progress: Callable[[str], None] | None = None) -> TrainedDemo:
+def train_demo(seed: int = 0, epochs: int = 4, progress: Callable[[str], None] | None = None,
+               on_epoch: Callable[[dict[str, list[float]]], None] | None = None) -> TrainedDemo:
     """Train the engine's digits CNN on digits, recording the curves the metrics panel shows."""
     import torch
     from torch import nn
@@ -74,6 +73,8 @@ def train_demo(seed: int = 0, epochs: int = 4, progress: Callable[[str], None] |
         hist["epoch_time"][-1] = et
         if progress is not None:
             progress(f"epoch {epoch + 1}/{epochs}: val acc {hist['val_acc'][-1]:.3f}")
+        if on_epoch is not None:  # the curves panel grows while the model trains
+            on_epoch({k: list(v) for k, v in hist.items()})
     model.eval()
     return TrainedDemo(model, train, test, hist, time.perf_counter() - t_all)
 
@@ -93,110 +94,57 @@ def metrics_blob(history: dict[str, list[float]]) -> bytes:
 
 
 def confusion_blob(model: Any, data: Any) -> bytes:
-    import torch
+    from deeproom.models import blobs
+    from deeproom.models.analysis import ConfusionMatrix
 
-    with torch.no_grad():
-        pred = model(data.x).argmax(1).numpy()
-    true = data.y.numpy()
-    c = len(data.classes)
-    m = np.zeros((c, c), np.int32)
-    np.add.at(m, (true, pred), 1)
-    tp = np.diag(m).astype(np.float64)
-    precision = tp / np.maximum(m.sum(axis=0), 1)
-    recall = tp / np.maximum(m.sum(axis=1), 1)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    return encode_content({"kind": "confusion_matrix", "labels": list(data.classes), "precision": precision.tolist(),
-                           "recall": recall.tolist(), "f1": f1.tolist()}, {"matrix": m})
-
-
-def _activations(model: Any, layer: str, x: Any) -> Any:
-    import torch
-
-    module = dict(model.named_modules())[layer]
-    out: list[Any] = []
-    handle = module.register_forward_hook(lambda m, i, o: out.append(o.detach()))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return out[0]
+    ev = ConfusionMatrix(model, classes=len(data.classes)).compute(data.x, data.y)
+    return blobs.confusion_blob(ev, data.classes)
 
 
 def cloud_blob(model: Any, data: Any, layer: str = "fc1", previous: np.ndarray | None = None) -> bytes:
-    """A 3D PCA of `layer`'s activations for every sample, with thumbnails and predictions."""
-    import torch
+    """A 3D PCA of `layer`'s activations for every sample, with thumbnails (and trails from `previous`)."""
+    from deeproom.content import decode_content
+    from deeproom.models import blobs
+    from deeproom.models.embeddings import ActivationEmbedding
 
-    acts = _activations(model, layer, data.x).flatten(1)
-    centred = acts - acts.mean(0, keepdim=True)
-    _, _, v = torch.pca_lowrank(centred, q=3, center=False, niter=4)
-    pos = (centred @ v[:, :3]).numpy().astype(np.float32)
-    with torch.no_grad():
-        prob = torch.softmax(model(data.x), 1)
-    arrays: dict[str, np.ndarray] = {
-        "positions": pos,
-        "labels": data.y.numpy().astype(np.int16),
-        "predictions": prob.argmax(1).numpy().astype(np.int16),
-        "confidence": prob.max(1).values.numpy().astype(np.float16),
-        "thumbnails": data.thumbnails(),
-    }
-    if previous is not None and previous.shape == pos.shape:
-        arrays["trails"] = np.stack([previous, pos]).astype(np.float32)
-    return encode_content({"kind": "latent_cloud", "classes": list(data.classes), "layer": layer, "method": "pca"}, arrays)
+    emb = ActivationEmbedding(model, layer, method="pca", dims=3).compute(data.x, data.y)
+    blob = blobs.latent_cloud_blob(emb, data.classes, thumbnails=data.thumbnails())
+    if previous is None or previous.shape != emb.positions.shape:
+        return blob
+    meta, arrays = decode_content(blob)
+    arrays = dict(arrays)
+    arrays["trails"] = np.stack([previous, emb.positions]).astype(np.float32)
+    return encode_content(meta, arrays)
 
 
 def feature_maps_blob(model: Any, layer: str, image: Any) -> bytes:
-    a = _activations(model, layer, image[None])[0]
-    if a.ndim != 3:
-        a = a.reshape(-1, 1, 1)
-    return encode_content({"kind": "feature_maps", "layer": layer}, {"maps": a.numpy().astype(np.float16)})
+    from deeproom.models import blobs
+    from deeproom.models.analysis import Activations
+
+    return blobs.feature_maps_blob(Activations(model, layer).compute(image[None]), layer)
 
 
 def filters_blob(model: Any, layer: str) -> bytes:
-    module = dict(model.named_modules())[layer]
-    w = module.weight.detach()
-    if w.ndim == 4:
-        f = w.mean(1) if w.shape[1] != 3 else w.permute(0, 2, 3, 1)
-    else:
-        side = int(np.ceil(np.sqrt(w.shape[1])))
-        f = np.zeros((w.shape[0], side * side), np.float32)
-        f[:, : w.shape[1]] = w.numpy()
-        return encode_content({"kind": "filters", "layer": layer}, {"filters": f.reshape(-1, side, side).astype(np.float16)})
-    return encode_content({"kind": "filters", "layer": layer}, {"filters": f.numpy().astype(np.float16)})
+    from deeproom.models import blobs
+    from deeproom.models.analysis import Filters
+
+    return blobs.filters_blob(Filters(model, layer).compute(), layer)
 
 
 def grad_cam_blob(model: Any, layer: str, image: Any, target: int | None = None) -> bytes:
-    """Grad-CAM: channel weights = mean gradient of the target logit; ReLU of the weighted sum."""
-    import torch
+    from deeproom.models import blobs
+    from deeproom.models.analysis import GradCAM
 
-    module = dict(model.named_modules())[layer]
-    acts: list[Any] = []
-    def keep(m: Any, i: Any, o: Any) -> None:
-        o.retain_grad()
-        acts.append(o)
-
-    handle = module.register_forward_hook(keep)
-    try:
-        out = model(image[None])
-        t = int(out.argmax(1)) if target is None else int(target)
-        out[0, t].backward()
-    finally:
-        handle.remove()
-        model.zero_grad(set_to_none=True)
-    a = acts[0]
-    if a.ndim != 4:
-        raise ValueError(f"Grad-CAM needs a convolutional layer; {layer} gives shape {tuple(a.shape)}")
-    w = a.grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((w * a).sum(1))[0].detach()
-    cam = cam / cam.max() if float(cam.max()) > 0 else cam
-    img = (image[0].clamp(0, 1) * 255).to(torch.uint8).numpy()
-    return encode_content({"kind": "grad_cam", "layer": layer, "target": t, "method": "Grad-CAM"},
-                          {"image": img, "cam": cam.numpy().astype(np.float16)})
+    cam = GradCAM(model, layer)
+    maps = cam.compute(image[None], target)
+    t = int(cam.last_targets[0]) if cam.last_targets is not None else int(target or 0)
+    return blobs.grad_cam_blob(image, maps, layer=layer, target=t, method="Grad-CAM")
 
 
 def image_blob(image: Any) -> bytes:
-    img = (image[0].clamp(0, 1) * 255).to(dtype=__import__("torch").uint8).numpy()
-    return encode_content({"kind": "image"}, {"image": img})
+    from deeproom.models import blobs
+
+    return blobs.image_blob(image)
 
 
 def note_blob(text: str) -> bytes:
@@ -204,23 +152,15 @@ def note_blob(text: str) -> bytes:
 
 
 def attention_blob(seed: int = 0) -> bytes:
-    """Attention maps per head of the engine's tiny ViT on one digit (briefly trained)."""
+    """Attention maps per head of the engine's tiny ViT on one digit."""
     import torch
 
+    from deeproom.models import blobs
+    from deeproom.models.analysis import AttentionMaps
     from deeproom.models.datasets import load_digits
-    from deeproom.models.zoo import SelfAttention, TinyViT
+    from deeproom.models.zoo import TinyViT
 
     torch.manual_seed(seed)
     model = TinyViT().eval()
-    x = load_digits().x[:1]
-    att: list[Any] = []
-    mod = next(m for m in model.modules() if isinstance(m, SelfAttention))
-    name = next(n for n, m in model.named_modules() if m is mod)
-    # The engine's attention writes its softmax as a module, so its output is the per-head map.
-    h = mod.softmax.register_forward_hook(lambda m, i, o: att.append(o[0].detach()))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        h.remove()
-    return encode_content({"kind": "attention", "layer": name}, {"attention": att[0].numpy().astype(np.float16)})
+    layer = "blocks.0.attn.softmax"
+    return blobs.attention_blob(AttentionMaps(model, layer).compute(load_digits().x[:1]), layer)

@@ -249,9 +249,12 @@ def paint_feature_maps(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
 
 
 def paint_filters(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], width: int, height: int) -> np.ndarray:
-    f = np.asarray(arrays["filters"])
+    f = np.asarray(arrays["filters"], dtype=np.float32)
     if f.ndim not in (3, 4):
         raise ValueError(f"filters must be [N, H, W] or [N, H, W, 3]; got shape {list(f.shape)}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if f.ndim == 3 and isinstance(lo, int | float) and isinstance(hi, int | float):
+        f = f * (hi - lo) + lo  # the engine ships tiles scaled to [0, 1]; signs matter for weights
     return tile_maps(f, width, height, signed=f.ndim == 3, title=f"{meta.get('layer', '')}  ({f.shape[0]} filters)")
 
 

@@ -124,6 +124,8 @@ def run_room(app: RoomApp, run: RunSettings, *, engine: Any = None, name: str = 
             app.step(max(run.frames, 1))
             paths = [app.save_snapshot(Path("snapshots") / f"{name}.png")]
         print(f"snapshots written to {paths[0].parent.resolve()}/: " + ", ".join(p.name for p in paths))
-    print(f"room ready in {settle:.1f} s; {len(app.panels)} panels; {app.frames} frames rendered offscreen "
+    errors = sorted(pid for pid, v in app.panels.items() if v.is_error)
+    print(f"room ready in {settle:.1f} s; {len(app.panels)} panels, {len(errors)} showing errors"
+          f"{' (' + ', '.join(errors) + ')' if errors else ''}; {app.frames} frames rendered offscreen "
           f"({app.screen_size()[0]}x{app.screen_size()[1]})")
     return 0
