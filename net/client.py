@@ -435,7 +435,7 @@ class RoomClient:
             self._acked_at = now
             asyncio.get_running_loop().create_task(_quietly(sio.emit("pa", self._batches_read)))
         try:
-            _, batch = decode_batch(data)
+            _, batch = decode_batch(P.unpack_binary(data, 1 << 20, "pose batch"))
         except ValidationError:
             return
         batch.pop(self.participant_id, None)

@@ -676,10 +676,8 @@ class RelayServer:
         if not sess.pose_bucket.take():
             await self._warn(sess, RateLimited(f"too many poses: at most {self.settings.pose_rate[0]:g}/s; extra poses are dropped"))
             return
-        if not isinstance(data, bytes | bytearray) or len(data) > P.MAX_POSE_BYTES:
-            await self._warn(sess, ProtocolError(f"a pose is at most {P.MAX_POSE_BYTES} bytes of deeproom.presence encoding"))
-            return
         try:
+            data = P.unpack_binary(data, P.MAX_POSE_BYTES, "a pose (deeproom.presence encoding)")
             decode_pose(data)
         except ValidationError as exc:
             await self._warn(sess, exc)
