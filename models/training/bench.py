@@ -80,7 +80,7 @@ def relay_process(data_dir: Path) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(15)
+            proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)

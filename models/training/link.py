@@ -70,6 +70,7 @@ class RelayLink:
             self.client.close()
             raise TrainingError(f"the run could not join room {room!r} at {url or 'an embedded relay'}: {exc}") from exc
         self.url = self.client.url
+        self.connected = True
         self.room = room
         self._on_error = on_error
         self._panels: set[str] = set()
@@ -115,31 +116,70 @@ class RelayLink:
                 item = inbox.get_nowait()
             except queue.Empty:
                 return out
+            # While the relay is unreachable, publishing waits (newest content per panel is
+            # kept) instead of blocking on timeouts; it resumes on reconnect.
+            if self._status(item):
+                continue
             steer = _as_steer(item)
             if steer is not None:
                 out.append(steer)
 
-    def flush(self, timeout: float = 10.0) -> bool:
+    def poll_status(self) -> None:
+        """Take connection status changes from the inbox (steer events stay for poll())."""
+        keep = [item for item in self.client.drain() if not self._status(item)]
+        for item in keep:
+            self.client.inbox.put(item)
+
+    def _status(self, item: Any) -> bool:
+        if getattr(item, "kind", None) != "status":
+            return False
         with self._cv:
-            return self._cv.wait_for(lambda: not self._pending and not self._busy, timeout)
+            self.connected = item.data == "connected"
+            self._cv.notify_all()
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        self.poll_status()
+        with self._cv:
+            return self._cv.wait_for(lambda: (not self._pending or not self.connected) and not self._busy, timeout) \
+                and not self._pending
 
     def _publish_loop(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._pending or self._closed)
-                if not self._pending:
+                self._cv.wait_for(lambda: bool(self._pending) or self._closed)
+                if not self._pending or (self._closed and not self.connected):
                     return
                 panel_id = next(iter(self._pending))
                 kind, title, source, make = self._pending.pop(panel_id)
                 self._busy = True
             try:
+                if not self._wait_connected():
+                    # Keep it (unless something newer came) and try again when the relay is back.
+                    with self._cv:
+                        self._pending.setdefault(panel_id, (kind, title, source, make))
+                        self._busy = False
+                        self._cv.notify_all()
+                        self._cv.wait(0.5)
+                    continue
                 self._publish_one(panel_id, kind, title, source, make)
             except Exception as exc:
-                self._report(f"could not publish panel {panel_id}: {exc}")
+                self._report(f"could not publish panel {panel_id}: {type(exc).__name__}: {exc}")
             finally:
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
+
+    def _wait_connected(self) -> bool:
+        try:
+            self.client.call("wait_connected", 2.0).result(5)
+            ok = True
+        except Exception:
+            ok = False
+        with self._cv:
+            self.connected = ok
+            self._cv.notify_all()
+        return ok
 
     def _publish_one(self, panel_id: str, kind: str, title: str, source: dict[str, Any], make: ContentFn) -> None:
         meta, arrays = make()
@@ -163,12 +203,13 @@ class RelayLink:
         self.client.apply({"op": "set_content", "panel_id": panel_id, "content": content}).result(timeout=20)
 
     def close(self) -> None:
+        self.poll_status()
         with self._cv:
             if self._closed:
                 return
             self._closed = True
             self._cv.notify_all()
-        self._publisher.join(timeout=30)
+        self._publisher.join(timeout=5)  # a publish stuck on a dead relay must not hold the script
         self.client.close()
 
 

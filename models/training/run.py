@@ -325,7 +325,7 @@ class Run:
         try:
             self._flush(force_publish=True)
             if self.link is not None:
-                self.link.flush(20.0)
+                self.link.flush(10.0)
         finally:
             if self.link is not None:
                 self.link.close()

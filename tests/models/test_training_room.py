@@ -106,3 +106,37 @@ def test_user_script_feeds_a_room_that_a_second_client_reads_and_steers(tmp_path
     finally:
         viewer.close()
         run.close()
+
+
+def test_the_run_trains_on_when_its_relay_goes_away(tmp_path: Path) -> None:
+    from deeproom.models.training.bench import relay_process
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    train, val = digits()
+    model = DemoCNN()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    with relay_process(tmp_path / "relay") as url:  # a real `deeproom serve` process, stopped by PID
+        run = watch(model, room="lab", server=url, optimizer=opt, train_data=(train.x, train.y),
+                    val_data=(val.x, val.y), data_dir=tmp_path, embed=False, publish_every_s=0.2)
+        for i in range(0, 640, 64):
+            loss = torch.nn.functional.cross_entropy(model(train.x[i : i + 64]), train.y[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.log(loss=loss)
+    # The relay process is gone now: training, steering and checkpoints go on locally.
+    before = run.step
+    run.steer({"cmd": "save_checkpoint", "name": "offline"})
+    for i in range(0, 640, 64):
+        loss = torch.nn.functional.cross_entropy(model(train.x[i : i + 64]), train.y[i : i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        run.log(loss=loss)
+    run.epoch_end()
+    assert run.step == before + 10 and "offline" in run.checkpoint_names()
+    t0 = time.monotonic()
+    run.close()
+    assert time.monotonic() - t0 < 60
+    assert run.status == "finished"
