@@ -78,6 +78,7 @@ class RoomVoice:
         self.user_talk_mode: TalkMode | None = None
         self._announced: dict[str, Any] | None = None
         self._last_pose = Pose()
+        self._last_pose_given = False
         self._unsubs: list[Callable[[], Any]] = []
         self._sync_task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
@@ -142,6 +143,7 @@ class RoomVoice:
     def publish_pose(self, pose: Pose) -> None:
         """Publish our pose with the speaking flag filled in, and listen from the head."""
         self._last_pose = pose
+        self._last_pose_given = True
         self.mixer.set_listener(pose.head_position, pose.head_rotation)
         self.client.publish_pose(dataclasses.replace(pose, speaking=self.speaking))
 
@@ -151,7 +153,10 @@ class RoomVoice:
             self.mixer.set_position(pid, pose.head_position)
 
     def _on_speaking(self, speaking: bool) -> None:
-        self.client.publish_pose(dataclasses.replace(self._last_pose, speaking=speaking))
+        # Re-send our latest pose with the new flag at once (not waiting for the next
+        # frame's pose) -- but only a pose the application gave us, never a made-up one.
+        if self._last_pose_given:
+            self.client.publish_pose(dataclasses.replace(self._last_pose, speaking=speaking))
 
     def _accept(self, sender: str, payload: dict[str, Any]) -> bool:
         """Only a host or presenter may tell us where the SFU is; anyone in the room may call."""
