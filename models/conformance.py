@@ -57,7 +57,7 @@ def claimed_node_tests(ops: frozenset[str] | None = None) -> list[str]:
         nodes = list(m.graph.node)
         if not nodes or any(n.domain not in ("", "ai.onnx") or n.op_type not in ops for n in nodes):
             continue
-        if any(a.type in (5, 10) for n in nodes for a in n.attribute):  # GRAPH / GRAPHS attributes
+        if any(a.type in (5, 10) and n.op_type != "If" for n in nodes for a in n.attribute):  # subgraphs: If only
             continue
         if not _types_ok(m):
             continue

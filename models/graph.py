@@ -264,7 +264,10 @@ def extract_onnx_graph(proto: Any, title: str = "model", *, infer_shapes: bool =
         nd = GraphNode(len(nodes), name, n.op_type, shape=shapes.get(n.output[0]) if n.output else None,
                        params=params, path=_onnx_scope(name))
         nodes.append(nd)
-        for x in n.input:
+        reads = list(n.input)
+        if n.op_type == "If":  # the branches read tensors of this graph: those are edges too
+            reads += _subgraph_reads(n)
+        for x in reads:
             if x and x not in inits and x not in const_size:
                 pending_edges.append((x, nd.id))
         for o in n.output:
@@ -272,6 +275,20 @@ def extract_onnx_graph(proto: Any, title: str = "model", *, infer_shapes: bool =
                 producer[o] = nd.id
     edges = [(producer[x], dst) for x, dst in pending_edges if x in producer]
     return _finish(nodes, edges, title, "onnx", t0)
+
+
+def _subgraph_reads(node: Any) -> list[str]:
+    out: list[str] = []
+    for a in node.attribute:
+        if a.type != 5:  # GRAPH
+            continue
+        made = {o for m in a.g.node for o in m.output} | {t.name for t in a.g.initializer}
+        for m in a.g.node:
+            out += [x for x in m.input if x and x not in made]
+            if m.op_type == "If":
+                out += [x for x in _subgraph_reads(m) if x not in made]
+        out += [o.name for o in a.g.output if o.name not in made]
+    return list(dict.fromkeys(out))
 
 
 def _numel(dims: Iterable[int]) -> int:

@@ -78,6 +78,8 @@ _NUMPY_OK = {"float16", "float32", "float64", "int8", "int16", "int32", "int64",
 class OnnxNode(nn.Module):
     """One ONNX node; forward hooks on it see the node's inputs and outputs."""
 
+    needs_env = False
+
     def __init__(self, info: NodeInfo, inputs: Sequence[str], outputs: Sequence[str]) -> None:
         super().__init__()
         self.info = info
@@ -100,10 +102,38 @@ class OnnxNode(nn.Module):
         return f"{self.info.op_type}, name={self.info.name!r}"
 
 
+class OnnxIf(OnnxNode):
+    """ONNX If: runs the then- or else-subgraph, which may read any tensor of the outer graph."""
+
+    needs_env = True
+
+    def __init__(self, info: NodeInfo, inputs: Sequence[str], outputs: Sequence[str],
+                 then_branch: OnnxModel, else_branch: OnnxModel) -> None:
+        super().__init__(info, inputs, outputs)
+        self.then_branch = then_branch
+        self.else_branch = else_branch
+
+    def outer_reads(self) -> set[str]:
+        """Names the branches read but do not make: tensors of the enclosing graph."""
+        names: set[str] = set()
+        for branch in (self.then_branch, self.else_branch):
+            made = {o for m in branch._seq for o in m.output_names}
+            for m in branch._seq:
+                reads = [*m.input_names, *(m.outer_reads() if isinstance(m, OnnxIf) else ())]
+                names |= {i for i in reads if i and i not in made and not branch.has_tensor(i)}
+            names |= {o for o in branch.output_names if o not in made and not branch.has_tensor(o)}
+        return names
+
+    def forward(self, cond: torch.Tensor, env: dict[str, Any] | None = None) -> Any:  # type: ignore[override]
+        branch = self.then_branch if bool(cond.reshape(-1)[0]) else self.else_branch
+        outs = branch.run_all({}, outer=env or {})
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
 class OnnxModel(nn.Module):
     """An ONNX graph executed with torch operators; float initializers are parameters."""
 
-    def __init__(self, proto: Any, *, check_ops: bool = True) -> None:
+    def __init__(self, proto: Any, *, check_ops: bool = True, subgraph: bool = False) -> None:
         super().__init__()
         import onnx
 
@@ -152,12 +182,23 @@ class OnnxModel(nn.Module):
         node_taken: set[str] = set()
         for i, n in enumerate(graph.node):
             name = n.name or f"{n.op_type}_{i}"
+            k = _key(name, node_taken)
+            if n.op_type == "If" and n.domain in DEFAULT_DOMAINS:
+                branches = {a.name: a.g for a in n.attribute if a.name in ("then_branch", "else_branch")}
+                subs = [OnnxModel(onnx.helper.make_model(branches[b], opset_imports=list(proto.opset_import)),
+                                  check_ops=False, subgraph=True) for b in ("then_branch", "else_branch")]
+                info = NodeInfo(n.op_type, name, {}, self.opset, len(n.output))
+                mod: OnnxNode = OnnxIf(info, list(n.input), list(n.output), subs[0], subs[1])
+                self.nodes[k] = mod
+                self._order.append(k)
+                self._seq.append(mod)
+                self.node_keys[name] = k
+                continue
             try:
                 attrs = {a.name: _attr_value(a) for a in n.attribute}
             except UnsupportedOperatorError as exc:
                 raise UnsupportedOperatorError(f"ONNX node {name!r} ({n.op_type}): {exc}") from None
             info = NodeInfo(n.op_type, name, attrs, self.opset, len(n.output))
-            k = _key(name, node_taken)
             mod = OnnxNode(info, list(n.input), list(n.output))
             self.nodes[k] = mod
             self._order.append(k)
@@ -166,9 +207,11 @@ class OnnxModel(nn.Module):
         # free each intermediate after its last reader, so deep graphs keep memory flat
         last_use: dict[str, int] = {}
         for idx, mod in enumerate(self._seq):
-            for name in mod.input_names:
+            for name in [*mod.input_names, *(mod.outer_reads() if isinstance(mod, OnnxIf) else ())]:
                 last_use[name] = idx
         keep = set(self.output_names)
+        if subgraph:  # a branch reads the outer scope; never free what it did not make
+            keep |= set(last_use)
         self._free_after: list[list[str]] = [[] for _ in self._order]
         for name, idx in last_use.items():
             if name not in keep and name not in self._params and name not in self._constants:
@@ -214,8 +257,9 @@ class OnnxModel(nn.Module):
         outs = self.run_all(inputs)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def run_all(self, inputs: Sequence[torch.Tensor] | dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        env: dict[str, Any] = {}
+    def run_all(self, inputs: Sequence[torch.Tensor] | dict[str, torch.Tensor],
+                outer: dict[str, Any] | None = None) -> list[torch.Tensor]:
+        env: dict[str, Any] = dict(outer) if outer else {}
         if isinstance(inputs, dict):
             missing = [n for n in self.input_names if n not in inputs]
             if missing:
@@ -233,7 +277,7 @@ class OnnxModel(nn.Module):
             env.setdefault(tname, getattr(self, b))
         for idx, mod in enumerate(self._seq):
             args = [env[name] if name else None for name in mod.input_names]
-            out = mod(*args)
+            out = mod(*args, env=env) if mod.needs_env else mod(*args)
             names = mod.output_names
             if isinstance(out, tuple):
                 for name, v in zip(names, out, strict=False):
@@ -259,7 +303,12 @@ def unsupported_ops(proto: Any) -> list[str]:
 
 
 def _all_nodes(graph: Any) -> Iterable[Any]:
-    yield from graph.node
+    for n in graph.node:
+        yield n
+        if n.op_type == "If":
+            for a in n.attribute:
+                if a.type == 5:  # GRAPH
+                    yield from _all_nodes(a.g)
 
 
 def load_onnx_proto(source: str | Path | bytes) -> Any:

@@ -1247,5 +1247,11 @@ def resize(node: NodeInfo, x: Tensor, *rest: Opt) -> Tensor:
     return out
 
 
+@op("If")
+def if_(node: NodeInfo, cond: Tensor) -> Tensor:
+    # executed by OnnxIf, which holds the branches; listed here so If counts as supported
+    raise node.unsupported("an If outside an OnnxModel")
+
+
 SUPPORTED_OPS: frozenset[str] = frozenset(OPS)
 """Every operator (default domain) the executor runs."""

@@ -100,3 +100,89 @@ def test_onnx_backend_node_conformance_for_claimed_ops() -> None:
     assert result.total == len(names)
     assert failed <= KNOWN_FAILURES, sorted(failed - KNOWN_FAILURES)
     assert result.passed / result.total > 0.99
+
+
+class DenseBlock(torch.nn.Module):
+    """DenseNet-style: each layer's output is concatenated to its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(4 + 2 * i, 2, 3, padding=1) for i in range(3)])
+        self.pool = torch.nn.AvgPool2d(2)
+        self.head = torch.nn.Linear(10 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(x)
+        for conv in self.convs:
+            x = torch.cat([x, torch.relu(conv(x))], 1)
+        return self.head(self.pool(x).flatten(1))
+
+
+class Inception(torch.nn.Module):
+    """Parallel 1×1, 3×3, 5×5 and pool branches, concatenated; LRN as in GoogLeNet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lrn = torch.nn.LocalResponseNorm(3)
+        self.b1 = torch.nn.Conv2d(4, 2, 1)
+        self.b3 = torch.nn.Sequential(torch.nn.Conv2d(4, 2, 1), torch.nn.Conv2d(2, 3, 3, padding=1))
+        self.b5 = torch.nn.Sequential(torch.nn.Conv2d(4, 2, 1), torch.nn.Conv2d(2, 3, 5, padding=2))
+        self.bp = torch.nn.Sequential(torch.nn.MaxPool2d(3, 1, 1), torch.nn.Conv2d(4, 2, 1))
+        self.gap = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(10, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lrn(x)
+        y = torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], 1)
+        return self.fc(self.gap(torch.relu(y)).flatten(1))
+
+
+class MobileBlock(torch.nn.Module):
+    """MobileNetV2/V3-style: expand, depthwise, squeeze-excite with hard-sigmoid, project; ReLU6 and hard-swish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = torch.nn.Sequential(torch.nn.Conv2d(4, 12, 1), torch.nn.BatchNorm2d(12), torch.nn.ReLU6())
+        self.dw = torch.nn.Sequential(torch.nn.Conv2d(12, 12, 3, 2, 1, groups=12), torch.nn.Hardswish())
+        self.se = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(12, 4, 1), torch.nn.ReLU(),
+                                      torch.nn.Conv2d(4, 12, 1), torch.nn.Hardsigmoid())
+        self.project = torch.nn.Conv2d(12, 6, 1)
+        self.up = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.fc = torch.nn.Linear(6 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(self.expand(x))
+        y = self.project(y * self.se(y))
+        return self.fc(self.up(y).flatten(1))
+
+
+class Encoder(torch.nn.Module):
+    """torch's own TransformerEncoder on image rows as tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 16)
+        layer = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, activation="gelu")
+        self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.fc = torch.nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x.reshape(x.shape[0], 8, 8))
+        return self.fc(self.encoder(t).mean(1))
+
+
+@pytest.mark.parametrize("opset", [14, 17])
+def test_densenet_inception_mobilenet_encoder_round_trips(opset: int) -> None:
+    torch.manual_seed(0)
+    for model, channels in ((DenseBlock(), 4), (Inception(), 4), (MobileBlock(), 4), (Encoder(), 1)):
+        model.eval()
+        x = torch.rand(3, channels, 8, 8)
+        data = export_onnx(model, x[:1], opset)
+        ours = load_model(data).module
+        with torch.no_grad():
+            ref, got = model(x), ours(x)
+        ort_out = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+        name = type(model).__name__
+        assert (got - ref).abs().max() < 1e-4, (name, opset, float((got - ref).abs().max()))
+        assert np.abs(got.numpy() - ort_out).max() < 1e-4, (name, opset)
