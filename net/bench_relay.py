@@ -242,8 +242,7 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
     for w in workers:
         w.start()
     try:
-        for _ in workers:
-            ready.get(timeout=180)
+        _gather(ready, workers, len(workers), 180, "join")
         now = time.time()
         start = now + 0.3
         times[0], times[1], times[2], times[3] = start, start + warmup, start + warmup + seconds, start + warmup + seconds + 0.3
@@ -251,18 +250,20 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         go.set()
         time.sleep(max(0.0, times[1] - time.time()))
         cpu0 = sum(server.cpu_times()[:2])
+        procs_ps = [psutil.Process(w.pid) for w in workers]
+        ccpu0 = sum(sum(p.cpu_times()[:2]) for p in procs_ps)
         stats0 = _stats(url) if mode == "relay" else {}
         rss0 = server.memory_info().rss
         wall0 = time.monotonic()
         time.sleep(max(0.0, times[2] - time.time()))
         cpu1 = sum(server.cpu_times()[:2])
+        ccpu1 = sum(sum(p.cpu_times()[:2]) for p in procs_ps)
         stats1 = _stats(url) if mode == "relay" else {}
         rss1 = server.memory_info().rss
         wall1 = time.monotonic()
         sent = delivered = entries = 0
         lat: list[np.ndarray] = []
-        for _ in workers:
-            s, d, b, raw = results.get(timeout=120)
+        for s, d, b, raw in _gather(results, workers, len(workers), 120, "report"):
             sent += s
             delivered += d
             if stats0:
@@ -296,10 +297,30 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         "p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies.size else None,
         "p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies.size else None,
         "server_cpu_pct": round(100.0 * cpu / (wall1 - wall0), 1),
-        "us_per_delivery": round(1e6 * cpu / delivered, 2) if delivered else None,
+        "us_per_delivery": round(1e6 * cpu / received, 2) if received else None,
+        "clients_cpu_pct": round(100.0 * (ccpu1 - ccpu0) / (wall1 - wall0), 1),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
         "server_rss_start_mb": round(rss0 / 2**20, 1),
         "server_rss_end_mb": round(rss1 / 2**20, 1),
     }
+
+
+def _gather(q: Any, workers: list[Any], count: int, timeout: float, what: str) -> list[Any]:
+    """`count` items from `q`, failing clearly if a client process dies or stalls."""
+    import queue as queue_mod
+
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count:
+        try:
+            out.append(q.get(timeout=0.5))
+        except queue_mod.Empty:
+            dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a client process failed (exit {dead[0]}) before it could {what}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"client processes did not {what} within {timeout:g} s") from None
+    return out
 
 
 def _stats(url: str) -> dict[str, Any]:
