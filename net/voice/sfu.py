@@ -147,15 +147,22 @@ class SfuVoice:
         if link is not None:
             await link.close()
 
-    def stalled(self) -> bool:
-        links = list(self.subscribers.values())
-        return any(link.stalled(self.stall_s) for link in links)
+    async def _resubscribe_stalled(self) -> None:
+        """A quiet feed (its publisher's connection hiccuped, or it is gone and Janus has not
+        said so yet) is subscribed afresh on its own; the others keep playing."""
+        for feed, link in list(self.subscribers.items()):
+            if link.stalled(self.stall_s) and self.subscribers.get(feed) is link:
+                name = self.feed_names.get(feed, str(feed))
+                await self._unsubscribe(feed)
+                self._spawn(self._subscribe(feed, name))
 
     async def _supervise(self) -> None:
         while not self._closed:
             await asyncio.sleep(0.5)
-            lost = self.session is None or self.session.lost.is_set()
-            if not lost and not self.stalled():
+            pub_failed = self.publisher is not None and self.publisher.pc.connectionState in ("failed", "closed")
+            lost = self.session is None or self.session.lost.is_set() or pub_failed
+            if not lost:
+                await self._resubscribe_stalled()
                 continue
             self.restarts += 1
             self.up.clear()
