@@ -213,6 +213,7 @@ class RoomApp:
         self.ops_sent: list[dict[str, Any]] = []
         self.on_frame: list[Callable[[RoomApp], None]] = []
         self._previews: dict[str, float] = {}  # panel id -> when a keyed move was shown
+        self._aspect = 0.0
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -287,6 +288,18 @@ class RoomApp:
     def run(self) -> None:
         """Hand the loop to Ursina (desktop window) until it closes."""
         self.ursina.run()
+
+    def limit_fps(self, fps: float | None) -> None:
+        """Cap the frame rate (None: uncapped). On a CPU renderer an uncapped window
+        takes the cores the engine needs while it trains."""
+        from panda3d.core import ClockObject
+
+        clock = ClockObject.get_global_clock()
+        if fps is None:
+            clock.set_mode(ClockObject.M_normal)
+        else:
+            clock.set_mode(ClockObject.M_limited)
+            clock.set_frame_rate(float(fps))
 
     def close(self) -> None:
         if self._closed:
@@ -392,6 +405,11 @@ class RoomApp:
             self._publish_pose()
         for cb in list(self.on_frame):
             cb(self)
+        from ursina import window
+
+        if window.aspect_ratio != self._aspect:  # the window was resized: the HUD follows
+            self._aspect = window.aspect_ratio
+            self.hud.layout()
         self.hud.update(t0)
         self.frames += 1
         self.frame_times.append(time.monotonic() - t0)

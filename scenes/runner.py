@@ -102,6 +102,16 @@ def run_room(app: RoomApp, run: RunSettings, *, engine: Any = None, name: str = 
     if run.xr:
         try_xr(app)
     if not run.headless:
+        app.limit_fps(60)
+        if engine is not None and not engine.ready.is_set():
+            app.limit_fps(12)  # leave the CPU to the engine until the room is filled
+
+            def relax(a: RoomApp) -> None:
+                if engine.ready.is_set():
+                    a.limit_fps(60)
+                    a.on_frame.remove(relax)
+
+            app.on_frame.append(relax)
         app.run()
         return 0
     ready = (lambda: engine.ready.is_set() and content_settled(app)) if engine is not None else (lambda: content_settled(app))
