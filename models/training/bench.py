@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import statistics
 import subprocess
@@ -269,5 +270,7 @@ def run_bench(*, quick: bool = False, seed: int = 0, threads: int = 1) -> dict[s
         "label_accuracy": lab["label_accuracy"],
         "targets": {"overhead_ratio": "<= 1.10", "embedding_updates_per_s": ">= 5", "label_to_update_s": "<= 1.0"},
         "torch_threads": threads,
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         "quick": quick,
     }

@@ -20,6 +20,7 @@ from torch import nn
 
 from deeproom.models.training.checkpoints import Checkpoint
 from deeproom.models.training.errors import TrainingError
+from deeproom.models.training.link import RoomLink
 
 
 @dataclass
@@ -143,3 +144,23 @@ def confusion_side_by_side(matrices: Mapping[str, np.ndarray], classes: Sequence
         (confusion_meta(np.asarray(m), classes, run=name, title=f"{name}: confusion matrix"), {"matrix": np.asarray(m, np.int32)})
         for name, m in matrices.items()
     ]
+
+
+def publish_comparison(link: RoomLink, tables: Mapping[str, Mapping[str, np.ndarray]],
+                       matrices: Mapping[str, np.ndarray] | None = None, *, name: str = "compare",
+                       classes: Sequence[str] | None = None, series: Sequence[str] | None = ("loss", "val_acc")) -> list[str]:
+    """Put two or more runs side by side in a room: one panel of overlaid curves, one confusion matrix per run.
+
+    `tables` are metrics tables (`Run.metrics_table()`), `matrices` confusion matrices
+    (a run's last validation one, for instance). Returns the panel ids.
+    """
+    meta, arrays = overlay_runs(tables, series)
+    source = {"kind": "run_comparison", "runs": list(tables)}
+    ids = [f"{name}.curves"]
+    link.publish(ids[0], "metrics", f"{name}: {' vs '.join(tables)}", source, lambda: (meta, arrays))
+    for (cm_meta, cm_arrays), run in zip(confusion_side_by_side(matrices or {}, classes), list(matrices or {}), strict=True):
+        pid = f"{name}.confusion.{run}"
+        ids.append(pid)
+        link.publish(pid, "confusion_matrix", f"{name}: {run}", {**source, "run": run},
+                     lambda m=cm_meta, a=cm_arrays: (m, a))
+    return ids

@@ -57,6 +57,8 @@ class WatchOptions:
     """Stream an embedding of `embed_layer`'s activations on the probe points."""
     embed_dims: int = 2
     """2 or 3."""
+    embed_filters: str | None = None
+    """Also stream an embedding of this layer's filters (weights per output channel), as ReVACNN does."""
     embed_min_interval_s: float = 0.0
     """Least time between two embedding updates (0: as fast as the worker goes)."""
     probe_size: int = 2000
@@ -154,6 +156,7 @@ class Run:
         self.embed_layer = embed_layer or self._default_embed_layer()
         self.latest_frame: EmbeddingFrame | None = None
         self._cloud_published = False
+        self._filters_published_step = -1
         self.frame_listeners: list[Callable[[EmbeddingFrame], None]] = []
         self._worker: _EmbeddingWorker | None = None
         if self.options.embed and probe is not None and self.embed_layer is not None:
@@ -701,6 +704,26 @@ class Run:
                 "layer": self.embed_layer, "frame": frame.frame, "step": frame.step, "run": self.name}
         return meta, arrays
 
+    def _on_filter_frame(self, layer: str, step: int, positions: np.ndarray, trails: np.ndarray) -> None:
+        if self.link is None:
+            return
+        pos16 = positions.astype("<f2")
+        self.link.stream({"run": self.name, "type": "filter_embedding", "layer": layer, "step": step,
+                          "n": int(pos16.shape[0]), "dims": 2, "positions": _b64(pos16)})
+
+        def content() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+            n = len(positions)
+            arrays: dict[str, np.ndarray] = {"positions": positions.astype(np.float32), "labels": np.full(n, -1, np.int16),
+                      "predictions": np.full(n, -1, np.int16), "confidence": np.ones(n, np.float16)}
+            if trails.shape[0]:
+                arrays["trails"] = trails
+            return {"kind": "latent_cloud", "classes": [], "layer": layer, "what": "filters", "step": step}, arrays
+
+        if step - self._filters_published_step >= 50 or self._filters_published_step < 0:
+            self._filters_published_step = step
+            self.link.publish(f"{self.name}.filters", "latent_cloud", f"{self.name}: {layer} filters",
+                              self.source("filter_embedding"), content)
+
     def _on_frame(self, frame: EmbeddingFrame) -> None:
         self.latest_frame = frame
         if self.link is not None:
@@ -715,6 +738,10 @@ class Run:
                 self.publish()
         for fn in list(self.frame_listeners):
             fn(frame)
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(a.tobytes()).decode("ascii")
 
 
 def decode_positions(event: dict[str, Any]) -> np.ndarray:
@@ -739,6 +766,8 @@ class _EmbeddingWorker:
             m._forward_hooks.clear()
             m._forward_pre_hooks.clear()
         self.embedding = StreamedEmbedding(run.options.embed_dims, seed=run.options.seed)
+        self.filter_embedding: StreamedEmbedding | None = None
+        self.filter_positions: np.ndarray | None = None
         self._cv = threading.Condition()
         self._weights: dict[str, torch.Tensor] | None = None
         self._step = 0
@@ -805,6 +834,8 @@ class _EmbeddingWorker:
                 self.frames += 1
                 frame = EmbeddingFrame(self.frames, step, pos, pred, conf, time.perf_counter() - t0)
                 self.run._on_frame(frame)
+                if self.run.options.embed_filters:
+                    self._embed_filters(weights, self.run.options.embed_filters, step)
             except Exception as exc:
                 self.errors += 1
                 log.warning("embedding update failed: %s", exc)
@@ -813,6 +844,16 @@ class _EmbeddingWorker:
             finally:
                 self._last = time.perf_counter()
                 self._busy = False
+
+    def _embed_filters(self, weights: dict[str, torch.Tensor], layer: str, step: int) -> None:
+        w = weights.get(f"{layer}.weight")
+        if w is None or w.dim() < 2 or w.shape[0] < 4:
+            raise TrainingError(f"layer {layer!r} has no weight with at least 4 filters to embed")
+        if self.filter_embedding is None:
+            self.filter_embedding = StreamedEmbedding(2, k=min(15, w.shape[0] - 1), seed=self.run.options.seed)
+        pos = self.filter_embedding.update(w.reshape(w.shape[0], -1).numpy())
+        self.filter_positions = pos
+        self.run._on_filter_frame(layer, step, pos, self.filter_embedding.trail_array())
 
     @torch.inference_mode()
     def _features(self, weights: dict[str, torch.Tensor], x: torch.Tensor, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -43,7 +43,7 @@ def test_user_script_feeds_a_room_that_a_second_client_reads_and_steers(tmp_path
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     # The user's two lines: watch, then log in their own loop.
     run = watch(model, room="lab", optimizer=opt, train_data=(train.x, train.y), val_data=(val.x, val.y),
-                data_dir=tmp_path, publish_every_s=0.5)
+                data_dir=tmp_path, publish_every_s=0.5, embed_filters="conv2")
     assert run.url and run.url.startswith("http://127.0.0.1:")
     viewer = BackgroundClient(run.url, room="lab", name="viewer").wait_ready(30)
     seen: list[tuple[str, str, dict[str, Any]]] = []
@@ -68,7 +68,7 @@ def test_user_script_feeds_a_room_that_a_second_client_reads_and_steers(tmp_path
         assert run.link is not None and run.link.flush(30)
 
         streams = lambda: [p for k, _, p in seen if k == "stream"]  # noqa: E731
-        _wait(lambda: any(p.get("type") == "embedding" for p in streams())
+        _wait(lambda: any(p.get("type") == "filter_embedding" for p in streams())
               and any(p.get("type") == "steered" for p in streams())
               and any(p.get("type") == "error" and "no_such_layer" in p.get("message", "") for p in streams()), viewer, seen)
         kinds = {p.get("type") for p in streams()}
@@ -79,6 +79,8 @@ def test_user_script_feeds_a_room_that_a_second_client_reads_and_steers(tmp_path
         assert len(stats["layers"]["conv1"]["act"]) == 16
         emb = next(p for p in streams() if p.get("type") == "embedding")
         assert decode_positions(emb).shape == (len(train.y), 2)
+        filt = next(p for p in streams() if p.get("type") == "filter_embedding")
+        assert filt["layer"] == "conv2" and decode_positions(filt).shape == (32, 2)
 
         # The steering client disconnects mid-run: the run trains on and keeps publishing.
         viewer.close()
@@ -88,7 +90,7 @@ def test_user_script_feeds_a_room_that_a_second_client_reads_and_steers(tmp_path
         # A late joiner gets the full contents from the room (panels + blobs), not from the run.
         late = BackgroundClient(run.url, room="lab", name="late").wait_ready(30)
         try:
-            _wait(lambda: late.room is not None and {"run.metrics", "run.confusion", "run.embedding"} <= set(late.room.panels), late, [], timeout=5)
+            _wait(lambda: late.room is not None and {"run.metrics", "run.confusion", "run.embedding", "run.filters"} <= set(late.room.panels), late, [], timeout=5)
             room = late.room
             assert room is not None
             meta, arrays = decode_content(late.get_blob(room.panels["run.metrics"].content.refs[0]).result(30))
@@ -140,3 +142,47 @@ def test_the_run_trains_on_when_its_relay_goes_away(tmp_path: Path) -> None:
     run.close()
     assert time.monotonic() - t0 < 60
     assert run.status == "finished"
+
+
+def test_two_runs_compared_side_by_side_in_a_room(tmp_path: Path) -> None:
+    from deeproom.models.training.compare import publish_comparison
+    from deeproom.models.training.link import RelayLink
+    from deeproom.net import BackgroundClient
+
+    torch.set_num_threads(1)
+    train, val = digits()
+    tables, matrices = {}, {}
+    for name, lr in (("adam", 3e-3), ("slow", 1e-4)):
+        torch.manual_seed(0)
+        model = DemoCNN()
+        opt = torch.optim.Adam(model.parameters(), lr)
+        run = watch(model, optimizer=opt, offline=True, train_data=(train.x, train.y), val_data=(val.x, val.y),
+                    data_dir=tmp_path / name, embed=False, name=name)
+        for i in range(0, 640, 64):
+            loss = torch.nn.functional.cross_entropy(model(train.x[i : i + 64]), train.y[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.log(loss=loss)
+        run.epoch_end()
+        tables[name] = run.metrics_table()
+        matrices[name] = run.evaluate(val.x, val.y)[1]
+        run.close()
+    link = RelayLink(None, "compare-room", "comparer", data_dir=tmp_path / "relay")
+    reader = BackgroundClient(link.url, room="compare-room", name="reader").wait_ready(30)
+    try:
+        ids = publish_comparison(link, tables, matrices, classes=[str(i) for i in range(10)])
+        assert link.flush(30)
+        _wait(lambda: reader.room is not None and set(ids) <= set(reader.room.panels), reader, [])
+        room = reader.room
+        assert room is not None and ids == ["compare.curves", "compare.confusion.adam", "compare.confusion.slow"]
+        meta, arrays = decode_content(reader.get_blob(room.panels["compare.curves"].content.refs[0]).result(30))
+        assert meta["series"] == ["adam/loss", "adam/val_acc", "slow/loss", "slow/val_acc"]
+        acc_adam = np.nanmax(arrays["adam/val_acc"])
+        acc_slow = np.nanmax(arrays["slow/val_acc"])
+        assert acc_adam > acc_slow  # the curves are the runs' own
+        _, cm = decode_content(reader.get_blob(room.panels["compare.confusion.slow"].content.refs[0]).result(30))
+        assert np.array_equal(cm["matrix"], matrices["slow"])
+    finally:
+        reader.close()
+        link.close()
