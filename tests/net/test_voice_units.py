@@ -159,3 +159,9 @@ def test_voice_config_is_checked() -> None:
         VoiceConfig(mesh_limit=0)
     with pytest.raises(VoiceError, match="receive_buffer_frames"):
         VoiceConfig(receive_buffer_frames=40)
+
+
+def test_receive_buffer_is_short_only_when_the_peer_must_be_on_this_machine() -> None:
+    assert VoiceConfig().receive_prefetch == 2  # loopback only
+    assert VoiceConfig(addresses=("10.213.0.1",)).receive_prefetch is None  # aiortc's own 4
+    assert VoiceConfig(addresses=("10.213.0.1",), receive_buffer_frames=3).receive_prefetch == 3
