@@ -38,7 +38,7 @@ from deeproom.document import RoomChange, RoomDocument, Subscription
 from deeproom.errors import DeepRoomError, NotFound, ValidationError
 from deeproom.net import protocol as P
 from deeproom.net.auth import token_from_link
-from deeproom.net.errors import ClientClosed, ConnectionLost, JoinRefused, error_from_wire
+from deeproom.net.errors import ClientClosed, ConnectionLost, JoinRefused, NetError, error_from_wire
 from deeproom.net.ratelimit import TokenBucket
 from deeproom.ops import parse_operation
 from deeproom.presence import Pose, decode_batch, encode_pose
@@ -240,6 +240,7 @@ class RoomClient:
                         return
                     raise err
                 self.doc.apply_update(ack["update"])
+                self._check_not_ahead(ack.get("sv"))
                 self.role = Role(ack.get("role", "member"))
                 self.tick_hz = float(ack.get("tick_hz", 30.0))
                 for message in ack.get("streams", []):
@@ -273,6 +274,22 @@ class RoomClient:
                 return
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self._backoff[1])
+
+    def _check_not_ahead(self, relay_sv: Any) -> None:
+        """A copy holding changes the relay lacks means the relay lost its store: say so loudly."""
+        if not isinstance(relay_sv, bytes):
+            return
+        try:
+            extra = self.doc.update_since(relay_sv)
+        except ValidationError:
+            return
+        if len(extra) > 2:  # b"\x00\x00" is "nothing"
+            err = NetError(
+                f"the relay's copy of room {self.room_id!r} lacks changes this client saw (was its store lost "
+                "or restored from a backup?); this client's view may show things the room no longer has"
+            )
+            self.errors.append(err)
+            self._error_listeners(err)
 
     def _join_message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {

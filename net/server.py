@@ -223,7 +223,7 @@ class RelayServer:
         app = web.Application(client_max_size=P.MAX_MESSAGE_BYTES)
         self.sio.attach(app)
         app.router.add_get("/health", self._health)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -255,6 +255,9 @@ class RelayServer:
         for sess in self.sessions.values():
             for up in sess.uploads.values():
                 up.abort()
+        # Say goodbye to every client first; otherwise aiohttp waits for open websockets.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.sio.shutdown(), 5)
         if self._runner is not None:
             with contextlib.suppress(Exception):
                 await self._runner.cleanup()
@@ -582,6 +585,7 @@ class RelayServer:
             "participant_id": pid,
             "role": role.value,
             "update": update,
+            "sv": room.doc.state_vector(),
             "streams": list(room.streams.values()),
             "tick_hz": self.settings.tick_hz,
         }
