@@ -220,3 +220,19 @@ def test_cli_inspect_and_light_import(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "deeproom.cli", "inspect", str(tmp_path / "none.onnx")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "no such model file" in out.stderr
+
+
+@pytest.mark.slow
+def test_bench_engine_quick_ends_with_json() -> None:
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "deeproom.cli", "bench", "engine", "--quick"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("onnx_max_abs_err", "onnx_conformance", "graph_nodes", "graph_extract_s", "gradcam_ms",
+                "gradcam_cost_ratio", "activations_cost_ratio", "tsne_s_quick", "tsne_baseline_s_quick", "peak_rss_mb"):
+        assert key in result, key
+    passed, total = (int(v) for v in result["onnx_conformance"].split("/"))
+    assert total > 100 and passed / total > 0.97  # --quick runs every tenth claimed test
+    assert result["onnx_max_abs_err"] < 1e-4 and result["graph_nodes"] == 2001

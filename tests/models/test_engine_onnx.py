@@ -3,6 +3,8 @@ hooks by node name, and the ONNX project's own backend node tests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -186,3 +188,22 @@ def test_densenet_inception_mobilenet_encoder_round_trips(opset: int) -> None:
         name = type(model).__name__
         assert (got - ref).abs().max() < 1e-4, (name, opset, float((got - ref).abs().max()))
         assert np.abs(got.numpy() - ort_out).max() < 1e-4, (name, opset)
+
+
+@pytest.mark.slow
+def test_dynamo_export_with_external_weights(tmp_path: Path) -> None:
+    """The dynamo exporter writes opset 18+ and keeps weights in a separate .onnx.data file."""
+    import warnings
+
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    x = torch.rand(3, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(tmp_path / "vit.onnx"), dynamo=True, external_data=True, verbose=False)
+    assert (tmp_path / "vit.onnx.data").exists()
+    loaded = load_model(tmp_path / "vit.onnx")
+    assert loaded.module.opset >= 18  # type: ignore[operator]
+    with torch.no_grad():
+        assert (loaded.module(x) - model(x)).abs().max() < 1e-5
