@@ -22,6 +22,7 @@ from deeproom.net.voice.audio import frame_to_mono
 from deeproom.net.voice.ice import LOOPBACK, host_addresses
 
 FrameSink = Callable[[str, np.ndarray, float], None]
+MAX_LAG_S = 0.12  # how far behind its schedule a decoded frame may be and still be played
 
 
 def opus_only() -> list:
@@ -48,6 +49,7 @@ class VoiceLink:
         self.created = time.monotonic()
         self.last_rx = 0.0
         self.frames_rx = 0
+        self.frames_late = 0  # dropped for arriving too far behind schedule
         self.connected = False
         self._sink = sink
         self._speaker_of = speaker_of or (lambda _t: label)
@@ -122,6 +124,7 @@ class VoiceLink:
 
     async def _pull(self, track: MediaStreamTrack) -> None:
         speaker = self._speaker_of(track)
+        best: float | None = None  # smallest (arrival - media time) seen: the least-delayed frame
         while True:
             try:
                 frame = await track.recv()
@@ -130,6 +133,18 @@ class VoiceLink:
             now = time.perf_counter()
             self.last_rx = time.monotonic()
             self.frames_rx += 1
+            if frame.pts is not None and frame.time_base is not None:
+                # A starved event loop leaves decoded frames queued inside aiortc; playing
+                # them late would keep the whole conversation late for good. Frames further
+                # behind their schedule than MAX_LAG_S are dropped instead (a short gap).
+                offset = now - float(frame.pts * frame.time_base)
+                if best is not None:
+                    best += 2e-5  # follow up to 1,000 ppm of clock drift between machines
+                if best is None or offset < best or offset - best > 10.0:  # 10 s: a new stream
+                    best = offset
+                elif offset - best > MAX_LAG_S:
+                    self.frames_late += 1
+                    continue
             self._sink(speaker, frame_to_mono(frame), now)
 
     def stalled(self, after_s: float) -> bool:

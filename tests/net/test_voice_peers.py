@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -155,3 +156,23 @@ async def test_a_participant_muted_by_the_host_is_silent_and_mute_all_spares_the
         await h.client.apply({"op": "mute_all", "muted": False})
         await eventually(lambda: rms(heard(h, b, 0.2)) > 0.15, timeout=10)
         assert hid != bid
+
+
+async def test_a_starved_receiver_drops_late_frames_instead_of_staying_late(relay: EmbeddedRelay) -> None:
+    async with member(relay, "A", ToneTrack(440.0, 0.4)) as a, member(relay, "B", SilenceTrack()) as b:
+        pid = a.client.participant_id
+        await eventually(lambda: len(heard(b, a, 0.5)) >= SAMPLE_RATE // 2, timeout=20)
+        link = b.session.links[pid]
+        assert link.frames_late == 0
+        time.sleep(0.5)  # starve this event loop (and every connection on it) for half a second
+        await eventually(lambda: link.frames_late > 0, timeout=5)
+        # once the sender (starved too: same loop) has caught up, frames arrive on schedule
+        # again: a whole second without a late one, and the tone is whole
+        for _ in range(8):
+            late = link.frames_late
+            await asyncio.sleep(1.0)
+            if link.frames_late == late:
+                break
+        else:
+            raise AssertionError(f"frames kept arriving late: {link.frames_late}")
+        assert abs(dominant_hz(heard(b, a, 0.5)) - 440.0) < 3.0
