@@ -129,15 +129,13 @@ def _load_onnx(data: bytes, where: str, stem: str, input_shape: tuple[int, ...] 
     from deeproom.models.onnx_exec import OnnxModel, load_onnx_proto
 
     try:
-        proto = load_onnx_proto(data)
+        # from the path where there is one, so external weights (.onnx.data) beside it are found
+        proto = load_onnx_proto(data if where == "<bytes>" else Path(where))
     except ModelLoadError as exc:
         raise ModelLoadError(
             f"{where}: not a model file DeepRoom can read — not a zip archive (TorchScript, .pt2, "
             f"torch.save) and not ONNX ({exc})"
         ) from None
-    # an ONNX model with external weights must be read from its path so the data file is found
-    if any(t.data_location == 1 for t in proto.graph.initializer) and where != "<bytes>":
-        proto = load_onnx_proto(Path(where))
     module = OnnxModel(proto)
     module.eval()
     shape = input_shape or _onnx_input_shape(proto)
