@@ -28,6 +28,14 @@ def register(commands: Any, bench: Any) -> None:
     p.add_argument("--password", help="room password, if the room has one")
     p.set_defaults(func=cmd_train_demo)
 
+    q = commands.add_parser("label-demo", help="label digits in a 3-D VAE latent cloud, together in a room (Kath et al.)")
+    q.add_argument("--server", help="relay URL (default: start an embedded relay and print its URL)")
+    q.add_argument("--room", default="labeling", help="room id (default 'labeling')")
+    q.add_argument("--name", default="labels", help="panel ids start with it")
+    q.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: until Ctrl-C)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_label_demo)
+
 
 def cmd_bench_training(args: argparse.Namespace, config: Config) -> int:
     from deeproom.bench import emit
@@ -68,4 +76,37 @@ def cmd_train_demo(args: argparse.Namespace, config: Config) -> int:
                   f"time {values['epoch_time']:.2f}s", flush=True)
             if run.stopped:
                 break
+    return 0
+
+
+def cmd_label_demo(args: argparse.Namespace, config: Config) -> int:
+    import time
+
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    from deeproom.models.training.latent import LabelingLoop, LabelingSession
+    from deeproom.models.training.link import RelayLink
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.reshape(-1, 64).astype(np.float32) / 16.0)
+    session = LabelingSession(x, torch.from_numpy(d.target), seed=args.seed)
+    session.pretrain(30)
+    link = RelayLink(args.server, args.room, "labeling", data_dir=config.data_dir / "label-demo")
+    thumbs = (session.x.reshape(-1, 8, 8) * 255).round().to(torch.uint8).numpy()
+    loop = LabelingLoop(session, link=link, name=args.name, thumbnails=thumbs).start()
+    print(f"labeling cloud {args.name}.latent in room {args.room!r} at {link.url}; send "
+          '{"cmd": "label_sphere", "center": [x, y, z], "radius": r, "label": k} as "steer" events to '
+          f"{link.participant_id}", flush=True)
+    try:
+        end = time.monotonic() + args.seconds if args.seconds > 0 else float("inf")
+        while time.monotonic() < end:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.close()
+        link.close()
+    print(f"labelled {session.n_labelled}; held-out accuracy {session.heldout_accuracy():.3f}", flush=True)
     return 0
