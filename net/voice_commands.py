@@ -65,6 +65,7 @@ def cmd_bench_voice(args: argparse.Namespace, config: Config) -> int:
         "mouth_to_ear_p90_ms": med("tuned", "mouth_to_ear_p90_ms"),
         "dominant_hz": med("tuned", "dominant_hz"),
         "frames_lost_pct": med("tuned", "frames_lost_pct"),
+        "frames_late_dropped_pct": med("tuned", "frames_late_dropped_pct"),
         "bursts": sum(r["bursts"] for r in runs["tuned"]),
         "setup_ms": med("tuned", "setup_ms"),
         "baseline_aiortc_buffer4_mouth_to_ear_ms": med("base", "mouth_to_ear_ms"),

@@ -116,6 +116,8 @@ async def bench_mesh(seconds: float = 8.0, receive_buffer_frames: int | None = N
                 lat = latencies_ms(tone, probe.onsets["B"])
                 heard = np.concatenate(probe.loud["B"]) if probe.loud["B"] else np.zeros(64)
                 lost = await loss_pct([b.session.links[pid]])
+                rx = b.session.links[pid]
+                late_pct = 100.0 * rx.frames_late / max(1, rx.frames_rx)
                 _ = a
     if not lat:
         raise RuntimeError("no tone burst was heard at the receiver")
@@ -125,6 +127,7 @@ async def bench_mesh(seconds: float = 8.0, receive_buffer_frames: int | None = N
         "bursts": len(lat),
         "dominant_hz": round(dominant_hz(heard), 1),
         "frames_lost_pct": round(lost, 2),
+        "frames_late_dropped_pct": round(late_pct, 2),
         "setup_ms": round(setup_ms, 1),
     }
 
@@ -206,6 +209,9 @@ async def bench_sfu(ns: Any, listeners: int, seconds: float = 6.0, procs: int = 
         "mouth_to_ear_ms": round(float(statistics.median(lat)), 1),
         "mouth_to_ear_p90_ms": round(float(np.percentile(lat, 90)), 1),
         "frames_lost_pct": round(100.0 * lost / max(1, lost + received), 2),
+        "frames_late_dropped_pct": round(
+            100.0 * sum(r["frames_late"] for r in results) / max(1, sum(r["frames_rx"] for r in results)), 2
+        ),
         "janus_rss_mb": round(rss, 1),
         "listener_procs": len(workers),
         "late_blocks": sum(r["late_blocks"] for r in results),

@@ -54,7 +54,11 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
                     if getattr(st, "type", "") == "inbound-rtp":
                         lost += max(0, int(st.packetsLost))
                         received += int(st.packetsReceived)
-        return {"onsets": probe.onsets, "lost": lost, "received": received, "late_blocks": probe.late_blocks}
+        links = [link for s in seats for link in s.session.sfu.subscribers.values()]
+        return {
+            "onsets": probe.onsets, "lost": lost, "received": received, "late_blocks": probe.late_blocks,
+            "frames_late": sum(link.frames_late for link in links), "frames_rx": sum(link.frames_rx for link in links),
+        }
 
 
 if __name__ == "__main__":
