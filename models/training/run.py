@@ -485,6 +485,11 @@ class Run:
         except (SteerError, CheckpointError, TrainingError) as exc:
             self._report({"type": "error", "where": "steer", "cmd": str(cmd_name)[:40], "message": str(exc)}, to=None)
             return
+        except Exception as exc:  # a command that trips over the user's model must not end their run
+            log.exception("steer command %s failed", cmd_name)
+            self._report({"type": "error", "where": "steer", "cmd": str(cmd_name)[:40],
+                          "message": f"{type(exc).__name__}: {exc}"}, to=None)
+            return
         self._report({"type": "steered", "cmd": str(cmd_name), "by": sender, **result})
 
     def _execute(self, cmd: st.SteerCommand) -> dict[str, Any]:
