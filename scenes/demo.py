@@ -60,6 +60,14 @@ def slot_transform(slot: Slot, viewer: tuple[float, float, float] = (0.0, 1.6, 0
     return {"position": list(pos), "rotation": list(rot), "scale": [1.0, 1.0, 1.0]}
 
 
+@dataclass
+class TrainedLive:
+    """The model and test set while training runs (what the cloud is computed from)."""
+
+    model: Any
+    test: Any
+
+
 class DemoEngine:
     """Trains and publishes in a thread; `request(action, payload)` queues more work."""
 
@@ -140,13 +148,19 @@ class DemoEngine:
                                     "title": slot.title, "transform": slot_transform(slot),
                                     "size": list(slot.size)}).result(30)
         self._say("training the digits CNN…")
-        live = "metrics" in {s.panel_id for s in self.slots}
-        t = eb.train_demo(self.seed, progress=self.progress,
-                          on_epoch=(lambda h: self._publish("metrics", eb.metrics_blob(h))) if live else None)
+        wanted = {s.panel_id for s in self.slots}
+
+        def live(history: dict[str, list[float]], model: Any, test: Any) -> None:
+            if "metrics" in wanted:
+                self._publish("metrics", eb.metrics_blob(history))
+            if "cloud" in wanted:  # each epoch's cloud carries trails from the one before
+                self.trained = TrainedLive(model, test)
+                self._publish("cloud", self._cloud(eb))
+
+        t = eb.train_demo(self.seed, progress=self.progress, on_epoch=live)
         self.trained = t
         self._say(f"trained in {t.seconds:.1f} s; test accuracy {t.history['val_acc'][-1]:.3f}", error=False)
         sample = t.test.x[3]
-        wanted = {s.panel_id for s in self.slots}
         jobs: list[tuple[str, Callable[[], bytes]]] = [
             ("graph", lambda: eb.graph_blob(t.model, "Digits CNN", t.test.x[:1])),
             ("metrics", lambda: eb.metrics_blob(t.history)),

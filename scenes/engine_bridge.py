@@ -29,7 +29,7 @@ class TrainedDemo:
 
 
 def train_demo(seed: int = 0, epochs: int = 4, progress: Callable[[str], None] | None = None,
-               on_epoch: Callable[[dict[str, list[float]]], None] | None = None) -> TrainedDemo:
+               on_epoch: Callable[[dict[str, list[float]], Any, Any], None] | None = None) -> TrainedDemo:
     """Train the engine's digits CNN on digits, recording the curves the metrics panel shows."""
     import torch
     from torch import nn
@@ -73,8 +73,9 @@ def train_demo(seed: int = 0, epochs: int = 4, progress: Callable[[str], None] |
         hist["epoch_time"][-1] = et
         if progress is not None:
             progress(f"epoch {epoch + 1}/{epochs}: val acc {hist['val_acc'][-1]:.3f}")
-        if on_epoch is not None:  # the curves panel grows while the model trains
-            on_epoch({k: list(v) for k, v in hist.items()})
+        if on_epoch is not None:  # the curves grow and the cloud moves while the model trains
+            model.eval()
+            on_epoch({k: list(v) for k, v in hist.items()}, model, test)
     model.eval()
     return TrainedDemo(model, train, test, hist, time.perf_counter() - t_all)
 
