@@ -46,6 +46,8 @@ _EXPORTS = {
     # blobs
     "feature_maps_blob": "blobs", "filters_blob": "blobs", "grad_cam_blob": "blobs", "attention_blob": "blobs",
     "confusion_blob": "blobs", "latent_cloud_blob": "blobs", "image_blob": "blobs",
+    # runtime
+    "keep_freed_memory": "runtime",
     # tasks
     "Analysis": "tasks", "run_analysis": "tasks", "submit_analysis": "tasks",
 }
