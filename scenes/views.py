@@ -240,7 +240,7 @@ class GraphView(ContentView):
         if nd.collapsed and nd.group is not None:
             return f"expand:{nd.group}"
         self.select(i)
-        return f"layer:{nd.key[2:]}"
+        return f"layer:{nd.name}"  # the layer's name: a module path (torch) or node name (ONNX)
 
 
 class CloudView(ContentView):

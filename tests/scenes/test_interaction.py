@@ -180,7 +180,7 @@ def test_huge_graph_opens_collapsed_and_expands_and_opens_layers(seen: dict[str,
     assert seen["collapsed_nodes"] == 3
     assert seen["expanded_nodes"] == 2 + 200
     opened = seen["open_layer"]
-    assert opened and opened[0][1]["panel_id"] == "graph" and opened[0][1]["layer"].isdigit()
+    assert opened and opened[0][1]["panel_id"] == "graph" and opened[0][1]["layer"].startswith("layer")
 
 
 RELAY_LOST = '''
