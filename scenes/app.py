@@ -73,6 +73,8 @@ POSE_INTERVAL = 0.05
 MAX_MESSAGES_PER_FRAME = 200
 """A burst of messages is spread over frames rather than stalling one."""
 MOVE_INTERVAL = 0.1
+STEER_COMMANDS = {"label": "label_ids", "retrain": "retrain", "open_layer": "open_layer"}
+"""App actions as the "cmd" of the steer events a panel's owner receives (see docs/scenes.md)."""
 PREVIEW_TIMEOUT = 3.0
 """Seconds a keyed move is shown before the room confirms it (a refused one snaps back)."""
 """Seconds between move operations sent while dragging (the last one is always sent)."""
@@ -770,8 +772,8 @@ class RoomApp:
     def _ask_engine(self, action: str, payload: dict[str, Any], owner: str) -> None:
         if self.provider is not None:
             self.provider.request(action, payload)
-        else:  # whoever owns the panel runs the engine for it
-            self.session.send_event("steer", {"action": action, **payload}, to=owner)
+        else:  # whoever owns the panel runs the engine for it (the training runs' "steer" commands)
+            self.session.send_event("steer", {"cmd": STEER_COMMANDS.get(action, action), **payload}, to=owner)
 
     def cloud_action(self, action: str, label: int | None = None) -> bool:
         """Act on the selected points of the selected cloud: label, retrain, images."""
@@ -785,9 +787,11 @@ class RoomApp:
         if action == "images":
             self._show_images(view, idx)
             return True
-        payload: dict[str, Any] = {"panel_id": view.panel.id, "indices": idx, "source": dict(view.panel.content.source)}
+        payload: dict[str, Any] = {"panel_id": view.panel.id, "ids": idx, "source": dict(view.panel.content.source)}
         if action == "label":
             payload["label"] = int(label if label is not None else 0)
+        else:
+            payload["select"] = "ids"
         self._ask_engine(action, payload, view.panel.owner)
         self.notify(f"{action} on {len(idx)} points sent", error=False)
         return True

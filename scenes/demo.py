@@ -272,7 +272,7 @@ class DemoEngine:
         from deeproom.scenes import engine_bridge as eb
 
         t = self.trained
-        idx = [int(i) for i in payload.get("indices", []) if isinstance(i, int) and 0 <= i < len(t.test)]
+        idx = [int(i) for i in payload.get("ids", []) if isinstance(i, int) and 0 <= i < len(t.test)]
         if not idx:
             self._say("no points selected", error=True)
             return

@@ -122,7 +122,7 @@ click_node(0)
 out["expanded_nodes"] = len(gv.content.layout.nodes)
 layer_index = next(i for i, nd in enumerate(gv.content.layout.nodes) if not nd.collapsed)
 click_node(layer_index)
-out["open_layer"] = [e for e in events if e[1].get("action") == "open_layer"]
+out["open_layer"] = [e for e in events if e[1].get("cmd") == "open_layer"]
 # Close button removes the panel.
 w, h = gv.size
 x, y = app.world_to_screen(gv.frame().world(w / 2 - TITLE_BAR / 2, h / 2 + TITLE_BAR / 2))
@@ -168,9 +168,9 @@ def test_rotate_scale_resize_close(seen: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_cloud_selection_and_its_actions(seen: dict[str, Any]) -> None:
     assert seen["selection"] == [1]
-    kinds = [(k, p["action"], p.get("indices"), p.get("label")) for k, p in seen["events"]]
-    assert ("steer", "label", [1], 7) in kinds
-    assert ("steer", "retrain", [1], None) in kinds
+    kinds = [(k, p["cmd"], p.get("ids"), p.get("label"), p.get("select")) for k, p in seen["events"]]
+    assert ("steer", "label_ids", [1], 7, None) in kinds  # the training runs' labelling command
+    assert ("steer", "retrain", [1], None, "ids") in kinds
     assert seen["images_panel"] == "1 selected images"
     assert seen["box_selection"] == [0, 4]  # the top-left quadrant (and the centre on its corner)
 
