@@ -4,7 +4,9 @@
   (hooks, per-filter statistics, metric rows, stream events and panel publishing to a
   live relay in its own process, as `deeproom serve` runs), in alternating blocks on two identical models, so machine noise hits
   both; the embedding worker is off here (it is its own thread, measured below), and
-  is on for overhead_ratio_with_embedding.
+  is on for overhead_ratio_with_embedding; overhead_ratio_no_relay is the instrumentation
+  alone (offline run), which separates the hooks' cost from the CPU the relay
+  connection and the relay process take on a shared machine.
 - freeze_epoch_time_ratio: epoch time with conv1 and conv2 frozen (by "steer" commands)
   over unfrozen, alternating, median of each.
 - embedding_updates_per_s: streamed-embedding frames per second for 2,000 probe points
@@ -87,13 +89,13 @@ def relay_process(data_dir: Path) -> Iterator[str]:
             proc.wait(5)
 
 
-def measure_overhead(train: Split, val: Split, base: Path, *, url: str, rounds: int, embed: bool, seed: int) -> dict[str, float]:
+def measure_overhead(train: Split, val: Split, base: Path, *, url: str | None, rounds: int, embed: bool, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     plain, watched = DemoCNN(), DemoCNN()
     watched.load_state_dict(plain.state_dict())
     opt_p = torch.optim.Adam(plain.parameters(), 1e-3)
     opt_w = torch.optim.Adam(watched.parameters(), 1e-3)
-    run = watch(watched, room=f"bench-overhead-{int(embed)}", server=url, optimizer=opt_w, train_data=(train.x, train.y),
+    run = watch(watched, room=f"bench-overhead-{int(embed)}", server=url, offline=url is None, optimizer=opt_w, train_data=(train.x, train.y),
                 val_data=(val.x, val.y), data_dir=base / "overhead", embed=embed, name="overhead")
     try:
         batches = _batches(train)
@@ -247,6 +249,7 @@ def run_bench(*, quick: bool = False, seed: int = 0, threads: int = 1) -> dict[s
         base = Path(tmp)
         with relay_process(base / "relay") as url:
             over = measure_overhead(train, val, base, url=url, rounds=4 if quick else 10, embed=False, seed=seed)
+            over_off = measure_overhead(train, val, base / "o", url=None, rounds=4 if quick else 8, embed=False, seed=seed)
             over_emb = measure_overhead(train, val, base / "e", url=url, rounds=3 if quick else 6, embed=True, seed=seed)
             freeze = measure_freeze(train, base, rounds=3 if quick else 6, seed=seed)
             emb = measure_embedding(train, val, base, url=url, seconds=4.0 if quick else 10.0, seed=seed)
@@ -256,6 +259,7 @@ def run_bench(*, quick: bool = False, seed: int = 0, threads: int = 1) -> dict[s
         "overhead_ratio": round(over["ratio"], 4),
         "plain_step_ms": round(over["plain_step_ms"], 3),
         "watched_step_ms": round(over["watched_step_ms"], 3),
+        "overhead_ratio_no_relay": round(over_off["ratio"], 4),
         "overhead_ratio_with_embedding": round(over_emb["ratio"], 4),
         "freeze_epoch_time_ratio": round(freeze["ratio"], 4),
         "unfrozen_epoch_s": round(freeze["unfrozen_epoch_s"], 4),
