@@ -63,8 +63,8 @@ def wait_for(app: RoomApp, ready: Any, timeout: float) -> bool:
 
 def content_settled(app: RoomApp) -> bool:
     """Every panel shows its content (or its error), none is waiting for a blob."""
-    if app.room is None or not app.panels:
-        return False
+    if app.room is None or len(app.panels) != len(app.room.panels):
+        return False  # an empty room is settled once it is known
     return not app._pending_content and all(v.content is not None for v in app.panels.values())
 
 
