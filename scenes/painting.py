@@ -196,7 +196,7 @@ def paint_confusion(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], w
             tw = _text_width(d, lab, fl)
             d.text(((x0 + x1) / 2 - tw / 2, lay.top - fl.size * 1.3 if hasattr(fl, "size") else 2), lab, fill=FOREGROUND, font=fl)
             d.text((lay.left - tw - 6, (y0 + y1) / 2 - (fl.size if hasattr(fl, "size") else 8) / 1.6), lab, fill=FOREGROUND, font=fl)
-    d.text((4, 2), "true \u2193  predicted \u2192", fill=MUTED, font=fl)
+    d.text((4, 2), "rows: true · columns: predicted", fill=MUTED, font=fl)
     acc = float(np.trace(m)) / max(float(m.sum()), 1.0)
     d.text((4, 2 + (fl.size if hasattr(fl, "size") else 10) * 1.3), f"acc {acc:.3f}", fill=MUTED, font=fl)
     return to_array(img)
