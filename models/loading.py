@@ -307,7 +307,7 @@ def describe_layers(loaded: LoadedModel) -> list[LayerInfo]:
     if isinstance(model, OnnxModel):
         for name in model.layer_names():
             node = model.node(name)
-            params = sum(model.tensor(i).numel() for i in node.input_names if i and model.has_tensor(i))
+            params = sum(model.weight_size(i) for i in node.input_names if i)
             rows.append((name, node, node.op_type, params))
     else:
         for name in layer_names(model):

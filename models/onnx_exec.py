@@ -251,6 +251,18 @@ class OnnxModel(nn.Module):
     def has_tensor(self, name: str) -> bool:
         return name in self._params or name in self._constants
 
+    def weight_size(self, name: str) -> int:
+        """Elements of the initializer behind `name`, looking through Identity nodes (shared weights)."""
+        seen = 0
+        while not self.has_tensor(name) and seen < 8:
+            k = self.producer.get(name)
+            node = self.nodes[k] if k is not None else None
+            if not isinstance(node, OnnxNode) or node.op_type != "Identity" or not node.input_names:
+                return 0
+            name = node.input_names[0]
+            seen += 1
+        return int(self.tensor(name).numel()) if self.has_tensor(name) else 0
+
     # --- running ------------------------------------------------------------------------------
 
     def forward(self, *inputs: torch.Tensor) -> Any:
