@@ -200,4 +200,5 @@ def run_engine_bench(*, quick: bool = False, log: Callable[[str], None] = print)
     if quick:
         ts = {k.replace("_2k", "_quick"): v for k, v in ts.items()}
     result.update(ts)
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}
+    # six significant digits, not decimals: errors of 1e-7 must not print as 0
+    return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in result.items()}
