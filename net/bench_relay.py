@@ -335,11 +335,11 @@ def _stats(url: str) -> dict[str, Any]:
 class _Server:
     """A relay (real or naive) in its own process, stopped by PID."""
 
-    def __init__(self, mode: str, data_dir: Path) -> None:
+    def __init__(self, mode: str, data_dir: Path, tick_hz: float = 30.0) -> None:
         self.port = _free_port()
         if mode == "relay":
             cmd = [sys.executable, "-m", "deeproom.cli", "--data-dir", str(data_dir), "serve", "--port", str(self.port),
-                   "--capacity", "500"]
+                   "--capacity", "500", "--tick-hz", str(tick_hz)]
         else:
             cmd = [sys.executable, "-m", "deeproom.net.bench_relay", "naive", "--port", str(self.port)]
         self.log = open(data_dir / f"{mode}-{self.port}.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -358,10 +358,11 @@ class _Server:
         self.log.close()
 
 
-def _measure(mode: str, n: int, rate: float, seconds: float, procs: int, workdir: Path) -> dict[str, Any]:
+def _measure(mode: str, n: int, rate: float, seconds: float, procs: int, workdir: Path,
+             tick_hz: float = 30.0) -> dict[str, Any]:
     data = workdir / f"{mode}-{n}-{time.monotonic_ns()}"
     data.mkdir()
-    server = _Server(mode, data)
+    server = _Server(mode, data, tick_hz)
     try:
         return _run_load(server.url, mode, n, rate, seconds, procs, server.proc.pid)
     finally:
@@ -372,13 +373,14 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
     from deeproom.bench import emit
 
     n, rate, seconds, procs = int(args.clients), float(args.rate), float(args.seconds), max(1, int(args.procs))
+    tick = float(getattr(args, "tick_hz", 30.0))
     if n < 2:
         raise SystemExit("--clients must be at least 2 (poses go to the others)")
     with tempfile.TemporaryDirectory(prefix="deeproom-bench-relay-") as tmp:
         work = Path(tmp)
-        main = _measure("relay", n, rate, seconds, procs, work)
+        main = _measure("relay", n, rate, seconds, procs, work, tick)
         print(f"relay   N={n}: {main}", flush=True)
-        result: dict[str, Any] = {"bench": "relay", "clients": n, "rate_hz": rate, "seconds": seconds, **main}
+        result: dict[str, Any] = {"bench": "relay", "clients": n, "rate_hz": rate, "tick_hz": tick, "seconds": seconds, **main}
         if not args.no_baseline:
             base = _measure("naive", n, rate, seconds, procs, work)
             print(f"naive   N={n}: {base}", flush=True)
@@ -395,7 +397,7 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
             best = None
             sweep: list[dict[str, Any]] = []
             for size in (10, 20, 30, 40, 50, 60, 70, 80, 100):
-                r = _measure("relay", size, rate, max(3.0, seconds / 2), procs, work)
+                r = _measure("relay", size, rate, max(3.0, seconds / 2), procs, work, tick)
                 print(f"sweep   N={size}: {r}", flush=True)
                 sweep.append({"clients": size, "p99_ms": r["p99_ms"], "delivered_ratio": r["delivered_ratio"],
                               "server_cpu_pct": r["server_cpu_pct"]})
@@ -406,7 +408,7 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
             result["sweep"] = sweep
             result["max_clients_p99_le_100ms"] = best
         if args.memory_seconds > 0:
-            mem = _measure("relay", n, rate, float(args.memory_seconds), procs, work)
+            mem = _measure("relay", n, rate, float(args.memory_seconds), procs, work, tick)
             print(f"memory  N={n} {args.memory_seconds}s: {mem}", flush=True)
             result["memory_seconds"] = args.memory_seconds
             result["memory_rss_start_mb"] = mem["server_rss_start_mb"]

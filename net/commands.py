@@ -33,6 +33,7 @@ def register(commands: Any, bench: Any) -> None:
     b.add_argument("--memory-seconds", type=float, default=0.0,
                    help="also run this long at the given load and report relay RSS at start and end")
     b.add_argument("--no-baseline", action="store_true", help="skip the naive forward-every-pose relay")
+    b.add_argument("--tick-hz", type=float, default=30.0, help="the relay's presence batches per second (default 30)")
     b.set_defaults(func=cmd_bench_relay)
 
 
