@@ -47,7 +47,7 @@ def check_targets(target: int | Sequence[int] | Tensor | None, logits: Tensor) -
     n, classes = logits.shape
     if target is None:
         return logits.argmax(1)
-    t = torch.as_tensor(target, dtype=torch.long).reshape(-1)
+    t = torch.as_tensor(target, dtype=torch.long).reshape(-1).to(logits.device)
     if t.numel() == 1 and n > 1:
         t = t.expand(n)
     if t.numel() != n:
@@ -475,7 +475,7 @@ class FeatureVisualization:
         s = tr.scales[0] + (tr.scales[1] - tr.scales[0]) * float(torch.rand((), generator=g))
         ang = math.radians(tr.rotate_degrees) * (2 * float(torch.rand((), generator=g)) - 1)
         cos, sin = math.cos(ang) / s, math.sin(ang) / s
-        theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=img.dtype).expand(n, 2, 3)
+        theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=img.dtype, device=img.device).expand(n, 2, 3)
         grid = F.affine_grid(theta, list(img.shape), align_corners=False)
         return F.grid_sample(img, grid, padding_mode="reflection", align_corners=False)
 
@@ -483,7 +483,8 @@ class FeatureVisualization:
         ctx = context(ctx)
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else tuple(inputs)
         g = torch.Generator().manual_seed(ctx.seed)
-        param = (torch.randn(shape, generator=g) * 0.1).requires_grad_(True)
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        param = (torch.randn(shape, generator=g) * 0.1).to(device).requires_grad_(True)
         opt = torch.optim.Adam([param], lr=self.lr)
         store: dict[str, Tensor] = {}
 

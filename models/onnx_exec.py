@@ -178,6 +178,7 @@ class OnnxModel(nn.Module):
         self.nodes = nn.ModuleDict()
         self._order: list[str] = []
         self._seq: list[OnnxNode] = []  # the same modules, typed, in execution order
+        self._device: torch.device | None = None
         self.node_keys: dict[str, str] = {}  # ONNX node name → ModuleDict key
         node_taken: set[str] = set()
         for i, n in enumerate(graph.node):
@@ -283,6 +284,12 @@ class OnnxModel(nn.Module):
                     f"ONNX model takes {len(self.input_names)} inputs {self.input_names}; got {len(inputs)}"
                 )
             env.update(zip(self.input_names, inputs, strict=True))
+        first = next((v for v in env.values() if isinstance(v, torch.Tensor)), None)
+        device = first.device if first is not None else None
+        if device != self._device:  # constants and ranges are made where the inputs live
+            self._device = device
+            for mod in self._seq:
+                mod.info.device = device
         for tname, k in self._params.items():
             env.setdefault(tname, self.weights[k])
         for tname, b in self._constants.items():

@@ -35,6 +35,8 @@ class NodeInfo:
     attrs: dict[str, Any] = field(default_factory=dict)
     opset: int = 21
     n_outputs: int = 1
+    device: torch.device | None = None
+    """Where tensors made from nothing (constants, ranges) go: the model's input device."""
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
@@ -447,7 +449,7 @@ def max_pool(node: NodeInfo, x: Tensor) -> Any:
             for i in range(nd):
                 flat = flat * sizes[i] + (coords[i] - pads[i][0])
         plane = int(np.prod(sizes))
-        base = torch.arange(x.shape[0] * x.shape[1]).reshape(x.shape[0], x.shape[1], *([1] * nd)) * plane
+        base = torch.arange(x.shape[0] * x.shape[1], device=idx.device).reshape(x.shape[0], x.shape[1], *([1] * nd)) * plane
         return y.to(x.dtype), (flat + base).to(torch.int64)
     y = _MAXPOOL[nd](xp, kernel, strides, 0, dil)
     return y.to(x.dtype)
@@ -470,7 +472,7 @@ def avg_pool(node: NodeInfo, x: Tensor) -> Tensor:
     xp = F.pad(x, _torch_pad(ceil_pads))
     s = _AVGPOOL[nd](xp, kernel, strides, 0) * float(np.prod(kernel))
     # the divisor counts real pixels, plus explicit pads when count_include_pad (never ceil padding)
-    ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype)
+    ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
     if include:
         ones = F.pad(ones, _torch_pad(pads), value=1.0)
         ones = F.pad(ones, _torch_pad([(0, c1 - p1) for (_, p1), (_, c1) in zip(pads, ceil_pads, strict=True)]))
@@ -487,11 +489,11 @@ def _dilated_avg_pool(node: NodeInfo, x: Tensor, kernel: list[int], strides: lis
         pads = [(p0, p1 + _ceil_extra(x.shape[2 + i], kernel[i], strides[i], dil[i], p0, p1))
                 for i, (p0, p1) in enumerate(pads)]
     c = x.shape[1]
-    w = torch.ones((c, 1, *kernel), dtype=x.dtype)
+    w = torch.ones((c, 1, *kernel), dtype=x.dtype, device=x.device)
     s = _CONV[nd](F.pad(x, _torch_pad(pads)), w, None, stride=strides, dilation=dil, groups=c)
-    ones = F.pad(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype), _torch_pad(pads),
+    ones = F.pad(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device), _torch_pad(pads),
                  value=1.0 if node.get("count_include_pad", 0) else 0.0)
-    cnt = _CONV[nd](ones, torch.ones((1, 1, *kernel), dtype=x.dtype), None, stride=strides, dilation=dil)
+    cnt = _CONV[nd](ones, torch.ones((1, 1, *kernel), dtype=x.dtype, device=x.device), None, stride=strides, dilation=dil)
     return s / cnt
 
 
@@ -514,7 +516,7 @@ def lp_pool(node: NodeInfo, x: Tensor) -> Tensor:
         pads = [(p0, p1 + _ceil_extra(x.shape[2 + i], kernel[i], strides[i], dil[i], p0, p1))
                 for i, (p0, p1) in enumerate(pads)]
     c = x.shape[1]
-    w = torch.ones((c, 1, *kernel), dtype=x.dtype)
+    w = torch.ones((c, 1, *kernel), dtype=x.dtype, device=x.device)
     s = _CONV[nd](F.pad(x.abs() ** p, _torch_pad(pads)), w, None, stride=strides, dilation=dil, groups=c)
     return s ** (1.0 / p)
 
@@ -745,7 +747,7 @@ def slice_(node: NodeInfo, x: Tensor, starts_: Opt = None, ends_: Opt = None, ax
             index[a] = slice(lo, hi, step)
         else:
             picks = list(range(lo, hi, step))
-            x = torch.index_select(x, a, torch.tensor(picks, dtype=torch.long))
+            x = torch.index_select(x, a, torch.tensor(picks, dtype=torch.long, device=x.device))
     return x[tuple(index)]
 
 
@@ -775,7 +777,7 @@ def gather_nd(node: NodeInfo, x: Tensor, idx: Tensor) -> Tensor:
     xb = x.reshape(nb, *x.shape[b:])
     ib = idx.reshape(nb, *idx.shape[b:]).long()
     k = ib.shape[-1]
-    dims = torch.tensor(xb.shape[1 : 1 + k])
+    dims = torch.tensor(xb.shape[1 : 1 + k], device=ib.device)
     ib = torch.where(ib < 0, ib + dims, ib)
     rows = []
     for j in range(nb):
@@ -841,11 +843,16 @@ def tile(node: NodeInfo, x: Tensor, repeats: Tensor) -> Tensor:
 def range_(node: NodeInfo, start: Tensor, limit: Tensor, delta: Tensor) -> Tensor:
     s, lim, d = start.item(), limit.item(), delta.item()
     n = max(math.ceil((lim - s) / d), 0)
-    return (torch.arange(n, dtype=torch.float64) * d + s).to(start.dtype)
+    return (torch.arange(n, dtype=torch.float64, device=start.device) * d + s).to(start.dtype)
 
 
 @op("Constant")
 def constant(node: NodeInfo) -> Tensor:
+    t = _constant(node)
+    return t.to(node.device) if node.device is not None and node.device.type != "cpu" else t
+
+
+def _constant(node: NodeInfo) -> Tensor:
     a = node.attrs
     if "value" in a:
         return a["value"].clone()
@@ -865,8 +872,8 @@ def constant_of_shape(node: NodeInfo, shape_: Tensor) -> Tensor:
     value = node.get("value")
     dims = ints(shape_)
     if value is None:
-        return torch.zeros(dims, dtype=torch.float32)
-    return torch.full(dims, value.reshape(-1)[0].item(), dtype=value.dtype)
+        return torch.zeros(dims, dtype=torch.float32, device=node.device)
+    return torch.full(dims, value.reshape(-1)[0].item(), dtype=value.dtype, device=node.device)
 
 
 @op("Cast")
@@ -895,8 +902,8 @@ def dropout(node: NodeInfo, x: Tensor, ratio: Opt = None, training: Opt = None) 
     return x
 
 
-def _pad_indices(n: int, before: int, after: int, mode: str) -> Tensor:
-    idx = torch.arange(-before, n + after)
+def _pad_indices(n: int, before: int, after: int, mode: str, device: torch.device | None = None) -> Tensor:
+    idx = torch.arange(-before, n + after, device=device)
     if mode == "edge":
         return idx.clamp(0, n - 1)
     if mode == "wrap":
@@ -934,7 +941,7 @@ def pad(node: NodeInfo, x: Tensor, pads_: Opt = None, value_: Opt = None, axes_:
             x = x.narrow(a, max(0, -b), x.shape[a] - max(0, -b) - max(0, -e))
             b, e = max(b, 0), max(e, 0)
         if b or e:
-            x = torch.index_select(x, a, _pad_indices(x.shape[a], b, e, mode))
+            x = torch.index_select(x, a, _pad_indices(x.shape[a], b, e, mode, x.device))
     return x
 
 
@@ -1002,7 +1009,8 @@ def nonzero(node: NodeInfo, x: Tensor) -> Tensor:
 def eye_like(node: NodeInfo, x: Tensor) -> Tensor:
     dt = torch_dtype(node.get("dtype"), node) if node.get("dtype") is not None else x.dtype
     k = node.get("k", 0)
-    return (torch.arange(x.shape[1])[None, :] - torch.arange(x.shape[0])[:, None] == k).to(dt)
+    rows, cols = torch.arange(x.shape[0], device=x.device), torch.arange(x.shape[1], device=x.device)
+    return (cols[None, :] - rows[:, None] == k).to(dt)
 
 
 # --- reductions ---------------------------------------------------------------------------
@@ -1036,14 +1044,14 @@ def _empty_fill(x: Tensor, low: bool) -> Any:
 def _amax(x: Tensor, d: tuple[int, ...], k: bool) -> Tensor:
     if x.numel() == 0:
         shape = [1 if i in d else s for i, s in enumerate(x.shape)] if k else [s for i, s in enumerate(x.shape) if i not in d]
-        return torch.full(shape, _empty_fill(x, True), dtype=x.dtype)
+        return torch.full(shape, _empty_fill(x, True), dtype=x.dtype, device=x.device)
     return x.amax(dim=d, keepdim=k)
 
 
 def _amin(x: Tensor, d: tuple[int, ...], k: bool) -> Tensor:
     if x.numel() == 0:
         shape = [1 if i in d else s for i, s in enumerate(x.shape)] if k else [s for i, s in enumerate(x.shape) if i not in d]
-        return torch.full(shape, _empty_fill(x, False), dtype=x.dtype)
+        return torch.full(shape, _empty_fill(x, False), dtype=x.dtype, device=x.device)
     return x.amin(dim=d, keepdim=k)
 
 
@@ -1132,7 +1140,7 @@ def _source_coords(mode: str, out_len: int, in_len: int, scale: float, roi: tupl
 def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, node: NodeInfo, mode: str,
                  coord_mode: str, roi: tuple[float, float] | None) -> Tensor:
     in_len = x.shape[axis]
-    src = _source_coords(coord_mode, out_len, in_len, scale, roi)
+    src = _source_coords(coord_mode, out_len, in_len, scale, roi).to(x.device)
     if mode == "nearest":
         nm = node.get("nearest_mode", "round_prefer_floor")
         if isinstance(nm, bytes):
@@ -1185,7 +1193,7 @@ def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, node: NodeInf
         if bool(bad.any()):
             shape = [1] * x.ndim
             shape[axis] = out_len
-            out = torch.where(bad.reshape(shape), torch.tensor(ev, dtype=out.dtype), out)
+            out = torch.where(bad.reshape(shape), torch.tensor(ev, dtype=out.dtype, device=out.device), out)
     return out
 
 
