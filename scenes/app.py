@@ -202,6 +202,7 @@ class RoomApp:
         self.cloud_radius = 0.08
         self.box_start: tuple[str, np.ndarray] | None = None
         self.menu_open = False
+        self.muted = False  # your microphone, when the session carries voice
         self.frames = 0
         self.frame_times: list[float] = []
         self._pose_seq = 0
@@ -912,6 +913,14 @@ class RoomApp:
             self._toggle_follow()
         elif name == "g":
             self._summon()
+        elif name == "m":
+            self.muted = not self.muted
+            if getattr(self.session, "set_muted", lambda m: False)(self.muted):
+                self.notify("microphone muted" if self.muted else "microphone on", error=False)
+            else:
+                self.notify("voice is off in this session", error=False)
+        elif name in ("space", "space up"):
+            getattr(self.session, "press_to_talk", lambda p: False)(name == "space")
 
     def _cloud_selected(self) -> bool:
         from deeproom.scenes.views import CloudView

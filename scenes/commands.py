@@ -21,6 +21,8 @@ def _view_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="1280x720", help="window or image size WxH (default 1280x720)")
     p.add_argument("--xr", action="store_true", help="show the room in an OpenXR headset when one is available")
     p.add_argument("--name", default="You", help="your display name")
+    p.add_argument("--no-voice", action="store_true",
+                   help="join without voice (voice is on in a window: M mutes, hold space to talk)")
 
 
 def register(commands: Any, bench: Any) -> None:
@@ -49,6 +51,13 @@ def register(commands: Any, bench: Any) -> None:
     b.add_argument("--frames", type=int, default=40, help="frames measured per scene (default 40)")
     b.add_argument("--size", default="1280x720")
     b.set_defaults(func=cmd_bench_render)
+
+
+def _voice(args: argparse.Namespace) -> bool:
+    """Voice in a window unless --no-voice; offscreen snapshots have no one to talk to."""
+    from deeproom.scenes.runner import decide_headless
+
+    return not args.no_voice and not decide_headless(args.headless)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -85,7 +94,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     run = _settings(args)
     client = _client(args.server or config.server, "demo", args.name, config)
     print(f"demo room on relay {client.url} (room 'demo')")
-    session = RelaySession(client)
+    session = RelaySession(client, voice=_voice(args))
     engine = DemoEngine(session, seed=args.seed, progress=lambda s: print(s, flush=True)).start()
     app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4)),
                   provider=engine)
@@ -113,7 +122,7 @@ def cmd_open(args: argparse.Namespace, config: Config) -> int:
     room = args.room or f"open-{secrets.token_hex(3)}"
     client = _client(args.server or config.server, room, args.name, config)
     print(f"room {room!r} on relay {client.url}")
-    session = RelaySession(client)
+    session = RelaySession(client, voice=_voice(args))
     engine = ModelsEngine(session, [Path(m) for m in args.models], progress=lambda s: print(s, flush=True)).start()
     app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4)),
                   provider=engine)
@@ -151,7 +160,7 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
     run = _settings(args)
     url, room, invite = parse_target(args.target)
     client = _client(url, room, args.name, config, invite=invite, password=args.password)
-    session = RelaySession(client)
+    session = RelaySession(client, voice=_voice(args))
     app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4)))
     try:
         return run_room(app, run, name="join")

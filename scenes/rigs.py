@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 WALK_SPEED = 2.2  # metres per second
 TURN_SPEED = 90.0  # degrees per second (arrow keys)
 LOOK_SPEED = 120.0  # degrees per unit of mouse travel
-ACTION_KEYS = {"tab", "escape", "q", "e", "+", "=", "-", "l", "b", "v", "c", "r", "i", "t", "f", "g", "delete",
+ACTION_KEYS = {"tab", "escape", "q", "e", "+", "=", "-", "l", "b", "v", "c", "r", "i", "t", "f", "g", "m", "space", "space up", "delete",
                "scroll up", "scroll down", *"1234567890"}
 
 

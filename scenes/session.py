@@ -160,11 +160,18 @@ class LocalSession:
 class RelaySession:
     """A room on a relay, through a `deeproom.net.BackgroundClient` (its inbox is the one queue)."""
 
-    def __init__(self, client: Any, *, fetch_timeout: float = 60.0) -> None:
+    def __init__(self, client: Any, *, fetch_timeout: float = 60.0, voice: bool = False) -> None:
         self.client = client
         self.inbox: queue.Queue[Any] = client.inbox
         self.participant_id: str = client.participant_id  # waits for the join
         self.fetch_timeout = fetch_timeout
+        self.voice: Any = None
+        if voice:
+            # Voice runs on the client's own loop; its notices ("no microphone ...") arrive in
+            # the same inbox as everything else. Poses then go through it (speaking flag).
+            from deeproom.net.voice.background import BackgroundVoice
+
+            self.voice = BackgroundVoice(client)
         room = client.room
         if room is not None:
             self.inbox.put(RoomUpdate(room))
@@ -182,7 +189,24 @@ class RelaySession:
             return _done(exc=exc)
 
     def publish_pose(self, pose: Pose) -> None:
-        self.client.publish_pose(pose)
+        if self.voice is not None:
+            self.voice.publish_pose(pose)
+        else:
+            self.client.publish_pose(pose)
+
+    def set_muted(self, muted: bool) -> bool:
+        """Mute or unmute your microphone; False when this session has no voice."""
+        if self.voice is None:
+            return False
+        self.voice.set_muted(muted)
+        return True
+
+    def press_to_talk(self, pressed: bool) -> bool:
+        if self.voice is None:
+            return False
+        self.voice.set_talk_mode("push")
+        self.voice.press_to_talk(pressed)
+        return True
 
     def fetch_blob(self, sha: str) -> bytes:
         data: bytes = self.client.get_blob(sha).result(self.fetch_timeout)
@@ -218,7 +242,11 @@ class RelaySession:
             return [Notice(f"{op} refused by the room: {data[1]}")]
         if kind == "error":
             return [Notice(f"relay: {data}")]
+        if kind == "voice":
+            return [Notice(str(data))]
         return []
 
     def close(self) -> None:
+        if self.voice is not None:
+            self.voice.close()
         self.client.close()
