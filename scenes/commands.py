@@ -86,11 +86,13 @@ def _client(url: str | None, room: str, name: str, config: Config, **kw: Any) ->
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.models.runtime import keep_freed_memory
     from deeproom.scenes.app import AppOptions, RoomApp
     from deeproom.scenes.demo import DemoEngine
     from deeproom.scenes.runner import run_room
     from deeproom.scenes.session import RelaySession
 
+    keep_freed_memory()  # live all-layer analyses cost ~2x less when freed memory is reused
     run = _settings(args)
     client = _client(args.server or config.server, "demo", args.name, config)
     print(f"demo room on relay {client.url} (room 'demo')")
@@ -103,7 +105,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     finally:
         engine.close()
         app.close()
-        client.close()
+        session.close()  # voice first, then the client
 
 
 def cmd_open(args: argparse.Namespace, config: Config) -> int:
@@ -119,6 +121,9 @@ def cmd_open(args: argparse.Namespace, config: Config) -> int:
         if not Path(m).exists():
             print(f"no such model file: {m}")
             return 2
+    from deeproom.models.runtime import keep_freed_memory
+
+    keep_freed_memory()
     room = args.room or f"open-{secrets.token_hex(3)}"
     client = _client(args.server or config.server, room, args.name, config)
     print(f"room {room!r} on relay {client.url}")
@@ -131,7 +136,7 @@ def cmd_open(args: argparse.Namespace, config: Config) -> int:
     finally:
         engine.close()
         app.close()
-        client.close()
+        session.close()  # voice first, then the client
 
 
 def parse_target(target: str) -> tuple[str, str, str | None]:
@@ -166,7 +171,7 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
         return run_room(app, run, name="join")
     finally:
         app.close()
-        client.close()
+        session.close()
 
 
 def cmd_bench_render(args: argparse.Namespace, config: Config) -> int:
