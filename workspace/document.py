@@ -111,9 +111,32 @@ class RoomDocument:
         self._observers: list[Subscription] = []
         self._snapshot: Room | None = None
         self._updates: list[bytes] = []
+        # Parsed panels and participants, re-read only where a transaction touched them,
+        # so a change costs O(what changed), not O(room).
+        self._panel_cache: dict[str, Panel] = {}
+        self._people_cache: dict[str, Participant] = {}
+        self._settings_cache = RoomSettings()
+        self._dirty_panels: set[str] = set()
+        self._dirty_people: set[str] = set()
+        self._dirty_settings = False
         self._doc.observe(self._on_transaction)
+        self._panels.observe_deep(lambda events: self._mark(events, self._dirty_panels))
+        self._participants.observe_deep(lambda events: self._mark(events, self._dirty_people))
+        self._settings.observe(self._mark_settings)
         if update:
             self.apply_update(update)
+
+    @staticmethod
+    def _mark(events: Any, dirty: set[str]) -> None:
+        for event in events:
+            path = list(event.path)
+            if path:
+                dirty.add(str(path[0]))  # a field of one entry changed
+            else:
+                dirty.update(str(k) for k in event.keys)  # entries added or removed
+
+    def _mark_settings(self, event: Any) -> None:
+        self._dirty_settings = True
 
     # --- reading -------------------------------------------------------------------
 
@@ -128,25 +151,32 @@ class RoomDocument:
         return self._snapshot
 
     def _read(self) -> Room:
-        settings_raw = self._settings.to_py() or {}
-        try:
-            settings = RoomSettings.from_dict(settings_raw)
-        except ValidationError as exc:  # only a foreign writer could put this here
-            log.warning("room %s: ignoring invalid settings: %s", self.room_id, exc)
-            settings = RoomSettings()
-        panels: dict[str, Panel] = {}
-        for pid, raw in (self._panels.to_py() or {}).items():
+        if self._dirty_settings:
+            self._dirty_settings = False
             try:
-                panels[pid] = Panel.from_dict({"id": pid, **raw})
-            except (ValidationError, TypeError) as exc:
-                log.warning("room %s: ignoring invalid panel %r: %s", self.room_id, pid, exc)
-        people: dict[str, Participant] = {}
-        for pid, raw in (self._participants.to_py() or {}).items():
+                self._settings_cache = RoomSettings.from_dict(self._settings.to_py() or {})
+            except ValidationError as exc:  # only a foreign writer could put this here
+                log.warning("room %s: ignoring invalid settings: %s", self.room_id, exc)
+                self._settings_cache = RoomSettings()
+        self._refresh(self._panels, self._dirty_panels, self._panel_cache, Panel.from_dict, "panel")
+        self._refresh(self._participants, self._dirty_people, self._people_cache, Participant.from_dict, "participant")
+        return Room(self.room_id, self._settings_cache, dict(self._panel_cache), dict(self._people_cache))
+
+    def _refresh(self, root: Map, dirty: set[str], cache: dict[str, Any], parse: Any, what: str) -> None:
+        for key in sorted(dirty):
+            cache.pop(key, None)
+            if key not in root:
+                continue
+            entry = root[key]
+            raw = entry.to_py() if isinstance(entry, Map) else entry
+            if not isinstance(raw, dict):
+                log.warning("room %s: ignoring %s %r that is not a map", self.room_id, what, key)
+                continue
             try:
-                people[pid] = Participant.from_dict({"id": pid, **raw})
+                cache[key] = parse({"id": key, **raw})
             except (ValidationError, TypeError, KeyError) as exc:
-                log.warning("room %s: ignoring invalid participant %r: %s", self.room_id, pid, exc)
-        return Room(self.room_id, settings, panels, people)
+                log.warning("room %s: ignoring invalid %s %r: %s", self.room_id, what, key, exc)
+        dirty.clear()
 
     # --- changing ------------------------------------------------------------------
 

@@ -141,3 +141,6 @@ def test_any_operation_sequence_converges(steps: list, sync_points: list[int], r
     rnd.shuffle(order)
     sync(*order)
     assert same(*copies)
+    # The incrementally maintained snapshot equals one read from scratch.
+    fresh = RoomDocument("r", update=copies[0].update_since(None))
+    assert fresh.snapshot().to_dict() == copies[0].snapshot().to_dict()
