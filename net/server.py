@@ -193,7 +193,8 @@ class RelayServer:
             ping_interval=5,
             ping_timeout=10,
         )
-        self._room_loads: dict[str, asyncio.Future[LiveRoom]] = {}
+        self._room_loads: dict[str, asyncio.Future[LiveRoom | None]] = {}
+        self._creating: dict[str, asyncio.Lock] = {}
         self._pending_remote: dict[str, list[bytes]] = {}
         self._secret = b""
         self._runner: web.AppRunner | None = None
@@ -411,13 +412,13 @@ class RelayServer:
         pending = self._room_loads.get(room_id)
         if pending is not None:
             return await asyncio.shield(pending)
-        fut: asyncio.Future[LiveRoom] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[LiveRoom | None] = asyncio.get_running_loop().create_future()
         self._room_loads[room_id] = fut
         self._pending_remote[room_id] = []
         try:
             found = await self.backend.load(room_id)
             if found is None:
-                fut.cancel()
+                fut.set_result(None)  # waiters learn "no such room" too (a cancel would kill their handler)
                 return None
             updates, meta = found
             doc = RoomDocument(room_id)
@@ -542,25 +543,19 @@ class RelayServer:
         invite = P.require_str(d, "invite", "invite", 2048, optional=True)
         sv = P.require_bytes(d, "sv", "state vector", P.MAX_STATE_VECTOR, optional=True)
 
-        room = await self._get_room(room_id)
-        role: Role
-        if room is None:
+        # One join at a time may create a given room in this process; the others wait and join it.
+        creating = self._creating.setdefault(room_id, asyncio.Lock())
+        async with creating:
+            room = await self._create_or_get(room_id, pid, name, colour, key, password)
+        if self._creating.get(room_id) is creating and not creating.locked():
+            del self._creating[room_id]  # later joins find the room loaded
+        async with room.lock:
             role = Role.HOST
             meta = RoomMeta()
             if password:
                 meta.password = await asyncio.to_thread(hash_password, password)
             if key:
                 meta.keys[pid] = _key_hash(key)
-            doc = new_room(room_id, name=room_id, host_id=pid, host_name=name, colour=colour,
-                           capacity=self.settings.capacity)
-            if room_id in self.rooms:  # created while we hashed the password
-                room = self.rooms[room_id]
-            elif await self.backend.create(room_id, doc.update_since(None), meta):
-                room = self._install(room_id, doc, meta, 1)
-            else:
-                room = await self._get_room(room_id)  # another node created it first
-                if room is None:
-                    raise NotFound(f"room {room_id!r} could not be created or loaded")
         async with room.lock:
             if self.rooms.get(room.id) is not room:
                 raise NetError(f"room {room.id!r} was being unloaded; join again")
@@ -589,6 +584,29 @@ class RelayServer:
             "streams": list(room.streams.values()),
             "tick_hz": self.settings.tick_hz,
         }
+
+    async def _create_or_get(
+        self, room_id: str, pid: str, name: str, colour: str, key: str | None, password: str | None
+    ) -> LiveRoom:
+        """The live room, creating it (with the joiner as host) when no node has it."""
+        room = await self._get_room(room_id)
+        if room is not None:
+            return room
+        meta = RoomMeta()
+        if password:
+            meta.password = await asyncio.to_thread(hash_password, password)
+        if key:
+            meta.keys[pid] = _key_hash(key)
+        doc = new_room(room_id, name=room_id, host_id=pid, host_name=name, colour=colour,
+                       capacity=self.settings.capacity)
+        if room_id in self.rooms:  # loaded meanwhile (another node's update arrived)
+            return self.rooms[room_id]
+        if await self.backend.create(room_id, doc.update_since(None), meta):
+            return self._install(room_id, doc, meta, 1)
+        room = await self._get_room(room_id)  # another node created it first
+        if room is None:
+            raise NotFound(f"room {room_id!r} could not be created or loaded")
+        return room
 
     async def _admit(
         self, room: LiveRoom, pid: str, name: str, colour: str, key: str | None, password: str | None, invite: str | None

@@ -273,3 +273,12 @@ async def test_idle_rooms_are_unloaded_compacted_and_reload_intact(tmp_path: Pat
         await eventually(lambda: [r.updates for r in store.rooms() if r.id == "idle"] == [1])  # compacted
         async with RoomClient(relay.url, room="idle", name="B") as b:
             assert b.room.panels == before
+
+
+async def test_clients_joining_a_new_room_at_once_make_exactly_one_host(relay: EmbeddedRelay) -> None:
+    async def join(name: str) -> str:
+        async with RoomClient(relay.url, room="fresh-room", name=name) as c:
+            return c.room.participants[c.participant_id].role.value
+
+    roles = await asyncio.gather(*(join(n) for n in ("A", "B", "C")))
+    assert sorted(roles) == ["host", "member", "member"]
