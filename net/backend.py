@@ -111,12 +111,7 @@ class RelayStore(Store):
         """Append `update` and remember `op_id`, atomically."""
         now = time.time()
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO rooms (id, created, updated) VALUES (?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET updated=excluded.updated",
-                (room_id, now, now),
-            )
-            db.execute("INSERT INTO room_updates (room_id, data, created) VALUES (?, ?, ?)", (room_id, update, now))
+            self._append_in(db, room_id, update, now)
             if op_id is not None:
                 db.execute("INSERT OR IGNORE INTO relay_ops VALUES (?, ?, ?)", (room_id, op_id, now))
 

@@ -12,15 +12,14 @@ matrix and curves update (with trails from the old positions).
 from __future__ import annotations
 
 import math
-import queue
-import threading
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from deeproom.scenes import geometry
-from deeproom.scenes.session import Notice, Session
+from deeproom.scenes.engine_bridge import EngineThread
+from deeproom.scenes.session import Session
 
 
 @dataclass(frozen=True)
@@ -68,37 +67,24 @@ class TrainedLive:
     test: Any
 
 
-class DemoEngine:
+class DemoEngine(EngineThread):
     """Trains and publishes in a thread; `request(action, payload)` queues more work."""
+
+    thread_name = "deeproom-demo-engine"
 
     def __init__(self, session: Session, *, seed: int = 0, progress: Callable[[str], None] | None = None,
                  slots: list[Slot] | None = None) -> None:
-        self.session = session
+        super().__init__(session, progress)
         self.seed = seed
-        self.progress = progress or (lambda s: None)
         self.slots = slots or DEMO_SLOTS
-        self.ready = threading.Event()
-        self.failed: str | None = None
-        self._queue: queue.Queue[tuple[str, Mapping[str, Any]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._main, name="deeproom-demo-engine", daemon=True)
         self.trained: Any = None
         self._cloud_positions: Any = None
 
     def start(self) -> DemoEngine:
-        self._thread.start()
+        super().start()
         return self
 
-    def request(self, action: str, payload: Mapping[str, Any]) -> None:
-        self._queue.put((action, payload))
-
-    def close(self) -> None:
-        self._queue.put(None)
-
     # --- thread -------------------------------------------------------------------------------
-
-    def _say(self, text: str, error: bool = False) -> None:
-        self.progress(text)
-        self.session.inbox.put(Notice(text, error=error))
 
     def _main(self) -> None:
         try:

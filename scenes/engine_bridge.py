@@ -165,3 +165,41 @@ def attention_blob(seed: int = 0) -> bytes:
     model = TinyViT().eval()
     layer = "blocks.0.attn.softmax"
     return blobs.attention_blob(AttentionMaps(model, layer).compute(load_digits().x[:1]), layer)
+
+
+class EngineThread:
+    """The shape shared by the scenes' engines (demo, open): work done on one thread,
+    fed by `request(action, payload)`, telling the room through the session's inbox."""
+
+    thread_name = "deeproom-engine"
+
+    def __init__(self, session: Any, progress: Callable[[str], None] | None = None) -> None:
+        import queue
+        import threading
+        from collections.abc import Mapping
+
+        self.session = session
+        self.progress = progress or (lambda s: None)
+        self.ready = threading.Event()
+        self.failed: str | None = None
+        self._queue: queue.Queue[tuple[str, Mapping[str, Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._main, name=self.thread_name, daemon=True)
+
+    def start(self) -> Any:
+        self._thread.start()
+        return self
+
+    def request(self, action: str, payload: Any) -> None:
+        self._queue.put((action, payload))
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _say(self, text: str, error: bool = False) -> None:
+        from deeproom.scenes.session import Notice
+
+        self.progress(text)
+        self.session.inbox.put(Notice(text, error=error))
+
+    def _main(self) -> None:
+        raise NotImplementedError  # each engine defines its own loop

@@ -9,15 +9,12 @@ open with their top-level groups collapsed (the graph view decides).
 from __future__ import annotations
 
 import math
-import queue
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from deeproom.scenes import engine_bridge as eb
 from deeproom.scenes import geometry
-from deeproom.scenes.session import Notice, Session
+from deeproom.scenes.session import Session
 
 
 def side_by_side(i: int, n: int, width: float = 2.4, gap: float = 0.3, depth: float = 3.3) -> dict[str, list[float]]:
@@ -28,29 +25,18 @@ def side_by_side(i: int, n: int, width: float = 2.4, gap: float = 0.3, depth: fl
     return {"position": list(pos), "rotation": list(geometry.facing_quat(pos, (0, 1.6, 0))), "scale": [1, 1, 1]}
 
 
-class ModelsEngine:
+class ModelsEngine(eb.EngineThread):
+    """Loads each model, extracts its graph and publishes it, in a thread."""
+
+    thread_name = "deeproom-open"
+
     def __init__(self, session: Session, paths: list[Path], *, progress: Callable[[str], None] | None = None) -> None:
-        self.session = session
+        super().__init__(session, progress)
         self.paths = paths
-        self.progress = progress or (lambda s: None)
-        self.ready = threading.Event()
-        self.failed: str | None = None
-        self._queue: queue.Queue[tuple[str, Mapping[str, Any]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._main, name="deeproom-open", daemon=True)
 
     def start(self) -> ModelsEngine:
-        self._thread.start()
+        super().start()
         return self
-
-    def request(self, action: str, payload: Mapping[str, Any]) -> None:
-        self._queue.put((action, payload))
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def _say(self, text: str, error: bool = False) -> None:
-        self.progress(text)
-        self.session.inbox.put(Notice(text, error=error))
 
     def _main(self) -> None:
         try:

@@ -155,17 +155,21 @@ class Store:
         When this returns, the update is on disk.
         """
         check_id(room_id, "room id")
-        now = time.time()
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO rooms (id, created, updated) VALUES (?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET updated=excluded.updated",
-                (room_id, now, now),
-            )
-            cur = db.execute(
-                "INSERT INTO room_updates (room_id, data, created) VALUES (?, ?, ?)", (room_id, bytes(update), now)
-            )
-            return int(cur.lastrowid or 0)
+            return self._append_in(db, room_id, update, time.time())
+
+    @staticmethod
+    def _append_in(db: sqlite3.Connection, room_id: str, update: bytes, now: float) -> int:
+        """Append within an open transaction (for stores that write more in the same one)."""
+        db.execute(
+            "INSERT INTO rooms (id, created, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET updated=excluded.updated",
+            (room_id, now, now),
+        )
+        cur = db.execute(
+            "INSERT INTO room_updates (room_id, data, created) VALUES (?, ?, ?)", (room_id, bytes(update), now)
+        )
+        return int(cur.lastrowid or 0)
 
     def save_room(self, doc: RoomDocument) -> None:
         """Store a room's whole state as one update (for a room not yet stored, or a snapshot)."""
