@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace, report: dict[str, Any]) -> None:
     report["swapchain_format"] = session.swapchain_format
     report["egl"] = bool(session.use_egl)
 
-    captures = []
+    captures: list[dict[str, Any]] = []
     n0 = rig.stats.frames_submitted
     t1 = time.perf_counter()
     next_capture = 0.0
@@ -148,6 +148,8 @@ def _run(args: argparse.Namespace, report: dict[str, Any]) -> None:
                 next_capture += interval
     elapsed = time.perf_counter() - t1
     report["frames_submitted"] = rig.stats.frames_submitted
+    if rig.last_frame is not None and rig.last_frame.period_ns:
+        report["runtime_display_hz"] = 1e9 / rig.last_frame.period_ns
     report["frames_submitted_per_s"] = (rig.stats.frames_submitted - n0) / elapsed
     report["captures"] = captures
     report["controllers"] = {

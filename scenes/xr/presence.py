@@ -67,14 +67,7 @@ class PosePublisher:
         from deeproom.net import BackgroundClient  # type: ignore[attr-defined]
 
         client = BackgroundClient(url, room=room, name=name)
-        start = getattr(client, "start", None)
-        if callable(start):
-            start()
-        deadline = time.monotonic() + 20
-        while not getattr(client, "participant_id", None):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not join room {room!r} at {url} within 20 s")
-            time.sleep(0.05)
+        client.wait_ready(timeout=20)
         return cls(client, owns_sink=True)
 
     def on_frame(self, frame: Any, rig: Any) -> None:

@@ -64,6 +64,8 @@ class XRRig:
     # --- building -------------------------------------------------------------
 
     def start(self) -> XRRig:
+        import builtins
+
         from panda3d.core import (
             Camera,
             FrameBufferProperties,
@@ -75,8 +77,6 @@ class XRRig:
             Texture,
             WindowProperties,
         )
-
-        import builtins
 
         base = builtins.base  # type: ignore[attr-defined]
         self._base = base
@@ -120,7 +120,7 @@ class XRRig:
 
     def _make_mirror(self, Camera: Any, NodePath: Any) -> None:
         """The desktop window shows the left eye (for the people around the wearer)."""
-        from panda3d.core import CardMaker, OrthographicLens
+        from panda3d.core import CardMaker, CS_zup_right, OrthographicLens
 
         base = self._base
         self._main_cam_was_active = bool(base.camNode.isActive())
@@ -132,6 +132,9 @@ class XRRig:
         card.setTexture(self._textures[0])
         card.setY(1)
         lens = OrthographicLens()
+        # CardMaker builds in the x-z plane of Panda's z-up convention; Ursina makes the
+        # default y-up-left, so this little scene states its own convention.
+        lens.setCoordinateSystem(CS_zup_right)
         lens.setFilmSize(2, 2)
         lens.setNearFar(0.1, 10)
         cam = scene.attachNewNode(Camera("xr-mirror-cam", lens))

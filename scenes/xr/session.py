@@ -191,7 +191,7 @@ class XRSession:
                 glx_drawable=glx.drawable,
                 glx_context=ctypes.cast(ctypes.c_void_p(glx.context), fields["glx_context"]),
             )
-            self._keepalive = (binding,)
+            self._keepalive = (binding, None)
         try:
             self.session = xr.create_session(
                 self.instance,
