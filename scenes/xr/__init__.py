@@ -21,9 +21,19 @@ from typing import TYPE_CHECKING, TextIO
 from .errors import XRError, XRRootError, XRUnavailable
 
 if TYPE_CHECKING:
+    from .app_rig import AppXRRig
     from .rig import XRRig
 
-__all__ = ["XRError", "XRRootError", "XRUnavailable", "start_xr"]
+
+def attach_to_app(app: object, *, render_scale: float = 1.0) -> AppXRRig:
+    """The scenes app's hook for `--xr`: switch `app` to the headset rig. Raises
+    XRUnavailable (one line) when there is no usable runtime; the app then stays on
+    the desktop."""
+    from .app_rig import attach_to_app as attach
+
+    return attach(app, render_scale=render_scale)
+
+__all__ = ["XRError", "XRRootError", "XRUnavailable", "attach_to_app", "start_xr"]
 
 
 def start_xr(

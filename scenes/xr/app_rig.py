@@ -1,0 +1,146 @@
+"""The XR rig as the scenes app's `Rig`: headset cameras, controllers as pointers.
+
+`attach_to_app(app)` (called by the app for `--xr`) opens the runtime first, so a
+missing or refusing runtime raises XRUnavailable before anything changes and the
+app stays on the desktop rig. Controllers become the app's input: the right
+hand's trigger (or squeeze) presses/drags/releases along its laser
+(`pointer_press/move/release`), the right stick snap-turns 30 degrees, the left
+stick walks (in the direction the head faces).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from deeproom.presence import HandPose
+
+from .convert import RigOrigin
+from .errors import XRUnavailable
+
+SNAP_DEGREES = 30.0
+WALK_SPEED = 1.5  # metres per second at full stick
+EYE_HEIGHT = 1.6
+
+
+def attach_to_app(app: Any, *, render_scale: float = 1.0) -> AppXRRig:
+    from .input import Controllers
+    from .session import XRSession
+
+    session = XRSession("DeepRoom", render_scale=render_scale)
+    try:
+        session.open()
+        session.actions = Controllers(session.instance)
+    except XRUnavailable:
+        session.close()
+        raise
+    rig = AppXRRig(session)
+    app.set_rig(rig)
+    return rig
+
+
+class AppXRRig:
+    """Implements the scenes app's Rig protocol on top of XRRig."""
+
+    def __init__(self, session: Any) -> None:
+        from .rig import XRRig
+
+        self.xr = XRRig(session)
+        self.app: Any = None
+        self._pressed = False
+        self._snap_armed = True
+
+    def attach(self, app: Any) -> None:
+        self.app = app
+        self.xr.start()
+
+    def detach(self) -> None:
+        self.xr.close()
+
+    # --- poses ---------------------------------------------------------------
+
+    def head(self) -> tuple[tuple[float, float, float], tuple[float, float, float, float]]:
+        if self.xr.head_pose is None:
+            x, y, z = self.xr.origin_pose.position
+            return (x, y + EYE_HEIGHT, z), self.xr.origin_pose.quat()
+        return self.xr.room_pose(self.xr.head_pose)
+
+    def _hand(self, side: str) -> Any:
+        actions = self.xr.session.actions
+        return actions.state.hands[side] if actions is not None else None
+
+    def hands(self) -> tuple[HandPose | None, HandPose | None]:
+        out: list[HandPose | None] = []
+        for side in ("left", "right"):
+            hand = self._hand(side)
+            if hand is None or hand.grip is None:
+                out.append(None)
+            else:
+                pos, rot = self.xr.room_pose(hand.grip)
+                out.append(HandPose(position=pos, rotation=rot))
+        return out[0], out[1]
+
+    def pointer_ray(self) -> tuple[np.ndarray, np.ndarray] | None:
+        hand = self._hand("right")
+        if hand is None or hand.aim is None:
+            return None
+        start, _ = self.xr.room_pose(hand.aim)
+        return np.asarray(start), np.asarray(self.xr.origin_pose.room_direction(hand.aim))
+
+    # --- moving the play space ---------------------------------------------------
+
+    def teleport(self, position: tuple[float, float, float], yaw_degrees: float | None = None) -> None:
+        """Put the wearer's eyes (roughly) at `position`: the floor goes EYE_HEIGHT below."""
+        yaw = self.xr.origin_pose.yaw if yaw_degrees is None else math.radians(yaw_degrees)
+        x, y, z = position
+        self.xr.set_origin(RigOrigin((x, max(0.0, y - EYE_HEIGHT), z), yaw))
+
+    def follow(self, position: tuple[float, float, float], rotation: tuple[float, float, float, float], dt: float) -> None:
+        # Moving a headset wearer's view for them makes people sick; follow mode only
+        # brings the play space next to the presenter once, when it is far away.
+        hx, _, hz = self.head()[0]
+        if math.hypot(position[0] - hx, position[2] - hz) > 3.0:
+            self.teleport(position)
+
+    def input(self, key: str) -> None:
+        """Keyboard keys still reach the desktop handlers; nothing XR-specific."""
+
+    # --- per frame: controllers -> the app's input ---------------------------------------
+
+    def update(self, dt: float) -> None:
+        if self.xr.error is not None:
+            raise self.xr.error
+        right, left = self._hand("right"), self._hand("left")
+        if right is None or self.app is None:
+            return
+        ray = self.pointer_ray()
+        pressing = max(right.select, right.grab) > 0.5
+        if ray is not None:
+            if pressing and not self._pressed:
+                self.app.pointer_press(ray[0], ray[1])
+            elif pressing:
+                self.app.pointer_move(ray[0], ray[1])
+        if self._pressed and not pressing:
+            self.app.pointer_release(*(ray if ray is not None else (None, None)))
+        self._pressed = pressing
+        sx = right.stick[0]
+        if abs(sx) > 0.7 and self._snap_armed:
+            o = self.xr.origin_pose
+            self.xr.set_origin(RigOrigin(o.position, o.yaw + math.copysign(math.radians(SNAP_DEGREES), sx)))
+            self._snap_armed = False
+        elif abs(sx) < 0.3:
+            self._snap_armed = True
+        if left is not None and math.hypot(*left.stick) > 0.15:
+            _, head_rot = self.head()
+            from deeproom.scenes.geometry import quat_matrix
+
+            fwd = quat_matrix(head_rot)[:, 2]
+            fwd = np.array([fwd[0], 0.0, fwd[2]])
+            fwd /= np.linalg.norm(fwd) or 1.0
+            right_dir = np.array([fwd[2], 0.0, -fwd[0]])
+            step = (fwd * left.stick[1] + right_dir * left.stick[0]) * WALK_SPEED * dt
+            o = self.xr.origin_pose
+            p = np.asarray(o.position) + step
+            self.xr.set_origin(RigOrigin((float(p[0]), float(p[1]), float(p[2])), o.yaw))
