@@ -55,8 +55,15 @@ class AppXRRig:
     def attach(self, app: Any) -> None:
         self.app = app
         self.xr.start()
+        info = self.xr.session.info
+        if info is not None:
+            w, h = info.view_sizes[0]
+            print(f"XR mode: {info.runtime} / {info.system}, {w}x{h} per eye; the window mirrors the left eye")
 
     def detach(self) -> None:
+        stats = self.xr.stats
+        if self.xr._base is not None:
+            print(f"XR mode ended: {stats.frames_submitted} frames submitted to the headset")
         self.xr.close()
 
     # --- poses ---------------------------------------------------------------

@@ -130,11 +130,10 @@ class XRRig:
         cm.setFrame(-1, 1, -1, 1)
         card = scene.attachNewNode(cm.generate())
         card.setTexture(self._textures[0])
-        card.setY(1)
+        # Under Ursina Panda's default is y-up-left: CardMaker's card lies in the x-y
+        # plane and the camera looks along +z, so the card goes one unit ahead in z.
+        card.setPos(0, 0, 1)
         lens = OrthographicLens()
-        # CardMaker builds in the x-z plane of Panda's z-up convention; Ursina makes the
-        # default y-up-left, so this little scene states its own convention.
-        lens.setCoordinateSystem(CS_zup_right)
         lens.setFilmSize(2, 2)
         lens.setNearFar(0.1, 10)
         cam = scene.attachNewNode(Camera("xr-mirror-cam", lens))

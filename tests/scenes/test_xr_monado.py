@@ -149,6 +149,21 @@ def test_head_motion_moves_the_view_the_right_way(run: dict[str, Any]) -> None:
     assert moved >= 1, f"the simulated head did not move enough between readbacks: {tracks}"
 
 
+def test_mirror_window_shows_the_left_eye(run: dict[str, Any]) -> None:
+    """The desktop window (the mirror) shows the left eye, scaled to the window."""
+    mirror = run["_mirror"]
+    eye = run["_images"][run["captures"][-1]["file"]]
+    red = next(p for p in run["panels"] if p["name"] == "red")["color"]
+    eye_red = np.all(np.abs(eye[..., :3].astype(int) - red) <= 3, axis=-1)
+    mirror_red = np.all(np.abs(mirror[..., :3].astype(int) - red) <= 3, axis=-1)
+    assert eye_red.sum() > 100 and mirror_red.sum() > 100
+    ey, ex = np.nonzero(eye_red)
+    my, mx = np.nonzero(mirror_red)
+    sx, sy = mirror.shape[1] / eye.shape[1], mirror.shape[0] / eye.shape[0]
+    # The mirror holds the last frame; the head moves a little after the readback.
+    assert abs(mx.mean() - ex.mean() * sx) < 40 and abs(my.mean() - ey.mean() * sy) < 40
+
+
 def test_controllers_are_bound_and_tracked(run: dict[str, Any]) -> None:
     c = run["controllers"]
     assert set(c["suggested"]) >= {
@@ -181,3 +196,51 @@ def test_service_stopped_by_pid_leaves_no_mounts(root: MonadoRoot) -> None:
     assert not Path(f"/proc/{pid}").exists() or "monado" not in Path(f"/proc/{pid}/cmdline").read_text()
     mounts = Path("/proc/mounts").read_text()
     assert str(root.path) not in mounts
+
+
+def test_the_real_room_in_the_headset(root: MonadoRoot, tmp_path: Path) -> None:
+    """`deeproom join --xr` inside the folder: the scenes app switches to the XR rig,
+    submits frames to Monado, and its window (the mirror) shows the room's panel."""
+    from deeproom.net import EmbeddedRelay, RoomClient
+
+    async def main() -> tuple[int, str, np.ndarray]:
+        async with EmbeddedRelay(host="127.0.0.1", port=0, data_dir=tmp_path) as relay, RoomClient(
+            relay.url, room="r1", name="Host"
+        ) as host:
+            await host.apply({"op": "add_panel", "panel_id": "p1", "kind": "image", "title": "hello",
+                              "transform": {"position": [0, 1.6, 2.0], "rotation": [1, 0, 0, 0], "scale": [1, 1, 1]}})
+            with MonadoService(root) as service:
+                out_host, out_inside = root.make_dir("join-")
+                try:
+                    cmd = root.command(
+                        ["python", "-m", "deeproom.cli", "join", f"{relay.url}/r1", "--headless", "--xr", "--no-voice",
+                         "--frames", "40", "--size", "320x240", "--snapshot", out_inside + "/snap.png"],
+                        service.client_env(),
+                    )
+                    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                                stderr=asyncio.subprocess.STDOUT)
+                    try:
+                        out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
+                    finally:
+                        if proc.returncode is None:
+                            proc.kill()
+                            await proc.wait()
+                    from PIL import Image
+
+                    snap = np.asarray(Image.open(out_host / "snap.png").convert("RGB"))
+                finally:
+                    shutil.rmtree(out_host, ignore_errors=True)
+                return proc.returncode or 0, out.decode(errors="replace"), snap
+
+    rc, log, snap = asyncio.run(main())
+    assert rc == 0, log[-3000:]
+    assert "XR mode: Monado" in log, log[-3000:]
+    assert "XR is unavailable" not in log
+    ended = [line for line in log.splitlines() if line.startswith("XR mode ended:")]
+    assert ended and int(ended[0].split()[3]) > 5, log[-3000:]
+    # The panel (ahead, at eye height) covers a good part of the mirrored left eye.
+    h, w, _ = snap.shape
+    centre = snap[h // 3: 2 * h // 3, w // 3: 2 * w // 3].astype(int)
+    background = snap[5:15, w // 2 - 5: w // 2 + 5].astype(int).mean(axis=(0, 1))
+    differs = np.abs(centre - background).sum(axis=-1) > 30
+    assert differs.mean() > 0.2, "the room's panel should be in the mirrored left eye"
