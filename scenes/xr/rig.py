@@ -120,7 +120,7 @@ class XRRig:
 
     def _make_mirror(self, Camera: Any, NodePath: Any) -> None:
         """The desktop window shows the left eye (for the people around the wearer)."""
-        from panda3d.core import CardMaker, CS_zup_right, OrthographicLens
+        from panda3d.core import CardMaker, OrthographicLens
 
         base = self._base
         self._main_cam_was_active = bool(base.camNode.isActive())
