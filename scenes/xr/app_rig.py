@@ -4,8 +4,11 @@
 missing or refusing runtime raises XRUnavailable before anything changes and the
 app stays on the desktop rig. Controllers become the app's input: the right
 hand's trigger (or squeeze) presses/drags/releases along its laser
-(`pointer_press/move/release`), the right stick snap-turns 30 degrees, the left
-stick walks (in the direction the head faces).
+(`pointer_press/move/release`); the right stick snap-turns 30 degrees (sideways)
+or teleports (push forward, aim the laser at the floor, let go); the left stick
+walks (in the direction the head faces); holding the left squeeze sizes the latent
+cloud's selection sphere to half the distance between the hands (the sphere is
+placed with the laser, as on the desktop).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .convert import RigOrigin
 from .errors import XRUnavailable
 
 SNAP_DEGREES = 30.0
+TELEPORT_RANGE = 10.0  # metres along the laser
 WALK_SPEED = 1.5  # metres per second at full stick
 EYE_HEIGHT = 1.6
 
@@ -41,6 +45,25 @@ def attach_to_app(app: Any, *, render_scale: float = 1.0) -> AppXRRig:
     return rig
 
 
+def floor_hit(origin: Any, direction: Any, max_distance: float = TELEPORT_RANGE) -> tuple[float, float, float] | None:
+    """Where a ray meets the floor (y = 0) within max_distance, or None."""
+    o = np.asarray(origin, dtype=float)
+    d = np.asarray(direction, dtype=float)
+    d = d / (np.linalg.norm(d) or 1.0)
+    if d[1] >= -1e-6:
+        return None
+    t = -o[1] / d[1]
+    if t < 0 or t > max_distance:
+        return None
+    p = o + t * d
+    return (float(p[0]), 0.0, float(p[2]))
+
+
+def sphere_radius_from_hands(left: Any, right: Any, lo: float = 0.01, hi: float = 1.0) -> float:
+    """Selection sphere radius: half the distance between the hands, clamped."""
+    return float(np.clip(0.5 * np.linalg.norm(np.subtract(right, left)), lo, hi))
+
+
 class AppXRRig:
     """Implements the scenes app's Rig protocol on top of XRRig."""
 
@@ -51,6 +74,7 @@ class AppXRRig:
         self.app: Any = None
         self._pressed = False
         self._snap_armed = True
+        self._teleport_armed = False
 
     def attach(self, app: Any) -> None:
         self.app = app
@@ -132,13 +156,28 @@ class AppXRRig:
         if self._pressed and not pressing:
             self.app.pointer_release(*(ray if ray is not None else (None, None)))
         self._pressed = pressing
-        sx = right.stick[0]
+        sx, sy = right.stick
+        if sy > 0.7 and abs(sx) < 0.5:
+            self._teleport_armed = True
+        elif self._teleport_armed and abs(sy) < 0.3:
+            self._teleport_armed = False
+            target = floor_hit(*ray) if ray is not None else None
+            if target is not None:
+                o = self.xr.origin_pose
+                head = self.head()[0]
+                # Keep the wearer's offset within the play space: their head lands on the target.
+                dx, dz = target[0] - head[0], target[2] - head[2]
+                self.xr.set_origin(RigOrigin((o.position[0] + dx, o.position[1], o.position[2] + dz), o.yaw))
         if abs(sx) > 0.7 and self._snap_armed:
             o = self.xr.origin_pose
             self.xr.set_origin(RigOrigin(o.position, o.yaw + math.copysign(math.radians(SNAP_DEGREES), sx)))
             self._snap_armed = False
         elif abs(sx) < 0.3:
             self._snap_armed = True
+        left_pose, right_pose = self.hands()
+        if left is not None and left.grab > 0.5 and left_pose is not None and right_pose is not None \
+                and hasattr(self.app, "cloud_radius"):
+            self.app.cloud_radius = sphere_radius_from_hands(left_pose.position, right_pose.position)
         if left is not None and math.hypot(*left.stick) > 0.15:
             _, head_rot = self.head()
             from deeproom.scenes.geometry import quat_matrix
