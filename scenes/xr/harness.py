@@ -162,7 +162,14 @@ def _run(args: argparse.Namespace, report: dict[str, Any]) -> None:
     if publisher is not None:
         report["poses_published"] = publisher.published
         report["last_published"] = publisher.last_summary()
-    # The mirror: what the desktop window shows is the left eye.
+    # The mirror: what the desktop window shows is the left eye -- of the same frame
+    # (the eye buffers render before the window), read back together.
+    session.request_capture(0)
+    app.step()
+    final = session.take_capture(0)
+    if final is not None:
+        np.save(args.out / "left-final.npy", final)
+        report["mirror_eye"] = "left-final.npy"
     shot = app.win.getScreenshot()
     if shot is not None:
         data = shot.getRamImageAs("RGBA")

@@ -72,6 +72,7 @@ def run(root: MonadoRoot, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
                     report["_images"] = {c["file"]: np.load(out_host / c["file"]) for c in report.get("captures", [])}
                     if report.get("mirror"):
                         report["_mirror"] = np.load(out_host / report["mirror"])
+                        report["_mirror_eye"] = np.load(out_host / report["mirror_eye"])
                 finally:
                     shutil.rmtree(out_host, ignore_errors=True)
             report["_seen"] = seen
@@ -152,7 +153,7 @@ def test_head_motion_moves_the_view_the_right_way(run: dict[str, Any]) -> None:
 def test_mirror_window_shows_the_left_eye(run: dict[str, Any]) -> None:
     """The desktop window (the mirror) shows the left eye, scaled to the window."""
     mirror = run["_mirror"]
-    eye = run["_images"][run["captures"][-1]["file"]]
+    eye = run["_mirror_eye"]  # the left eye of the frame the window shows
     red = next(p for p in run["panels"] if p["name"] == "red")["color"]
     eye_red = np.all(np.abs(eye[..., :3].astype(int) - red) <= 3, axis=-1)
     mirror_red = np.all(np.abs(mirror[..., :3].astype(int) - red) <= 3, axis=-1)
@@ -160,8 +161,7 @@ def test_mirror_window_shows_the_left_eye(run: dict[str, Any]) -> None:
     ey, ex = np.nonzero(eye_red)
     my, mx = np.nonzero(mirror_red)
     sx, sy = mirror.shape[1] / eye.shape[1], mirror.shape[0] / eye.shape[0]
-    # The mirror holds the last frame; the head moves a little after the readback.
-    assert abs(mx.mean() - ex.mean() * sx) < 40 and abs(my.mean() - ey.mean() * sy) < 40
+    assert abs(mx.mean() - (ex.mean() + 0.5) * sx) < 3 and abs(my.mean() - (ey.mean() + 0.5) * sy) < 3
 
 
 def test_controllers_are_bound_and_tracked(run: dict[str, Any]) -> None:
