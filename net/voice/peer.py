@@ -23,6 +23,7 @@ from deeproom.net.voice.ice import LOOPBACK, host_addresses
 
 FrameSink = Callable[[str, np.ndarray, float], None]
 MAX_LAG_S = 0.12  # how far behind its schedule a decoded frame may be and still be played
+SETTLE_LATE_S = 1.0  # frames late for this long in a row: accept the new lag rather than go silent
 
 
 def opus_only() -> list:
@@ -50,6 +51,7 @@ class VoiceLink:
         self.last_rx = 0.0
         self.frames_rx = 0
         self.frames_late = 0  # dropped for arriving too far behind schedule
+        self.lag_resets = 0  # times a lasting lag was accepted (a machine too loaded to catch up)
         self.connected = False
         self._sink = sink
         self._speaker_of = speaker_of or (lambda _t: label)
@@ -125,6 +127,7 @@ class VoiceLink:
     async def _pull(self, track: MediaStreamTrack) -> None:
         speaker = self._speaker_of(track)
         best: float | None = None  # smallest (arrival - media time) seen: the least-delayed frame
+        late_since: float | None = None  # when the current run of late frames began
         while True:
             try:
                 frame = await track.recv()
@@ -137,14 +140,21 @@ class VoiceLink:
                 # A starved event loop leaves decoded frames queued inside aiortc; playing
                 # them late would keep the whole conversation late for good. Frames further
                 # behind their schedule than MAX_LAG_S are dropped instead (a short gap).
+                # If every frame stays late for SETTLE_LATE_S (a sender or receiver too
+                # loaded ever to catch up), that lag becomes the schedule: late voice
+                # beats none.
                 offset = now - float(frame.pts * frame.time_base)
                 if best is not None:
                     best += 2e-5  # follow up to 1,000 ppm of clock drift between machines
                 if best is None or offset < best or offset - best > 10.0:  # 10 s: a new stream
                     best = offset
                 elif offset - best > MAX_LAG_S:
-                    self.frames_late += 1
-                    continue
+                    late_since = now if late_since is None else late_since
+                    if now - late_since < SETTLE_LATE_S:
+                        self.frames_late += 1
+                        continue
+                    best, self.lag_resets = offset, self.lag_resets + 1
+                late_since = None
             self._sink(speaker, frame_to_mono(frame), now)
 
     def stalled(self, after_s: float) -> bool:

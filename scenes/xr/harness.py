@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace, report: dict[str, Any]) -> None:
         report["mirror"] = "mirror.npy"
     session.request_exit()
     t2 = time.perf_counter()
-    while session.running and time.perf_counter() - t2 < 5:
+    while session.running and time.perf_counter() - t2 < 20:  # generous: a loaded host tears down slowly
         app.step()
     report["states"] = session.state_history
     rig.close()

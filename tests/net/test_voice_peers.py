@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from deeproom.net import EmbeddedRelay, RoomClient
-from deeproom.net.voice import SilenceTrack, ToneTrack, VoiceConfig, dominant_hz, rms
+from deeproom.net.voice import SilenceTrack, ToneTrack, VoiceConfig, rms
 from deeproom.net.voice.audio import SAMPLE_RATE
 from deeproom.net.voice.room import RoomVoice
 from deeproom.net.voice.spatial import render_live
 from deeproom.presence import Pose
 
-from .conftest import eventually
+from .conftest import assert_tone, eventually, voiced, voiced_fraction
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,8 +43,7 @@ async def test_a_tone_from_a_arrives_at_b_as_440_hz_and_mute_silences_it(relay: 
     async with member(relay, "A", tone) as a, member(relay, "B", SilenceTrack()) as b:
         await eventually(lambda: len(heard(b, a, 1.0)) >= SAMPLE_RATE, timeout=20)
         got = heard(b, a, 1.0)
-        assert abs(dominant_hz(got) - 440.0) < 2.0
-        assert rms(got) > 0.2  # a 0.5 sine has rms 0.35; Opus keeps most of it
+        assert_tone(got, 440.0, min_rms=0.2)  # a 0.5 sine has rms 0.35; Opus keeps most of it
         # the SDP offered loopback only
         sdp = a.session.links[b.client.participant_id].pc.localDescription.sdp
         cands = [line for line in sdp.splitlines() if line.startswith("a=candidate")]
@@ -57,7 +56,7 @@ async def test_a_tone_from_a_arrives_at_b_as_440_hz_and_mute_silences_it(relay: 
         assert rms(heard(b, a, 0.6)) < 0.01
         a.set_muted(False)
         await asyncio.sleep(0.6)
-        assert rms(heard(b, a, 0.3)) > 0.2
+        assert rms(voiced(heard(b, a, 0.3))) > 0.2
 
 
 async def test_three_peer_mesh_everyone_hears_everyone(relay: EmbeddedRelay) -> None:
@@ -76,9 +75,7 @@ async def test_three_peer_mesh_everyone_hears_everyone(relay: EmbeddedRelay) -> 
             assert len(vs[x].session.links) == 2
             for y in vs:
                 if x != y:
-                    # the three tones are >= 110 Hz apart; a few Hz of slack for a dropped frame
-                    # on a loaded machine (a gap moves the FFT peak of a short window)
-                    assert abs(dominant_hz(heard(vs[x], vs[y], 1.0)) - freqs[y]) < 8.0, (x, y)
+                    assert_tone(heard(vs[x], vs[y], 1.0), freqs[y], min_rms=0.1)
 
 
 async def test_a_peer_that_leaves_and_rejoins_is_heard_again(relay: EmbeddedRelay) -> None:
@@ -90,7 +87,7 @@ async def test_a_peer_that_leaves_and_rejoins_is_heard_again(relay: EmbeddedRela
         await eventually(lambda: first not in b.session.links, timeout=10)
         async with member(relay, "Ann again", ToneTrack(550.0)) as a2:
             await eventually(lambda: len(heard(b, a2, 0.5)) >= SAMPLE_RATE // 2, timeout=20)
-            assert abs(dominant_hz(heard(b, a2)) - 550.0) < 3.0
+            assert_tone(heard(b, a2), 550.0, min_rms=0.1)
 
 
 async def test_speaking_flag_reaches_others_in_presence(relay: EmbeddedRelay) -> None:
@@ -112,10 +109,13 @@ async def test_per_person_volume_scales_what_is_heard(relay: EmbeddedRelay) -> N
         pid = a.client.participant_id
         b.mixer.set_position(pid, (0.0, 1.6, 1.0))  # 1 m in front: full volume
         await render_live(b.mixer, 0.2)  # settle the jitter buffer and gains
-        loud = rms(await render_live(b.mixer, 0.4))
+        loud_mix = await render_live(b.mixer, 0.4)
         b.set_volume(pid, 0.25)
         await render_live(b.mixer, 0.05)
-        quiet = rms(await render_live(b.mixer, 0.4))
+        quiet_mix = await render_live(b.mixer, 0.4)
+        # compare the blocks that carried the voice (a late frame renders as silence)
+        assert voiced_fraction(loud_mix) > 0.5 and voiced_fraction(quiet_mix) > 0.5
+        loud, quiet = rms(voiced(loud_mix)), rms(voiced(quiet_mix))
         assert loud > 0.05
         assert 0.15 < quiet / loud < 0.35
 
@@ -152,9 +152,9 @@ async def test_a_participant_muted_by_the_host_is_silent_and_mute_all_spares_the
         h.session.recorders[bid].clear()
         await asyncio.sleep(0.6)
         assert rms(heard(h, b, 0.4)) < 0.01  # still silent: everyone but the host is muted
-        assert rms(heard(b, h, 0.4)) > 0.15 and abs(dominant_hz(heard(b, h, 0.4)) - 330.0) < 5  # the host is heard
+        assert_tone(heard(b, h, 0.4), 330.0)  # the host is heard
         await h.client.apply({"op": "mute_all", "muted": False})
-        await eventually(lambda: rms(heard(h, b, 0.2)) > 0.15, timeout=10)
+        await eventually(lambda: rms(voiced(heard(h, b, 0.2))) > 0.15, timeout=10)
         assert hid != bid
 
 
@@ -163,16 +163,48 @@ async def test_a_starved_receiver_drops_late_frames_instead_of_staying_late(rela
         pid = a.client.participant_id
         await eventually(lambda: len(heard(b, a, 0.5)) >= SAMPLE_RATE // 2, timeout=20)
         link = b.session.links[pid]
-        assert link.frames_late == 0
+        before = link.frames_late  # a loaded host may already have delivered a few late
         time.sleep(0.5)  # starve this event loop (and every connection on it) for half a second
-        await eventually(lambda: link.frames_late > 0, timeout=5)
+        await eventually(lambda: link.frames_late > before, timeout=5)
         # once the sender (starved too: same loop) has caught up, frames arrive on schedule
         # again: a whole second without a late one, and the tone is whole
-        for _ in range(8):
+        for _ in range(15):
             late = link.frames_late
             await asyncio.sleep(1.0)
             if link.frames_late == late:
                 break
         else:
             raise AssertionError(f"frames kept arriving late: {link.frames_late}")
-        assert abs(dominant_hz(heard(b, a, 0.5)) - 440.0) < 3.0
+        assert_tone(heard(b, a, 0.5), 440.0)
+
+
+class StallingTone(ToneTrack):
+    """A microphone that, when told to, stops delivering for `stall_s` and then carries on
+    where it left off: every later frame is `stall_s` behind its original schedule."""
+
+    def __init__(self) -> None:
+        super().__init__(440.0, 0.4)
+        self.pending = 0.0
+
+    async def recv(self) -> Any:
+        if self.pending and self._t0 is not None:
+            self._t0, self.pending = self._t0 + self.pending, 0.0
+        return await super().recv()
+
+
+async def test_a_lasting_lag_is_accepted_after_a_second_rather_than_silencing_the_speaker(relay: EmbeddedRelay) -> None:
+    tone = StallingTone()
+    async with member(relay, "A", tone) as a, member(relay, "B", SilenceTrack()) as b:
+        pid = a.client.participant_id
+        await eventually(lambda: len(heard(b, a, 0.5)) >= SAMPLE_RATE // 2, timeout=20)
+        link = b.session.links[pid]
+        before = link.frames_late
+        tone.pending = 1.5
+        # every frame after the stall is 1.5 s late: dropped for a second, then that lag is the schedule
+        await eventually(lambda: link.lag_resets >= 1, timeout=10)
+        late = link.frames_late - before
+        assert 40 <= late <= 70  # about a second of 20 ms frames
+        b.session.recorders[pid].clear()
+        await eventually(lambda: len(heard(b, a, 1.0)) >= SAMPLE_RATE, timeout=10)
+        assert_tone(heard(b, a, 0.5), 440.0)
+        assert link.frames_late - before == late  # nothing dropped once the lag was accepted

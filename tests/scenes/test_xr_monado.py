@@ -111,11 +111,14 @@ def test_session_reaches_focused_and_submits_frames(run: dict[str, Any]) -> None
     assert run["runtime"].startswith("Monado")
     assert "Simulated HMD" in run["system"]
     states = run["states"]
-    assert states[:5] == ["IDLE", "READY", "SYNCHRONIZED", "VISIBLE", "FOCUSED"]
-    assert states[-1] == "EXITING"  # we asked to leave and the session ended cleanly
+    seen = f"states {states}, {run['frames_submitted']} frames, {run['frames_submitted_per_s']:.1f}/s\n{run['_log']}"
+    assert states[:5] == ["IDLE", "READY", "SYNCHRONIZED", "VISIBLE", "FOCUSED"], seen
+    assert states[-1] == "EXITING", seen  # we asked to leave and the session ended cleanly
     assert run["egl"] is True  # no X server here: the EGL binding
-    assert run["frames_submitted"] > 20
-    assert run["frames_submitted_per_s"] > 2
+    # frames go in at the runtime's pace (20 Hz for Monado's null compositor); a loaded
+    # host renders slower, but an 8 s run that submits a handful has stalled
+    assert run["frames_submitted"] > 10, seen
+    assert run["frames_submitted_per_s"] > 1, seen
 
 
 def test_left_eye_shows_the_room_where_the_runtime_pose_says(run: dict[str, Any]) -> None:
