@@ -8,6 +8,7 @@ PNG snapshots are written; with one, a desktop window opens.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,58 +86,60 @@ def _client(url: str | None, room: str, name: str, config: Config, **kw: Any) ->
     return client
 
 
-def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    from deeproom.models.runtime import keep_freed_memory
+def _run_room(args: argparse.Namespace, run: Any, client: Any, name: str,
+              make_engine: Callable[[Any], Any] | None = None) -> int:
+    """Open the room app on `client`, fed by the engine `make_engine(session)` if one is
+    given; close the engine, the app and the session (voice first, then the client) after."""
     from deeproom.scenes.app import AppOptions, RoomApp
-    from deeproom.scenes.demo import DemoEngine
     from deeproom.scenes.runner import run_room
     from deeproom.scenes.session import RelaySession
 
-    keep_freed_memory()  # live all-layer analyses cost ~2x less when freed memory is reused
-    run = _settings(args)
+    session = RelaySession(client, voice=_voice(args))
+    engine: Any = None
+    app: RoomApp | None = None
+    try:
+        engine = make_engine(session).start() if make_engine is not None else None
+        app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size,
+                                                  start_position=(0.0, 1.7, -1.4)), provider=engine)
+        return run_room(app, run, engine=engine, name=name)
+    finally:
+        if engine is not None:
+            engine.close()
+        if app is not None:
+            app.close()
+        session.close()
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.models.runtime import keep_freed_memory
+    from deeproom.scenes.demo import DemoEngine
+
+    run = _settings(args)  # refuses a bad --size before anything starts
     client = _client(args.server or config.server, "demo", args.name, config)
     print(f"demo room on relay {client.url} (room 'demo')")
-    session = RelaySession(client, voice=_voice(args))
-    engine = DemoEngine(session, seed=args.seed, progress=lambda s: print(s, flush=True)).start()
-    app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4)),
-                  provider=engine)
-    try:
-        return run_room(app, run, engine=engine, name="demo")
-    finally:
-        engine.close()
-        app.close()
-        session.close()  # voice first, then the client
+    keep_freed_memory()  # live all-layer analyses cost ~2x less when freed memory is reused
+    return _run_room(
+        args, run, client, "demo", lambda s: DemoEngine(s, seed=args.seed, progress=lambda m: print(m, flush=True))
+    )
 
 
 def cmd_open(args: argparse.Namespace, config: Config) -> int:
     import secrets
 
-    from deeproom.scenes.app import AppOptions, RoomApp
+    from deeproom.models.runtime import keep_freed_memory
     from deeproom.scenes.open_models import ModelsEngine
-    from deeproom.scenes.runner import run_room
-    from deeproom.scenes.session import RelaySession
 
     run = _settings(args)
     for m in args.models:
         if not Path(m).exists():
             print(f"no such model file: {m}")
             return 2
-    from deeproom.models.runtime import keep_freed_memory
-
-    keep_freed_memory()
     room = args.room or f"open-{secrets.token_hex(3)}"
     client = _client(args.server or config.server, room, args.name, config)
     print(f"room {room!r} on relay {client.url}")
-    session = RelaySession(client, voice=_voice(args))
-    engine = ModelsEngine(session, [Path(m) for m in args.models], progress=lambda s: print(s, flush=True)).start()
-    app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4)),
-                  provider=engine)
-    try:
-        return run_room(app, run, engine=engine, name="open")
-    finally:
-        engine.close()
-        app.close()
-        session.close()  # voice first, then the client
+    paths = [Path(m) for m in args.models]
+    keep_freed_memory()
+    return _run_room(args, run, client, "open", lambda s: ModelsEngine(s, paths, progress=lambda m: print(m, flush=True)))
 
 
 def parse_target(target: str) -> tuple[str, str, str | None]:
@@ -158,20 +161,10 @@ def parse_target(target: str) -> tuple[str, str, str | None]:
 
 
 def cmd_join(args: argparse.Namespace, config: Config) -> int:
-    from deeproom.scenes.app import AppOptions, RoomApp
-    from deeproom.scenes.runner import run_room
-    from deeproom.scenes.session import RelaySession
-
     run = _settings(args)
     url, room, invite = parse_target(args.target)
     client = _client(url, room, args.name, config, invite=invite, password=args.password)
-    session = RelaySession(client, voice=_voice(args))
-    app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4)))
-    try:
-        return run_room(app, run, name="join")
-    finally:
-        app.close()
-        session.close()
+    return _run_room(args, run, client, "join")
 
 
 def cmd_bench_render(args: argparse.Namespace, config: Config) -> int:

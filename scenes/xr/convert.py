@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deeproom.scenes.geometry import quat_matrix
+
 
 @dataclass(frozen=True)
 class XRPose:
@@ -70,17 +72,9 @@ def ursina_to_xr_position(p: tuple[float, float, float]) -> tuple[float, float, 
 
 
 def quat_to_matrix(q: tuple[float, float, float, float]) -> np.ndarray:
-    """Rotation matrix (3x3, column vectors) of a unit quaternion (x, y, z, w)."""
+    """Rotation matrix (3x3, column vectors) of a unit quaternion in OpenXR's order (x, y, z, w)."""
     x, y, z, w = q
-    n = math.sqrt(x * x + y * y + z * z + w * w) or 1.0
-    x, y, z, w = x / n, y / n, z / n, w / n
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+    return quat_matrix((w, x, y, z))
 
 
 def yaw_pitch_of(q: tuple[float, float, float, float]) -> tuple[float, float]:
