@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,59 @@ def test_clicking_a_layer_opens_its_maps_filters_and_grad_cam(tmp_path: Path) ->
     assert out["opened"] == ["feature-maps-conv2", "filters-conv2", "grad-cam-conv2"]
     assert out["kinds"] == {"feature-maps-conv2": "feature_maps", "filters-conv2": "filters", "grad-cam-conv2": "grad_cam"}
     assert out["errors"] == []
+
+
+def _cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    return subprocess.run([sys.executable, "-c", "import sys; from deeproom.cli import main; sys.exit(main())", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_open_a_model_in_a_room_on_a_relay_and_join_it_from_another_app(tmp_path: Path) -> None:
+    """`deeproom open` puts an ONNX model's graph into a room on a running relay;
+    `deeproom join` (another process, another data folder) sees the same panel."""
+    import socket
+
+    import torch
+
+    from deeproom.models.bench import export_onnx
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 10))
+    (tmp_path / "tiny.onnx").write_bytes(export_onnx(model.eval(), torch.zeros(1, 1, 8, 8)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    relay = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from deeproom.cli import main; sys.exit(main())",
+         "--data-dir", str(tmp_path / "relay"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and relay.poll() is None, "the relay did not start"
+                time.sleep(0.1)
+        common = ("--frames", "3", "--size", "320x240", "--no-voice")
+        opened = _cli("--data-dir", str(tmp_path / "a"), "open", "tiny.onnx", "--server", url, "--room", "r1",
+                      "--snapshot", "open.png", *common, cwd=tmp_path)
+        out = opened.stdout + opened.stderr
+        assert opened.returncode == 0, out[-3000:]
+        assert "1 panels, 0 showing errors" in out, out[-3000:]
+        joined = _cli("--data-dir", str(tmp_path / "b"), "join", f"{url}/r1", "--snapshot", "join.png", *common, cwd=tmp_path)
+        out = joined.stdout + joined.stderr
+        assert joined.returncode == 0, out[-3000:]
+        assert "1 panels, 0 showing errors" in out, out[-3000:]
+        for shot in ("open.png", "join.png"):
+            img = np.asarray(Image.open(tmp_path / shot).convert("RGB"))
+            assert img.shape == (240, 320, 3)
+            assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50, shot  # the graph panel, not a blank frame
+        missing = _cli("--data-dir", str(tmp_path / "c"), "open", "nope.onnx", *common, cwd=tmp_path)
+        assert missing.returncode == 2 and "no such model file: nope.onnx" in missing.stdout
+    finally:
+        relay.terminate()
+        relay.wait(10)
