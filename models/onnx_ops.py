@@ -440,14 +440,9 @@ def max_pool(node: NodeInfo, x: Tensor) -> Any:
             rem = rem // size
         coords.reverse()
         sizes = list(x.shape[2:])
-        if node.get("storage_order", 0):
-            flat = torch.zeros_like(idx)
-            for i in reversed(range(nd)):
-                flat = flat * sizes[i] + (coords[i] - pads[i][0])
-        else:
-            flat = torch.zeros_like(idx)
-            for i in range(nd):
-                flat = flat * sizes[i] + (coords[i] - pads[i][0])
+        flat = torch.zeros_like(idx)
+        for i in reversed(range(nd)) if node.get("storage_order", 0) else range(nd):  # column- or row-major
+            flat = flat * sizes[i] + (coords[i] - pads[i][0])
         plane = int(np.prod(sizes))
         base = torch.arange(x.shape[0] * x.shape[1], device=idx.device).reshape(x.shape[0], x.shape[1], *([1] * nd)) * plane
         return y.to(x.dtype), (flat + base).to(torch.int64)

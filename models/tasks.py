@@ -71,7 +71,7 @@ def _filters(model: LoadedModel, params: Mapping[str, Any], dataset: Any, ctx: J
 
 def _cam(method: str) -> Analysis:
     def run(model: LoadedModel, params: Mapping[str, Any], dataset: Any, ctx: JobContext) -> bytes:
-        from deeproom.models.analysis import CAM_METHODS, GradCAM, upsample_cam
+        from deeproom.models.analysis import CAM_METHODS, upsample_cam
         from deeproom.models.blobs import grad_cam_blob
 
         layer = _need(params, "layer")
@@ -84,7 +84,6 @@ def _cam(method: str) -> Analysis:
         cam = cam_obj.compute(x, target, ctx) if method == "scorecam" else cam_obj.compute(x, target)
         if params.get("upsample", True):
             cam = upsample_cam(cam, tuple(x.shape[-2:]))
-        del GradCAM
         return grad_cam_blob(x[0], cam[0], layer=layer, target=int(target), method=method)
 
     return run
