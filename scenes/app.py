@@ -48,6 +48,7 @@ import numpy as np
 
 from deeproom.presence import HandPose, PointerRay, Pose
 from deeproom.scenes import geometry
+from deeproom.scenes.menu import WorldMenu
 from deeproom.scenes.prepared import (
     ContentFailure,
     ContentRequest,
@@ -201,7 +202,7 @@ class RoomApp:
         self.tool = "sphere"
         self.cloud_radius = 0.08
         self.box_start: tuple[str, np.ndarray] | None = None
-        self.menu_open = False
+        self.menu = WorldMenu()  # the add-panel menu: a panel in the world, so it reaches a headset too
         self.muted = False  # your microphone, when the session carries voice
         self.frames = 0
         self.frame_times: list[float] = []
@@ -619,7 +620,12 @@ class RoomApp:
     def pointer_press(self, origin: np.ndarray, direction: np.ndarray) -> Any:
         """Primary button down along a ray. Returns the Hit (or None)."""
         origin, direction = np.asarray(origin, float), np.asarray(direction, float)
-        if self.menu_open:
+        if self.menu.geometry is not None:  # a click on a row adds that kind; anywhere else closes the menu
+            row = self.menu.geometry.pick(origin, direction)
+            kinds = self.menu.geometry.items
+            self.close_menu()
+            if row is not None:
+                self.add_panel(kinds[row])
             return None
         hit = self.pick(origin, direction)
         self._select(hit.panel_id if hit is not None else None)
@@ -742,6 +748,33 @@ class RoomApp:
                 sel = content.select_sphere(centre, self.cloud_radius)
                 self.notify(f"{len(sel)} points selected — digits label, R retrain, I images", error=False)
 
+    def select_sphere_at(self, centre: Any, radius: float, *, announce: bool = True) -> int | None:
+        """Select the latent-cloud points inside a sphere given in world space (in a
+        headset the hands place and size it). The cloud is the one whose panel the centre
+        is in front of (nearest first). Returns how many points, or None if no cloud is there."""
+        from deeproom.scenes.views import CloudView
+
+        c = np.asarray(centre, dtype=np.float64)
+        best: tuple[float, Any] | None = None
+        for view in self.panels.values():
+            if not isinstance(view.content, CloudView):
+                continue
+            f = view.frame()
+            u, v = f.local(c)
+            depth = abs(float((c - f.centre) @ f.normal))
+            if abs(u) <= f.half_width and abs(v) <= f.half_height and depth <= max(f.half_width, f.half_height) \
+                    and (best is None or depth < best[0]):
+                best = (depth, view)
+        if best is None:
+            return None
+        view = best[1]
+        scale = float(view.transform[2][0]) or 1.0
+        sel = view.content.select_sphere(view.to_local(c), float(radius) / scale)
+        self._select(view.panel.id)
+        if announce:
+            self.notify(f"{len(sel)} points selected — digits label, R retrain, I images", error=False)
+        return len(sel)
+
     def _finish_box(self, origin: np.ndarray, direction: np.ndarray) -> None:
         from deeproom.scenes.views import CloudView
 
@@ -825,10 +858,7 @@ class RoomApp:
         """Add a panel of `kind` in front of the viewer; the engine fills it if it can."""
         kind = PanelKind(kind).value
         pos, rot = self.rig.head() if self.rig is not None else ((0.0, 1.6, 0.0), (1.0, 0.0, 0.0, 0.0))
-        fwd = geometry.quat_matrix(rot)[:, 2]
-        flat = np.array([fwd[0], 0.0, fwd[2]])
-        flat = flat / (np.linalg.norm(flat) or 1.0)
-        at = np.array(pos) + flat * distance
+        at = geometry.ahead(pos, rot, distance)
         at[1] = max(at[1], 1.2)
         face = geometry.facing_quat(at, pos)
         pid = f"{kind.replace('_', '-')}-{int(time.time() * 1000) % 10**9}"
@@ -849,23 +879,30 @@ class RoomApp:
             self.provider.request("fill_panel", {"panel_id": pid, "kind": kind})
         return pid
 
+    @property
+    def menu_open(self) -> bool:
+        return self.menu.is_open
+
+    def open_menu(self) -> None:
+        """The add-panel menu, a metre in front of the viewer's eyes, facing them."""
+        head = self.rig.head() if self.rig is not None else ((0.0, 1.6, 0.0), (1.0, 0.0, 0.0, 0.0))
+        self.menu.open(*head, parent=self.scene_root)
+
+    def close_menu(self) -> None:
+        self.menu.close()
+
     def key(self, name: str) -> None:
         """A named action from a keyboard, a controller button or a test."""
-        if self.menu_open:
-            kinds = list(PanelKind)
-            if name in ("tab", "escape"):
-                self.menu_open = False
-            elif name.isdigit():
-                i = (int(name) - 1) % 10
-                if i < len(kinds):
-                    self.add_panel(kinds[i].value)
-                self.menu_open = False
-            self.hud.show_menu(self.menu_open)
+        if self.menu.geometry is not None:
+            kinds = self.menu.geometry.items
+            if name.isdigit() and (int(name) - 1) % 10 < len(kinds):
+                self.add_panel(kinds[(int(name) - 1) % 10])
+            if name in ("tab", "escape", "menu") or name.isdigit():
+                self.close_menu()
             return
         view = self.panels.get(self.selected or "")
-        if name == "tab":
-            self.menu_open = True
-            self.hud.show_menu(True)
+        if name in ("tab", "menu"):
+            self.open_menu()
         elif name in ("q", "e") and view is not None:
             pos, rot, scale = view.transform
             turn = geometry.yaw_quat(math.radians(15 if name == "e" else -15))

@@ -56,6 +56,15 @@ def facing_quat(position: Sequence[float], target: Sequence[float]) -> Quat:
     return yaw_quat(math.atan2(-dx, -dz))
 
 
+def ahead(position: Sequence[float], rotation: Sequence[float], distance: float) -> np.ndarray:
+    """The point `distance` metres ahead of a viewer, level with their eyes (their pitch ignored)."""
+    fwd = quat_matrix(rotation)[:, 2]
+    flat = np.array([fwd[0], 0.0, fwd[2]])
+    n = float(np.linalg.norm(flat))
+    flat = flat / n if n > 1e-9 else np.array([0.0, 0.0, 1.0])
+    return np.asarray(position, dtype=np.float64) + flat * distance
+
+
 @dataclass(frozen=True, slots=True)
 class PanelFrame:
     """Where a panel's face is: centre, orthonormal axes and half extents (metres)."""

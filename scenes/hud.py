@@ -1,12 +1,12 @@
-"""What is pinned to the screen: room status, the lost-connection banner, notices, help, the add menu."""
+"""What is pinned to the screen: room status, the lost-connection banner, notices, help.
+
+(The add-panel menu is a panel in the world, scenes/menu.py: overlay UI never reaches a headset.)"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from ursina import Entity, Text, camera, color, window
-
-from deeproom.state import PanelKind
 
 if TYPE_CHECKING:
     from deeproom.scenes.app import RoomApp
@@ -29,10 +29,6 @@ class Hud:
         self.follow = Text("", parent=ui, origin=(0, 0.5), scale=1.0, color=color.rgb(1, 0.85, 0.4))
         self.notice = Text("", parent=ui, origin=(-0.5, -0.5), scale=0.85)
         self.help = Text(HELP, parent=ui, origin=(0, -0.5), scale=0.7, color=color.rgb(0.6, 0.64, 0.72))
-        lines = ["Add a panel:"] + [f"  {(i + 1) % 10}  {k.value.replace('_', ' ')}" for i, k in enumerate(PanelKind)]
-        self.menu_bg = Entity(parent=ui, model="quad", scale=(0.42, 0.5), color=color.rgba(0.1, 0.11, 0.16, 0.95),
-                              enabled=False)
-        self.menu = Text("\n".join(lines), parent=ui, origin=(-0.5, 0.5), scale=1.0, enabled=False)
         self.layout()
 
     def layout(self) -> None:
@@ -44,8 +40,6 @@ class Hud:
         self.follow.position = (0, 0.40)
         self.notice.position = (-a / 2 + 0.015, -0.44)
         self.help.position = (0, -0.495)
-        self.menu_bg.position = (0, 0)
-        self.menu.position = (-0.19, 0.23)
 
     def _set(self, name: str, entity: Text, text: str) -> None:
         if self._cache.get(name) != text:
@@ -69,20 +63,3 @@ class Hud:
         self._set("notice", self.notice, text)
         err = any(e for _, _, e in live[-1:])
         self.notice.color = color.rgb(1, 0.55, 0.55) if err else color.rgb(0.7, 0.95, 0.75)
-
-    def show_menu(self, on: bool) -> None:
-        self.menu.enabled = self.menu_bg.enabled = on
-
-    def click_menu(self) -> None:
-        from ursina import mouse
-
-        if mouse.position is None:
-            return
-        row = int((0.23 - float(mouse.y)) / (self.menu.size * self.menu.scale_y * 1.0 + 1e-6)) - 1
-        kinds = list(PanelKind)
-        if 0 <= row < len(kinds):
-            self.app.key(str((row + 1) % 10))
-        else:
-            self.app.key("escape")
-
-

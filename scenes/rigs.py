@@ -149,11 +149,9 @@ class DesktopRig:
         if key == "left mouse down":
             ray = self.pointer_ray()
             if ray is not None:
-                if app.menu_open:
-                    app.hud.click_menu()
-                else:
-                    app.pointer_press(*ray)
-                    self._dragging = True
+                menu_was_open = app.menu_open
+                app.pointer_press(*ray)  # on the menu (a panel in the world) too
+                self._dragging = not menu_was_open
         elif key == "left mouse up":
             ray = self.pointer_ray()
             self._dragging = False

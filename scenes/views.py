@@ -633,6 +633,11 @@ class PanelView:
         m = geometry.quat_matrix(rot)
         return ((m.T @ (np.asarray(world, np.float64) - np.asarray(pos))) / np.asarray(scale)).astype(np.float32)
 
+    def to_world(self, local: np.ndarray) -> np.ndarray:
+        """A point of the panel's unscaled local frame in world space (the inverse of to_local)."""
+        pos, rot, scale = self.transform
+        return np.asarray(pos) + geometry.quat_matrix(rot) @ (np.asarray(local, np.float64) * np.asarray(scale))
+
 
 def now() -> float:
     return time.monotonic()

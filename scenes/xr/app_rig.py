@@ -6,9 +6,10 @@ app stays on the desktop rig. Controllers become the app's input: the right
 hand's trigger (or squeeze) presses/drags/releases along its laser
 (`pointer_press/move/release`); the right stick snap-turns 30 degrees (sideways)
 or teleports (push forward, aim the laser at the floor, let go); the left stick
-walks (in the direction the head faces); holding the left squeeze sizes the latent
-cloud's selection sphere to half the distance between the hands (the sphere is
-placed with the laser, as on the desktop).
+walks (in the direction the head faces); the menu button (B on Touch and Index)
+opens the add-panel menu, a panel in the world, picked with the laser. Holding the
+left squeeze places the latent cloud's selection sphere between the hands and sizes
+it to half their distance (the selection follows live; letting go keeps it).
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ def floor_hit(origin: Any, direction: Any, max_distance: float = TELEPORT_RANGE)
     return (float(p[0]), 0.0, float(p[2]))
 
 
-def sphere_radius_from_hands(left: Any, right: Any, lo: float = 0.01, hi: float = 1.0) -> float:
-    """Selection sphere radius: half the distance between the hands, clamped."""
-    return float(np.clip(0.5 * np.linalg.norm(np.subtract(right, left)), lo, hi))
+def sphere_from_hands(left: Any, right: Any, lo: float = 0.01, hi: float = 1.0) -> tuple[np.ndarray, float]:
+    """Selection sphere from the two hands: centred between them, radius half their
+    distance (clamped)."""
+    a, b = np.asarray(left, dtype=float), np.asarray(right, dtype=float)
+    return (a + b) / 2, float(np.clip(0.5 * np.linalg.norm(b - a), lo, hi))
 
 
 class AppXRRig:
@@ -75,6 +78,8 @@ class AppXRRig:
         self._pressed = False
         self._snap_armed = True
         self._teleport_armed = False
+        self._menu_down = False
+        self._sphere_held = False
 
     def attach(self, app: Any) -> None:
         self.app = app
@@ -174,10 +179,23 @@ class AppXRRig:
             self._snap_armed = False
         elif abs(sx) < 0.3:
             self._snap_armed = True
+        menu = right.menu or (left is not None and left.menu)
+        if menu and not self._menu_down:
+            self.app.key("menu")
+        self._menu_down = menu
         left_pose, right_pose = self.hands()
-        if left is not None and left.grab > 0.5 and left_pose is not None and right_pose is not None \
-                and hasattr(self.app, "cloud_radius"):
-            self.app.cloud_radius = sphere_radius_from_hands(left_pose.position, right_pose.position)
+        holding = left is not None and left.grab > 0.5 and left_pose is not None and right_pose is not None
+        if holding:
+            assert left_pose is not None and right_pose is not None
+            centre, radius = sphere_from_hands(left_pose.position, right_pose.position)
+            self.app.cloud_radius = radius
+            self.app.select_sphere_at(centre, radius, announce=False)
+        elif self._sphere_held and self.app.selected is not None:
+            view = self.app.panels.get(self.app.selected)
+            selection = getattr(getattr(view, "content", None), "selection", None)
+            if selection is not None:
+                self.app.notify(f"{len(selection)} points selected — digits label, R retrain, I images", error=False)
+        self._sphere_held = holding
         if left is not None and math.hypot(*left.stick) > 0.15:
             _, head_rot = self.head()
             from deeproom.scenes.geometry import quat_matrix

@@ -51,6 +51,32 @@ out["added"] = {"ids": new, "kind": p.kind.value if p else None, "position": lis
                 "refs_reused": bool(p and p.content.refs == (cm,))}
 doc.apply({"op": "remove_panel", "panel_id": new[0]}, "host"); app.step(2)
 
+# The menu is a panel in the world (a headset sees it too): turned to face +x, Tab opens it
+# in front of the eyes; a ray on its "note" row adds a note; a ray beside it only closes it.
+app.rig.teleport((0.0, 1.6, 0.0), 90.0); app.step(2)
+app.key("tab"); app.step(3)
+g = app.menu.geometry
+out["menu_world"] = {"position": list(g.position), "items": list(g.items)}
+row = g.frame().world(*g.row_centre(g.items.index("note")))
+sx, sy = app.world_to_screen(row)
+from deeproom.scenes.menu import ROW, WIDTH
+out["menu_row_pixel"] = pixel(app, *app.world_to_screen(g.frame().world(WIDTH * 0.45, g.row_centre(g.items.index("note"))[1])))  # the row's right end, clear of its label
+out["menu_bg_pixel"] = pixel(app, *app.world_to_screen(g.frame().world(WIDTH * 0.45, g.size[1] / 2 - ROW * 3.5)))
+before = set(doc.snapshot().panels)
+app.pointer_press(*app.screen_ray(sx, sy)); app.pointer_release(); app.step(2)
+new = sorted(set(doc.snapshot().panels) - before)
+out["menu_added"] = [doc.snapshot().panels[i].kind.value for i in new]
+out["menu_closed_after_pick"] = not app.menu_open
+app.step(2)
+out["after_menu_pixel"] = pixel(app, *app.world_to_screen(g.frame().world(WIDTH * 0.45, g.size[1] / 2 - ROW * 3.5)))
+app.key("tab"); app.step(1)
+before = set(doc.snapshot().panels)
+app.pointer_press(*app.screen_ray(5, 5)); app.pointer_release(); app.step(1)
+out["beside_menu"] = {"open": app.menu_open, "added": sorted(set(doc.snapshot().panels) - before)}
+for pid in new:
+    doc.apply({"op": "remove_panel", "panel_id": pid}, "host")
+app.rig.teleport((0.0, 1.6, 0.0), 0.0); app.step(2)
+
 # Select, rotate, scale.
 v = app.panels["cm"]
 app.pointer_press(*app.screen_ray(*app.world_to_screen(v.frame().world(0.0, 0.0))))
@@ -99,6 +125,12 @@ a = cv.frame().world(-0.49, 0.49); b = cv.frame().world(0.03, -0.03)
 app.pointer_press(*app.screen_ray(*app.world_to_screen(a)))
 app.pointer_release(*app.screen_ray(*app.world_to_screen(b)))
 out["box_selection"] = sorted(int(i) for i in cv.content.selection)
+# In a headset the hands place the sphere: centred on point 3 (world), radius just over its
+# distance to nothing else -> that point alone; a sphere in empty space selects no cloud.
+p3 = cv.to_world(cv.content.pos[3])
+out["hand_sphere"] = [app.select_sphere_at(p3, 0.05), [int(i) for i in cv.content.selection]]
+out["hand_sphere_big"] = app.select_sphere_at(cv.frame().world(0.0, 0.0), 2.0)
+out["hand_sphere_nowhere"] = app.select_sphere_at((5.0, 1.6, -3.0), 0.2)
 
 # A model graph with 600 layers in 3 groups opens collapsed; click a group to expand it, then a layer.
 n = 600
@@ -151,6 +183,35 @@ def test_menu_adds_a_panel_in_front(seen: dict[str, Any]) -> None:
     assert added["kind"] == "confusion_matrix" and added["refs_reused"]
     x, _, z = added["position"]
     assert abs(x) < 0.05 and 1.4 < z < 1.8  # 1.6 m straight ahead
+
+
+MENU_BG = (0.1 * 255, 0.11 * 255, 0.16 * 255)  # scenes/menu.py's colours
+MENU_ROW = (0.14 * 255, 0.15 * 255, 0.21 * 255)
+
+
+def near(pixel: list[int], rgb: tuple[float, ...], tol: float = 3.0) -> bool:
+    return all(abs(p - c) <= tol for p, c in zip(pixel, rgb, strict=True))
+
+
+@pytest.mark.slow
+def test_the_menu_is_a_panel_in_the_world_picked_by_a_ray(seen: dict[str, Any]) -> None:
+    menu = seen["menu_world"]
+    x, y, z = menu["position"]
+    assert 0.9 < x < 1.1 and abs(z) < 0.05 and 1.45 < y < 1.55  # a metre ahead of eyes turned to +x
+    assert "note" in menu["items"] and len(menu["items"]) == 10
+    # the row's background (odd rows are lighter) is drawn where the world says it is
+    assert near(seen["menu_row_pixel"], MENU_ROW) or near(seen["menu_row_pixel"], MENU_BG), seen["menu_row_pixel"]
+    assert near(seen["menu_bg_pixel"], MENU_ROW) or near(seen["menu_bg_pixel"], MENU_BG), seen["menu_bg_pixel"]
+    assert seen["menu_added"] == ["note"] and seen["menu_closed_after_pick"]
+    assert not near(seen["after_menu_pixel"], MENU_ROW) and not near(seen["after_menu_pixel"], MENU_BG)  # gone
+    assert seen["beside_menu"] == {"open": False, "added": []}
+
+
+@pytest.mark.slow
+def test_hands_place_the_selection_sphere_in_the_cloud(seen: dict[str, Any]) -> None:
+    assert seen["hand_sphere"] == [1, [3]]
+    assert seen["hand_sphere_big"] == 5
+    assert seen["hand_sphere_nowhere"] is None
 
 
 @pytest.mark.slow

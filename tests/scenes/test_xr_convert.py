@@ -92,13 +92,15 @@ def test_lens_film_matches_panda_lens_projection() -> None:
         assert 1 - out.y == pytest.approx(expected[1], abs=1e-5)
 
 
-def test_teleport_target_and_sphere_size() -> None:
-    from deeproom.scenes.xr.app_rig import floor_hit, sphere_radius_from_hands
+def test_teleport_target_and_sphere_from_the_hands() -> None:
+    from deeproom.scenes.xr.app_rig import floor_hit, sphere_from_hands
 
     # From 1.6 m up, pointing 45 degrees down and ahead: lands 1.6 m ahead.
     hit = floor_hit((0.0, 1.6, 0.0), (0.0, -1.0, 1.0))
     assert hit is not None and hit[0] == pytest.approx(0.0) and hit[2] == pytest.approx(1.6)
     assert floor_hit((0.0, 1.6, 0.0), (0.0, 0.2, 1.0)) is None  # pointing up
     assert floor_hit((0.0, 1.6, 0.0), (0.0, -0.01, 1.0)) is None  # beyond range
-    assert sphere_radius_from_hands((-0.2, 1.3, 0.5), (0.2, 1.3, 0.5)) == pytest.approx(0.2)
-    assert sphere_radius_from_hands((0, 0, 0), (0, 0, 0)) == pytest.approx(0.01)
+    centre, radius = sphere_from_hands((-0.2, 1.3, 0.5), (0.2, 1.5, 0.5))
+    assert list(centre) == pytest.approx([0.0, 1.4, 0.5]) and radius == pytest.approx(0.5 * (0.4**2 + 0.2**2) ** 0.5)
+    assert sphere_from_hands((0, 0, 0), (0, 0, 0))[1] == pytest.approx(0.01)
+    assert sphere_from_hands((0, 0, 0), (5, 0, 0))[1] == pytest.approx(1.0)
