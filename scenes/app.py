@@ -255,6 +255,11 @@ class RoomApp:
 
         self.hud = Hud(self)
         self.hud.build()
+        from deeproom.scenes.avatars import Laser
+
+        # Your own laser, drawn where you can see it, when you point with a tracked hand
+        # (a controller in XR); on the desktop the mouse cursor is the pointer.
+        self.own_laser = Laser(self.avatar_root, color.rgb(0.55, 0.85, 1.0))
         app = self
 
         class _Pump(Entity):  # the one per-frame hook
@@ -392,6 +397,7 @@ class RoomApp:
                     view.end_preview()
         if self.rig is not None:
             self.rig.update(dt)
+            self._show_own_laser()
         self._follow(dt)
         viewer = np.array(self.rig.head()[0]) if self.rig is not None else None
         for view in self.panels.values():
@@ -419,6 +425,21 @@ class RoomApp:
         self.frame_times.append(time.monotonic() - t0)
         if len(self.frame_times) > 600:
             del self.frame_times[:300]
+
+    def _show_own_laser(self) -> None:
+        assert self.rig is not None
+        ray = self.rig.pointer_ray() if self.rig.hands()[1] is not None else None
+        if ray is None:
+            self.own_laser.hide()
+            return
+        distance = None
+        if self.menu.geometry is not None:
+            on_menu = geometry.ray_panel(ray[0], ray[1], self.menu.geometry.frame())
+            distance = on_menu[0] if on_menu is not None else None
+        hit = self.pick(*ray)
+        if hit is not None and (distance is None or hit.distance < distance):
+            distance = hit.distance
+        self.own_laser.show(ray[0], ray[1], distance)
 
     def drain(self) -> int:
         """Apply what arrived (bounded per frame). Returns how many messages were handled."""

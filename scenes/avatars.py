@@ -9,6 +9,7 @@ arithmetic, so it is allowed in the per-frame pump.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from panda3d.core import Quat
@@ -33,6 +34,39 @@ def _nlerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / (np.linalg.norm(v) or 1.0)
+
+
+class Laser:
+    """A pointer beam and the dot where it ends (on what it hits, else LASER_LENGTH away):
+    remote participants' lasers, and a headset wearer's own."""
+
+    def __init__(self, parent: Entity, colour: Any) -> None:
+        self.beam = Entity(parent=parent, model="cube", scale=(0.006, 0.006, 1.0), color=colour, enabled=False)
+        self.dot = Entity(parent=parent, model="sphere", scale=0.03, color=colour, enabled=False)
+
+    @property
+    def shown(self) -> bool:
+        return bool(self.beam.enabled)
+
+    def show(self, origin: Any, direction: Any, hit_distance: float | None = None) -> None:
+        o = np.asarray(origin, float)
+        d = _unit(np.asarray(direction, float))
+        length = min(hit_distance, LASER_LENGTH) if hit_distance is not None else LASER_LENGTH
+        self.beam.enabled = self.dot.enabled = True
+        self.beam.position = tuple(o + d * length / 2)
+        self.beam.look_at(tuple(o + d * length))
+        self.beam.scale = (0.006, 0.006, length)
+        self.dot.position = tuple(o + d * length)
+
+    def hide(self) -> None:
+        self.beam.enabled = self.dot.enabled = False
+
+    def colour(self, colour: Any) -> None:
+        self.beam.color = self.dot.color = colour
+
+    def teardown(self) -> None:
+        destroy(self.beam)
+        destroy(self.dot)
 
 
 class AvatarView:
@@ -67,8 +101,7 @@ class AvatarView:
             side: Entity(parent=self.parent, model="cube", scale=(0.07, 0.04, 0.11), color=c, enabled=False)
             for side in ("left", "right")
         }
-        self.laser = Entity(parent=self.parent, model="cube", scale=(0.006, 0.006, 1.0), color=c, enabled=False)
-        self.laser_dot = Entity(parent=self.parent, model="sphere", scale=0.03, color=c, enabled=False)
+        self.laser = Laser(self.parent, c)
 
     def sync(self, pose: Pose | None, name: str, colour: str) -> None:
         if name != self.name:
@@ -78,8 +111,9 @@ class AvatarView:
             self.colour = colour
             c = colormap.hex_rgb(colour)
             col = color.rgb(c[0] / 255, c[1] / 255, c[2] / 255)
-            for e in (self.head, self.body, self.hands["left"], self.hands["right"], self.laser, self.laser_dot):
+            for e in (self.head, self.body, self.hands["left"], self.hands["right"]):
                 e.color = col
+            self.laser.colour(col)
         if pose is not None:
             self.target = pose
             if not self._placed:  # the first pose is taken as is, not eased in from the origin
@@ -121,18 +155,13 @@ class AvatarView:
             s = 0.34 + 0.05 * math.sin(self._phase * 12)
             self.ring.scale = (s, 0.02, s)
         ray = p.pointer
-        self.laser.enabled = self.laser_dot.enabled = ray is not None
-        if ray is not None:
-            o = np.array(ray.origin, float)
-            d = _unit(np.array(ray.direction, float))
-            length = min(hit_distance, LASER_LENGTH) if hit_distance is not None else LASER_LENGTH
-            mid = o + d * length / 2
-            self.laser.position = tuple(mid)
-            self.laser.look_at(tuple(o + d * length))
-            self.laser.scale = (0.006, 0.006, length)
-            self.laser_dot.position = tuple(o + d * length)
+        if ray is None:
+            self.laser.hide()
+        else:
+            self.laser.show(ray.origin, ray.direction, hit_distance)
 
     def teardown(self) -> None:
-        for e in (*self.hands.values(), self.laser, self.laser_dot):
+        for e in self.hands.values():
             destroy(e)
+        self.laser.teardown()
         destroy(self.root)

@@ -155,6 +155,23 @@ out["expanded_nodes"] = len(gv.content.layout.nodes)
 layer_index = next(i for i, nd in enumerate(gv.content.layout.nodes) if not nd.collapsed)
 click_node(layer_index)
 out["open_layer"] = [e for e in events if e[1].get("cmd") == "open_layer"]
+# A tracked hand that points (a controller, in XR): its wearer sees their own laser,
+# from the hand to where it meets the graph panel.
+from deeproom.presence import HandPose
+from deeproom.scenes.rigs import DesktopRig
+class PointingHandRig(DesktopRig):  # the desktop camera, plus a right hand pointing straight ahead
+    def hands(self):
+        return None, HandPose(position=(0.2, 1.4, 0.3), rotation=(1.0, 0.0, 0.0, 0.0))
+    def pointer_ray(self):
+        return np.array([0.2, 1.4, 0.3]), np.array([0.0, 0.0, 1.0])
+out["own_laser_desktop"] = app.own_laser.shown
+desk = app.rig
+app.set_rig(PointingHandRig()); app.rig.teleport((0.0, 1.6, 0.0), 0.0); app.step(3)
+dot = [float(c) for c in app.own_laser.dot.world_position]
+out["own_laser"] = {"shown": app.own_laser.shown, "dot": dot,
+                    "pixel": pixel(app, *app.world_to_screen(np.array(dot) - np.array([0.0, 0.0, 0.02])))}
+app.set_rig(desk); app.step(2)
+out["own_laser_after"] = app.own_laser.shown
 # Close button removes the panel.
 w, h = gv.size
 x, y = app.world_to_screen(gv.frame().world(w / 2 - TITLE_BAR / 2, h / 2 + TITLE_BAR / 2))
@@ -205,6 +222,17 @@ def test_the_menu_is_a_panel_in_the_world_picked_by_a_ray(seen: dict[str, Any]) 
     assert seen["menu_added"] == ["note"] and seen["menu_closed_after_pick"]
     assert not near(seen["after_menu_pixel"], MENU_ROW) and not near(seen["after_menu_pixel"], MENU_BG)  # gone
     assert seen["beside_menu"] == {"open": False, "added": []}
+
+
+@pytest.mark.slow
+def test_a_pointing_hand_shows_its_own_laser_ending_on_the_panel(seen: dict[str, Any]) -> None:
+    assert seen["own_laser_desktop"] is False  # the mouse is the desktop's pointer
+    laser = seen["own_laser"]
+    assert laser["shown"]
+    x, y, z = laser["dot"]
+    assert abs(x - 0.2) < 1e-3 and abs(y - 1.4) < 1e-3 and 1.55 < z < 1.61  # on the graph panel's face (z = 1.6)
+    assert near(laser["pixel"], (0.55 * 255, 0.85 * 255, 255), tol=25), laser["pixel"]
+    assert seen["own_laser_after"] is False
 
 
 @pytest.mark.slow

@@ -81,10 +81,10 @@ from deeproom.presence import PointerRay
 for _ in range(40):
     bob.publish_pose(Pose(head_position=second, pointer=PointerRay((-0.6, 1.3, 2.5), (0.0, 0.0, 1.0)), sent_at=time.time()))
     app.step(); time.sleep(0.02)
-    if av.laser.enabled:
+    if av.laser.shown:
         break
 app.step(5)
-out["laser"] = {"on": bool(av.laser.enabled), "dot": [float(c) for c in av.laser_dot.world_position]}
+out["laser"] = {"on": av.laser.shown, "dot": [float(c) for c in av.laser.dot.world_position]}
 out["follow_view"] = list(app.rig.head()[0])
 app.close(); bob.close(); alice.close()
 done(out)
