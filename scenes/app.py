@@ -257,9 +257,12 @@ class RoomApp:
         self.hud.build()
         from deeproom.scenes.avatars import Laser
 
-        # Your own laser, drawn where you can see it, when you point with a tracked hand
-        # (a controller in XR); on the desktop the mouse cursor is the pointer.
-        self.own_laser = Laser(self.avatar_root, color.rgb(0.55, 0.85, 1.0))
+        # Your own lasers, drawn where you can see them, when you point with tracked hands
+        # (controllers in XR; the one you last pressed with is the pointer, the other dimmer);
+        # on the desktop the mouse cursor is the pointer.
+        self._laser_colours = (color.rgb(0.55, 0.85, 1.0), color.rgb(0.3, 0.42, 0.5))  # pointer, other hand
+        self.own_lasers = {side: Laser(self.avatar_root, self._laser_colours[0]) for side in ("left", "right")}
+        self.own_laser = self.own_lasers["right"]
         app = self
 
         class _Pump(Entity):  # the one per-frame hook
@@ -428,18 +431,26 @@ class RoomApp:
 
     def _show_own_laser(self) -> None:
         assert self.rig is not None
-        ray = self.rig.pointer_ray() if self.rig.hands()[1] is not None else None
-        if ray is None:
-            self.own_laser.hide()
-            return
-        distance = None
-        if self.menu.geometry is not None:
-            on_menu = geometry.ray_panel(ray[0], ray[1], self.menu.geometry.frame())
-            distance = on_menu[0] if on_menu is not None else None
-        hit = self.pick(*ray)
-        if hit is not None and (distance is None or hit.distance < distance):
-            distance = hit.distance
-        self.own_laser.show(ray[0], ray[1], distance)
+        hand_rays = getattr(self.rig, "hand_rays", None)  # rigs with two pointing hands (XR)
+        if hand_rays is not None:
+            rays, active = hand_rays(), getattr(self.rig, "active_hand", "right")
+        else:
+            ray = self.rig.pointer_ray() if self.rig.hands()[1] is not None else None
+            rays, active = ({"right": ray} if ray is not None else {}), "right"
+        for side, laser in self.own_lasers.items():
+            ray = rays.get(side)
+            if ray is None:
+                laser.hide()
+                continue
+            distance = None
+            if self.menu.geometry is not None:
+                on_menu = geometry.ray_panel(ray[0], ray[1], self.menu.geometry.frame())
+                distance = on_menu[0] if on_menu is not None else None
+            hit = self.pick(*ray)
+            if hit is not None and (distance is None or hit.distance < distance):
+                distance = hit.distance
+            laser.colour(self._laser_colours[0] if side == active else self._laser_colours[1])
+            laser.show(ray[0], ray[1], distance)
 
     def drain(self) -> int:
         """Apply what arrived (bounded per frame). Returns how many messages were handled."""

@@ -2,9 +2,10 @@
 
 `attach_to_app(app)` (called by the app for `--xr`) opens the runtime first, so a
 missing or refusing runtime raises XRUnavailable before anything changes and the
-app stays on the desktop rig. Controllers become the app's input: the right
-hand's trigger (or squeeze) presses/drags/releases along its laser
-(`pointer_press/move/release`); the right stick snap-turns 30 degrees (sideways)
+app stays on the desktop rig. Controllers become the app's input: each hand has a
+laser; the right hand's trigger or squeeze, or the left hand's trigger,
+presses/drags/releases along that hand's laser (`pointer_press/move/release`; the
+hand that last started a press is the pointer); the right stick snap-turns 30 degrees (sideways)
 or teleports (push forward, aim the laser at the floor, let go); the left stick
 walks (in the direction the head faces); the menu button (B on Touch and Index)
 opens the add-panel menu, a panel in the world, picked with the laser. Holding the
@@ -80,6 +81,8 @@ class AppXRRig:
         self._teleport_armed = False
         self._menu_down = False
         self._sphere_held = False
+        self.active_hand = "right"  # whose laser is the pointer: the hand that last pressed
+        self.hands_seen: set[str] = set()  # hands whose laser was drawn at least once
 
     def attach(self, app: Any) -> None:
         self.app = app
@@ -92,7 +95,8 @@ class AppXRRig:
     def detach(self) -> None:
         stats = self.xr.stats
         if self.xr._base is not None:
-            print(f"XR mode ended: {stats.frames_submitted} frames submitted to the headset")
+            seen = ", ".join(sorted(self.hands_seen)) or "none"
+            print(f"XR mode ended: {stats.frames_submitted} frames submitted to the headset; lasers drawn: {seen}")
         self.xr.close()
 
     # --- poses ---------------------------------------------------------------
@@ -118,12 +122,23 @@ class AppXRRig:
                 out.append(HandPose(position=pos, rotation=rot))
         return out[0], out[1]
 
-    def pointer_ray(self) -> tuple[np.ndarray, np.ndarray] | None:
-        hand = self._hand("right")
+    def _aim(self, side: str) -> tuple[np.ndarray, np.ndarray] | None:
+        hand = self._hand(side)
         if hand is None or hand.aim is None:
             return None
         start, _ = self.xr.room_pose(hand.aim)
         return np.asarray(start), np.asarray(self.xr.origin_pose.room_direction(hand.aim))
+
+    def hand_rays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """A laser from each tracked hand."""
+        rays = {side: ray for side in ("left", "right") if (ray := self._aim(side)) is not None}
+        self.hands_seen.update(rays)
+        return rays
+
+    def pointer_ray(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The active hand's laser (the other hand's when the active one is not tracked)."""
+        other = "left" if self.active_hand == "right" else "right"
+        return self._aim(self.active_hand) or self._aim(other)
 
     # --- moving the play space ---------------------------------------------------
 
@@ -151,8 +166,17 @@ class AppXRRig:
         right, left = self._hand("right"), self._hand("left")
         if right is None or self.app is None:
             return
+        # Either hand points and presses: the right with trigger or squeeze, the left with its
+        # trigger (its squeeze holds the selection sphere). Between presses, the hand that
+        # starts one becomes the pointer.
+        presses = {"right": max(right.select, right.grab) > 0.5, "left": left is not None and left.select > 0.5}
+        if not self._pressed:
+            for side in ("right", "left"):
+                if presses[side] and self._aim(side) is not None:
+                    self.active_hand = side
+                    break
+        pressing = presses[self.active_hand]
         ray = self.pointer_ray()
-        pressing = max(right.select, right.grab) > 0.5
         if ray is not None:
             if pressing and not self._pressed:
                 self.app.pointer_press(ray[0], ray[1])

@@ -241,6 +241,7 @@ def test_the_real_room_in_the_headset(root: MonadoRoot, tmp_path: Path) -> None:
     assert "XR is unavailable" not in log
     ended = [line for line in log.splitlines() if line.startswith("XR mode ended:")]
     assert ended and int(ended[0].split()[3]) > 5, log[-3000:]
+    assert ended[0].endswith("lasers drawn: left, right"), ended  # a laser from each simulated controller
     # The panel (ahead, at eye height) covers a good part of the mirrored left eye.
     h, w, _ = snap.shape
     centre = snap[h // 3: 2 * h // 3, w // 3: 2 * w // 3].astype(int)
