@@ -98,31 +98,17 @@ class DemoEngine(EngineThread):
             traceback.print_exc()
         finally:
             self.ready.set()
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            action, payload = item
-            try:
-                self._handle(action, payload)
-            except Exception as exc:  # one failed request must not end the engine
-                self._say(f"{action} failed: {type(exc).__name__}: {exc}", error=True)
+        self._serve_requests()
 
     def _publish(self, slot_id: str, blob: bytes, *, kind: str | None = None, title: str | None = None,
                  transform: dict[str, Any] | None = None, size: tuple[float, float] | None = None,
                  source: dict[str, Any] | None = None) -> None:
-        sha = self.session.put_blob(blob).result(60)
-        room = self.session.current_room()
-        content = {"source": source or {"demo": "digits", "panel": slot_id}, "refs": [sha]}
-        if room is not None and slot_id in room.panels:
-            self.session.apply({"op": "set_content", "panel_id": slot_id, "content": content}).result(30)
-            return
         slot = next((s for s in self.slots if s.panel_id == slot_id), None)
-        op = {"op": "add_panel", "panel_id": slot_id, "kind": kind or (slot.kind if slot else "image"),
-              "title": title or (slot.title if slot else slot_id),
-              "transform": transform or (slot_transform(slot) if slot else {}),
-              "size": list(size or (slot.size if slot else (1.0, 0.8))), "content": content}
-        self.session.apply(op).result(30)
+        self._put_panel(slot_id, blob, kind=kind or (slot.kind if slot else "image"),
+                        title=title or (slot.title if slot else slot_id),
+                        transform=transform or (slot_transform(slot) if slot else {}),
+                        size=size or (slot.size if slot else (1.0, 0.8)),
+                        source=source or {"demo": "digits", "panel": slot_id})
 
     def _populate(self) -> None:
         from deeproom.scenes import engine_bridge as eb
@@ -222,34 +208,11 @@ class DemoEngine(EngineThread):
         return {str(n.get("id")): str(n.get("name")) for n in meta.get("nodes", [])}
 
     def _open_layer(self, layer: str, payload: Mapping[str, Any]) -> None:
-        from deeproom.scenes import engine_bridge as eb
-
-        t = self.trained
         name = self._layer_module(layer)
         if name is None:
             self._say(f"layer {layer!r} has no module to analyse", error=True)
             return
-        module = dict(t.model.named_modules())[name]
-        sample = t.test.x[3]
-        base = payload.get("transform") or {}
-        pos = list(base.get("position", [0, 2.3, 3.5]))
-        rot = list(base.get("rotation", [1, 0, 0, 0]))
-        right = geometry.quat_matrix(rot)[:, 0]
-        out: list[tuple[str, str, bytes]] = [("feature_maps", f"Feature maps · {name}", eb.feature_maps_blob(t.model, name, sample))]
-        if hasattr(module, "weight") and getattr(module, "weight", None) is not None:
-            out.append(("filters", f"Filters · {name}", eb.filters_blob(t.model, name)))
-        try:
-            out.append(("grad_cam", f"Grad-CAM · {name}", eb.grad_cam_blob(t.model, name, sample)))
-        except ValueError:
-            pass  # Grad-CAM needs a spatial layer; a linear layer shows maps and weights only
-        for i, (kind, title, blob) in enumerate(out):
-            off = (i - (len(out) - 1) / 2) * 1.15
-            at = [pos[0] + right[0] * off, pos[1] + 1.05, pos[2] + right[2] * off]
-            pid = f"{kind.replace('_', '-')}-{name.replace('.', '-')}"[:60]
-            self._publish(pid, blob, kind=kind, title=title, size=(1.05, 0.8),
-                          transform={"position": at, "rotation": rot, "scale": [1, 1, 1]},
-                          source={"demo": "digits", "layer": name, "analysis": kind})
-        self._say(f"opened {name}", error=False)
+        self._open_layer_panels(self.trained.model, name, self.trained.test.x[3], payload, {"demo": "digits"})
 
     def _retrain(self, action: str, payload: Mapping[str, Any]) -> None:
         import torch

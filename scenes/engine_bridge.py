@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from deeproom.content import encode_content
+from deeproom.scenes import geometry
 
 
 @dataclass
@@ -203,3 +204,54 @@ class EngineThread:
 
     def _main(self) -> None:
         raise NotImplementedError  # each engine defines its own loop
+
+    def _handle(self, action: str, payload: Any) -> None:
+        raise NotImplementedError
+
+    def _serve_requests(self) -> None:
+        """Handle queued requests until close(); one that fails is reported, not fatal."""
+        while (item := self._queue.get()) is not None:
+            action, payload = item
+            try:
+                self._handle(action, payload)
+            except Exception as exc:  # one failed request must not end the engine
+                self._say(f"{action} failed: {type(exc).__name__}: {exc}", error=True)
+
+    def _put_panel(self, panel_id: str, blob: bytes, *, kind: str, title: str, transform: Any, size: Any,
+                   source: dict[str, Any]) -> None:
+        """Store `blob` and show it: new content for an existing panel, else a new panel."""
+        sha = self.session.put_blob(blob).result(60)
+        room = self.session.current_room()
+        content = {"source": source, "refs": [sha]}
+        if room is not None and panel_id in room.panels:
+            self.session.apply({"op": "set_content", "panel_id": panel_id, "content": content}).result(30)
+            return
+        self.session.apply({"op": "add_panel", "panel_id": panel_id, "kind": kind, "title": title[:120],
+                            "transform": transform, "size": list(size), "content": content}).result(30)
+
+    def _open_layer_panels(self, model: Any, name: str, sample: Any, payload: Any, source: dict[str, Any]) -> None:
+        """A clicked layer's feature maps, filters (when it has weights) and Grad-CAM (when
+        it is spatial), in a row above the graph panel that was clicked."""
+        from deeproom.errors import DeepRoomError
+
+        base = payload.get("transform") or {}
+        pos = list(base.get("position", [0, 2.3, 3.5]))
+        rot = list(base.get("rotation", [1, 0, 0, 0]))
+        right = geometry.quat_matrix(rot)[:, 0]
+        out: list[tuple[str, str, bytes]] = [("feature_maps", f"Feature maps · {name}", feature_maps_blob(model, name, sample))]
+        try:
+            out.append(("filters", f"Filters · {name}", filters_blob(model, name)))
+        except DeepRoomError:
+            pass  # no weights here (an activation, a pooling layer): maps only
+        try:
+            out.append(("grad_cam", f"Grad-CAM · {name}", grad_cam_blob(model, name, sample)))
+        except (ValueError, DeepRoomError):
+            pass  # Grad-CAM needs a spatial layer; a linear layer shows maps and weights only
+        for i, (kind, title, blob) in enumerate(out):
+            off = (i - (len(out) - 1) / 2) * 1.15
+            at = [pos[0] + right[0] * off, pos[1] + 1.05, pos[2] + right[2] * off]
+            pid = f"{kind.replace('_', '-')}-{name.replace('.', '-').replace('/', '-')}"[:60]
+            self._put_panel(pid, blob, kind=kind, title=title, size=(1.05, 0.8),
+                            transform={"position": at, "rotation": rot, "scale": [1, 1, 1]},
+                            source={**source, "layer": name, "analysis": kind})
+        self._say(f"opened {name}", error=False)

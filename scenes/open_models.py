@@ -3,14 +3,17 @@
 Runs in its own thread: loads each file with the engine's loader (ONNX, TorchScript,
 exported programs, weights-only checkpoints; refusals are shown in the room as a
 note), extracts its graph and publishes it as a `model_graph` blob. Large graphs
-open with their top-level groups collapsed (the graph view decides).
+open with their top-level groups collapsed (the graph view decides). A click on a
+layer opens its feature maps, filters and Grad-CAM, computed on a sample input: a
+digit from the built-in set, resized to the model's input (1, C, H, W).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from deeproom.scenes import engine_bridge as eb
 from deeproom.scenes import geometry
@@ -33,6 +36,7 @@ class ModelsEngine(eb.EngineThread):
     def __init__(self, session: Session, paths: list[Path], *, progress: Callable[[str], None] | None = None) -> None:
         super().__init__(session, progress)
         self.paths = paths
+        self.models: dict[str, Any] = {}  # graph panel id -> LoadedModel
 
     def start(self) -> ModelsEngine:
         super().start()
@@ -46,9 +50,22 @@ class ModelsEngine(eb.EngineThread):
             self._say(f"opening models failed: {self.failed}", error=True)
         finally:
             self.ready.set()
-        while (item := self._queue.get()) is not None:
-            action, _ = item
-            self._say(f"{action}: per-layer analyses of opened models are not available yet", error=True)
+        self._serve_requests()
+
+    def _handle(self, action: str, payload: Mapping[str, Any]) -> None:
+        if action == "open_layer":
+            loaded = self.models.get(str(payload.get("panel_id")))
+            if loaded is None:
+                self._say("that graph's model was not opened by this app", error=True)
+                return
+            self._open_layer_panels(loaded.module, str(payload.get("layer", "")), sample_input(loaded), payload,
+                                    {"model": Path(loaded.source or loaded.name).name})
+        elif action == "fill_panel" and payload.get("kind") == "note":
+            self._put_panel(str(payload.get("panel_id")), eb.note_blob("New note"), kind="note", title="Note",
+                            transform={}, size=(1.2, 0.9), source={})
+        else:
+            self._say(f"{action}: opened models fill graphs and, from a layer click, its maps, filters and "
+                      "Grad-CAM; add other panels in the demo or from a training run", error=True)
 
     def _open_all(self) -> None:
         from deeproom.errors import DeepRoomError
@@ -64,15 +81,27 @@ class ModelsEngine(eb.EngineThread):
                 graph = extract_graph(loaded)
                 blob = engine_graph_blob(graph)
                 kind, title = "model_graph", f"{loaded.name} — {len(graph.nodes)} ops"
+                self.models[pid] = loaded
             except (DeepRoomError, OSError) as exc:
                 blob = eb.note_blob(f"Could not open {path.name}:\n{exc}")
                 kind, title = "note", f"{path.name} (not opened)"
-            sha = self.session.put_blob(blob).result(60)
-            room = self.session.current_room()
-            content = {"source": {"model": path.name}, "refs": [sha]}
-            if room is not None and pid in room.panels:
-                self.session.apply({"op": "set_content", "panel_id": pid, "content": content}).result(30)
-            else:
-                self.session.apply({"op": "add_panel", "panel_id": pid, "kind": kind, "title": title[:120],
-                                    "transform": side_by_side(i, n), "size": [2.4, 1.1], "content": content}).result(30)
+            self._put_panel(pid, blob, kind=kind, title=title, transform=side_by_side(i, n), size=(2.4, 1.1),
+                            source={"model": path.name})
             self._say(f"opened {path.name}", error=False)
+
+
+def sample_input(loaded: Any) -> Any:
+    """One image the model can take, [C, H, W]: a digit from the built-in set, resized to
+    the model's input and repeated over its channels. Refuses models that take no image."""
+    import torch
+    import torch.nn.functional as F
+
+    from deeproom.models.datasets import load_digits
+    from deeproom.models.errors import AnalysisError
+
+    shape = loaded.input_shape
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        raise AnalysisError(f"per-layer analyses need an image input (1, C, H, W); {loaded.name} takes {shape}")
+    _, c, h, w = shape
+    digit = torch.as_tensor(load_digits().x[3], dtype=torch.float32).reshape(1, 1, 8, 8)
+    return F.interpolate(digit, size=(h, w), mode="bilinear", align_corners=False).repeat(1, c, 1, 1)[0]

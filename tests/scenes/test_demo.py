@@ -150,3 +150,71 @@ def test_open_a_model_in_a_room_on_a_relay_and_join_it_from_another_app(tmp_path
     finally:
         relay.terminate()
         relay.wait(10)
+
+
+OPEN_LAYER_SCRIPT = '''
+from pathlib import Path
+from deeproom.document import new_room
+from deeproom.scenes.open_models import ModelsEngine
+from deeproom.scenes.session import LocalSession
+
+doc = new_room("o", name="opened", host_id="host", host_name="Host")
+session = LocalSession(doc, "host")
+engine = ModelsEngine(session, [Path("tiny.onnx"), Path("notes.txt")])
+app = RoomApp(session, options=AppOptions(offscreen=True, size=(320, 240), start_position=(0.0, 1.9, 0.5)),
+              provider=engine)
+app.start()
+engine.start()
+end = time.monotonic() + 120
+while time.monotonic() < end:
+    app.step()
+    if engine.ready.is_set() and settle(app, 1.0):
+        break
+    time.sleep(0.05)
+g = app.panels["graph-1"]
+gv = g.content
+conv = next(k for k, nd in enumerate(gv.layout.nodes) if nd.op == "Conv")
+p = gv.world[conv]
+app.pointer_press(*app.screen_ray(*app.world_to_screen(g.frame().world(float(p[0]), float(p[1])))))
+app.pointer_release()
+end = time.monotonic() + 120
+while time.monotonic() < end:
+    app.step()
+    kinds = {v.panel.kind.value for v in app.panels.values()}
+    if {"feature_maps", "filters", "grad_cam"} <= kinds and settle(app, 1.0):
+        break
+    time.sleep(0.05)
+out = {"conv": gv.layout.nodes[conv].name,
+       "panels": sorted((v.panel.kind.value, v.panel.content.source.get("layer")) for v in app.panels.values()),
+       "errors": sorted(pid for pid, v in app.panels.items() if v.is_error),
+       "notes": [s for _, s, _ in app.notices]}
+engine.close(); app.close()
+done(out)
+'''
+
+
+@pytest.mark.slow
+def test_clicking_a_layer_of_an_opened_onnx_model_opens_its_analyses(tmp_path: Path) -> None:
+    import textwrap
+
+    import torch
+
+    from deeproom.models.bench import export_onnx
+    from tests.scenes.conftest import PRELUDE, parse  # type: ignore[import-not-found]
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 16 * 16, 10))
+    (tmp_path / "tiny.onnx").write_bytes(export_onnx(model.eval(), torch.zeros(1, 3, 16, 16)))
+    (tmp_path / "notes.txt").write_text("not a model")
+    path = tmp_path / "open_layer.py"
+    path.write_text(PRELUDE + textwrap.dedent(OPEN_LAYER_SCRIPT))
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    out = parse(proc.returncode, proc.stdout, proc.stderr)
+    conv = out["conv"]
+    kinds = [k for k, _ in out["panels"]]
+    assert sorted(kinds) == ["feature_maps", "filters", "grad_cam", "model_graph", "note"], out
+    assert all(layer == conv for k, layer in out["panels"] if k in ("feature_maps", "filters", "grad_cam")), out
+    assert out["errors"] == [], out
+    assert any(f"opened {conv}" in n for n in out["notes"]), out["notes"]
