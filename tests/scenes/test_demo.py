@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,17 +80,8 @@ done(out)
 
 
 @pytest.mark.slow
-def test_clicking_a_layer_opens_its_maps_filters_and_grad_cam(tmp_path: Path) -> None:
-    import textwrap
-
-    from tests.scenes.conftest import PRELUDE, parse  # type: ignore[import-not-found]
-
-    path = tmp_path / "layers.py"
-    path.write_text(PRELUDE + textwrap.dedent(LAYER_SCRIPT))
-    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    out = parse(proc.returncode, proc.stdout, proc.stderr)
+def test_clicking_a_layer_opens_its_maps_filters_and_grad_cam(run_scene: Callable[..., dict[str, Any]]) -> None:
+    out = run_scene(LAYER_SCRIPT, name="layers", timeout=600)
     assert out["failed"] is None
     assert out["trails"]  # the cloud moved while the model trained
     assert out["opened"] == ["feature-maps-conv2", "filters-conv2", "grad-cam-conv2"]
@@ -194,24 +187,19 @@ done(out)
 
 
 @pytest.mark.slow
-def test_clicking_a_layer_of_an_opened_onnx_model_opens_its_analyses(tmp_path: Path) -> None:
-    import textwrap
-
+def test_clicking_a_layer_of_an_opened_onnx_model_opens_its_analyses(
+    tmp_path: Path, run_scene: Callable[..., dict[str, Any]]
+) -> None:
     import torch
 
     from deeproom.models.bench import export_onnx
-    from tests.scenes.conftest import PRELUDE, parse  # type: ignore[import-not-found]
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 16 * 16, 10))
-    (tmp_path / "tiny.onnx").write_bytes(export_onnx(model.eval(), torch.zeros(1, 3, 16, 16)))
-    (tmp_path / "notes.txt").write_text("not a model")
-    path = tmp_path / "open_layer.py"
-    path.write_text(PRELUDE + textwrap.dedent(OPEN_LAYER_SCRIPT))
-    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    out = parse(proc.returncode, proc.stdout, proc.stderr)
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "tiny.onnx").write_bytes(export_onnx(model.eval(), torch.zeros(1, 3, 16, 16)))
+    (tmp_path / "open" / "notes.txt").write_text("not a model")
+    out = run_scene(OPEN_LAYER_SCRIPT, name="open", timeout=600)
     conv = out["conv"]
     kinds = [k for k, _ in out["panels"]]
     assert sorted(kinds) == ["feature_maps", "filters", "grad_cam", "model_graph", "note"], out
