@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -139,10 +140,18 @@ class RelayLink:
         return True
 
     def flush(self, timeout: float = 10.0) -> bool:
-        self.poll_status()
-        with self._cv:
-            return self._cv.wait_for(lambda: (not self._pending or not self.connected) and not self._busy, timeout) \
-                and not self._pending
+        """Wait until what was published so far is in the room. False on timeout, or at once
+        when the relay is unreachable (what is pending is kept for a reconnect)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll_status()
+            with self._cv:
+                if not self._pending and not self._busy:
+                    return True
+                left = deadline - time.monotonic()
+                if not self.connected or left <= 0:
+                    return False
+                self._cv.wait(min(0.1, left))
 
     def _publish_loop(self) -> None:
         while True:
@@ -209,7 +218,8 @@ class RelayLink:
                 return
             self._closed = True
             self._cv.notify_all()
-        self._publisher.join(timeout=5)  # a publish stuck on a dead relay must not hold the script
+        # A publish stuck on a dead relay must not hold the script (the thread is a daemon).
+        self._publisher.join(timeout=5 if self.connected else 0.5)
         self.client.close()
 
 

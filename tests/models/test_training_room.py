@@ -140,7 +140,7 @@ def test_the_run_trains_on_when_its_relay_goes_away(tmp_path: Path) -> None:
     assert run.step == before + 10 and "offline" in run.checkpoint_names()
     t0 = time.monotonic()
     run.close()
-    assert time.monotonic() - t0 < 60
+    assert time.monotonic() - t0 < 10  # ~1.5 s here; it no longer waits out 10+5 s of timeouts on a relay that is gone
     assert run.status == "finished"
 
 
