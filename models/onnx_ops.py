@@ -1132,11 +1132,49 @@ def _source_coords(mode: str, out_len: int, in_len: int, scale: float, roi: tupl
     raise ValueError(mode)
 
 
+def _resize_axis_antialias(x: Tensor, axis: int, src: Tensor, scale: float, node: NodeInfo, mode: str) -> Tensor:
+    """Downsampling with the interpolation kernel stretched by 1/scale (a low-pass filter
+    first, as the ONNX reference and PIL do): more taps, weights renormalised."""
+    in_len = x.shape[axis]
+    lo = torch.floor(src)
+    t = src - lo
+    whole = t == 0  # the reference takes the pixel on the left: ratio in (0, 1]
+    lo, t = torch.where(whole, lo - 1, lo), torch.where(whole, torch.ones_like(t), t)
+    if mode == "linear":
+        start = math.floor(-1 / scale) + 1
+        offsets = range(start, 2 - start)
+
+        def kernel(d: Tensor) -> Tensor:
+            return (1 - d.abs()).clamp(min=0)
+    else:
+        a = node.get("cubic_coeff_a", -0.75)
+        start = math.floor(-2 / scale) + 1
+        offsets = range(start, 2 - start)
+
+        def kernel(d: Tensor) -> Tensor:
+            d = d.abs()
+            return torch.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                               torch.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, torch.zeros_like(d)))
+    taps = []
+    for off in offsets:
+        w = kernel(scale * (off - t))
+        pos = lo.long() + off
+        if node.get("exclude_outside", 0):
+            w = torch.where((pos < 0) | (pos >= in_len), torch.zeros_like(w), w)
+        taps.append((pos.clamp(0, in_len - 1), w))
+    total = sum(w for _, w in taps)
+    shape = [1] * x.ndim
+    shape[axis] = len(src)
+    return sum(torch.index_select(x, axis, p) * (w / total).to(x.dtype).reshape(shape) for p, w in taps)  # type: ignore[return-value]
+
+
 def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, node: NodeInfo, mode: str,
                  coord_mode: str, roi: tuple[float, float] | None) -> Tensor:
     in_len = x.shape[axis]
     src = _source_coords(coord_mode, out_len, in_len, scale, roi).to(x.device)
-    if mode == "nearest":
+    if node.get("antialias", 0) and mode in ("linear", "cubic") and scale < 1.0:
+        out = _resize_axis_antialias(x, axis, src, scale, node, mode)
+    elif mode == "nearest":
         nm = node.get("nearest_mode", "round_prefer_floor")
         if isinstance(nm, bytes):
             nm = nm.decode()
@@ -1152,7 +1190,6 @@ def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, node: NodeInf
             i = torch.ceil(src)
         idx = i.long().clamp(0, in_len - 1)
         out = torch.index_select(x, axis, idx)
-        weights_sum = None
     elif mode == "linear":
         lo = torch.floor(src)
         frac = (src - lo).to(x.dtype)
@@ -1162,7 +1199,6 @@ def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, node: NodeInf
         shape[axis] = out_len
         w = frac.reshape(shape)
         out = torch.index_select(x, axis, i0) * (1 - w) + torch.index_select(x, axis, i1) * w
-        weights_sum = None
     else:  # cubic
         a = node.get("cubic_coeff_a", -0.75)
         lo = torch.floor(src)
@@ -1180,8 +1216,6 @@ def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, node: NodeInf
         shape = [1] * x.ndim
         shape[axis] = out_len
         out = sum(torch.index_select(x, axis, p) * (w / total).to(x.dtype).reshape(shape) for p, w in taps)  # type: ignore[assignment]
-        weights_sum = None
-    del weights_sum
     if coord_mode == "tf_crop_and_resize":
         ev = node.get("extrapolation_value", 0.0)
         bad = (src < 0) | (src > in_len - 1)
@@ -1200,8 +1234,6 @@ def resize(node: NodeInfo, x: Tensor, *rest: Opt) -> Tensor:
     if mode not in ("nearest", "linear", "bilinear", "cubic"):
         raise node.unsupported(f"mode {mode!r}")
     mode = "linear" if mode == "bilinear" else mode
-    if node.get("antialias", 0):
-        raise node.unsupported("antialias=1")
     roi_t: Opt = None
     scales_t: Opt = None
     sizes_t: Opt = None

@@ -84,9 +84,6 @@ KNOWN_FAILURES = {
     # random training-mode dropout cannot match numpy's generator
     "test_training_dropout_cpu", "test_training_dropout_default_cpu", "test_training_dropout_default_mask_cpu",
     "test_training_dropout_mask_cpu",
-    # antialiased Resize is not implemented (raises, naming it)
-    "test_resize_downsample_scales_cubic_antialias_cpu", "test_resize_downsample_scales_linear_antialias_cpu",
-    "test_resize_downsample_sizes_cubic_antialias_cpu", "test_resize_downsample_sizes_linear_antialias_cpu",
     # float16 attention accumulates differently; 3-D dilated ceil-mode average pool edge case
     "test_attention_4d_causal_fp16_expanded_cpu",
     "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True_cpu",

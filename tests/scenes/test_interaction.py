@@ -67,14 +67,14 @@ app.pointer_press(*app.screen_ray(sx, sy)); app.pointer_release(); app.step(2)
 new = sorted(set(doc.snapshot().panels) - before)
 out["menu_added"] = [doc.snapshot().panels[i].kind.value for i in new]
 out["menu_closed_after_pick"] = not app.menu_open
-app.step(2)
+for pid in new:  # the new note stands right behind where the menu was: take it away to look
+    doc.apply({"op": "remove_panel", "panel_id": pid}, "host")
+app.step(3)
 out["after_menu_pixel"] = pixel(app, *app.world_to_screen(g.frame().world(WIDTH * 0.45, g.size[1] / 2 - ROW * 3.5)))
 app.key("tab"); app.step(1)
 before = set(doc.snapshot().panels)
 app.pointer_press(*app.screen_ray(5, 5)); app.pointer_release(); app.step(1)
 out["beside_menu"] = {"open": app.menu_open, "added": sorted(set(doc.snapshot().panels) - before)}
-for pid in new:
-    doc.apply({"op": "remove_panel", "panel_id": pid}, "host")
 app.rig.teleport((0.0, 1.6, 0.0), 0.0); app.step(2)
 
 # Select, rotate, scale.
