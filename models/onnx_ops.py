@@ -1132,29 +1132,28 @@ def _source_coords(mode: str, out_len: int, in_len: int, scale: float, roi: tupl
     raise ValueError(mode)
 
 
-def _resize_axis_antialias(x: Tensor, axis: int, src: Tensor, scale: float, node: NodeInfo, mode: str) -> Tensor:
-    """Downsampling with the interpolation kernel stretched by 1/scale (a low-pass filter
-    first, as the ONNX reference and PIL do): more taps, weights renormalised."""
+def _cubic_kernel(a: float) -> Callable[[Tensor], Tensor]:
+    def kernel(d: Tensor) -> Tensor:
+        d = d.abs()
+        return torch.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                           torch.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, torch.zeros_like(d)))
+
+    return kernel
+
+
+def _linear_kernel(d: Tensor) -> Tensor:
+    return (1 - d.abs()).clamp(min=0)
+
+
+def _weighted_taps(x: Tensor, axis: int, src: Tensor, kernel: Callable[[Tensor], Tensor], offsets: range,
+                   scale: float, node: NodeInfo) -> Tensor:
+    """Each output sample as the normalised, kernel-weighted sum of the input samples at
+    floor(src) + offsets; the kernel is stretched by 1/scale (scale < 1: antialiasing)."""
     in_len = x.shape[axis]
     lo = torch.floor(src)
     t = src - lo
-    whole = t == 0  # the reference takes the pixel on the left: ratio in (0, 1]
+    whole = t == 0  # as the reference: the pixel on the left, ratio in (0, 1]
     lo, t = torch.where(whole, lo - 1, lo), torch.where(whole, torch.ones_like(t), t)
-    if mode == "linear":
-        start = math.floor(-1 / scale) + 1
-        offsets = range(start, 2 - start)
-
-        def kernel(d: Tensor) -> Tensor:
-            return (1 - d.abs()).clamp(min=0)
-    else:
-        a = node.get("cubic_coeff_a", -0.75)
-        start = math.floor(-2 / scale) + 1
-        offsets = range(start, 2 - start)
-
-        def kernel(d: Tensor) -> Tensor:
-            d = d.abs()
-            return torch.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
-                               torch.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, torch.zeros_like(d)))
     taps = []
     for off in offsets:
         w = kernel(scale * (off - t))
@@ -1166,6 +1165,15 @@ def _resize_axis_antialias(x: Tensor, axis: int, src: Tensor, scale: float, node
     shape = [1] * x.ndim
     shape[axis] = len(src)
     return sum(torch.index_select(x, axis, p) * (w / total).to(x.dtype).reshape(shape) for p, w in taps)  # type: ignore[return-value]
+
+
+def _resize_axis_antialias(x: Tensor, axis: int, src: Tensor, scale: float, node: NodeInfo, mode: str) -> Tensor:
+    """Downsampling with the interpolation kernel stretched by 1/scale (a low-pass filter
+    first, as the ONNX reference and PIL do): more taps, weights renormalised."""
+    reach = 1 if mode == "linear" else 2
+    start = math.floor(-reach / scale) + 1
+    kernel = _linear_kernel if mode == "linear" else _cubic_kernel(node.get("cubic_coeff_a", -0.75))
+    return _weighted_taps(x, axis, src, kernel, range(start, 2 - start), scale, node)
 
 
 def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, node: NodeInfo, mode: str,
@@ -1200,22 +1208,7 @@ def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, node: NodeInf
         w = frac.reshape(shape)
         out = torch.index_select(x, axis, i0) * (1 - w) + torch.index_select(x, axis, i1) * w
     else:  # cubic
-        a = node.get("cubic_coeff_a", -0.75)
-        lo = torch.floor(src)
-        t = src - lo
-        taps = []
-        for off in (-1, 0, 1, 2):
-            d = (t - off).abs()
-            w = torch.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
-                            torch.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, torch.zeros_like(d)))
-            pos = lo.long() + off
-            if node.get("exclude_outside", 0):
-                w = torch.where((pos < 0) | (pos >= in_len), torch.zeros_like(w), w)
-            taps.append((pos.clamp(0, in_len - 1), w))
-        total = sum(w for _, w in taps)
-        shape = [1] * x.ndim
-        shape[axis] = out_len
-        out = sum(torch.index_select(x, axis, p) * (w / total).to(x.dtype).reshape(shape) for p, w in taps)  # type: ignore[assignment]
+        out = _weighted_taps(x, axis, src, _cubic_kernel(node.get("cubic_coeff_a", -0.75)), range(-1, 3), 1.0, node)
     if coord_mode == "tf_crop_and_resize":
         ev = node.get("extrapolation_value", 0.0)
         bad = (src < 0) | (src > in_len - 1)
