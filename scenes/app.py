@@ -262,7 +262,6 @@ class RoomApp:
         # on the desktop the mouse cursor is the pointer.
         self._laser_colours = (color.rgb(0.55, 0.85, 1.0), color.rgb(0.3, 0.42, 0.5))  # pointer, other hand
         self.own_lasers = {side: Laser(self.avatar_root, self._laser_colours[0]) for side in ("left", "right")}
-        self.own_laser = self.own_lasers["right"]
         app = self
 
         class _Pump(Entity):  # the one per-frame hook
@@ -442,13 +441,10 @@ class RoomApp:
             if ray is None:
                 laser.hide()
                 continue
-            distance = None
-            if self.menu.geometry is not None:
-                on_menu = geometry.ray_panel(ray[0], ray[1], self.menu.geometry.frame())
-                distance = on_menu[0] if on_menu is not None else None
+            on_menu = geometry.ray_panel(ray[0], ray[1], self.menu.geometry.frame()) if self.menu.geometry else None
             hit = self.pick(*ray)
-            if hit is not None and (distance is None or hit.distance < distance):
-                distance = hit.distance
+            ends = [d for d in (on_menu[0] if on_menu else None, hit.distance if hit else None) if d is not None]
+            distance = min(ends) if ends else None
             laser.colour(self._laser_colours[0] if side == active else self._laser_colours[1])
             laser.show(ray[0], ray[1], distance)
 

@@ -43,6 +43,7 @@ class Laser:
     def __init__(self, parent: Entity, colour: Any) -> None:
         self.beam = Entity(parent=parent, model="cube", scale=(0.006, 0.006, 1.0), color=colour, enabled=False)
         self.dot = Entity(parent=parent, model="sphere", scale=0.03, color=colour, enabled=False)
+        self._colour = colour
 
     @property
     def shown(self) -> bool:
@@ -62,7 +63,8 @@ class Laser:
         self.beam.enabled = self.dot.enabled = False
 
     def colour(self, colour: Any) -> None:
-        self.beam.color = self.dot.color = colour
+        if colour != self._colour:
+            self._colour = self.beam.color = self.dot.color = colour
 
     def teardown(self) -> None:
         destroy(self.beam)

@@ -10,6 +10,7 @@ module only chooses what the demo shows and records the training curves.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,7 +169,7 @@ def attention_blob(seed: int = 0) -> bytes:
     return blobs.attention_blob(AttentionMaps(model, layer).compute(load_digits().x[:1]), layer)
 
 
-class EngineThread:
+class EngineThread(ABC):
     """The shape shared by the scenes' engines (demo, open): work done on one thread,
     fed by `request(action, payload)`, telling the room through the session's inbox."""
 
@@ -202,11 +203,13 @@ class EngineThread:
         self.progress(text)
         self.session.inbox.put(Notice(text, error=error))
 
+    @abstractmethod
     def _main(self) -> None:
-        raise NotImplementedError  # each engine defines its own loop
+        """The thread: build what the room shows, set `ready`, then `_serve_requests()`."""
 
+    @abstractmethod
     def _handle(self, action: str, payload: Any) -> None:
-        raise NotImplementedError
+        """One request from the room (a layer clicked, a panel to fill, ...)."""
 
     def _serve_requests(self) -> None:
         """Handle queued requests until close(); one that fails is reported, not fatal."""

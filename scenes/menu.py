@@ -52,9 +52,6 @@ class MenuGeometry:
         row = int((self.size[1] / 2 - hit[3]) // ROW) - 1
         return row if 0 <= row < len(self.items) else None
 
-    def hits(self, origin: Sequence[float], direction: Sequence[float]) -> bool:
-        return geometry.ray_panel(origin, direction, self.frame()) is not None
-
 
 def in_front_of(head_position: Sequence[float], head_rotation: Sequence[float],
                 items: Sequence[str] | None = None) -> MenuGeometry:

@@ -29,6 +29,7 @@ SNAP_DEGREES = 30.0
 TELEPORT_RANGE = 10.0  # metres along the laser
 WALK_SPEED = 1.5  # metres per second at full stick
 EYE_HEIGHT = 1.6
+SPHERE_STEP = 0.005  # metres the hands must move the selection sphere before it reselects
 
 
 def attach_to_app(app: Any, *, render_scale: float = 1.0) -> AppXRRig:
@@ -80,7 +81,7 @@ class AppXRRig:
         self._snap_armed = True
         self._teleport_armed = False
         self._menu_down = False
-        self._sphere_held = False
+        self._sphere: tuple[np.ndarray, float] | None = None  # the sphere last selected with, while held
         self.active_hand = "right"  # whose laser is the pointer: the hand that last pressed
         self.hands_seen: set[str] = set()  # hands whose laser was drawn at least once
 
@@ -212,14 +213,15 @@ class AppXRRig:
         if holding:
             assert left_pose is not None and right_pose is not None
             centre, radius = sphere_from_hands(left_pose.position, right_pose.position)
-            self.app.cloud_radius = radius
-            self.app.select_sphere_at(centre, radius, announce=False)
-        elif self._sphere_held and self.app.selected is not None:
-            view = self.app.panels.get(self.app.selected)
-            selection = getattr(getattr(view, "content", None), "selection", None)
-            if selection is not None:
-                self.app.notify(f"{len(selection)} points selected — digits label, R retrain, I images", error=False)
-        self._sphere_held = holding
+            last = self._sphere
+            # reselect (which rebuilds the highlight) only when the hands have moved the sphere
+            if last is None or np.linalg.norm(centre - last[0]) > SPHERE_STEP or abs(radius - last[1]) > SPHERE_STEP:
+                self.app.cloud_radius = radius
+                self.app.select_sphere_at(centre, radius, announce=False)
+                self._sphere = (centre, radius)
+        elif self._sphere is not None:  # let go: the selection stays, and says how many
+            self.app.select_sphere_at(*self._sphere)
+            self._sphere = None
         if left is not None and math.hypot(*left.stick) > 0.15:
             _, head_rot = self.head()
             from deeproom.scenes.geometry import quat_matrix

@@ -164,14 +164,14 @@ class PointingHandRig(DesktopRig):  # the desktop camera, plus a right hand poin
         return None, HandPose(position=(0.2, 1.4, 0.3), rotation=(1.0, 0.0, 0.0, 0.0))
     def pointer_ray(self):
         return np.array([0.2, 1.4, 0.3]), np.array([0.0, 0.0, 1.0])
-out["own_laser_desktop"] = app.own_laser.shown
+out["own_laser_desktop"] = app.own_lasers["right"].shown
 desk = app.rig
 app.set_rig(PointingHandRig()); app.rig.teleport((0.0, 1.6, 0.0), 0.0); app.step(3)
-dot = [float(c) for c in app.own_laser.dot.world_position]
-out["own_laser"] = {"shown": app.own_laser.shown, "dot": dot,
+dot = [float(c) for c in app.own_lasers["right"].dot.world_position]
+out["own_laser"] = {"shown": app.own_lasers["right"].shown, "dot": dot,
                     "pixel": pixel(app, *app.world_to_screen(np.array(dot) - np.array([0.0, 0.0, 0.02])))}
 app.set_rig(desk); app.step(2)
-out["own_laser_after"] = app.own_laser.shown
+out["own_laser_after"] = app.own_lasers["right"].shown
 # Close button removes the panel.
 w, h = gv.size
 x, y = app.world_to_screen(gv.frame().world(w / 2 - TITLE_BAR / 2, h / 2 + TITLE_BAR / 2))
