@@ -34,6 +34,23 @@ def settle(app, timeout=60.0, extra=3):
         time.sleep(0.01)
     return False
 
+def until(app, check, timeout):
+    """Step frames (they drain the inbox) until check() holds and the content settles."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        app.step()
+        if check() and settle(app, 1.0):
+            return True
+        time.sleep(0.05)
+    return False
+
+def click_graph_node(app, panel_id, index):
+    """Click (press and release) node `index` of the model graph in panel `panel_id`."""
+    g = app.panels[panel_id]
+    p = g.content.world[index]
+    app.pointer_press(*app.screen_ray(*app.world_to_screen(g.frame().world(float(p[0]), float(p[1])))))
+    app.pointer_release()
+
 def pixel(app, x, y):
     img = app.screenshot()
     h, w = img.shape[:2]

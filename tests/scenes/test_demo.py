@@ -48,28 +48,14 @@ app = RoomApp(session, options=AppOptions(offscreen=True, size=(320, 240), start
               provider=engine)
 app.start()
 engine.start()
-end = time.monotonic() + 300
-while time.monotonic() < end:
-    app.step()
-    if engine.ready.is_set() and settle(app, 1.0):
-        break
-    time.sleep(0.05)
+until(app, engine.ready.is_set, 300)
 out = {"failed": engine.failed}
 cloud = app.panels["cloud"].content
 out["trails"] = isinstance(cloud, CloudView) and cloud.content.trails is not None
-g = app.panels["graph"]
-gv = g.content
-i = next(k for k, nd in enumerate(gv.layout.nodes) if nd.name == "conv2")
-p = gv.world[i]
-app.pointer_press(*app.screen_ray(*app.world_to_screen(g.frame().world(float(p[0]), float(p[1])))))
-app.pointer_release()
+gv = app.panels["graph"].content
+click_graph_node(app, "graph", next(k for k, nd in enumerate(gv.layout.nodes) if nd.name == "conv2"))
 want = {"feature-maps-conv2", "filters-conv2", "grad-cam-conv2"}
-end = time.monotonic() + 120
-while time.monotonic() < end:
-    app.step()  # frames drain the inbox: the new panels arrive through it
-    if want <= set(app.panels) and settle(app, 1.0):
-        break
-    time.sleep(0.05)
+until(app, lambda: want <= set(app.panels), 120)  # the new panels arrive through the inbox
 out["opened"] = sorted(set(app.panels) - {"graph", "cloud"})
 out["errors"] = sorted(pid for pid, v in app.panels.items() if v.is_error)
 out["kinds"] = {pid: app.panels[pid].panel.kind.value for pid in out["opened"]}
@@ -158,25 +144,11 @@ app = RoomApp(session, options=AppOptions(offscreen=True, size=(320, 240), start
               provider=engine)
 app.start()
 engine.start()
-end = time.monotonic() + 120
-while time.monotonic() < end:
-    app.step()
-    if engine.ready.is_set() and settle(app, 1.0):
-        break
-    time.sleep(0.05)
-g = app.panels["graph-1"]
-gv = g.content
+until(app, engine.ready.is_set, 120)
+gv = app.panels["graph-1"].content
 conv = next(k for k, nd in enumerate(gv.layout.nodes) if nd.op == "Conv")
-p = gv.world[conv]
-app.pointer_press(*app.screen_ray(*app.world_to_screen(g.frame().world(float(p[0]), float(p[1])))))
-app.pointer_release()
-end = time.monotonic() + 120
-while time.monotonic() < end:
-    app.step()
-    kinds = {v.panel.kind.value for v in app.panels.values()}
-    if {"feature_maps", "filters", "grad_cam"} <= kinds and settle(app, 1.0):
-        break
-    time.sleep(0.05)
+click_graph_node(app, "graph-1", conv)
+until(app, lambda: {"feature_maps", "filters", "grad_cam"} <= {v.panel.kind.value for v in app.panels.values()}, 120)
 out = {"conv": gv.layout.nodes[conv].name,
        "panels": sorted((v.panel.kind.value, v.panel.content.source.get("layer")) for v in app.panels.values()),
        "errors": sorted(pid for pid, v in app.panels.items() if v.is_error),
