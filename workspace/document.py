@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 LOCAL = "local"
 REMOTE = "remote"
+EMPTY_UPDATE = b"\x00\x00"
+"""A CRDT update that changes nothing (what `apply` returns if an operation wrote nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +182,12 @@ class RoomDocument:
 
     # --- changing ------------------------------------------------------------------
 
-    def apply(self, op: Operation | dict[str, Any], actor: str, *, now: float | None = None) -> Room:
-        """Check `op` against the room and `actor`'s role, then apply it. Returns the new room.
+    def apply(self, op: Operation | dict[str, Any], actor: str, *, now: float | None = None) -> bytes:
+        """Check `op` against the room and `actor`'s role, then apply it.
+
+        Returns the CRDT update this operation produced: what another copy needs
+        (`apply_update`) to see the change, and what a relay persists and broadcasts.
+        The room as it is now is `snapshot()`.
 
         Raises ValidationError, PermissionDenied or NotFound and changes nothing when
         the operation is not allowed.
@@ -193,8 +199,7 @@ class RoomDocument:
         stamp = time.time() if now is None else now
         with self._doc.transaction(origin=LOCAL):
             self._write(op, actor, room, stamp)
-        self._notify(op, actor, LOCAL)
-        return self.snapshot()
+        return self._notify(op, actor, LOCAL)
 
     def _write(self, op: Operation, actor: str, room: Room, now: float) -> None:
         panels, people, settings = self._panels, self._participants, self._settings
@@ -321,20 +326,23 @@ class RoomDocument:
         # keep the update and tell observers once the transaction is over (_notify).
         self._snapshot = None
         update = bytes(event.update)
-        if update and update != b"\x00\x00":  # an empty transaction changed nothing
+        if update and update != EMPTY_UPDATE:  # an empty transaction changed nothing
             self._updates.append(update)
 
-    def _notify(self, op: Operation | None, actor: str | None, origin: str) -> None:
+    def _notify(self, op: Operation | None, actor: str | None, origin: str) -> bytes:
+        """Tell observers about what the last transaction(s) wrote; returns that update."""
         updates, self._updates = self._updates, []
-        if not updates or not self._observers:
-            return
+        if not updates:
+            return EMPTY_UPDATE
         update = updates[0] if len(updates) == 1 else bytes(merge_updates(*updates))
-        change = RoomChange(self.snapshot(), op, actor, update, origin)
-        for sub in list(self._observers):
-            try:
-                sub.callback(change)
-            except Exception:  # one broken observer must not stop the others
-                log.exception("room %s: observer failed", self.room_id)
+        if self._observers:
+            change = RoomChange(self.snapshot(), op, actor, update, origin)
+            for sub in list(self._observers):
+                try:
+                    sub.callback(change)
+                except Exception:  # one broken observer must not stop the others
+                    log.exception("room %s: observer failed", self.room_id)
+        return update
 
 
 def new_room(room_id: str, *, name: str, host_id: str, host_name: str, colour: str = "#e0a030", capacity: int = 32) -> RoomDocument:

@@ -144,3 +144,15 @@ def test_any_operation_sequence_converges(steps: list, sync_points: list[int], r
     # The incrementally maintained snapshot equals one read from scratch.
     fresh = RoomDocument("r", update=copies[0].update_since(None))
     assert fresh.snapshot().to_dict() == copies[0].snapshot().to_dict()
+
+
+def test_apply_returns_the_update_another_copy_needs() -> None:
+    doc = base_room()
+    other = fork(doc)
+    seen: list[bytes] = []
+    with doc.observe(lambda change: seen.append(change.update)):
+        update = doc.apply({"op": "retitle_panel", "panel_id": "p1", "title": "from apply"}, "host")
+    assert isinstance(update, bytes) and seen == [update]  # observers see the same bytes
+    other.apply_update(update)
+    assert other.snapshot().panels["p1"].title == "from apply"
+    assert same(doc, other)
