@@ -53,7 +53,7 @@ def facing_rotation(position: Sequence[float], viewer: Sequence[float]) -> list[
 class Footprint:
     """A panel as the viewer sees it: centre azimuth, half angular width, height range, distance."""
 
-    __slots__ = ("azimuth", "half_angle", "bottom", "top", "radius", "panel_id")
+    __slots__ = ("azimuth", "bottom", "half_angle", "panel_id", "radius", "top")
 
     def __init__(self, azimuth: float, half_angle: float, bottom: float, top: float, radius: float,
                  panel_id: str = "") -> None:
