@@ -72,7 +72,7 @@ class Peer:
     def __init__(self, url: str, room: str, pid: str, name: str) -> None:
         self.url, self.room, self.pid, self.name = url, room, pid, name
         self.key = secrets.token_urlsafe(24)
-        self.doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.sio = socketio.AsyncClient(reconnection=False)
         self.updates = 0
         self.batches_read = 0
@@ -214,9 +214,9 @@ async def test_join_op_ack_update_and_sync(pair: tuple[Peer, Peer]) -> None:
     ack = await a.join(colour="#3366FF")
     assert ack["ok"] and ack["protocol"] == 1 and ack["role"] == "host", ack
     assert ack["participant_id"] == "alice" and ack["tick_hz"] > 0 and isinstance(ack["sv"], bytes)
-    people = a.root("participants").to_py()
+    people = a.root("participants").to_py() or {}
     assert people["alice"]["role"] == "host" and people["alice"]["colour"] == "#3366ff"
-    assert a.root("settings").to_py()["name"] == a.room  # a new room is named after its id
+    assert (a.root("settings").to_py() or {})["name"] == a.room  # a new room is named after its id
     assert not (await a.join())["ok"]  # one join per connection
 
     ack_b = await b.join()
@@ -248,7 +248,7 @@ async def test_join_op_ack_update_and_sync(pair: tuple[Peer, Peer]) -> None:
     assert a.root("panels")["loss"]["transform"]["scale"] == [1.0, 1.0, 1.0]  # missing parts take defaults
 
     # Refusals: an ack with a type and a message, nothing changed.
-    bad = [
+    bad: list[tuple[dict[str, Any], str]] = [
         ({"op": "move_panel", "panel_id": "loss", "transform": {"position": [0, 0]}}, "ValidationError"),
         ({"op": "move_panel", "panel_id": "nope", "transform": {}}, "NotFound"),
         ({"op": "add_panel", "panel_id": "x", "kind": "hologram", "title": "X"}, "ValidationError"),
@@ -268,7 +268,7 @@ async def test_join_op_ack_update_and_sync(pair: tuple[Peer, Peer]) -> None:
     # sync: what a state vector lacks; no new items (a first byte 00, then the delete set) when nothing.
     synced = await b.call("sync", {"sv": sv_before})
     assert synced["ok"] and synced["update"][0] == 0
-    late = Doc()
+    late: Doc[Any] = Doc()
     full = await b.call("sync", {"sv": bytes(late.get_state())})
     late.apply_update(full["update"])
     assert late.get("panels", type=Map)["loss"]["title"] == "Loss"
@@ -334,9 +334,10 @@ async def test_blobs_events_and_invites(pair: tuple[Peer, Peer], tmp_path: Path)
     assert (await a.call("blob_end", {"sha": sha}))["ok"]
     assert (await b.call("blob_begin", {"sha": sha, "size": len(blob)}))["have"] is True  # deduplicated
 
-    parts, size = [], None
-    while size is None or sum(map(len, parts)) < size:
-        got = await b.call("blob_get", {"sha": sha, "offset": sum(map(len, parts)), "length": 262144})
+    parts: list[bytes] = []
+    size: int | None = None
+    while size is None or sum(len(p) for p in parts) < size:
+        got = await b.call("blob_get", {"sha": sha, "offset": sum(len(p) for p in parts), "length": 262144})
         assert got["ok"]
         size = got["size"]
         parts.append(got["data"])
