@@ -582,3 +582,24 @@ class ConfusionMatrix:
         low = low[torch.argsort(conf[low], stable=True)]
         acc = float((pred == y).double().mean()) if y.numel() else 0.0
         return Evaluation(m, prec, rec, f1, acc, pred, conf, wrong, low)
+
+
+class LayerCAM(GradCAM):
+    """Layer-CAM (Jiang et al. 2021): ReLU(Σ_k ReLU(∂score/∂A_k) ⊙ A_k), a weight per position,
+    so shallow layers give fine-grained maps."""
+
+    method = "layercam"
+
+    def compute(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None) -> Tensor:
+        a, g, _ = self._forward_with_grad(inputs, target)
+        a, g = as_spatial(a), as_spatial(g)
+        cam = torch.relu((torch.relu(g) * a).sum(1))
+        return _normalize_maps(cam) if self.normalize else cam
+
+
+CAM_METHODS["layercam"] = LayerCAM
+
+
+def attribution_map(attribution: Tensor) -> Tensor:
+    """Pixel attributions [N, C, H, W] as one map per input [N, H, W] in [0, 1]: |a| summed over channels."""
+    return _normalize_maps(attribution.abs().sum(1))

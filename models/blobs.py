@@ -77,17 +77,24 @@ def attention_blob(attention: torch.Tensor, layer: str) -> bytes:
 
 
 def confusion_blob(evaluation: Any, labels: Sequence[str]) -> bytes:
+    """The matrix (rows true, columns predicted) and per-class precision, recall and F1, both as
+    arrays ("precision", "recall", "f1", float32 [C]) and in the meta (with "classes" = labels)."""
     ev = evaluation
     return encode_content(
-        {"kind": "confusion_matrix", "labels": list(labels), "precision": [float(v) for v in ev.precision],
+        {"kind": "confusion_matrix", "labels": list(labels), "classes": list(labels),
+         "precision": [float(v) for v in ev.precision],
          "recall": [float(v) for v in ev.recall], "f1": [float(v) for v in ev.f1], "accuracy": float(ev.accuracy),
          "misclassified": [int(i) for i in ev.misclassified[:200]],
          "low_confidence": [int(i) for i in ev.low_confidence[:200]]},
-        {"matrix": _np(ev.matrix).astype(np.int32)},
+        {"matrix": _np(ev.matrix).astype(np.int32), "precision": _np(ev.precision).astype(np.float32),
+         "recall": _np(ev.recall).astype(np.float32), "f1": _np(ev.f1).astype(np.float32)},
     )
 
 
-def latent_cloud_blob(embedding: Any, classes: Sequence[str], thumbnails: np.ndarray | None = None) -> bytes:
+def latent_cloud_blob(embedding: Any, classes: Sequence[str], thumbnails: np.ndarray | None = None, *,
+                      color_by: str = "label") -> bytes:
+    """Points with labels, predictions and confidence; `color_by` ("label", "prediction" or
+    "confidence") says which colours the points (meta "color_by")."""
     e = embedding
     arrays: dict[str, np.ndarray] = {
         "positions": e.positions.astype(np.float32), "labels": e.labels.astype(np.int16),
@@ -95,9 +102,31 @@ def latent_cloud_blob(embedding: Any, classes: Sequence[str], thumbnails: np.nda
     }
     if thumbnails is not None:
         arrays["thumbnails"] = np.ascontiguousarray(thumbnails[e.thumbnail_index]).astype(np.uint8)
-    return encode_content({"kind": "latent_cloud", "classes": list(classes), "method": e.method, "layer": e.layer},
-                          arrays)
+    return encode_content({"kind": "latent_cloud", "classes": list(classes), "method": e.method, "layer": e.layer,
+                           "dims": int(e.positions.shape[1]), "color_by": color_by}, arrays)
 
 
 def image_blob(image: torch.Tensor | np.ndarray, text: str = "") -> bytes:
     return encode_content({"kind": "image", "text": text}, {"image": image_uint8(image)})
+
+
+def strip_blob(thumbs: np.ndarray, labels: Sequence[str], *, cols: int = 8, skipped: dict[str, int] | None = None,
+               text: str = "", pad: int = 2) -> bytes:
+    """An input strip: thumbnails [n, h, w] or [n, h, w, 3] uint8 tiled in rows of `cols` into one
+    image, with meta "tiles" {rows, cols, count, labels, skipped, tile: [h, w], pad} (the app maps a
+    click to a tile index)."""
+    t = np.asarray(thumbs)
+    if t.ndim == 3:
+        t = np.repeat(t[..., None], 3, axis=-1)
+    n, h, w = t.shape[:3]
+    cols = max(1, min(cols, n))
+    rows = max(1, -(-n // cols))
+    img = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), np.uint8)
+    img[...] = 24
+    for i in range(n):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        img[y : y + h, x : x + w] = t[i, ..., :3]
+    tiles = {"rows": rows, "cols": cols, "count": int(n), "labels": [str(v) for v in labels][:n],
+             "skipped": dict(skipped or {}), "tile": [int(h), int(w)], "pad": pad}
+    return encode_content({"kind": "image", "text": text, "tiles": tiles}, {"image": img})
