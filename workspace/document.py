@@ -183,108 +183,128 @@ class RoomDocument:
     # --- changing ------------------------------------------------------------------
 
     def apply(self, op: Operation | dict[str, Any], actor: str, *, now: float | None = None) -> bytes:
-        """Check `op` against the room and `actor`'s role, then apply it.
+        """Check `op` against the room and `actor`'s role, then apply it, whole or not at all.
 
         Returns the CRDT update this operation produced: what another copy needs
         (`apply_update`) to see the change, and what a relay persists and broadcasts.
         The room as it is now is `snapshot()`.
 
         Raises ValidationError, PermissionDenied or NotFound and changes nothing when
-        the operation is not allowed.
+        the operation is not allowed. An Operation built in Python is checked exactly
+        like one parsed from the wire.
         """
-        if not isinstance(op, Operation):
-            op = parse_operation(op)
+        # Re-parsing a built Operation costs little and means no value reaches the CRDT
+        # unchecked, whoever constructed it.
+        op = parse_operation(op.to_dict() if isinstance(op, Operation) else op)
         room = self.snapshot()
         op.check(room, actor)
         stamp = time.time() if now is None else now
-        with self._doc.transaction(origin=LOCAL):
-            self._write(op, actor, room, stamp)
+        writes = self._plan(op, actor, room, stamp)
+        _probe(op, writes)
+        self._commit(op, writes)
         return self._notify(op, actor, LOCAL)
 
-    def _write(self, op: Operation, actor: str, room: Room, now: float) -> None:
+    def _plan(self, op: Operation, actor: str, room: Room, now: float) -> list[_Write]:
+        """Every write `op` makes, as plain values, before anything is written."""
         panels, people, settings = self._panels, self._participants, self._settings
+        writes: list[_Write] = []
+
+        def panel(panel_id: str, key: str, value: Any) -> None:
+            entry = panels[panel_id]
+            writes.append(_Write(entry, key, value))
+            writes.append(_Write(entry, "updated", now))
+
         match op:
             case AddPanel():
-                panels[op.panel_id] = Map(
-                    {
-                        "kind": op.kind.value,
-                        "title": op.title,
-                        "transform": op.transform.to_dict(),
-                        "size": list(op.size),
-                        "owner": actor,
-                        "lock_holder": None,
-                        "content": op.content.to_dict(),
-                        "created": now,
-                        "updated": now,
-                    }
-                )
+                fields = {
+                    "kind": op.kind.value,
+                    "title": op.title,
+                    "transform": op.transform.to_dict(),
+                    "size": list(op.size),
+                    "owner": actor,
+                    "lock_holder": None,
+                    "content": op.content.to_dict(),
+                    "created": now,
+                    "updated": now,
+                }
+                writes.append(_Write(panels, op.panel_id, _Entry(fields)))
             case MovePanel():
-                self._set_panel(op.panel_id, "transform", op.transform.to_dict(), now)
+                panel(op.panel_id, "transform", op.transform.to_dict())
             case ResizePanel():
-                self._set_panel(op.panel_id, "size", list(op.size), now)
+                panel(op.panel_id, "size", list(op.size))
             case RetitlePanel():
-                self._set_panel(op.panel_id, "title", op.title, now)
+                panel(op.panel_id, "title", op.title)
             case SetPanelContent():
-                self._set_panel(op.panel_id, "content", op.content.to_dict(), now)
+                panel(op.panel_id, "content", op.content.to_dict())
             case LockPanel():
-                self._set_panel(op.panel_id, "lock_holder", actor if actor != SYSTEM else None, now)
+                panel(op.panel_id, "lock_holder", actor if actor != SYSTEM else None)
             case UnlockPanel():
-                self._set_panel(op.panel_id, "lock_holder", None, now)
+                panel(op.panel_id, "lock_holder", None)
             case RemovePanel():
-                del panels[op.panel_id]
+                writes.append(_Write(panels, op.panel_id, _DELETE))
             case Join():
-                existing = room.participants.get(op.participant_id)
-                # A rejoin keeps the role the room gave; only the relay (SYSTEM) assigns roles.
-                role = op.role if (existing is None or actor == SYSTEM) else existing.role
-                people[op.participant_id] = Map(
-                    {
-                        "name": op.display_name,
-                        "colour": op.colour,
-                        "role": role.value,
-                        "hand_raised": existing.hand_raised if existing else False,
-                        "muted": existing.muted if existing else False,
-                    }
-                )
+                existing = room.participants.get(op.participant_id)  # a rejoin keeps hand and mute
+                person = {
+                    "name": op.display_name,
+                    "colour": op.colour,
+                    "role": op.role.value,
+                    "hand_raised": existing.hand_raised if existing else False,
+                    "muted": existing.muted if existing else False,
+                }
+                writes.append(_Write(people, op.participant_id, _Entry(person)))
             case Leave():
-                del people[op.participant_id]
-                for panel in room.panels.values():  # their locks go with them
-                    if panel.lock_holder == op.participant_id:
-                        self._set_panel(panel.id, "lock_holder", None, now)
+                writes.append(_Write(people, op.participant_id, _DELETE))
+                for p in room.panels.values():  # their locks go with them
+                    if p.lock_holder == op.participant_id:
+                        panel(p.id, "lock_holder", None)
                 if room.settings.presenter == op.participant_id:
-                    settings["follow"] = FollowMode.OFF.value
-                    settings["presenter"] = None
+                    writes += [_Write(settings, "follow", FollowMode.OFF.value), _Write(settings, "presenter", None)]
             case SetRole():
-                people[op.participant_id]["role"] = op.role.value
+                writes.append(_Write(people[op.participant_id], "role", op.role.value))
                 if room.settings.presenter == op.participant_id and op.role not in (Role.HOST, Role.PRESENTER):
-                    settings["follow"] = FollowMode.OFF.value
-                    settings["presenter"] = None
+                    writes += [_Write(settings, "follow", FollowMode.OFF.value), _Write(settings, "presenter", None)]
             case SetProfile():
-                people[op.participant_id]["name"] = op.display_name
-                people[op.participant_id]["colour"] = op.colour
+                person_map = people[op.participant_id]
+                writes += [_Write(person_map, "name", op.display_name), _Write(person_map, "colour", op.colour)]
             case RaiseHand():
-                people[op.participant_id]["hand_raised"] = op.raised
+                writes.append(_Write(people[op.participant_id], "hand_raised", op.raised))
             case MuteParticipant():
-                people[op.participant_id]["muted"] = op.muted
+                writes.append(_Write(people[op.participant_id], "muted", op.muted))
             case LockLayout():
-                settings["layout_locked"] = op.locked
+                writes.append(_Write(settings, "layout_locked", op.locked))
             case SetFollow():
-                settings["follow"] = op.mode.value
-                settings["presenter"] = op.presenter if op.mode is FollowMode.PRESENTER else None
+                presenter = op.presenter if op.mode is FollowMode.PRESENTER else None
+                writes += [_Write(settings, "follow", op.mode.value), _Write(settings, "presenter", presenter)]
             case MuteAll():
-                settings["muted_all"] = op.muted
+                writes.append(_Write(settings, "muted_all", op.muted))
             case SetVoiceMode():
-                settings["voice"] = op.mode.value
+                writes.append(_Write(settings, "voice", op.mode.value))
             case RenameRoom():
-                settings["name"] = op.room_name
+                writes.append(_Write(settings, "name", op.room_name))
             case SetCapacity():
-                settings["capacity"] = op.capacity
+                writes.append(_Write(settings, "capacity", op.capacity))
             case _:
                 raise ValidationError(f"operation {op.name!r} has no writer")  # a programming error
+        return writes
 
-    def _set_panel(self, panel_id: str, key: str, value: Any, now: float) -> None:
-        entry = self._panels[panel_id]
-        entry[key] = value
-        entry["updated"] = now
+    def _commit(self, op: Operation, writes: list[_Write]) -> None:
+        """Write everything in one transaction; should the CRDT fail half-way anyway, undo
+        what was written, so that nothing of `op` remains."""
+        before = [(w.target, w.key, _read_value(w.target, w.key)) for w in writes]
+        try:
+            with self._doc.transaction(origin=LOCAL):
+                for w in writes:
+                    _put(w.target, w.key, w.value)
+        except BaseException as exc:
+            if not _is_crdt_failure(exc):
+                raise
+            with self._doc.transaction(origin=LOCAL):
+                for target, key, old in reversed(before):
+                    _put(target, key, old)
+            # The undone half is part of this copy's history now: others must get it too,
+            # or a later update that builds on it would wait for it for ever.
+            update = self._notify(None, None, LOCAL)
+            raise WriteUndone(f"{op.name} could not be stored and was undone: {_describe(exc)}", update) from None
 
     # --- replication ---------------------------------------------------------------
 
@@ -343,6 +363,93 @@ class RoomDocument:
                 except Exception:  # one broken observer must not stop the others
                     log.exception("room %s: observer failed", self.room_id)
         return update
+
+# --- writing safely ---------------------------------------------------------------------
+
+
+class _Deleted:
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+_DELETE: Any = _Deleted()
+"""A write's value that removes the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A write's value that puts a fresh nested map (a panel's or participant's fields)."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    target: Map
+    key: str
+    value: Any
+    """A plain value, an _Entry, or _DELETE."""
+
+
+class WriteUndone(ValidationError):
+    """The CRDT refused a value half-way through an operation; what was written is undone.
+
+    Nothing of the operation remains, but the undoing is itself an update: `update`
+    must still reach the other copies (persist and broadcast it like an applied one).
+    """
+
+    def __init__(self, message: str, update: bytes) -> None:
+        super().__init__(message)
+        self.update = update
+
+
+def _is_crdt_failure(exc: BaseException) -> bool:
+    # pycrdt's Rust code panics on values it cannot convert (a lone surrogate, an int
+    # over 64 bits, a non-text key); pyo3 raises that as PanicException, a BaseException
+    # that cannot be imported. Anything else that is not an Exception (KeyboardInterrupt,
+    # SystemExit, a cancelled task) must pass through untouched.
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def _put(target: Map, key: str, value: Any) -> None:
+    if value is _DELETE:
+        if key in target:
+            del target[key]
+    elif isinstance(value, _Entry):
+        target[key] = Map(value.fields)
+    else:
+        target[key] = value
+
+
+def _read_value(target: Map, key: str) -> Any:
+    """What `target[key]` holds now, in a form `_put` can write back."""
+    if key not in target:
+        return _DELETE
+    value = target[key]
+    if isinstance(value, Map):
+        return _Entry(value.to_py() or {})
+    return value.to_py() if hasattr(value, "to_py") else value
+
+
+def _probe(op: Operation, writes: list[_Write]) -> None:
+    """Write every value into a scratch document first: a value the CRDT cannot hold is
+    refused here, before the room's document is touched."""
+    scratch: Doc = Doc()
+    target = scratch.get("probe", type=Map)
+    try:
+        with scratch.transaction():
+            for i, w in enumerate(writes):
+                _put(target, str(i), w.value)
+    except BaseException as exc:
+        if not _is_crdt_failure(exc):
+            raise
+        raise ValidationError(f"{op.name} holds a value the room document cannot store: {_describe(exc)}") from None
+
 
 
 def new_room(room_id: str, *, name: str, host_id: str, host_name: str, colour: str = "#e0a030", capacity: int = 32) -> RoomDocument:

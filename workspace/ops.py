@@ -5,7 +5,11 @@ against the room and the actor's role (`check_allowed`), and applied in exactly 
 place (`RoomDocument.apply`). The same dict form travels over the relay.
 
 Permissions, in short:
-- viewers change nothing but their own hand and their own leaving;
+- nobody joins or leaves by operation: `join` and `leave` are applied only by the room
+  itself (actor SYSTEM: the relay on admission, disconnect and kick); roles change only
+  through the host's `set_role`;
+- viewers change nothing but their own hand, their own name and colour, and muting
+  themselves;
 - members add panels and move, resize, retitle, lock and remove their own or unlocked
   panels, unless the layout is locked;
 - in a locked layout only host and presenters add, move, resize or remove panels;
@@ -23,9 +27,12 @@ from typing import Any, ClassVar
 
 from deeproom.errors import NotFound, PermissionDenied, ValidationError
 from deeproom.state import (
+    MAX_JSON_DEPTH,
+    MAX_JSON_NODES,
     MAX_NAME,
     MAX_PANELS,
     MAX_TITLE,
+    SYSTEM,
     FollowMode,
     PanelContent,
     PanelKind,
@@ -34,17 +41,17 @@ from deeproom.state import (
     Room,
     Transform,
     VoiceMode,
+    brief,
     check_bool,
     check_capacity,
     check_colour,
     check_id,
+    check_participant_id,
     check_size,
     check_text,
+    field_names,
     parse_enum,
 )
-
-SYSTEM = "system"
-"""The actor id the relay (or a local session) uses for changes no participant makes: joins, leaves."""
 
 _RUNS_ROOM = (Role.HOST, Role.PRESENTER)
 
@@ -84,22 +91,50 @@ def _register(cls: type[Operation]) -> type[Operation]:
     return cls
 
 
+MAX_OP_DEPTH = MAX_JSON_DEPTH + 4
+"""Deepest nesting in an operation: a content source's levels plus the operation's own."""
+MAX_OP_NODES = MAX_JSON_NODES + 100
+"""Most values (objects, lists, scalars) in one operation."""
+
+
 def parse_operation(data: Any) -> Operation:
-    """Turn a dict from a user, the wire or a file into an Operation, or raise ValidationError."""
+    """Turn a dict from a user, the wire or a file into an Operation, or raise ValidationError.
+
+    Nothing here recurses on the input or prints it whole, so no input, however deep,
+    large or strange, raises anything but ValidationError.
+    """
     if not isinstance(data, Mapping):
-        raise ValidationError(f"an operation must be an object with an 'op' field; got {type(data).__name__}")
+        raise ValidationError(f"an operation must be an object with an 'op' field; got {brief(data, 40)}")
+    _check_shape(data)
     name = data.get("op")
     cls = OPERATIONS.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ValidationError(f"unknown operation {name!r:.40}; allowed: {', '.join(sorted(OPERATIONS))}")
+        raise ValidationError(f"unknown operation {brief(name, 40)}; allowed: {', '.join(sorted(OPERATIONS))}")
     expected = {f.name for f in fields(cls)} | {"op"}  # type: ignore[arg-type]
-    unknown = set(data) - expected
+    unknown = [k for k in data if k not in expected]
     if unknown:
-        raise ValidationError(f"{name} has unknown fields {sorted(unknown)}; allowed: {', '.join(sorted(expected - {'op'}))}")
+        raise ValidationError(f"{name} has unknown fields {field_names(unknown)}; allowed: {', '.join(sorted(expected - {'op'}))}")
     try:
         return cls.parse(data)
     except KeyError as exc:
         raise ValidationError(f"{name} is missing field {exc.args[0]!r}") from None
+
+
+def _check_shape(data: Mapping[str, Any]) -> None:
+    """Refuse operations nested too deep or holding too much, without recursing."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if isinstance(value, Mapping | list | tuple):
+            if depth >= MAX_OP_DEPTH:
+                raise ValidationError(f"an operation is nested at most {MAX_OP_DEPTH} levels deep")
+            nodes += len(value)
+            if nodes > MAX_OP_NODES:
+                raise ValidationError(f"an operation holds at most {MAX_OP_NODES} values")
+            items = value.values() if isinstance(value, Mapping) else value
+            stack.extend((v, depth + 1) for v in items if isinstance(v, Mapping | list | tuple))
 
 
 # --- who may do what ------------------------------------------------------------------
@@ -166,7 +201,7 @@ class AddPanel(Operation):
         return cls(
             panel_id=check_id(p["panel_id"], "panel id"),
             kind=parse_enum(PanelKind, p["kind"], "panel kind"),
-            title=check_text(p["title"], "panel title", MAX_TITLE),
+            title=check_text(p["title"], "panel title", MAX_TITLE, multiline=True),
             transform=Transform.from_dict(p.get("transform", {})),
             size=check_size(p.get("size", (1.0, 0.75))),
             content=PanelContent.from_dict(p.get("content")),
@@ -219,7 +254,7 @@ class RetitlePanel(Operation):
 
     @classmethod
     def parse(cls, p: Mapping[str, Any]) -> RetitlePanel:
-        return cls(check_id(p["panel_id"], "panel id"), check_text(p["title"], "panel title", MAX_TITLE))
+        return cls(check_id(p["panel_id"], "panel id"), check_text(p["title"], "panel title", MAX_TITLE, multiline=True))
 
     def check(self, room: Room, actor: str) -> None:
         _panel_for_edit(room, actor, self.panel_id, "retitle panels")
@@ -305,11 +340,22 @@ class UnlockPanel(Operation):
 # --- participants ---------------------------------------------------------------------
 
 
+def _only_the_room(op: Operation, actor: str) -> None:
+    if actor != SYSTEM:
+        raise PermissionDenied(
+            f"{op.name} is applied only by the room itself (the relay admits, disconnects and kicks "
+            f"participants; the host changes roles with set_role); {actor!r} may not send it"
+        )
+
+
 @_register
 @dataclass(frozen=True, slots=True)
 class Join(Operation):
-    """A participant enters. The relay (actor SYSTEM) decides the role; a participant
-    joining by themselves may only be a member or viewer."""
+    """A participant enters, with the role the room gave them.
+
+    Only the room itself applies it (actor SYSTEM): the relay on admission, a local
+    session for its one user. A participant who could send it could rejoin as anyone
+    with any role."""
 
     name: ClassVar[str] = "join"
     participant_id: str
@@ -320,18 +366,14 @@ class Join(Operation):
     @classmethod
     def parse(cls, p: Mapping[str, Any]) -> Join:
         return cls(
-            check_id(p["participant_id"], "participant id"),
+            check_participant_id(p["participant_id"]),
             check_text(p["display_name"], "display name", MAX_NAME),
             check_colour(p.get("colour", "#888888")),
             parse_enum(Role, p.get("role", "member"), "role"),
         )
 
     def check(self, room: Room, actor: str) -> None:
-        if actor != SYSTEM:
-            if actor != self.participant_id:
-                raise PermissionDenied("participants join only as themselves")
-            if self.role in _RUNS_ROOM:
-                raise PermissionDenied("only the room may make someone host or presenter on joining")
+        _only_the_room(self, actor)
         rejoin = self.participant_id in room.participants
         if not rejoin and len(room.participants) >= room.settings.capacity:
             raise PermissionDenied(f"room {room.id!r} is full ({room.settings.capacity} participants)")
@@ -340,17 +382,19 @@ class Join(Operation):
 @_register
 @dataclass(frozen=True, slots=True)
 class Leave(Operation):
+    """A participant goes: the relay applies it (actor SYSTEM) when they disconnect for
+    good or the host kicks them (after the relay checked that the kicker is host)."""
+
     name: ClassVar[str] = "leave"
     participant_id: str
 
     @classmethod
     def parse(cls, p: Mapping[str, Any]) -> Leave:
-        return cls(check_id(p["participant_id"], "participant id"))
+        return cls(check_participant_id(p["participant_id"]))
 
     def check(self, room: Room, actor: str) -> None:
+        _only_the_room(self, actor)
         _participant(room, self.participant_id)
-        if actor != self.participant_id:
-            _require(room, actor, (Role.HOST,), "remove others from the room")
 
 
 @_register
@@ -362,7 +406,7 @@ class SetRole(Operation):
 
     @classmethod
     def parse(cls, p: Mapping[str, Any]) -> SetRole:
-        return cls(check_id(p["participant_id"], "participant id"), parse_enum(Role, p["role"], "role"))
+        return cls(check_participant_id(p["participant_id"]), parse_enum(Role, p["role"], "role"))
 
     def check(self, room: Room, actor: str) -> None:
         _require(room, actor, (Role.HOST,), "change roles")
@@ -386,7 +430,7 @@ class SetProfile(Operation):
     @classmethod
     def parse(cls, p: Mapping[str, Any]) -> SetProfile:
         return cls(
-            check_id(p["participant_id"], "participant id"),
+            check_participant_id(p["participant_id"]),
             check_text(p["display_name"], "display name", MAX_NAME),
             check_colour(p["colour"]),
         )
@@ -406,7 +450,7 @@ class RaiseHand(Operation):
 
     @classmethod
     def parse(cls, p: Mapping[str, Any]) -> RaiseHand:
-        return cls(check_id(p["participant_id"], "participant id"), check_bool(p["raised"], "raised"))
+        return cls(check_participant_id(p["participant_id"]), check_bool(p["raised"], "raised"))
 
     def check(self, room: Room, actor: str) -> None:
         _participant(room, self.participant_id)
@@ -426,7 +470,7 @@ class MuteParticipant(Operation):
 
     @classmethod
     def parse(cls, p: Mapping[str, Any]) -> MuteParticipant:
-        return cls(check_id(p["participant_id"], "participant id"), check_bool(p["muted"], "muted"))
+        return cls(check_participant_id(p["participant_id"]), check_bool(p["muted"], "muted"))
 
     def check(self, room: Room, actor: str) -> None:
         _participant(room, self.participant_id)
@@ -466,7 +510,7 @@ class SetFollow(Operation):
         presenter = p.get("presenter")
         return cls(
             parse_enum(FollowMode, p["mode"], "follow mode"),
-            None if presenter is None else check_id(presenter, "presenter"),
+            None if presenter is None else check_participant_id(presenter, "presenter"),
         )
 
     def check(self, room: Room, actor: str) -> None:

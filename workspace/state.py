@@ -27,11 +27,29 @@ POSITION_LIMIT = 1000.0
 SCALE_MIN, SCALE_MAX = 0.05, 50.0
 SIZE_MIN, SIZE_MAX = 0.05, 20.0
 CAPACITY_MIN, CAPACITY_MAX = 1, 500
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and lists in a content source (and in a content blob's meta)."""
+MAX_JSON_NODES = 20_000
+"""Most values (objects, lists, scalars) in one content source."""
+MAX_KEY = 256
+"""Longest key of an object in a content source."""
+MAX_INT = 2**53
+"""Whole numbers in a content source lie within ±2**53 (what a JavaScript number holds exactly)."""
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_COLOUR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+# Every pattern is matched with fullmatch: `$` would let a trailing newline through.
+_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_COLOUR_RE = re.compile(r"#[0-9a-fA-F]{6}")
+# Control characters (C0 but tab and newline, DEL, C1) and lone surrogates, which cannot
+# be encoded as UTF-8 and so cannot enter the CRDT. `_BAD_LINE` also refuses tab and newline.
+_BAD_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_JSON_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
+
+SYSTEM = "system"
+"""The actor id the relay (or a local session) uses for changes no participant makes:
+joins, leaves, kicks. No participant may have it as their id."""
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -80,50 +98,154 @@ def _choices(enum: type[StrEnum]) -> str:
     return ", ".join(m.value for m in enum)
 
 
+def brief(value: Any, limit: int = 60) -> str:
+    """A short description of any value for an error message; never raises.
+
+    Hostile input reaches error messages: `repr` of a 5,000-digit int raises, of a list
+    nested 10,000 deep recurses, of a 10 MB string is 10 MB. This stays short.
+    """
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 64 else f"a whole number of {value.bit_length()} bits"
+    if isinstance(value, str):
+        text = repr(value[:limit])
+        return text + "…" if len(value) > limit else text
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"{len(value)} bytes"
+    if isinstance(value, list | tuple):
+        if len(value) <= 8 and all(v is None or isinstance(v, bool | int | float) for v in value):
+            return "[" + ", ".join(brief(v) for v in value) + "]"
+        return f"a list of {len(value)} items"
+    if isinstance(value, Mapping):
+        return f"an object of {len(value)} fields"
+    return f"a {type(value).__name__}"
+
+
+def field_names(keys: Any) -> list[str]:
+    """Keys of a hostile mapping as sorted, printable names (keys may be of any type)."""
+    return sorted(k if isinstance(k, str) and not _BAD_LINE.search(k) and len(k) <= 40 else brief(k, 40) for k in keys)
+
+
 def parse_enum(enum: type[E], value: Any, what: str) -> E:
     """`value` as a member of `enum`, or a ValidationError listing what is allowed."""
-    try:
-        return enum(value)
-    except ValueError:
-        raise ValidationError(f"{what} must be one of {_choices(enum)}; got {value!r}") from None
+    if isinstance(value, str):
+        try:
+            return enum(value)
+        except ValueError:
+            pass
+    raise ValidationError(f"{what} must be one of {_choices(enum)}; got {brief(value, 40)}")
 
 
 def check_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise ValidationError(
-            f"{what} must be 1-{MAX_ID} characters of letters, digits and _ . : -; got {value!r:.80}"
-        )
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise ValidationError(f"{what} must be 1-{MAX_ID} characters of letters, digits and _ . : -; got {brief(value, 80)}")
     return value
 
 
-def check_text(value: Any, what: str, limit: int, *, allow_empty: bool = False) -> str:
+def check_participant_id(value: Any, what: str = "participant id") -> str:
+    """A participant id: an id as `check_id` allows, but never the reserved actor SYSTEM."""
+    check_id(value, what)
+    if value == SYSTEM:
+        raise ValidationError(f"{what} {SYSTEM!r} is reserved for the room itself; choose another")
+    return value
+
+
+def check_text(value: Any, what: str, limit: int, *, allow_empty: bool = False, multiline: bool = False) -> str:
+    """Text a person reads: at most `limit` characters, valid Unicode, no control characters
+    (tab and newline only where `multiline`)."""
     if not isinstance(value, str):
-        raise ValidationError(f"{what} must be text; got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise ValidationError(f"{what} must not be empty")
+        raise ValidationError(f"{what} must be text; got {brief(value, 40) if value is None else type(value).__name__}")
     if len(value) > limit:
         raise ValidationError(f"{what} must be at most {limit} characters; got {len(value)}")
-    if any(ord(c) < 32 and c not in "\t\n" for c in value):
-        raise ValidationError(f"{what} must not contain control characters")
+    if not allow_empty and not value.strip():
+        raise ValidationError(f"{what} must not be empty")
+    bad = (_BAD_TEXT if multiline else _BAD_LINE).search(value)
+    if bad is not None:
+        c = bad.group()
+        if "\ud800" <= c <= "\udfff":
+            raise ValidationError(f"{what} must be valid Unicode text; it holds a lone surrogate U+{ord(c):04X}")
+        allowed = " (tab and newline are allowed)" if multiline else ""
+        raise ValidationError(f"{what} must not contain control characters{allowed}; found U+{ord(c):04X}")
     return value
+
+
+def check_json(value: Any, what: str, *, max_depth: int = MAX_JSON_DEPTH, max_nodes: int = MAX_JSON_NODES) -> None:
+    """Refuse anything that is not plain JSON the CRDT and every client can hold.
+
+    Objects with text keys (whole-number keys are allowed; JSON turns them into text),
+    lists, text without lone surrogates or control characters (tab, newline and carriage
+    return are allowed), finite numbers, whole numbers within ±2**53, true/false/null;
+    at most `max_depth` levels and `max_nodes` values. Walks without recursion, so
+    hostile nesting cannot exhaust the stack.
+    """
+    stack: list[tuple[Any, int, str]] = [(value, 0, what)]
+    nodes = 0
+    while stack:
+        v, depth, where = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            raise ValidationError(f"{what} holds more than {max_nodes} values")
+        if v is None or isinstance(v, bool):
+            continue
+        if isinstance(v, int):
+            if not -MAX_INT <= v <= MAX_INT:
+                raise ValidationError(f"{where}: whole numbers must be within ±2**53; got {brief(v)}")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValidationError(f"{where}: numbers must be finite; got {v}")
+        elif isinstance(v, str):
+            _check_json_text(v, where)
+        elif isinstance(v, Mapping | list | tuple):
+            if depth >= max_depth:
+                raise ValidationError(f"{what} is nested more than {max_depth} levels deep")
+            if len(v) > max_nodes:
+                raise ValidationError(f"{what} holds more than {max_nodes} values")
+            if isinstance(v, Mapping):
+                for k, item in v.items():
+                    if isinstance(k, bool) or not isinstance(k, str | int):
+                        raise ValidationError(f"{where}: object keys must be text; got {brief(k, 40)}")
+                    if isinstance(k, int):
+                        if not -MAX_INT <= k <= MAX_INT:
+                            raise ValidationError(f"{where}: object keys must be text; got {brief(k, 40)}")
+                    else:
+                        if len(k) > MAX_KEY:
+                            raise ValidationError(f"{where}: object keys must be at most {MAX_KEY} characters; got {len(k)}")
+                        _check_json_text(k, where)
+                    stack.append((item, depth + 1, f"{where}.{brief(k, 40) if not isinstance(k, str) else k[:40]}"))
+            else:
+                stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(v))
+        else:
+            raise ValidationError(f"{where} must be plain JSON (objects, lists, text, numbers, true/false/null); got {brief(v, 40)}")
+
+
+def _check_json_text(v: str, where: str) -> None:
+    bad = _BAD_JSON_TEXT.search(v)
+    if bad is not None:
+        c = bad.group()
+        if "\ud800" <= c <= "\udfff":
+            raise ValidationError(f"{where}: text must be valid Unicode; it holds a lone surrogate U+{ord(c):04X}")
+        raise ValidationError(f"{where}: text must not contain control characters; found U+{ord(c):04X}")
 
 
 def check_number(value: Any, what: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    bracket = "(" if lo_open else "["
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError(f"{what} must be a number; got {type(value).__name__}")
+        raise ValidationError(f"{what} must be a number; got {brief(value, 40)}")
+    if isinstance(value, int) and value.bit_length() > 1000:  # float() of it would overflow
+        raise ValidationError(f"{what} must be in {bracket}{lo:g}, {hi:g}]; got {brief(value)}")
     v = float(value)
     if not math.isfinite(v):
         raise ValidationError(f"{what} must be finite; got {value}")
     low_ok = v > lo if lo_open else v >= lo
     if not low_ok or v > hi:
-        bracket = "(" if lo_open else "["
-        raise ValidationError(f"{what} must be in {bracket}{lo:g}, {hi:g}]; got {value:g}")
+        raise ValidationError(f"{what} must be in {bracket}{lo:g}, {hi:g}]; got {v:g}")
     return v
 
 
 def _vector(value: Any, n: int, what: str, lo: float, hi: float, *, lo_open: bool = False) -> tuple[float, ...]:
     if not isinstance(value, list | tuple) or len(value) != n:
-        raise ValidationError(f"{what} must be a list of {n} numbers; got {value!r:.80}")
+        raise ValidationError(f"{what} must be a list of {n} numbers; got {brief(value, 80)}")
     return tuple(check_number(v, f"{what}[{i}]", lo, hi, lo_open=lo_open) for i, v in enumerate(value))
 
 
@@ -141,10 +263,10 @@ class Transform:
     @classmethod
     def from_dict(cls, data: Any) -> Transform:
         if not isinstance(data, Mapping):
-            raise ValidationError(f"transform must be an object with position, rotation, scale; got {data!r:.80}")
+            raise ValidationError(f"transform must be an object with position, rotation, scale; got {brief(data, 80)}")
         unknown = set(data) - {"position", "rotation", "scale"}
         if unknown:
-            raise ValidationError(f"transform has unknown fields {sorted(unknown)}; allowed: position, rotation, scale")
+            raise ValidationError(f"transform has unknown fields {field_names(unknown)}; allowed: position, rotation, scale")
         default = cls()
         pos = _vector(data.get("position", default.position), 3, "transform.position", -POSITION_LIMIT, POSITION_LIMIT)
         rot = _vector(data.get("rotation", default.rotation), 4, "transform.rotation", -1e6, 1e6)
@@ -175,16 +297,17 @@ class PanelContent:
         if data is None:
             return cls()
         if not isinstance(data, Mapping):
-            raise ValidationError(f"content must be an object with source and refs; got {data!r:.80}")
+            raise ValidationError(f"content must be an object with source and refs; got {brief(data, 80)}")
         unknown = set(data) - {"source", "refs"}
         if unknown:
-            raise ValidationError(f"content has unknown fields {sorted(unknown)}; allowed: source, refs")
+            raise ValidationError(f"content has unknown fields {field_names(unknown)}; allowed: source, refs")
         source = data.get("source", {})
         if not isinstance(source, Mapping):
-            raise ValidationError("content.source must be an object")
+            raise ValidationError(f"content.source must be an object; got {brief(source, 40)}")
+        check_json(source, "content.source")  # before json.dumps, which recurses and trusts its input
         try:
             encoded = json.dumps(source, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ValidationError(f"content.source must be plain JSON without NaN: {exc}") from None
         if len(encoded) > MAX_SOURCE_BYTES:
             raise ValidationError(f"content.source must be at most {MAX_SOURCE_BYTES} bytes as JSON; got {len(encoded)}")
@@ -192,8 +315,8 @@ class PanelContent:
         if not isinstance(refs, list | tuple) or len(refs) > MAX_CONTENT_REFS:
             raise ValidationError(f"content.refs must be a list of at most {MAX_CONTENT_REFS} sha256 ids")
         for r in refs:
-            if not isinstance(r, str) or not _SHA256_RE.match(r):
-                raise ValidationError(f"content.refs entries must be 64 lowercase hex digits (sha256); got {r!r:.80}")
+            if not isinstance(r, str) or not _SHA256_RE.fullmatch(r):
+                raise ValidationError(f"content.refs entries must be 64 lowercase hex digits (sha256); got {brief(r, 80)}")
         return cls(json.loads(encoded), tuple(refs))
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,11 +365,11 @@ class Panel:
     @classmethod
     def from_dict(cls, data: Any) -> Panel:
         if not isinstance(data, Mapping):
-            raise ValidationError(f"panel must be an object; got {data!r:.80}")
+            raise ValidationError(f"panel must be an object; got {brief(data, 80)}")
         allowed = {"id", "kind", "title", "transform", "size", "owner", "lock_holder", "content", "created", "updated"}
         unknown = set(data) - allowed
         if unknown:
-            raise ValidationError(f"panel has unknown fields {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+            raise ValidationError(f"panel has unknown fields {field_names(unknown)}; allowed: {', '.join(sorted(allowed))}")
         for key in ("id", "kind", "title"):
             if key not in data:
                 raise ValidationError(f"panel is missing {key!r}")
@@ -255,7 +378,7 @@ class Panel:
         return cls(
             id=pid,
             kind=parse_enum(PanelKind, data["kind"], "panel kind"),
-            title=check_text(data["title"], "panel title", MAX_TITLE),
+            title=check_text(data["title"], "panel title", MAX_TITLE, multiline=True),
             transform=Transform.from_dict(data.get("transform", {})),
             size=check_size(data.get("size", (1.0, 0.75))),
             owner=check_id(data.get("owner", "nobody"), "panel owner"),
@@ -272,8 +395,8 @@ def check_size(value: Any) -> tuple[float, float]:
 
 
 def check_colour(value: Any) -> str:
-    if not isinstance(value, str) or not _COLOUR_RE.match(value):
-        raise ValidationError(f"colour must be '#rrggbb'; got {value!r:.40}")
+    if not isinstance(value, str) or not _COLOUR_RE.fullmatch(value):
+        raise ValidationError(f"colour must be '#rrggbb'; got {brief(value, 40)}")
     return value.lower()
 
 
@@ -307,7 +430,7 @@ class Participant:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Participant:
         return cls(
-            id=check_id(data["id"], "participant id"),
+            id=check_participant_id(data["id"]),
             name=check_text(data["name"], "participant name", MAX_NAME),
             colour=check_colour(data.get("colour", "#888888")),
             role=parse_enum(Role, data.get("role", "member"), "role"),
@@ -353,7 +476,7 @@ class RoomSettings:
         allowed = set(cls().to_dict())
         unknown = set(data) - allowed
         if unknown:
-            raise ValidationError(f"settings has unknown fields {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+            raise ValidationError(f"settings has unknown fields {field_names(unknown)}; allowed: {', '.join(sorted(allowed))}")
         d = cls()
         presenter = data.get("presenter", d.presenter)
         return cls(
@@ -369,7 +492,7 @@ class RoomSettings:
 
 def check_bool(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
-        raise ValidationError(f"{what} must be true or false; got {value!r:.40}")
+        raise ValidationError(f"{what} must be true or false; got {brief(value, 40)}")
     return value
 
 
@@ -377,7 +500,7 @@ def check_capacity(value: Any) -> int:
     if isinstance(value, float) and value.is_integer():  # the CRDT stores numbers as floats
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"capacity must be a whole number; got {value!r:.40}")
+        raise ValidationError(f"capacity must be a whole number; got {brief(value, 40)}")
     if not CAPACITY_MIN <= value <= CAPACITY_MAX:
         raise ValidationError(f"capacity must be in [{CAPACITY_MIN}, {CAPACITY_MAX}]; got {value}")
     return value

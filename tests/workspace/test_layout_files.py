@@ -42,7 +42,7 @@ def test_apply_layout_reproduces_panels_and_is_all_or_nothing() -> None:
         p: v.transform for p, v in source.snapshot().panels.items()
     }
     locked = build_demo_room()
-    locked.apply({"op": "join", "participant_id": "m", "display_name": "M"}, "m")
+    locked.apply({"op": "join", "participant_id": "m", "display_name": "M"}, "system")
     locked.apply({"op": "lock_panel", "panel_id": "metrics"}, "demo-host")
     before = locked.snapshot()
     with pytest.raises(PermissionDenied):
@@ -107,6 +107,6 @@ def test_missing_file() -> None:
 def test_layout_ignores_participants() -> None:
     doc = build_demo_room()
     before = layout_of(doc.snapshot())
-    doc.apply({"op": "join", "participant_id": "m", "display_name": "M"}, "m")
+    doc.apply({"op": "join", "participant_id": "m", "display_name": "M"}, "system")
     assert layout_of(doc.snapshot()) == before
     assert "participants" not in before.to_dict()

@@ -131,10 +131,80 @@ def test_self_join_cannot_claim_host(room: RoomDocument) -> None:
         room.apply({"op": "join", "participant_id": "x", "display_name": "X", "role": "host"}, "x")
 
 
+@pytest.mark.parametrize("actor", ["view", "mem", "pres", "host"])
+def test_participants_cannot_join_or_leave_by_operation(room: RoomDocument, actor: str) -> None:
+    """The viewer's climb: leave, then rejoin as a member. Only the room (SYSTEM) applies
+    join and leave; everyone, the host included, is refused, and nothing changes."""
+    before = room.state_vector()
+    for op in (
+        {"op": "leave", "participant_id": actor},
+        {"op": "join", "participant_id": actor, "display_name": "Me", "role": "member"},
+        {"op": "join", "participant_id": "newcomer", "display_name": "New", "role": "viewer"},
+        {"op": "leave", "participant_id": "view"},
+    ):
+        with pytest.raises(PermissionDenied, match="only by the room itself"):
+            room.apply(op, actor)
+    assert room.state_vector() == before
+    assert room.snapshot().participants["view"].role is Role.VIEWER
+
+
+def test_viewer_cannot_climb_by_any_operation(room: RoomDocument) -> None:
+    room.apply(add(), "host")
+    climbs = [
+        {"op": "set_role", "participant_id": "view", "role": "member"},
+        {"op": "set_profile", "participant_id": "mem", "display_name": "Hijacked", "colour": "#000000"},
+        {"op": "raise_hand", "participant_id": "mem", "raised": True},
+        {"op": "raise_hand", "participant_id": "pres", "raised": False},
+        {"op": "mute_participant", "participant_id": "host", "muted": True},
+        {"op": "mute_all", "muted": True},
+        {"op": "lock_layout", "locked": True},
+        {"op": "lock_panel", "panel_id": "p1"},
+        {"op": "unlock_panel", "panel_id": "p1"},
+        {"op": "move_panel", "panel_id": "p1", "transform": {"position": [0, 0, 0]}},
+        {"op": "set_content", "panel_id": "p1", "content": {}},
+        {"op": "set_follow", "mode": "presenter", "presenter": "host"},
+        {"op": "set_capacity", "capacity": 100},
+        {"op": "rename_room", "room_name": "mine"},
+        {"op": "set_voice", "mode": "off"},
+    ]
+    before = room.state_vector()
+    for op in climbs:
+        with pytest.raises(PermissionDenied):
+            room.apply(op, "view")
+    assert room.state_vector() == before
+
+
+def test_presenter_cannot_make_anyone_host(room: RoomDocument) -> None:
+    for target in ("pres", "mem"):
+        with pytest.raises(PermissionDenied, match="only host may change roles"):
+            room.apply({"op": "set_role", "participant_id": target, "role": "host"}, "pres")
+    with pytest.raises(PermissionDenied):
+        room.apply({"op": "set_capacity", "capacity": 40}, "pres")
+    with pytest.raises(PermissionDenied):
+        room.apply({"op": "mute_participant", "participant_id": "mem", "muted": True}, "pres")
+
+
+def test_muted_participant_cannot_unmute_themselves(room: RoomDocument) -> None:
+    room.apply({"op": "mute_participant", "participant_id": "mem", "muted": True}, "host")
+    with pytest.raises(PermissionDenied):
+        room.apply({"op": "mute_participant", "participant_id": "mem", "muted": False}, "mem")
+    room.apply({"op": "mute_participant", "participant_id": "mem2", "muted": True}, "mem2")  # muting oneself is fine
+
+
+def test_the_system_id_is_reserved(room: RoomDocument) -> None:
+    """A participant called "system" would act with the room's own powers."""
+    for op in (
+        {"op": "join", "participant_id": "system", "display_name": "S"},
+        {"op": "set_role", "participant_id": "system", "role": "host"},
+    ):
+        with pytest.raises(ValidationError, match="reserved"):
+            room.apply(op, SYSTEM)
+
+
 def test_leave_releases_locks(room: RoomDocument) -> None:
     room.apply(add(), "mem")
     room.apply({"op": "lock_panel", "panel_id": "p1"}, "mem")
-    room.apply({"op": "leave", "participant_id": "mem"}, "mem")
+    room.apply({"op": "leave", "participant_id": "mem"}, SYSTEM)
     assert room.snapshot().panels["p1"].lock_holder is None
     assert "mem" not in room.snapshot().participants
 
