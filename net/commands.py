@@ -34,6 +34,9 @@ def register(commands: Any, bench: Any) -> None:
                    help="also run this long at the given load and report relay RSS at start and end")
     b.add_argument("--no-baseline", action="store_true", help="skip the naive forward-every-pose relay")
     b.add_argument("--tick-hz", type=float, default=30.0, help="the relay's presence batches per second (default 30)")
+    b.add_argument("--hostile", type=int, nargs="?", const=10, default=0, metavar="N",
+                   help="also run with N hostile clients (default 10) cycling through refused messages, floods, "
+                        "join storms and upload hoarding; compares p99 and counts stored-state changes")
     b.set_defaults(func=cmd_bench_relay)
 
 
