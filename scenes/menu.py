@@ -1,5 +1,5 @@
-"""The add-panel menu as a panel in the world, because a headset's eyes never see 2-D
-overlay UI.
+"""Menus as panels in the world (the add-panel menu, a panel's action menu and its
+pickers), because a headset's eyes never see 2-D overlay UI.
 
 It opens a metre in front of the viewer's head, turned to face them (yaw only, so it
 stands upright), and is picked with the same rays as everything else: the mouse's
@@ -25,17 +25,32 @@ DROP = 0.1  # a little below eye level, where a hand-held menu would be
 TITLE = "Add a panel"
 
 
+CHAR = 0.0085  # metres per character of a row's text (for the menu's width)
+MAX_WIDTH = 0.95
+
+
 @dataclass(frozen=True)
 class MenuGeometry:
-    """A menu of `items` rows (below a title row) placed at `position` with `rotation`."""
+    """A menu of `items` rows (below a title row) placed at `position` with `rotation`;
+    rows whose `enabled` is False are drawn greyed and cannot be picked."""
 
     items: tuple[str, ...]
     position: tuple[float, float, float]
     rotation: tuple[float, float, float, float]
+    title: str = TITLE
+    enabled: tuple[bool, ...] = ()
+
+    @property
+    def width(self) -> float:
+        longest = max([len(self.title), *(len(i) + 3 for i in self.items)])
+        return float(min(max(WIDTH, 0.04 + CHAR * longest), MAX_WIDTH))
 
     @property
     def size(self) -> tuple[float, float]:
-        return WIDTH, ROW * (len(self.items) + 1)
+        return self.width, ROW * (len(self.items) + 1)
+
+    def is_enabled(self, row: int) -> bool:
+        return row >= len(self.enabled) or self.enabled[row]
 
     def frame(self) -> geometry.PanelFrame:
         return geometry.PanelFrame.of(self.position, self.rotation, (1.0, 1.0, 1.0), self.size)
@@ -54,12 +69,14 @@ class MenuGeometry:
 
 
 def in_front_of(head_position: Sequence[float], head_rotation: Sequence[float],
-                items: Sequence[str] | None = None) -> MenuGeometry:
+                items: Sequence[str] | None = None, *, title: str = TITLE,
+                enabled: Sequence[bool] = ()) -> MenuGeometry:
     """A menu a metre in front of a head, facing it, upright whatever the head's pitch."""
     p = geometry.ahead(head_position, head_rotation, DISTANCE) - np.array([0.0, DROP, 0.0])
     kinds = tuple(items) if items is not None else tuple(k.value for k in PanelKind)
     # turned to face the eyes: its -z face looks back along the way the viewer looks
-    return MenuGeometry(kinds, (float(p[0]), float(p[1]), float(p[2])), geometry.facing_quat(p, head_position))
+    return MenuGeometry(kinds, (float(p[0]), float(p[1]), float(p[2])), geometry.facing_quat(p, head_position),
+                        title[:60], tuple(bool(e) for e in enabled))
 
 
 class WorldMenu:
@@ -73,26 +90,31 @@ class WorldMenu:
     def is_open(self) -> bool:
         return self.geometry is not None
 
-    def open(self, head_position: Sequence[float], head_rotation: Sequence[float], parent: Any = None) -> MenuGeometry:
+    def open(self, head_position: Sequence[float], head_rotation: Sequence[float], parent: Any = None,
+             items: Sequence[str] | None = None, *, title: str = TITLE, enabled: Sequence[bool] = ()) -> MenuGeometry:
+        """Show the menu (the panel kinds unless `items` are given) in front of a head."""
         from panda3d.core import Quat
         from ursina import Entity, Text, color
 
         self.close()
-        g = in_front_of(head_position, head_rotation)
+        g = in_front_of(head_position, head_rotation, items, title=title, enabled=enabled)
         w, h = g.size
-        self.root = Entity(name="add-panel-menu", position=g.position, **({"parent": parent} if parent is not None else {}))
+        self.root = Entity(name="world-menu", position=g.position, **({"parent": parent} if parent is not None else {}))
         self.root.set_quat(Quat(*g.rotation))
         Entity(parent=self.root, model="quad", scale=(w, h), z=0.004, color=color.rgb(0.1, 0.11, 0.16))
         Entity(parent=self.root, model="quad", scale=(w, ROW), y=h / 2 - ROW / 2, z=0.002,
                color=color.rgb(0.2, 0.32, 0.55))
-        Text(TITLE, parent=self.root, origin=(-0.5, 0), scale=1.9, position=(-w / 2 + 0.02, h / 2 - ROW / 2, -0.001),
+        Text(g.title, parent=self.root, origin=(-0.5, 0), scale=1.9, position=(-w / 2 + 0.02, h / 2 - ROW / 2, -0.001),
              color=color.rgb(0.95, 0.96, 1))
         for i, kind in enumerate(g.items):
             _, y = g.row_centre(i)
             if i % 2:
                 Entity(parent=self.root, model="quad", scale=(w, ROW), y=y, z=0.003, color=color.rgb(0.14, 0.15, 0.21))
-            Text(f"{(i + 1) % 10}  {kind.replace('_', ' ')}", parent=self.root, origin=(-0.5, 0), scale=1.7,
-                 position=(-w / 2 + 0.02, y, -0.001), color=color.rgb(0.85, 0.88, 0.95))
+            on = g.is_enabled(i)
+            number = f"{(i + 1) % 10}  " if i < 10 else "    "
+            Text(f"{number}{kind.replace('_', ' ')}", parent=self.root, origin=(-0.5, 0), scale=1.7,
+                 position=(-w / 2 + 0.02, y, -0.001),
+                 color=color.rgb(0.85, 0.88, 0.95) if on else color.rgb(0.45, 0.47, 0.52))
         self.geometry = g
         return g
 

@@ -154,10 +154,35 @@ class MatrixLayout:
         return x0, y0, x0 + self.cell_w, y0 + self.cell_h
 
 
-def matrix_layout(classes: int, width: int, height: int) -> MatrixLayout:
+SCORES = ("precision", "recall", "f1")
+"""Per-class arrays a confusion blob may carry, drawn as three columns right of the matrix."""
+SCORES_SHARE = 0.3
+"""Of a confusion face's width, what the score columns take when the blob has them."""
+
+
+def matrix_layout(classes: int, width: int, height: int, *, scores: bool = False) -> MatrixLayout:
     left, top = width * 0.16, height * 0.16
-    right, bottom = width * 0.98, height * 0.98
+    right, bottom = width * (0.98 - SCORES_SHARE if scores else 0.98), height * 0.98
     return MatrixLayout(left, top, (right - left) / max(classes, 1), (bottom - top) / max(classes, 1))
+
+
+def score_cell(lay: MatrixLayout, classes: int, width: int, row: int, col: int) -> tuple[float, float, float, float]:
+    """Where row `row` (a class) of score column `col` (precision, recall, F1) is painted."""
+    x_start = lay.left + lay.cell_w * classes + width * 0.02
+    w = (width * 0.98 - x_start) / len(SCORES)
+    y0 = lay.top + row * lay.cell_h
+    return x_start + col * w, y0, x_start + (col + 1) * w, y0 + lay.cell_h
+
+
+def class_scores(arrays: Mapping[str, np.ndarray], classes: int) -> np.ndarray | None:
+    """[C, 3] precision, recall, F1 from the blob, or None if it does not carry all three for C classes."""
+    cols = []
+    for name in SCORES:
+        a = arrays.get(name)
+        if a is None or np.asarray(a).ravel().shape != (classes,):
+            return None
+        cols.append(np.nan_to_num(np.asarray(a, dtype=np.float64).ravel()).clip(0.0, 1.0))
+    return np.stack(cols, axis=1)
 
 
 def confusion_colours(matrix: np.ndarray) -> np.ndarray:
@@ -172,10 +197,12 @@ def paint_confusion(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], w
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
         raise ValueError(f"confusion matrix must be square [C, C]; got shape {list(m.shape)}")
     c = m.shape[0]
-    labels = [str(s) for s in meta.get("labels", [])][:c]
+    names = meta.get("labels") or meta.get("classes") or []
+    labels = [str(s)[:16] for s in names][:c] if isinstance(names, list) else []
     labels += [str(i) for i in range(len(labels), c)]
     img, d = canvas(width, height)
-    lay = matrix_layout(c, width, height)
+    scores = class_scores(arrays, c)
+    lay = matrix_layout(c, width, height, scores=scores is not None)
     colours = confusion_colours(m)
     f = font(max(8, int(min(lay.cell_w, lay.cell_h) * 0.36)))
     fl = font(max(8, int(min(lay.cell_h, height * 0.06) * 0.6)))
@@ -196,6 +223,22 @@ def paint_confusion(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], w
             tw = _text_width(d, lab, fl)
             d.text(((x0 + x1) / 2 - tw / 2, lay.top - fl.size * 1.3 if hasattr(fl, "size") else 2), lab, fill=FOREGROUND, font=fl)
             d.text((lay.left - tw - 6, (y0 + y1) / 2 - (fl.size if hasattr(fl, "size") else 8) / 1.6), lab, fill=FOREGROUND, font=fl)
+    if scores is not None:  # per-class precision, recall, F1: a coloured cell each, the value on it
+        fs = font(max(8, int(min(lay.cell_h * 0.5, height * 0.05))))
+        score_colours = colormap.sequential(scores)
+        for k, head in enumerate(("P", "R", "F1")):
+            x0, _, x1, _ = score_cell(lay, c, width, 0, k)
+            d.text(((x0 + x1) / 2 - _text_width(d, head, fl) / 2, lay.top - (fl.size if hasattr(fl, "size") else 10) * 1.3),
+                   head, fill=FOREGROUND, font=fl)
+            for r in range(c):
+                x0, y0, x1, y1 = score_cell(lay, c, width, r, k)
+                col = tuple(int(v) for v in score_colours[r, k])
+                d.rectangle([x0 + 1, y0, x1 - 2, y1 - 1], fill=col)
+                if c <= 30:
+                    text = f"{scores[r, k]:.2f}"
+                    lum = 0.3 * col[0] + 0.59 * col[1] + 0.11 * col[2]
+                    d.text(((x0 + x1) / 2 - _text_width(d, text, fs) / 2, (y0 + y1) / 2 - (fs.size if hasattr(fs, "size") else 8) / 1.6),
+                           text, fill=(20, 20, 20) if lum > 140 else (240, 240, 240), font=fs)
     d.text((4, 2), "rows: true · columns: predicted", fill=MUTED, font=fl)
     acc = float(np.trace(m)) / max(float(m.sum()), 1.0)
     d.text((4, 2 + (fl.size if hasattr(fl, "size") else 10) * 1.3), f"acc {acc:.3f}", fill=MUTED, font=fl)
@@ -306,7 +349,11 @@ def grad_cam_overlay(image: np.ndarray, cam: np.ndarray, size: tuple[int, int]) 
 def paint_grad_cam(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], width: int, height: int) -> np.ndarray:
     img, d = canvas(width, height)
     header = max(14, height // 12)
-    d.text((6, 1), f"{meta.get('method', 'Grad-CAM')} · {meta.get('layer', '')} · target {meta.get('target', '')}",
+    target = meta.get("target", "")
+    names = meta.get("classes")
+    if isinstance(target, int) and isinstance(names, list) and 0 <= target < len(names):
+        target = f"{target} {str(names[target])[:24]}"  # the class's name where the blob has them
+    d.text((6, 1), f"{meta.get('method', 'Grad-CAM')} · {meta.get('layer', '')} · target {target}",
            fill=FOREGROUND, font=font(max(10, header - 4)))
     half = (width - 12) // 2
     side = min(half, height - header - 8)

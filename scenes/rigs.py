@@ -35,6 +35,8 @@ class DesktopRig:
         self.pitch = 0.0
         self.pointer_film: tuple[float, float] | None = None
         self._dragging = False
+        self.active_hand = "right"
+        self._right_down: tuple[float, float] | None = None  # (yaw, pitch) when the right button went down
 
     def attach(self, app: RoomApp) -> None:
         self.app = app
@@ -71,6 +73,13 @@ class DesktopRig:
         if film is None:
             return None
         return self.app.film_ray(*film)
+
+    def hand_rays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The desktop has no tracked hands (a subclass that has a right hand points with the mouse)."""
+        if self.hands()[1] is None:
+            return {}
+        ray = self.pointer_ray()
+        return {"right": ray} if ray is not None else {}
 
     def aim(self, x: float, y: float) -> tuple[np.ndarray, np.ndarray]:
         """Point at pixel (x, y) from the top-left (offscreen scripts); returns the ray."""
@@ -156,5 +165,13 @@ class DesktopRig:
             ray = self.pointer_ray()
             self._dragging = False
             app.pointer_release(*(ray if ray is not None else (None, None)))
+        elif key == "right mouse down":
+            self._right_down = (self.yaw, self.pitch)
+        elif key == "right mouse up":
+            # a right-click (not a right-drag to look) opens the action menu of what it is on
+            down, self._right_down = self._right_down, None
+            ray = self.pointer_ray()
+            if down is not None and ray is not None and abs(self.yaw - down[0]) + abs(self.pitch - down[1]) < 2.0:
+                app.pointer_context(*ray)
         elif key in ACTION_KEYS:
             app.key(key)

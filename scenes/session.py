@@ -65,6 +65,8 @@ class ContentReady:
     panel_id: str
     key: str
     prepared: Any
+    meta: Mapping[str, Any] | None = None
+    """The small part of the blob's meta the app acts on (classes, tiles, image size)."""
 
 
 SceneMessage = RoomUpdate | PosesUpdate | EventMessage | StatusUpdate | Notice | ContentReady
@@ -85,6 +87,14 @@ class Session(Protocol):
     def put_blob(self, data: bytes) -> concurrent.futures.Future[str]: ...
 
     def send_event(self, kind: str, payload: Mapping[str, Any], to: str | None = None) -> concurrent.futures.Future[Any]: ...
+
+    def set_muted(self, muted: bool) -> bool:
+        """Mute or unmute your microphone; False when this session carries no voice."""
+        ...
+
+    def press_to_talk(self, pressed: bool) -> bool:
+        """Push-to-talk pressed or released; False when this session carries no voice."""
+        ...
 
     def translate(self, item: Any) -> list[SceneMessage]: ...
 
@@ -145,6 +155,12 @@ class LocalSession:
         for cb in list(self._events):
             cb(kind, self.participant_id, payload)
         return _done(None)
+
+    def set_muted(self, muted: bool) -> bool:
+        return False  # a local room has nobody to talk to
+
+    def press_to_talk(self, pressed: bool) -> bool:
+        return False
 
     def on_event(self, callback: Callable[[str, str, Mapping[str, Any]], None]) -> None:
         """Local listeners (e.g. the demo's engine) for events the user sends."""

@@ -49,6 +49,8 @@ new = sorted(set(doc.snapshot().panels) - before)
 p = doc.snapshot().panels[new[0]] if new else None
 out["added"] = {"ids": new, "kind": p.kind.value if p else None, "position": list(p.transform.position) if p else None,
                 "refs_reused": bool(p and p.content.refs == (cm,))}
+from deeproom.placement import overlapping
+out["added_overlaps"] = [list(pair) for pair in overlapping(doc.snapshot(), (0.0, 1.6, 0.0))]
 doc.apply({"op": "remove_panel", "panel_id": new[0]}, "host"); app.step(2)
 
 # The menu is a panel in the world (a headset sees it too): turned to face +x, Tab opens it
@@ -199,7 +201,9 @@ def test_menu_adds_a_panel_in_front(seen: dict[str, Any]) -> None:
     added = seen["added"]
     assert added["kind"] == "confusion_matrix" and added["refs_reused"]
     x, _, z = added["position"]
-    assert abs(x) < 0.05 and 1.4 < z < 1.8  # 1.6 m straight ahead
+    # 1.6 m straight ahead is where the confusion matrix stands: the new panel goes to the
+    # free place nearest to it instead, in front of the viewer, overlapping nothing
+    assert seen["added_overlaps"] == [] and z > 1.0 and 0.3 < abs(x) < 2.0, added
 
 
 MENU_BG = (0.1 * 255, 0.11 * 255, 0.16 * 255)  # scenes/menu.py's colours

@@ -1,0 +1,373 @@
+"""Menus in the world and the actions they send.
+
+One `WorldMenu` at a time shows either the add-panel menu (Tab / the XR menu
+button) or a panel's action menu (right-click on a panel or a layer; the XR menu
+button with the laser on a panel), then one picker per parameter the action needs
+(layer, class, choice, count ...). Everything in an action menu comes from the
+panel's content source (`actions`, `unavailable`; see `actions.py`): the app knows
+no analysis by name. A chosen action goes to the panel's engine as a "steer" event;
+the engine's "stream" reports (channel "action") draw a progress bar on the panel,
+and a refusal or failure shows on the panel and, for whoever asked, in the HUD.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deeproom.scenes import actions as act
+from deeproom.scenes.menu import MenuGeometry, WorldMenu
+from deeproom.scenes.panel_status import StatusStrip
+from deeproom.scenes.prepared import GraphContent, texture_size
+from deeproom.scenes.views import CloudView, GraphView, Hit, PanelView
+from deeproom.state import PanelKind
+
+if TYPE_CHECKING:
+    from deeproom.scenes.app import RoomApp
+
+FAILURE_SECONDS = 10.0
+"""How long a failure or refusal stays on its panel."""
+MORE = "more…"
+_ids = itertools.count(1)
+
+
+@dataclass
+class _Shown:
+    """What one panel's status strip says."""
+
+    progress: act.Progress
+    since: float
+
+
+class ActionMenus:
+    def __init__(self, app: RoomApp) -> None:
+        self.app = app
+        self.menu = WorldMenu()
+        self.mode = "closed"  # "add" | "actions" | "picker"
+        self.flow: act.ActionFlow | None = None
+        self._rows: list[tuple[str, Any]] = []  # what each row of the open menu does
+        self._picker: tuple[act.ParamSpec, list[tuple[str, Any]]] | None = None
+        self.status: dict[str, _Shown] = {}  # panel id -> what its strip shows
+        self._strips: dict[str, StatusStrip] = {}
+        self.sent: list[dict[str, Any]] = []  # requests this app sent (tests, benchmark)
+        self.reports: list[act.Progress] = []  # reports received, newest last (bounded)
+        self.drawn_at: dict[str, float] = {}  # request id -> when its result panel was first drawn
+
+    # --- the open menu ----------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self.menu.is_open
+
+    @property
+    def geometry(self) -> MenuGeometry | None:
+        return self.menu.geometry
+
+    def _open(self, title: str, rows: list[tuple[str, Any]], labels: list[str], enabled: list[bool]) -> None:
+        head = self.app.rig.head() if self.app.rig is not None else ((0.0, 1.6, 0.0), (1.0, 0.0, 0.0, 0.0))
+        self._rows = rows
+        self.menu.open(*head, parent=self.app.scene_root, items=labels, title=title, enabled=enabled)
+
+    def close(self) -> None:
+        self.menu.close()
+        self.mode = "closed"
+        self.flow = None
+        self._picker = None
+        self._rows = []
+
+    def open_add_panel(self) -> None:
+        """The add-panel menu, a metre in front of the viewer's eyes, facing them."""
+        kinds = [k.value for k in PanelKind]
+        self._open("Add a panel", [("add", k) for k in kinds], kinds, [True] * len(kinds))
+        self.mode = "add"
+
+    def press(self, origin: np.ndarray, direction: np.ndarray) -> None:
+        g = self.menu.geometry
+        row = g.pick(origin, direction) if g is not None else None
+        if row is None:
+            self.close()
+            return
+        self.pick(row)
+
+    def key(self, name: str) -> None:
+        if name.isdigit():
+            self.pick((int(name) - 1) % 10)
+        elif name in ("tab", "escape", "menu"):
+            self.close()
+
+    def pick(self, row: int) -> None:
+        """Row `row` of the open menu was chosen (a click, the laser or a digit key)."""
+        g = self.menu.geometry
+        if g is None or not 0 <= row < len(self._rows):
+            self.close()
+            return
+        if not g.is_enabled(row):
+            what, arg = self._rows[row]
+            self.app.notify(str(arg) if what == "why" else "not available")
+            return  # the menu stays: pick another row
+        what, arg = self._rows[row]
+        if what == "add":
+            self.close()
+            self.app.room_actions.add_panel(arg)
+        elif what == "action":
+            assert self.flow is not None
+            self.flow.action = arg
+            self._next()
+        elif what == "value":
+            assert self.flow is not None and self._picker is not None
+            self.flow.choose(self._picker[0], arg)
+            self._next()
+        elif what == "more":
+            assert self.flow is not None and self._picker is not None
+            self.flow.page += 1
+            self._show_picker(*self._picker)
+
+    # --- a panel's actions -------------------------------------------------------------------
+
+    def context_of(self, view: PanelView, hit: Hit | None) -> tuple[str | None, dict[str, Any]]:
+        """What a right-click points at: ("layer", {"layer": name}), ("selection", {"ids": [...]}),
+        ("tile", {"index": i}) or (None, {}) for the panel itself."""
+        content = view.content
+        if hit is not None and isinstance(content, GraphView) and content.layout is not None:
+            i = content.node_at(hit.u, hit.v)
+            if i is not None and not content.layout.nodes[i].collapsed:
+                return "layer", {"layer": content.layout.nodes[i].name}
+        if isinstance(content, CloudView) and len(content.selection):
+            return "selection", {"ids": [int(i) for i in content.selection]}
+        if hit is not None:
+            tile = self.tile_of(view, hit)
+            if tile is not None:
+                return "tile", {"index": tile}
+        return None, {}
+
+    def offered(self, view: PanelView, on: str | None) -> tuple[list[act.ActionSpec], list[tuple[str, str]]]:
+        """The actions a menu on this panel offers here, and the greyed ones with why."""
+        return act.menu_entries(view.panel.content.source, on, self._role())
+
+    def has_actions(self, view: PanelView, hit: Hit | None) -> bool:
+        on, _ = self.context_of(view, hit)
+        ok, greyed = self.offered(view, on)
+        return bool(ok or greyed)
+
+    def open_actions(self, view: PanelView, hit: Hit | None) -> bool:
+        """The action menu of a panel (or of the layer, tile or selection the hit is on)."""
+        source = view.panel.content.source
+        on, context = self.context_of(view, hit)
+        ok, greyed = self.offered(view, on)
+        if not ok and not greyed:
+            self.app.notify(f"{view.panel.title}: no actions here")
+            return False
+        engine = source.get("engine") if isinstance(source.get("engine"), str) else view.panel.owner
+        self.flow = act.ActionFlow(view.panel.id, str(engine), act.ActionSpec("", ""), dict(context))
+        rows: list[tuple[str, Any]] = [("action", a) for a in ok] + [("why", why) for _, why in greyed]
+        labels = [f"{a.group} · {a.label}" if a.group else a.label for a in ok]
+        labels += [f"{label} — unavailable" for label, _ in greyed]
+        where = f" · {context['layer']}" if on == "layer" else f" · {len(context['ids'])} points" if on == "selection" else ""
+        self._open(f"{view.panel.title}{where}"[:60], rows, labels, [True] * len(ok) + [False] * len(greyed))
+        self.mode = "actions"
+        return True
+
+    def _next(self) -> None:
+        """Show the picker of the next parameter the action still needs, or send it."""
+        flow = self.flow
+        assert flow is not None
+        while (p := flow.next_param()) is not None:
+            options = self._options(flow, p)
+            if not options:
+                if p.optional or p.default is not None:
+                    flow.choose(p, p.default)
+                    continue
+                self.app.notify(f"{flow.action.label}: nothing to choose for {p.label}")
+                self.close()
+                return
+            self._show_picker(p, options)
+            return
+        self.close()
+        self.send(flow)
+
+    def _show_picker(self, p: act.ParamSpec, options: list[tuple[str, Any]]) -> None:
+        flow = self.flow
+        assert flow is not None
+        self._picker = (p, options)
+        per = act.PICKER_ROWS - 1
+        start = (flow.page * per) % max(len(options), 1)
+        page = options[start:start + per] if len(options) > act.PICKER_ROWS else options
+        rows: list[tuple[str, Any]] = [("value", v) for _, v in page]
+        labels = [label for label, _ in page]
+        if len(options) > act.PICKER_ROWS:
+            rows.append(("more", None))
+            labels.append(f"{MORE} ({start + 1}-{start + len(page)} of {len(options)})")
+        self._open(f"{flow.action.label}: {p.label}", rows, labels, [True] * len(rows))
+        self.mode = "picker"
+
+    def _options(self, flow: act.ActionFlow, p: act.ParamSpec) -> list[tuple[str, Any]]:
+        view = self.app.panels.get(flow.panel_id)
+        source: Mapping[str, Any] = view.panel.content.source if view is not None else {}
+        facts = self.app.blob_facts.get(flow.panel_id, {})
+        return act.param_options(p, classes=act.class_names(source, facts), layers=self._layers(source),
+                                 n_classes=self._n_classes(source, facts))
+
+    def _layers(self, source: Mapping[str, Any]) -> list[str]:
+        """The layer names of the model a source is about, from that model's graph panel."""
+        model = source.get("model")
+        for view in self.app.panels.values():
+            prepared = view.prepared
+            if isinstance(prepared, GraphContent) and view.panel.content.source.get("model") == model:
+                nodes = prepared.meta.get("nodes", [])
+                return [str(n["name"]) for n in nodes if isinstance(n, Mapping) and isinstance(n.get("name"), str)]
+        return []
+
+    @staticmethod
+    def _n_classes(source: Mapping[str, Any], facts: Mapping[str, Any]) -> int:
+        for where in (source, facts):
+            n = where.get("num_classes")
+            if isinstance(n, int) and 0 < n <= 100_000:
+                return n
+        return 10
+
+    def _role(self) -> str:
+        room = self.app.room
+        me = self.app.session.participant_id
+        if room is not None and me in room.participants:
+            return room.participants[me].role.value
+        return "viewer"
+
+    # --- sending and progress ------------------------------------------------------------------
+
+    def send(self, flow: act.ActionFlow) -> str:
+        """Send a chosen action to its engine; its panel shows it as queued at once."""
+        app = self.app
+        me = re.sub(r"[^A-Za-z0-9_.:-]", "_", app.session.participant_id)[:40]
+        request_id = f"{me}:{next(_ids)}:{int(time.time() * 1000) % 10**9}"
+        payload = {"action": flow.action.name, "panel_id": flow.panel_id, "params": flow.params(),
+                   "request_id": request_id}
+        self.sent.append({**payload, "to": flow.engine, "at": time.monotonic()})
+        self._show(act.Progress(flow.panel_id, request_id, flow.action.name, app.session.participant_id,
+                                "queued", 0.0, f"{flow.action.label}: sent", None))
+        fut = app.session.send_event("steer", payload, to=flow.engine)
+        inbox = app.session.inbox
+        label, pid, by = flow.action.label, flow.panel_id, app.session.participant_id
+
+        def done(f: Any) -> None:
+            exc = f.exception()
+            if exc is not None:  # the relay refused it (a viewer, a gone engine): a report like the engine's
+                from deeproom.scenes.session import EventMessage
+
+                inbox.put(EventMessage("stream", by, {
+                    "panel_id": pid, "channel": "action", "request_id": request_id, "action": flow.action.name,
+                    "by": by, "state": "refused", "progress": 0.0, "message": f"{label} refused: {exc}"}))
+
+        fut.add_done_callback(done)
+        return request_id
+
+    def cancel(self, request_id: str, engine: str) -> None:
+        self.app.session.send_event("steer", {"action": "cancel", "request_id": request_id}, to=engine)
+
+    def on_stream(self, sender: str, payload: Mapping[str, Any]) -> None:
+        """A "stream" event: an action's progress report draws on its panel(s)."""
+        try:
+            report = act.parse_progress(payload)
+        except act.ActionError as exc:
+            self.app.notify(f"a bad action report from {self.app.name_of(sender)}: {exc}")
+            return
+        if report is None:
+            return
+        self.reports.append(report)
+        del self.reports[:-200]
+        self._show(report)
+        if report.failed and report.by == self.app.session.participant_id:
+            self.app.notify(report.message or f"{report.action} {report.state}")
+
+    def _show(self, report: act.Progress) -> None:
+        now = time.monotonic()
+        for pid in (report.panel_id, report.result_panel):
+            if pid is None:
+                continue
+            shown = self.status.get(pid)
+            if shown is not None and shown.progress.request_id != report.request_id and shown.progress.pending \
+                    and not report.pending and pid != report.panel_id:
+                continue  # an older request's end does not hide a newer one's bar
+            if report.state in ("done", "cancelled"):
+                self.status.pop(pid, None)
+            else:
+                self.status[pid] = _Shown(report, now)
+
+    def panel_removed(self, panel_id: str) -> None:
+        self.status.pop(panel_id, None)
+        strip = self._strips.pop(panel_id, None)
+        if strip is not None:
+            strip.clear()
+        if self.flow is not None and self.flow.panel_id == panel_id:
+            self.close()
+
+    def tick(self, now: float) -> None:
+        """Per frame: draw (or clear) each panel's status strip; no I/O."""
+        app = self.app
+        for pid, shown in list(self.status.items()):
+            if shown.progress.failed and now - shown.since > FAILURE_SECONDS:
+                del self.status[pid]
+        for pid in list(self._strips):
+            if pid not in self.status or pid not in app.panels:
+                self._strips.pop(pid).clear()
+        for pid, shown in self.status.items():
+            view = app.panels.get(pid)
+            if view is None:
+                continue
+            strip = self._strips.get(pid)
+            if strip is None or strip.parent is not view.root:
+                strip = self._strips[pid] = StatusStrip(view.root, view.size)
+            p = shown.progress
+            text = p.message or f"{p.action} {p.state}"
+            strip.show(p.progress if p.pending else None, text, p.failed, view.size)
+        for rid in {r.request_id for r in self.reports[-20:] if r.state == "done" and r.result_panel}:
+            if rid not in self.drawn_at:
+                r = next(r for r in reversed(self.reports) if r.request_id == rid and r.result_panel)
+                view = app.panels.get(r.result_panel or "")
+                if view is not None and view.content is not None and not app.pump.pending_content.get(view.panel.id):
+                    self.drawn_at[rid] = now
+
+    # --- input strips -------------------------------------------------------------------------
+
+    def tile_of(self, view: PanelView, hit: Hit) -> int | None:
+        """The tile of an input strip (an image panel whose blob meta has "tiles") under a hit."""
+        facts = self.app.blob_facts.get(view.panel.id, {})
+        tiles, shape = facts.get("tiles"), facts.get("image_shape")
+        if view.panel.kind.value != "image" or not isinstance(tiles, Mapping) or shape is None:
+            return None
+        w, h = view.size
+        tw, th = texture_size((w, h))
+        x = (hit.u + w / 2) / w * tw
+        y = (h / 2 - hit.v) / h * th
+        return act.tile_at(tiles, shape, (tw, th), x, y)
+
+    def tile_click(self, view: PanelView, hit: Hit) -> bool:
+        """A click on a tile of an input strip sends the declared tile action with {"index": i}."""
+        index = self.tile_of(view, hit)
+        if index is None:
+            return False
+        actions, _, _ = act.parse_actions(view.panel.content.source)
+        tile_action = next((a for a in actions if a.param("tile") is not None), None)
+        if tile_action is None:
+            return False
+        if not act.role_allows(self._role(), tile_action.role):
+            self.app.notify(f"{tile_action.label} needs the {tile_action.role} role")
+            return False
+        param = tile_action.param("tile")
+        assert param is not None
+        source = view.panel.content.source
+        engine = source.get("engine") if isinstance(source.get("engine"), str) else view.panel.owner
+        flow = act.ActionFlow(view.panel.id, str(engine), tile_action, {param.name: index})
+        for p in tile_action.params:  # the others take their defaults
+            if p.name not in flow.values:
+                flow.choose(p, p.default)
+        self.send(flow)
+        labels = self.app.blob_facts.get(view.panel.id, {}).get("tiles", {}).get("labels")
+        what = f" ({labels[index]})" if isinstance(labels, list) and index < len(labels) else ""
+        self.app.notify(f"{tile_action.label}: input {index}{what}", error=False)
+        return True

@@ -1,0 +1,148 @@
+"""Latent-cloud tools: select a sphere or a box of points, label them, retrain on them,
+show their images, colour the cloud by label / prediction / confidence."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deeproom.content import encode_content
+from deeproom.scenes import geometry
+from deeproom.scenes.painting import thumbnail_atlas
+from deeproom.scenes.views import CloudView, Hit, PanelView
+
+if TYPE_CHECKING:
+    from deeproom.scenes.app import RoomApp
+
+SELECTED = "points selected — digits label, R retrain, I images, right-click for actions"
+COLOUR_MODES = ("label", "prediction", "confidence")
+
+
+class CloudTools:
+    def __init__(self, app: RoomApp) -> None:
+        self.app = app
+        self.tool = "sphere"
+        self.radius = 0.08
+        self.box_start: tuple[str, np.ndarray] | None = None
+
+    def selected_cloud(self) -> tuple[PanelView, CloudView] | None:
+        view = self.app.panels.get(self.app.selected or "")
+        if view is not None and isinstance(view.content, CloudView):
+            return view, view.content
+        return None
+
+    def has_selection(self) -> bool:
+        sel = self.selected_cloud()
+        return sel is not None and len(sel[1].selection) > 0
+
+    def click(self, view: PanelView, cloud: CloudView, hit: Hit) -> None:
+        local = view.to_local(np.asarray(hit.point))
+        mid = cloud.pos[:, 2].mean() if len(cloud.pos) else 0.0
+        centre = np.array([local[0], local[1], mid], np.float32)
+        if self.tool == "box":
+            self.box_start = (view.panel.id, centre)
+        else:
+            sel = cloud.select_sphere(centre, self.radius)
+            self.app.notify(f"{len(sel)} {SELECTED}", error=False)
+
+    def select_sphere_at(self, centre: Any, radius: float, *, announce: bool = True) -> int | None:
+        """Select the points inside a sphere given in world space (in a headset the hands place
+        and size it), in the cloud whose panel the centre is in front of (nearest first).
+        Returns how many points, or None if no cloud is there."""
+        app = self.app
+        c = np.asarray(centre, dtype=np.float64)
+        best: tuple[float, PanelView, CloudView] | None = None
+        for view in app.panels.values():
+            if not isinstance(view.content, CloudView):
+                continue
+            f = view.frame()
+            u, v = f.local(c)
+            depth = abs(float((c - f.centre) @ f.normal))
+            if abs(u) <= f.half_width and abs(v) <= f.half_height and depth <= max(f.half_width, f.half_height) \
+                    and (best is None or depth < best[0]):
+                best = (depth, view, view.content)
+        if best is None:
+            return None
+        _, view, cloud = best
+        scale = float(view.transform[2][0]) or 1.0
+        sel = cloud.select_sphere(view.to_local(c), float(radius) / scale)
+        app.input.select(view.panel.id)
+        if announce:
+            app.notify(f"{len(sel)} {SELECTED}", error=False)
+        return len(sel)
+
+    def finish_box(self, origin: np.ndarray, direction: np.ndarray) -> None:
+        assert self.box_start is not None
+        pid, start = self.box_start
+        self.box_start = None
+        view = self.app.panels.get(pid)
+        if view is None or not isinstance(view.content, CloudView):
+            return
+        f = view.frame()
+        res = geometry.ray_plane(origin, direction, f.centre, f.normal)
+        if res is None:
+            return
+        local = view.to_local(res[1])
+        cloud = view.content
+        zs = cloud.pos[:, 2]
+        lo = np.array([start[0], start[1], float(zs.min()) - 0.01], np.float32)
+        hi = np.array([local[0], local[1], float(zs.max()) + 0.01], np.float32)
+        sel = cloud.select_box(lo, hi)
+        self.app.notify(f"{len(sel)} {SELECTED}", error=False)
+
+    def act(self, action: str, label: int | None = None) -> bool:
+        """Act on the selected points of the selected cloud: label, retrain, images."""
+        app = self.app
+        sel = self.selected_cloud()
+        if sel is None or not len(sel[1].selection):
+            app.notify("select points in a latent cloud first")
+            return False
+        view, cloud = sel
+        idx = [int(i) for i in cloud.selection]
+        if action == "images":
+            self.show_images(view, cloud, idx)
+            return True
+        payload: dict[str, Any] = {"panel_id": view.panel.id, "ids": idx, "source": dict(view.panel.content.source)}
+        if action == "label":
+            payload["label"] = int(label if label is not None else 0)
+        else:
+            payload["select"] = "ids"
+        app.room_actions.ask_engine(action, payload, view.panel.owner)
+        app.notify(f"{action} on {len(idx)} points sent", error=False)
+        return True
+
+    def show_images(self, view: PanelView, cloud: CloudView, idx: list[int]) -> None:
+        app = self.app
+        thumbs = cloud.content.thumbnails
+        if thumbs is None:
+            app.notify("this cloud has no images")
+            return
+        grid, _, _ = thumbnail_atlas(np.asarray(thumbs)[np.asarray(idx[:256])])
+        blob = encode_content({"kind": "image"}, {"image": grid})
+        size = (0.8, 0.8)
+        transform = app.room_actions.beside(view, size)
+        pid = f"images-{int(time.time() * 1000) % 10**9}"
+        fut = app.session.put_blob(blob)
+
+        def placed(f2: concurrent.futures.Future[str]) -> None:
+            if f2.exception() is None:
+                app.apply({"op": "add_panel", "panel_id": pid, "kind": "image", "title": f"{len(idx)} selected images",
+                           "transform": transform, "size": list(size),
+                           "content": {"source": {"from": view.panel.id}, "refs": [f2.result()]}})
+
+        fut.add_done_callback(placed)
+
+    def toggle_tool(self) -> None:
+        self.tool = "box" if self.tool == "sphere" else "sphere"
+        self.app.notify(f"cloud selection: {self.tool}", error=False)
+
+    def scale_radius(self, up: bool) -> None:
+        self.radius = float(np.clip(self.radius * (1.2 if up else 1 / 1.2), 0.01, 1.0))
+
+    def recolour(self, cloud: CloudView) -> None:
+        modes = list(COLOUR_MODES)
+        cloud.recolour(modes[(modes.index(cloud.colour_by) + 1) % len(modes)])
+        self.app.notify(f"colour by {cloud.colour_by}", error=False)
