@@ -44,7 +44,7 @@ _COLOUR_RE = re.compile(r"#[0-9a-fA-F]{6}")
 # be encoded as UTF-8 and so cannot enter the CRDT. `_BAD_LINE` also refuses tab and newline.
 _BAD_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _BAD_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_BAD_JSON_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_BAD_JSON_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 SYSTEM = "system"
