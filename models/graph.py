@@ -6,7 +6,9 @@ for code fx cannot trace; both record the module stack of every node). Weights a
 constants are folded into the node that reads them (its `params`), so the graph
 shows operations only. Groups are the module hierarchy; a group holding a single
 member is folded into its parent so the scenes can collapse and expand meaningful
-blocks. `layered_layout` gives every node a rank (longest path from an input) and
+blocks. A graph whose nodes carry no scopes (an ONNX file with bare node names) is
+grouped by structure instead: single-entry single-exit regions between cut points of
+the topological order, and consecutive repeats of the same op sequence (`find_blocks`). `layered_layout` gives every node a rank (longest path from an input) and
 an order within its rank (barycentre sweeps), in time linear in the edges per sweep.
 """
 
@@ -50,6 +52,8 @@ class GraphGroup:
     id: int
     name: str
     parent: int | None
+    ops: int = 0
+    """Operations inside the group at any depth (filled by `_finish`)."""
 
 
 @dataclass
@@ -81,7 +85,7 @@ class ModelGraph:
             "source": self.source,
             "nodes": [n.to_json() for n in self.nodes],
             "edges": [[a, b] for a, b in self.edges],
-            "groups": [{"id": g.id, "name": g.name, "parent": g.parent} for g in self.groups],
+            "groups": [{"id": g.id, "name": g.name, "parent": g.parent, "ops": g.ops} for g in self.groups],
             "skips": [[a, b] for a, b in self.skip_edges()],
         }
 
@@ -177,9 +181,13 @@ def _build_groups(nodes: list[GraphNode]) -> list[GraphGroup]:
             p = p[:-1]
         return p
 
+    first: dict[tuple[str, ...], int] = {}  # groups in the order the graph reaches them (layer2 before layer10)
+    for i, nd in enumerate(nodes):
+        for k in range(1, len(nd.path) + 1):
+            first.setdefault(nd.path[:k], i)
     ids: dict[tuple[str, ...], int] = {}
     groups: list[GraphGroup] = []
-    for p in sorted(alive, key=lambda q: (len(q), q)):
+    for p in sorted(alive, key=lambda q: (len(q), first.get(q, 0), q)):
         parent = effective(p[:-1])
         gid = len(groups)
         ids[p] = gid
@@ -195,8 +203,118 @@ def _finish(nodes: list[GraphNode], edges: list[tuple[int, int]], title: str, so
     rank, order = layered_layout(len(nodes), edges)
     for nd in nodes:
         nd.rank, nd.order = rank[nd.id], order[nd.id]
-    groups = _build_groups(nodes)
+    groups = _build_groups(nodes) if any(nd.path for nd in nodes) else find_blocks(nodes, edges)
+    _count_ops(nodes, groups)
     return ModelGraph(nodes, edges, groups, title, source, time.perf_counter() - t0)
+
+
+def _count_ops(nodes: list[GraphNode], groups: list[GraphGroup]) -> None:
+    parent = [g.parent for g in groups]
+    counts = [0] * len(groups)
+    for nd in nodes:
+        gid = nd.group
+        hops = 0
+        while gid is not None and hops <= len(groups):
+            counts[gid] += 1
+            gid = parent[gid]
+            hops += 1
+    for g, c in zip(groups, counts, strict=True):
+        g.ops = c
+
+
+BLOCK_MIN_OPS = 3
+"""Structural blocks (graphs without scopes) hold at least this many operations."""
+MAX_PERIOD = 24
+"""Longest repeating unit looked for, in regions (graphs without scopes)."""
+
+
+def find_blocks(nodes: list[GraphNode], edges: Sequence[tuple[int, int]]) -> list[GraphGroup]:
+    """Groups for a graph whose nodes carry no module scopes, from its structure alone.
+
+    A node is a cut point when no edge jumps over it in the topological order (rank,
+    order); the nodes after one cut point up to the next form a single-entry
+    single-exit region. Consecutive runs of regions with the same op sequence become a
+    `blockK` group of `blockK.J` units (ResNet's bottlenecks, a transformer's layers);
+    a region of at least BLOCK_MIN_OPS operations outside any run becomes `regionK`
+    (a dense block, whose concatenations leave no cut point inside it).
+    Sets every node's `group`; returns the groups (parents before children).
+    """
+    import numpy as np
+
+    n = len(nodes)
+    if n < 2 * BLOCK_MIN_OPS:
+        return []
+    order = sorted(range(n), key=lambda i: (nodes[i].rank, nodes[i].order, i))
+    t = np.empty(n, np.int64)
+    t[np.asarray(order)] = np.arange(n)
+    diff = np.zeros(n + 1, np.int64)
+    if len(edges):
+        e = np.asarray(edges, np.int64).reshape(-1, 2)
+        a, b = t[e[:, 0]], t[e[:, 1]]
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        jump = hi - lo > 1
+        np.add.at(diff, lo[jump] + 1, 1)
+        np.add.at(diff, hi[jump], -1)
+    cover = np.cumsum(diff)[:n]
+    cuts = np.flatnonzero(cover == 0)
+    # regions: (previous cut, this cut], as lists of node ids in topological order
+    regions: list[list[int]] = []
+    start = 0
+    for c in cuts.tolist():
+        regions.append([order[k] for k in range(start, c + 1)])
+        start = c + 1
+    if start < n:
+        regions.append([order[k] for k in range(start, n)])
+    sig = [tuple(nodes[i].op for i in r) for r in regions]
+    m = len(regions)
+    # tandem[q][k + 1]: how many positions up to k start a unit of q regions (at least two
+    # operations) repeated at once; a candidate unit holding such a repeat is not a unit
+    tandem: dict[int, np.ndarray] = {}
+    for q in range(1, MAX_PERIOD // 2 + 1):
+        hits = np.zeros(m + 1, np.int64)
+        for k in range(m - 2 * q + 1):
+            if sig[k : k + q] == sig[k + q : k + 2 * q] and sum(len(x) for x in sig[k : k + q]) >= 2:
+                hits[k + 1] = 1
+        tandem[q] = np.cumsum(hits)
+
+    def holds_repeat(i: int, p: int) -> bool:
+        return any(tandem[q][i + p - 2 * q + 1] - tandem[q][i] > 0 for q in range(1, p // 2 + 1))
+
+    groups: list[GraphGroup] = []
+    blocks = singles = 0
+    i = 0
+    while i < m:
+        period, reps = 0, 0
+        for p in range(1, min(MAX_PERIOD, (m - i) // 2) + 1):  # the shortest repeating unit wins
+            unit = sig[i : i + p]
+            if sum(len(x) for x in unit) < 2 or holds_repeat(i, p):
+                continue  # too small, or itself holds a run of a shorter unit (found where that run starts)
+            reps = 1
+            while i + (reps + 1) * p <= m and sig[i + reps * p : i + (reps + 1) * p] == unit:
+                reps += 1
+            if reps >= 2:
+                period = p
+                break
+        if period:
+            blocks += 1
+            run = len(groups)
+            groups.append(GraphGroup(run, f"block{blocks}", None))
+            for j in range(reps):
+                unit_id = len(groups)
+                groups.append(GraphGroup(unit_id, f"block{blocks}.{j}", run))
+                for r in regions[i + j * period : i + (j + 1) * period]:
+                    for nid in r:
+                        nodes[nid].group = unit_id
+            i += reps * period
+            continue
+        if len(regions[i]) >= BLOCK_MIN_OPS:
+            singles += 1
+            gid = len(groups)
+            groups.append(GraphGroup(gid, f"region{singles}", None))
+            for nid in regions[i]:
+                nodes[nid].group = gid
+        i += 1
+    return groups
 
 
 # --- ONNX ---------------------------------------------------------------------------------

@@ -186,3 +186,201 @@ def train_demo_model(seed: int = 0, *, epochs: int = 6) -> TrainedModel:
 
 ZOO: dict[str, type[nn.Module]] = {"digits_cnn": DigitsCNN, "tiny_resnet": TinyResNet, "tiny_vit": TinyViT}
 """Built-in architectures by name (for checkpoints that hold only a state dict)."""
+
+
+# --- real architectures, random weights (graph tests: grouping, layout, readability) --------
+# Written out in plain torch (torchvision is not a dependency) with the module names the
+# well-known implementations use, so their graphs group the same way: DenseNet-121's
+# features.denseblockN.denselayerM, ResNet-50's layerN.M (Bottleneck), an Inception-style
+# net's mixed_* blocks of parallel branches. All trace with torch.fx and export to ONNX.
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-1×1 conv (bottleneck) then BN-ReLU-3×3 conv, concatenated onto its input."""
+
+    def __init__(self, cin: int, growth: int, bn_size: int) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(cin)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(cin, bn_size * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth)
+        self.relu2 = nn.ReLU()
+        self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
+        return torch.cat([x, y], 1)
+
+
+class DenseBlock(nn.Sequential):
+    def __init__(self, layers: int, cin: int, growth: int, bn_size: int) -> None:
+        super().__init__()
+        for i in range(layers):
+            self.add_module(f"denselayer{i + 1}", DenseLayer(cin + i * growth, growth, bn_size))
+
+
+class Transition(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cin)
+        self.relu = nn.ReLU()
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.pool = nn.AvgPool2d(2, 2)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC (Huang et al. 2017); the defaults are DenseNet-121 (blocks 6, 12, 24, 16).
+    `growth` and `init` scale the widths down for fast tests without changing the graph."""
+
+    def __init__(self, blocks: tuple[int, ...] = (6, 12, 24, 16), growth: int = 32, init: int = 64,
+                 bn_size: int = 4, channels: int = 3, classes: int = 1000) -> None:
+        super().__init__()
+        self.features = nn.Sequential()
+        self.features.add_module("conv0", nn.Conv2d(channels, init, 7, 2, 3, bias=False))
+        self.features.add_module("norm0", nn.BatchNorm2d(init))
+        self.features.add_module("relu0", nn.ReLU())
+        self.features.add_module("pool0", nn.MaxPool2d(3, 2, 1))
+        c = init
+        for i, n in enumerate(blocks):
+            self.features.add_module(f"denseblock{i + 1}", DenseBlock(n, c, growth, bn_size))
+            c += n * growth
+            if i != len(blocks) - 1:
+                self.features.add_module(f"transition{i + 1}", Transition(c, c // 2))
+                c //= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(c))
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(c, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.pool(self.relu(self.features(x)))))
+
+
+class Bottleneck(nn.Module):
+    """1×1 reduce, 3×3, 1×1 expand (×4), plus the identity or a projected skip."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        skip = self.downsample(x) if self.downsample is not None else x
+        return self.relu(y + skip)
+
+
+class ResNet(nn.Module):
+    """ResNet with bottleneck blocks (He et al. 2016); the defaults are ResNet-50 (3, 4, 6, 3).
+    `width` scales every stage's width down for fast tests without changing the graph."""
+
+    def __init__(self, blocks: tuple[int, ...] = (3, 4, 6, 3), width: int = 64, channels: int = 3,
+                 classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = width
+        self.stage_names = [f"layer{i + 1}" for i in range(len(blocks))]
+        for i, n in enumerate(blocks):
+            w = width * 2**i
+            stage = nn.Sequential(*[Bottleneck(cin if k == 0 else w * 4, w, 2 if (k == 0 and i > 0) else 1)
+                                    for k in range(n)])
+            self.add_module(f"layer{i + 1}", stage)
+            cin = w * 4
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return self.fc(self.flatten(self.avgpool(x)))
+
+
+class ConvBN(nn.Module):
+    """Conv, BatchNorm, ReLU: Inception's basic unit."""
+
+    def __init__(self, cin: int, cout: int, k: int | tuple[int, int], stride: int = 1,
+                 padding: int | tuple[int, int] = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class InceptionBlock(nn.Module):
+    """Four parallel branches (1×1; 1×1→3×3; 1×1→3×3→3×3; pool→1×1) concatenated."""
+
+    def __init__(self, cin: int, w: int) -> None:
+        super().__init__()
+        self.branch1x1 = ConvBN(cin, w, 1)
+        self.branch3x3_1 = ConvBN(cin, w, 1)
+        self.branch3x3_2 = ConvBN(w, w, 3, padding=1)
+        self.branch3x3dbl_1 = ConvBN(cin, w, 1)
+        self.branch3x3dbl_2 = ConvBN(w, w, 3, padding=1)
+        self.branch3x3dbl_3 = ConvBN(w, w, 3, padding=1)
+        self.pool = nn.AvgPool2d(3, 1, 1)
+        self.branch_pool = ConvBN(cin, w, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.branch1x1(x)
+        b = self.branch3x3_2(self.branch3x3_1(x))
+        c = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        d = self.branch_pool(self.pool(x))
+        return torch.cat([a, b, c, d], 1)
+
+
+class Inception(nn.Module):
+    """An Inception-v3-style net: a convolutional stem, `blocks` inception blocks with a
+    reduction (strided pooling) between stages, pooling and a classifier."""
+
+    def __init__(self, blocks: tuple[int, ...] = (3, 5, 2), width: int = 32, channels: int = 3,
+                 classes: int = 1000) -> None:
+        super().__init__()
+        self.Conv2d_1a_3x3 = ConvBN(channels, width, 3, 2)
+        self.Conv2d_2a_3x3 = ConvBN(width, width, 3)
+        self.Conv2d_2b_3x3 = ConvBN(width, 2 * width, 3, padding=1)
+        self.maxpool1 = nn.MaxPool2d(3, 2)
+        self.mixed = nn.Sequential()
+        cin = 2 * width
+        for s, n in enumerate(blocks):
+            for k in range(n):
+                self.mixed.add_module(f"Mixed_{s + 5}{chr(ord('b') + k)}", InceptionBlock(cin, width))
+                cin = 4 * width
+            if s != len(blocks) - 1:
+                self.mixed.add_module(f"reduction_{s + 1}", nn.MaxPool2d(3, 2, 1))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
+        return self.fc(self.flatten(self.avgpool(self.mixed(x))))
+
+
+def densenet121(**kw: int) -> DenseNet:
+    return DenseNet((6, 12, 24, 16), **kw)
+
+
+def resnet50(**kw: int) -> ResNet:
+    return ResNet((3, 4, 6, 3), **kw)

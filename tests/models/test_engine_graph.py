@@ -79,7 +79,19 @@ def test_large_generated_graph_and_blob() -> None:
     assert meta["kind"] == "model_graph" and len(meta["nodes"]) == 2001 and not arrays
     node = meta["nodes"][5]
     assert set(node) >= {"id", "name", "op", "group", "shape", "params", "rank", "order"}
-    assert len(meta["edges"]) == len(g.edges) and meta["groups"][0].keys() == {"id", "name", "parent"}
+    assert len(meta["edges"]) == len(g.edges) and meta["groups"][0].keys() == {"id", "name", "parent", "ops"}
+    assert meta["groups"][0]["ops"] == 400 * 5 and meta["groups"][1]["ops"] == 5  # "layers", then "layers.0"
+
+
+def test_ten_thousand_nodes_without_names_group_into_one_run() -> None:
+    proto = deep_onnx_model(2000)
+    for nd in proto.graph.node:
+        nd.name = ""
+    g = extract_onnx_graph(proto, "deep")
+    assert len(g.nodes) == 10_001
+    top = [gr for gr in g.groups if gr.parent is None]
+    assert [(gr.name, gr.ops) for gr in top] == [("block1", 10_000)]
+    assert sum(1 for gr in g.groups if gr.parent == top[0].id) == 2000
 
 
 def test_layered_layout_diamond() -> None:
