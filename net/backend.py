@@ -1,7 +1,8 @@
 """Where the relay keeps rooms: the SQLite store (one node) or Redis (several nodes).
 
 Both keep, per room, the CRDT update log, the ids of operations already applied (so a
-client replaying an operation after a lost ack never applies it twice) and the
+client replaying an operation after a lost ack never applies it twice; an id belongs to
+its sender, see `op_key`) and the
 room's relay-side record (`RoomMeta`: password hash, remembered roles, participant
 keys, who was kicked). An update and the id of the operation that produced it are
 written in one transaction, so after a crash either both are there or neither.
@@ -59,26 +60,46 @@ class RoomMeta:
 
 UpdateListener = Callable[[str, bytes], Awaitable[None]]
 """Called with (room id, update) for each update another node wrote."""
+MessageListener = Callable[[str, bytes], Awaitable[None]]
+"""Called with (channel, data) for each message another node published on a channel."""
+
+
+def op_key(participant_id: str, op_id: str) -> str:
+    """Where an operation id is remembered: per sender, so one participant's ids never
+    shadow another's (participant ids cannot contain "/")."""
+    return f"{participant_id}/{op_id}"
 
 
 class RoomBackend(Protocol):
-    """What the relay needs from where rooms are kept."""
+    """What the relay needs from where rooms are kept. The relay reaches Redis only through this."""
 
+    shared: bool
+    """True when other relay nodes share these rooms (updates, poses and blobs cross nodes)."""
+
+    async def start(self, on_update: UpdateListener, on_message: MessageListener, channels: tuple[str, ...]) -> None: ...
     async def load(self, room_id: str) -> tuple[list[bytes], RoomMeta] | None: ...
     async def create(self, room_id: str, update: bytes, meta: RoomMeta) -> bool: ...
-    async def append(self, room_id: str, update: bytes, op_id: str | None) -> None: ...
-    async def op_applied(self, room_id: str, op_id: str) -> bool: ...
+    async def append(self, room_id: str, update: bytes, op_key: str | None) -> None:
+        """Append `update` and remember `op_key` (from `op_key()`), in one transaction."""
+    async def op_applied(self, room_id: str, op_key: str) -> bool: ...
     async def save_meta(self, room_id: str, meta: RoomMeta) -> None: ...
     async def secret(self) -> bytes: ...
     async def compact(self, room_id: str) -> None: ...
     async def connections(self, room_id: str, participant_id: str, delta: int) -> int: ...
+    async def log_length(self, room_id: str) -> int: ...
+    async def log_range(self, room_id: str, start: int) -> list[bytes]: ...
+    async def publish(self, channel: str, data: bytes) -> None: ...
+    async def blob_shared(self, sha: str) -> bool:
+        """Whether another node put this blob where this one can fetch it."""
+    async def share_blob(self, sha: str, data: bytes) -> None: ...
+    async def fetch_blob(self, sha: str) -> bytes | None: ...
     async def close(self) -> None: ...
 
 
 _RELAY_SCHEMA = """
 CREATE TABLE IF NOT EXISTS relay_ops (
     room_id TEXT NOT NULL,
-    op_id TEXT NOT NULL,
+    op_id TEXT NOT NULL,  -- op_key(): "<participant>/<op id>", so ids are scoped to their sender
     created REAL NOT NULL,
     PRIMARY KEY (room_id, op_id)
 );
@@ -135,6 +156,13 @@ class RelayStore(Store):
     def op_applied(self, room_id: str, op_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM relay_ops WHERE room_id=? AND op_id=?", (room_id, op_id)))
 
+    def log_length(self, room_id: str) -> int:
+        return int(self._query("SELECT COUNT(*) FROM room_updates WHERE room_id=?", (room_id,))[0][0])
+
+    def log_range(self, room_id: str, start: int) -> list[bytes]:
+        rows = self._query("SELECT data FROM room_updates WHERE room_id=? ORDER BY seq LIMIT -1 OFFSET ?", (room_id, start))
+        return [bytes(r[0]) for r in rows]
+
     def save_meta(self, room_id: str, meta: RoomMeta) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO relay_rooms VALUES (?, ?)", (room_id, meta.to_json()))
@@ -142,6 +170,8 @@ class RelayStore(Store):
 
 class SqliteBackend:
     """One relay node, rooms in the core's SQLite store. Writes run on one worker thread."""
+
+    shared = False
 
     def __init__(self, db_path: Path, secret_path: Path) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-sqlite")
@@ -155,18 +185,40 @@ class SqliteBackend:
             raise StorageError("the relay's store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    async def start(self, on_update: UpdateListener, on_message: MessageListener, channels: tuple[str, ...]) -> None:
+        return None  # one node: nobody else writes or publishes
+
     async def load(self, room_id: str) -> tuple[list[bytes], RoomMeta] | None:
         result: tuple[list[bytes], RoomMeta] | None = await self._run(self._store.load_log, room_id)
         return result
 
+    async def log_length(self, room_id: str) -> int:
+        return int(await self._run(self._store.log_length, room_id))
+
+    async def log_range(self, room_id: str, start: int) -> list[bytes]:
+        result: list[bytes] = await self._run(self._store.log_range, room_id, start)
+        return result
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        return None
+
+    async def blob_shared(self, sha: str) -> bool:
+        return False
+
+    async def share_blob(self, sha: str, data: bytes) -> None:
+        return None
+
+    async def fetch_blob(self, sha: str) -> bytes | None:
+        return None
+
     async def create(self, room_id: str, update: bytes, meta: RoomMeta) -> bool:
         return bool(await self._run(self._store.create_room, room_id, update, meta))
 
-    async def append(self, room_id: str, update: bytes, op_id: str | None) -> None:
-        await self._run(self._store.append_with_op, room_id, update, op_id)
+    async def append(self, room_id: str, update: bytes, op_key: str | None) -> None:
+        await self._run(self._store.append_with_op, room_id, update, op_key)
 
-    async def op_applied(self, room_id: str, op_id: str) -> bool:
-        return bool(await self._run(self._store.op_applied, room_id, op_id))
+    async def op_applied(self, room_id: str, op_key: str) -> bool:
+        return bool(await self._run(self._store.op_applied, room_id, op_key))
 
     async def save_meta(self, room_id: str, meta: RoomMeta) -> None:
         await self._run(self._store.save_meta, room_id, meta)
@@ -198,10 +250,12 @@ class SqliteBackend:
 class RedisBackend:
     """Several relay nodes, rooms kept in Redis; new updates announced on a pub/sub channel.
 
-    Keys: `<prefix>room:<id>:log` (list of updates), `:ops` (set of applied op ids),
+    Keys: `<prefix>room:<id>:log` (list of updates), `:ops` (set of applied `op_key`s),
     `:meta` (the RoomMeta JSON), `<prefix>secret`; channel `<prefix>updates` carries
     `<node id>|<room id>|<update>` so other nodes merge it into their live copy.
     """
+
+    shared = True
 
     def __init__(self, url: str, *, prefix: str = "deeproom:", node_id: str | None = None) -> None:
         import redis.asyncio as aioredis
@@ -213,10 +267,6 @@ class RedisBackend:
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
-
-    @property
-    def client(self) -> Any:
-        return self._redis
 
     def _key(self, room_id: str, what: str) -> str:
         return f"{self.prefix}room:{room_id}:{what}"
@@ -294,16 +344,26 @@ class RedisBackend:
         """Add `delta` to how many connections `participant_id` has to the room on all nodes."""
         return int(await self._redis.hincrby(self._key(room_id, "online"), participant_id, delta))
 
-    async def append(self, room_id: str, update: bytes, op_id: str | None) -> None:
+    async def append(self, room_id: str, update: bytes, op_key: str | None) -> None:
         pipe = self._redis.pipeline(transaction=True)
         pipe.rpush(self._key(room_id, "log"), update)
-        if op_id is not None:
-            pipe.sadd(self._key(room_id, "ops"), op_id)
+        if op_key is not None:
+            pipe.sadd(self._key(room_id, "ops"), op_key)
         await pipe.execute()
         await self.publish("updates", room_id.encode() + b"|" + update)
 
-    async def op_applied(self, room_id: str, op_id: str) -> bool:
-        return bool(await self._redis.sismember(self._key(room_id, "ops"), op_id))
+    async def op_applied(self, room_id: str, op_key: str) -> bool:
+        return bool(await self._redis.sismember(self._key(room_id, "ops"), op_key))
+
+    async def blob_shared(self, sha: str) -> bool:
+        return bool(await self._redis.exists(self.prefix + "blob:" + sha))
+
+    async def share_blob(self, sha: str, data: bytes) -> None:
+        await self._redis.set(self.prefix + "blob:" + sha, data, nx=True)
+
+    async def fetch_blob(self, sha: str) -> bytes | None:
+        found = await self._redis.get(self.prefix + "blob:" + sha)
+        return None if found is None else bytes(found)
 
     async def save_meta(self, room_id: str, meta: RoomMeta) -> None:
         await self._redis.set(self._key(room_id, "meta"), meta.to_json())

@@ -38,7 +38,15 @@ from deeproom.document import RoomChange, RoomDocument, Subscription
 from deeproom.errors import DeepRoomError, NotFound, ValidationError
 from deeproom.net import protocol as P
 from deeproom.net.auth import token_from_link
-from deeproom.net.errors import ClientClosed, ConnectionLost, JoinRefused, NetError, error_from_wire
+from deeproom.net.errors import (
+    ClientClosed,
+    ConnectionLost,
+    JoinRefused,
+    NetError,
+    ProtocolError,
+    error_from_wire,
+)
+from deeproom.net.lru import ByteLRU
 from deeproom.net.ratelimit import TokenBucket
 from deeproom.ops import parse_operation
 from deeproom.presence import Pose, decode_batch, encode_pose
@@ -95,6 +103,7 @@ class RoomClient:
         *,
         participant_key: str | None = None,
         colour: str | None = None,
+        create_token: str | None = None,
         cache_dir: str | Path | None = None,
         cache_bytes: int = 256 * 1024 * 1024,
         connect_timeout: float = 15.0,
@@ -113,6 +122,7 @@ class RoomClient:
         self.participant_id = check_id(participant_id, "participant id")
         self.participant_key = participant_key
         self.colour = colour
+        self.create_token = create_token
         self.doc = RoomDocument(self.room_id)
         self.role: Role | None = None
         self.connected = False
@@ -145,9 +155,7 @@ class RoomClient:
         self._refused_listeners = _Listeners()
         self._error_listeners = _Listeners()
         self._status_listeners = _Listeners()
-        self._blob_cache: OrderedDict[str, bytes] = OrderedDict()
-        self._blob_cache_bytes = 0
-        self._blob_cache_max = cache_bytes
+        self._blob_cache = ByteLRU(cache_bytes)
         self._disk = BlobStore(cache_dir) if cache_dir is not None else None
         self._fetches: dict[str, asyncio.Future[bytes]] = {}
         self.tick_hz = 30.0
@@ -239,6 +247,8 @@ class RoomClient:
                         self._stop(err)
                         return
                     raise err
+                if isinstance(ack.get("key"), str) and self.participant_key is None:
+                    self.participant_key = ack["key"]  # the relay bound our id to this key; rejoin with it
                 self.doc.apply_update(ack["update"])
                 self._check_not_ahead(ack.get("sv"))
                 self.role = Role(ack.get("role", "member"))
@@ -276,14 +286,21 @@ class RoomClient:
             delay = min(delay * 2, self._backoff[1])
 
     def _check_not_ahead(self, relay_sv: Any) -> None:
-        """A copy holding changes the relay lacks means the relay lost its store: say so loudly."""
+        """A copy holding changes the relay lacks means the relay lost its store: say so loudly.
+
+        Compared by state vectors: this copy is ahead only if, for some writer, it has seen
+        more of their changes than the relay. (A diff against the relay's state vector is
+        no test: it always carries the delete set, so it is never empty once anything was
+        deleted or overwritten, e.g. after a panel was moved.)
+        """
         if not isinstance(relay_sv, bytes):
             return
         try:
-            extra = self.doc.update_since(relay_sv)
-        except ValidationError:
+            relay_clocks = P.decode_state_vector(relay_sv)
+            mine = P.decode_state_vector(self.doc.state_vector())
+        except ProtocolError:
             return
-        if len(extra) > 2:  # b"\x00\x00" is "nothing"
+        if any(clock > relay_clocks.get(client, 0) for client, clock in mine.items()):
             err = NetError(
                 f"the relay's copy of room {self.room_id!r} lacks changes this client saw (was its store lost "
                 "or restored from a backup?); this client's view may show things the room no longer has"
@@ -299,7 +316,8 @@ class RoomClient:
             "sv": self.doc.state_vector(),
         }
         for key, value in (("key", self.participant_key), ("colour", self.colour),
-                           ("password", self.password), ("invite", self.invite)):
+                           ("password", self.password), ("invite", self.invite),
+                           ("create_token", self.create_token)):
             if value is not None:
                 msg[key] = value
         return msg
@@ -561,7 +579,6 @@ class RoomClient:
         check_blob_id(sha)
         cached = self._blob_cache.get(sha)
         if cached is not None:
-            self._blob_cache.move_to_end(sha)
             return cached
         if self._disk is not None and self._disk.has(sha):
             with contextlib.suppress(DeepRoomError):
@@ -610,16 +627,7 @@ class RoomClient:
         if disk and self._disk is not None:
             with contextlib.suppress(DeepRoomError, OSError):
                 self._disk.put(data, sha)
-        if len(data) > self._blob_cache_max:
-            return
-        if sha in self._blob_cache:
-            self._blob_cache.move_to_end(sha)
-            return
-        self._blob_cache[sha] = data
-        self._blob_cache_bytes += len(data)
-        while self._blob_cache_bytes > self._blob_cache_max:
-            _, old = self._blob_cache.popitem(last=False)
-            self._blob_cache_bytes -= len(old)
+        self._blob_cache.put(sha, data)
 
     # --- plumbing ---------------------------------------------------------------------
 

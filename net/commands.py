@@ -22,6 +22,22 @@ def register(commands: Any, bench: Any) -> None:
     p.add_argument("--leave-grace", type=float, default=10.0,
                    help="seconds a disconnected participant stays in the room (default 10)")
     p.add_argument("--capacity", type=int, default=32, help="capacity of rooms created on this relay (default 32)")
+    policy = p.add_argument_group(
+        "policy for strangers",
+        "who may create rooms, and what one client address may use (clients behind one proxy or NAT share an address)",
+    )
+    policy.add_argument("--room-creation", choices=("open", "token"), default="open",
+                        help="open: joining a room that does not exist creates it (default); "
+                             "token: only joins that carry --create-token do (RoomClient(create_token=...))")
+    policy.add_argument("--create-token", metavar="SECRET", help="the room creation token (needed with --room-creation token)")
+    policy.add_argument("--rooms-per-address", type=float, default=20.0, metavar="N",
+                        help="rooms one address may create per hour (default 20)")
+    policy.add_argument("--password-attempts-per-address", type=float, default=8.0, metavar="N",
+                        help="password joins one address may try at once, then one per 2 s (default 8)")
+    policy.add_argument("--uploads-per-address", type=int, default=4, metavar="N",
+                        help="blob uploads one address may have in progress at once (default 4)")
+    policy.add_argument("--upload-mb-per-address", type=float, default=1024.0, metavar="MB",
+                        help="blob megabytes one address may upload per hour (default 1024)")
     p.set_defaults(func=cmd_serve)
 
     b = bench.add_parser("relay", help="poses through a real relay from N real clients in other processes")
@@ -49,6 +65,10 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from deeproom.net.server import RelayServer, RelaySettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.room_creation == "token" and not args.create_token:
+        print("deeproom serve: --room-creation token needs --create-token SECRET", flush=True)
+        return 2
+    upload_bytes = args.upload_mb_per_address * 1024 * 1024
     settings = RelaySettings(
         data_dir=config.data_dir,
         host=args.host,
@@ -60,6 +80,12 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         capacity=args.capacity,
         blob_max_bytes=config.blob_max_bytes,
         store_max_bytes=config.store_max_bytes,
+        room_creation=args.room_creation,
+        create_token=args.create_token,
+        rooms_per_address=(args.rooms_per_address, args.rooms_per_address),
+        password_checks_per_address=(0.5, args.password_attempts_per_address),
+        uploads_per_address=args.uploads_per_address,
+        upload_bytes_per_address=(upload_bytes, upload_bytes),
     )
 
     async def main() -> None:

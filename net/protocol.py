@@ -1,11 +1,16 @@
 """The relay protocol: event names, limits, and checks of what arrives from the network.
 
-Client to relay (Socket.IO events, each answered through its ack unless noted):
-- `join` {room, name, participant_id, key?, colour?, password?, invite?, sv?}
-  -> {ok, participant_id, role, update, streams} : joins (creating the room if new);
-  `update` is what the client's state vector `sv` lacks.
+Client to relay (Socket.IO events, each answered through its ack unless noted; any other
+event name, Socket.IO's reserved ones included, is refused with an error):
+- `join` {room, name, participant_id, key?, colour?, password?, invite?, create_token?, sv?}
+  -> {ok, participant_id, role, update, sv, streams, key?} : joins (creating the room if new
+  and the relay's policy allows: `create_token` when it creates rooms by token only);
+  `update` is what the client's state vector `sv` lacks. The id is bound to `key` (16-256
+  characters) on first join; without one the relay makes a key and returns it as `key`.
 - `op` {id, op} -> {ok, update?} : one operation with a client-chosen id
-  ("<client>:<seq>"); a replayed id is answered without applying it twice.
+  ("<client>:<seq>"); a replayed id is answered {ok, duplicate} without applying it twice.
+  Ids are per sender: another participant may use the same id. `join` and `leave` are
+  the relay's own operations and are refused.
 - `pose` bytes (or base64 text)[, batches read] (no ack) : the sender's latest pose (`deeproom.presence`),
   optionally with how many `poses` batches it has read so far.
 - `pa` int (no ack) : how many `poses` batches the client has read (sent every few
@@ -49,6 +54,34 @@ MAX_BLOB_CHUNK = 512 * 1024
 MAX_UPLOADS_PER_CLIENT = 4
 MAX_STATE_VECTOR = 64 * 1024
 MAX_DEPTH = 16
+"""Deepest nesting of a payload (an op, an event's payload)."""
+
+
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    """A Yjs state vector (varuint count, then count pairs of varuint client id and clock) as {client: clock}."""
+    pos = 0
+
+    def varuint() -> int:
+        nonlocal pos
+        value, shift = 0, 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise ProtocolError("not a valid state vector")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    count = varuint()
+    if count > len(data):
+        raise ProtocolError("not a valid state vector")
+    clocks = {}
+    for _ in range(count):
+        client = varuint()
+        clocks[client] = varuint()
+    return clocks
 
 
 def require_mapping(data: Any, what: str) -> Mapping[str, Any]:

@@ -1,0 +1,64 @@
+"""Events between participants: WebRTC signalling, training streams, steering, summons.
+
+The relay checks the sender's role and the payload's size, then forwards: "signal" and
+"steer" to one participant, "stream" and "summon" to the room. The latest "stream"
+message per (panel, channel) is kept for late joiners.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import socketio
+
+from deeproom.errors import NotFound, PermissionDenied
+from deeproom.net import protocol as P
+from deeproom.net.errors import ProtocolError, RateLimited
+from deeproom.net.relay.settings import RelaySettings
+from deeproom.net.relay.state import LiveRoom, Session
+from deeproom.state import Role, check_id
+
+MEMBER_UP = (Role.HOST, Role.PRESENTER, Role.MEMBER)
+RUNS_ROOM = (Role.HOST, Role.PRESENTER)
+MAX_STREAMS_PER_ROOM = 256
+
+
+async def forward_event(settings: RelaySettings, sio: socketio.AsyncServer, sess: Session, room: LiveRoom,
+                        data: Any) -> dict[str, Any]:
+    if not sess.event_bucket.take():
+        raise RateLimited(f"too many events: at most {settings.event_rate[0]:g}/s")
+    d = P.require_mapping(data, "event")
+    kind = P.require_str(d, "kind", "event kind", 32)
+    if kind not in P.EVENT_KINDS:
+        raise ProtocolError(f"unknown event kind {kind!r}; allowed: {', '.join(P.EVENT_KINDS)}")
+    payload = P.check_payload(d.get("payload"), P.MAX_EVENT_BYTES[kind], kind)
+    to = d.get("to")
+    pid = sess.participant_id
+    assert pid is not None
+    role = room.role_of(pid)
+    if role is None:
+        raise PermissionDenied(f"{pid!r} is not in room {room.id!r}")
+    message = {"kind": kind, "sender": pid, "payload": payload}
+    if kind in ("signal", "steer"):
+        target = check_id(to, "event target (participant id)")
+        if kind == "steer" and role not in MEMBER_UP:
+            raise PermissionDenied("viewers cannot steer training; members, presenters and hosts can")
+        if target not in room.doc.snapshot().participants:
+            raise NotFound(f"no participant {target!r} in room {room.id!r}")
+        await sio.emit("event", message, room=f"p:{room.id}:{target}")
+    elif kind == "stream":
+        if role not in MEMBER_UP:
+            raise PermissionDenied("viewers cannot stream into panels; members, presenters and hosts can")
+        panel, channel = payload.get("panel_id"), payload.get("channel", "")
+        if isinstance(panel, str) and isinstance(channel, str):
+            k = (panel[:128], channel[:128])
+            room.streams.pop(k, None)
+            room.streams[k] = message
+            while len(room.streams) > MAX_STREAMS_PER_ROOM:
+                room.streams.popitem(last=False)
+        await sio.emit("event", message, room=room.id, skip_sid=sess.sid)
+    else:  # summon
+        if role not in RUNS_ROOM:
+            raise PermissionDenied(f"only host or presenter may summon; {pid!r} is {role.value}")
+        await sio.emit("event", message, room=room.id, skip_sid=sess.sid)
+    return {"ok": True}
