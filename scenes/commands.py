@@ -53,6 +53,11 @@ def register(commands: Any, bench: Any) -> None:
     b.add_argument("--size", default="1280x720")
     b.set_defaults(func=cmd_bench_render)
 
+    b = bench.add_parser("room", help="does the room reach everything: analyses in the engine vs in the menus, "
+                                      "click-to-drawn overhead, overlaps, readable labels, t-SNE")
+    b.add_argument("--quick", action="store_true", help="smaller embedding runs")
+    b.set_defaults(func=cmd_bench_room)
+
 
 def _voice(args: argparse.Namespace) -> bool:
     """Voice in a window unless --no-voice; offscreen snapshots have no one to talk to."""
@@ -171,3 +176,9 @@ def cmd_bench_render(args: argparse.Namespace, config: Config) -> int:
     from deeproom.scenes.bench_render import run_bench
 
     return run_bench(frames=args.frames, size=_size(args.size))
+
+
+def cmd_bench_room(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.scenes.bench_room import run_bench
+
+    return run_bench(quick=args.quick)
