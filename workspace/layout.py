@@ -11,13 +11,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deeproom.errors import LayoutFileError, ValidationError
-from deeproom.state import MAX_NAME, MAX_PANELS, Panel, Room, check_bool, check_text
+from deeproom.state import (
+    MAX_JSON_DEPTH,
+    MAX_NAME,
+    MAX_PANELS,
+    Panel,
+    Room,
+    brief,
+    check_bool,
+    check_number,
+    check_text,
+    field_names,
+)
 
 if TYPE_CHECKING:
     from deeproom.document import RoomDocument
@@ -25,6 +37,8 @@ if TYPE_CHECKING:
 FORMAT = "deeproom-layout"
 SCHEMA_VERSION = 2
 MAX_FILE_BYTES = 32 * 1024 * 1024
+MAX_NESTING = MAX_JSON_DEPTH + 8
+"""Deepest nesting of a layout file: a content source's levels plus the layout's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,17 +77,17 @@ def layout_from_dict(data: Any) -> Layout:
     if not isinstance(data, Mapping):
         raise LayoutFileError(f"a layout must be a JSON object; got {type(data).__name__}")
     if data.get("format") != FORMAT:
-        raise LayoutFileError(f"not a DeepRoom layout: 'format' must be {FORMAT!r}; got {data.get('format')!r:.60}")
+        raise LayoutFileError(f"not a DeepRoom layout: 'format' must be {FORMAT!r}; got {brief(data.get('format'), 60)}")
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
-        raise LayoutFileError(f"layout 'version' must be a whole number; got {version!r:.40}")
+        raise LayoutFileError(f"layout 'version' must be a whole number; got {brief(version, 40)}")
     if version > SCHEMA_VERSION:
         raise LayoutFileError(
-            f"this layout uses schema version {version}, newer than this DeepRoom reads "
+            f"this layout uses schema version {brief(version)}, newer than this DeepRoom reads "
             f"(1 to {SCHEMA_VERSION}); upgrade DeepRoom to open it"
         )
     if version < 1:
-        raise LayoutFileError(f"layout schema version must be 1 to {SCHEMA_VERSION}; got {version}")
+        raise LayoutFileError(f"layout schema version must be 1 to {SCHEMA_VERSION}; got {brief(version)}")
     if version == 1:
         data = _migrate_v1(data)
     return _parse_v2(data)
@@ -82,7 +96,7 @@ def layout_from_dict(data: Any) -> Layout:
 def _parse_v2(data: Mapping[str, Any]) -> Layout:
     unknown = set(data) - {"format", "version", "room", "panels"}
     if unknown:
-        raise LayoutFileError(f"layout has unknown fields {sorted(unknown)}; allowed: format, version, room, panels")
+        raise LayoutFileError(f"layout has unknown fields {field_names(unknown)}; allowed: format, version, room, panels")
     room = data.get("room", {})
     if not isinstance(room, Mapping):
         raise LayoutFileError("layout 'room' must be an object with name and layout_locked")
@@ -117,7 +131,7 @@ def _migrate_v1(data: Mapping[str, Any]) -> dict[str, Any]:
     number, room name at the top level as 'room_name'. Converted to schema 2."""
     unknown = set(data) - {"format", "version", "room_name", "panels"}
     if unknown:
-        raise LayoutFileError(f"schema-1 layout has unknown fields {sorted(unknown)}")
+        raise LayoutFileError(f"schema-1 layout has unknown fields {field_names(unknown)}")
     panels_raw = data.get("panels")
     if not isinstance(panels_raw, list):
         raise LayoutFileError("layout 'panels' must be a list of panels")
@@ -132,9 +146,12 @@ def _migrate_v1(data: Mapping[str, Any]) -> dict[str, Any]:
         new_t: dict[str, Any] = {"position": t.get("position", [0.0, 1.5, 2.0])}
         euler = t.get("rotation", [0.0, 0.0, 0.0])
         try:
-            new_t["rotation"] = euler_to_quaternion(*[float(a) for a in euler])
-        except (TypeError, ValueError):
-            raise LayoutFileError(f"panel #{i}: schema-1 rotation must be three angles in degrees") from None
+            if not isinstance(euler, list) or len(euler) != 3:
+                raise ValueError
+            angles = [check_number(a, "angle", -1e6, 1e6) for a in euler]
+            new_t["rotation"] = euler_to_quaternion(*angles)
+        except ValueError:  # ValidationError is one
+            raise LayoutFileError(f"panel #{i}: schema-1 rotation must be three angles in degrees, each within ±1e6") from None
         scale = t.get("scale", 1.0)
         new_t["scale"] = [scale, scale, scale] if isinstance(scale, int | float) else scale
         p["transform"] = new_t
@@ -165,17 +182,44 @@ def dumps_layout(layout: Layout) -> str:
 
 def loads_layout(text: str | bytes, *, source: str = "layout") -> Layout:
     """Parse a layout file's text; every problem becomes a LayoutFileError naming `source`."""
+    if len(text) > MAX_FILE_BYTES:
+        raise LayoutFileError(f"{source} is {len(text)} bytes; layout files are at most {MAX_FILE_BYTES} bytes")
+    depth = _max_nesting(text)
+    if depth > MAX_NESTING:
+        # json.loads recurses once per level: refuse before it can exhaust the stack.
+        raise LayoutFileError(f"{source} is nested {depth} levels deep; a layout is nested at most {MAX_NESTING}")
     try:
         data = json.loads(text, parse_constant=_no_constants)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         hint = " (the file looks truncated)" if "Expecting" in str(exc) and str(exc).endswith(f"char {len(text)})") else ""
         raise LayoutFileError(f"{source} is not valid JSON: {exc}{hint}") from None
-    except ValueError as exc:
-        raise LayoutFileError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise LayoutFileError(f"{source} is nested too deep") from None
+    except ValueError as exc:  # NaN, Infinity, or a number of more than 4300 digits
+        raise LayoutFileError(f"{source}: {str(exc)[:200]}") from None
     try:
         return layout_from_dict(data)
     except LayoutFileError as exc:
         raise LayoutFileError(f"{source}: {exc}") from None
+
+
+def _max_nesting(text: str | bytes) -> int:
+    """How deep brackets nest in JSON text (brackets inside strings ignored), in one pass."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    # Drop string literals (with their escapes), then count what is left.
+    stripped = _STRINGS.sub(b"", raw)
+    brackets = stripped.translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    import numpy as np
+
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def _no_constants(name: str) -> Any:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -19,18 +20,19 @@ import sqlite3
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from deeproom.document import RoomChange, RoomDocument, Subscription
-from deeproom.errors import NotFound, StorageError, ValidationError
-from deeproom.layout import Layout, layout_from_dict
-from deeproom.state import MAX_NAME, check_id, check_text
+from deeproom.errors import LayoutFileError, NotFound, StorageError, ValidationError
+from deeproom.layout import Layout, loads_layout
+from deeproom.state import MAX_NAME, brief, check_id, check_text
 
 SCHEMA_VERSION = 1
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -223,7 +225,13 @@ class Store:
         """Save `layout` as the next version of `name` for `room_id`."""
         check_id(room_id, "room id")
         check_text(name, "layout name", MAX_NAME)
-        data = json.dumps(layout.to_dict(), allow_nan=False)
+        try:
+            data = json.dumps(layout.to_dict(), allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise LayoutFileError(f"layout {name!r} cannot be saved: {str(exc)[:200]}") from None
+        # Read it back as `load_layout` will: the store never holds a layout that fails to load
+        # (a lone surrogate, say, saves as JSON but is refused on reading).
+        loads_layout(data, source=f"layout {name!r}")
         now = time.time()
         with self._tx() as db:
             (latest,) = db.execute(
@@ -243,7 +251,7 @@ class Store:
             sql += " WHERE room_id=?"
             args = (room_id,)
         rows = self._query(sql + " ORDER BY room_id, name, version", args)
-        return [LayoutInfo(r[0], r[1], r[2], r[3], len(json.loads(r[4]).get("panels", []))) for r in rows]
+        return [LayoutInfo(r[0], r[1], r[2], r[3], _panel_count(r[4])) for r in rows]
 
     def load_layout(self, room_id: str, name: str, version: int | None = None) -> Layout:
         """The latest (or the given) version of a named layout."""
@@ -261,7 +269,7 @@ class Store:
             raise NotFound(
                 f"no {which}layout {name!r} for room {room_id!r} (saved: {', '.join(names) or 'none'})"
             )
-        return layout_from_dict(json.loads(rows[0][0]))
+        return loads_layout(rows[0][0], source=f"saved layout {name!r} of room {room_id!r}")
 
     def delete_layout(self, room_id: str, name: str, version: int | None = None) -> int:
         """Delete one version, or every version when `version` is None. Returns how many went."""
@@ -277,6 +285,14 @@ class Store:
             return int(cur.rowcount)
 
 
+def _panel_count(data: str) -> int:
+    """Panels in a stored layout, for listing (-1 for a row this DeepRoom cannot read)."""
+    try:
+        return len(loads_layout(data).panels)
+    except ValidationError:
+        return -1
+
+
 # --- content-addressed blobs ------------------------------------------------------------
 
 
@@ -285,8 +301,8 @@ def sha256_hex(data: bytes) -> str:
 
 
 def check_blob_id(blob_id: Any) -> str:
-    if not isinstance(blob_id, str) or not _SHA256.match(blob_id):
-        raise ValidationError(f"a blob id is 64 lowercase hex digits (sha256); got {blob_id!r:.80}")
+    if not isinstance(blob_id, str) or not _SHA256.fullmatch(blob_id):
+        raise ValidationError(f"a blob id is 64 lowercase hex digits (sha256); got {brief(blob_id, 80)}")
     return blob_id
 
 
@@ -295,7 +311,13 @@ class BlobTooLarge(ValidationError):
 
 
 class BlobStore:
-    """Blobs on disk, named by the sha256 of their bytes."""
+    """Blobs on disk, named by the sha256 of their bytes.
+
+    Uploads in progress stream into locked temporary files (`.tmp-*`) beside the blobs and
+    reserve their announced size, so the total cap counts them before they land. A
+    temporary file that nobody holds locked (its writer was killed) is removed when a
+    store opens the folder; temporary files never count as blobs.
+    """
 
     def __init__(self, root: str | os.PathLike[str], *, max_blob_bytes: int = 64 << 20, max_total_bytes: int = 4 << 30) -> None:
         self.root = Path(root)
@@ -304,10 +326,31 @@ class BlobStore:
         self.max_total_bytes = max_total_bytes
         self._lock = threading.Lock()
         self._total: int | None = None
+        self._reserved = 0
+        self.removed_temporaries = self._remove_stale_temporaries()
+        """How many orphaned temporary files opening the store removed."""
 
     def _path(self, blob_id: str) -> Path:
         check_blob_id(blob_id)
         return self.root / blob_id[:2] / blob_id[2:]
+
+    def _remove_stale_temporaries(self) -> int:
+        removed = 0
+        for tmp in [*self.root.glob(".tmp-*"), *self.root.glob("??/.tmp-*")]:
+            try:
+                fd = os.open(tmp, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer (another store on this folder) holds it
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+        return removed
 
     def has(self, blob_id: str) -> bool:
         return self._path(blob_id).is_file()
@@ -319,17 +362,32 @@ class BlobStore:
             raise NotFound(f"no blob {blob_id}") from None
 
     def total_bytes(self) -> int:
+        """Bytes of the blobs stored (not counting uploads in progress: `reserved_bytes`)."""
         with self._lock:
             if self._total is None:
-                self._total = sum(p.stat().st_size for p in self.root.glob("??/*") if p.is_file())
+                self._total = sum(p.stat().st_size for p in self._blob_files())
             return self._total
 
+    def reserved_bytes(self) -> int:
+        """Bytes announced by uploads in progress (begun, neither committed nor aborted)."""
+        with self._lock:
+            return self._reserved
+
+    def _blob_files(self) -> Iterator[Path]:
+        for p in self.root.glob("??/*"):
+            if len(p.name) == 62 and _SHA256.fullmatch(p.parent.name + p.name) and p.is_file():
+                yield p
+
     def check_room(self, size: int) -> None:
-        """Raise BlobTooLarge if a blob of `size` bytes would not be accepted."""
+        """Raise BlobTooLarge if a blob of `size` bytes would not be accepted now."""
         if size > self.max_blob_bytes:
             raise BlobTooLarge(f"blob of {size} bytes is over the cap of {self.max_blob_bytes} bytes")
-        if self.total_bytes() + size > self.max_total_bytes:
-            raise BlobTooLarge(f"the blob store is full ({self.total_bytes()} of {self.max_total_bytes} bytes)")
+        used = self.total_bytes() + self.reserved_bytes()
+        if used + size > self.max_total_bytes:
+            raise BlobTooLarge(
+                f"the blob store is full ({self.total_bytes()} bytes stored and {self.reserved_bytes()} "
+                f"reserved by uploads in progress, of {self.max_total_bytes} bytes)"
+            )
 
     def put(self, data: bytes, expected_id: str | None = None) -> str:
         """Store `data`; returns its sha256 id. Storing the same bytes twice stores them once."""
@@ -366,31 +424,83 @@ class BlobStore:
             self._total = None
 
     def ids(self) -> list[str]:
-        return sorted(p.parent.name + p.name for p in self.root.glob("??/*") if p.is_file() and len(p.name) == 62)
+        return sorted(p.parent.name + p.name for p in self._blob_files())
 
     def begin_upload(self, blob_id: str, size: int) -> BlobUpload:
-        """Start a chunked upload of a blob whose id and size are announced first."""
+        """Start a chunked upload of a blob whose id and size are announced first.
+
+        The size is reserved against the store's total cap until the upload is committed
+        or aborted; chunks go to a temporary file, never to memory.
+        """
         check_blob_id(blob_id)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValidationError(f"blob size must be a whole number of bytes; got {size!r:.40}")
-        self.check_room(size)
-        return BlobUpload(self, blob_id, size)
+            raise ValidationError(f"blob size must be a whole number of bytes; got {brief(size, 40)}")
+        with self._lock:
+            total = self._total
+        if total is None:
+            self.total_bytes()
+        with self._lock:  # check and reserve at once, so two uploads cannot both take the last room
+            if size > self.max_blob_bytes:
+                raise BlobTooLarge(f"blob of {size} bytes is over the cap of {self.max_blob_bytes} bytes")
+            assert self._total is not None
+            if self._total + self._reserved + size > self.max_total_bytes:
+                raise BlobTooLarge(
+                    f"the blob store is full ({self._total} bytes stored and {self._reserved} reserved by "
+                    f"uploads in progress, of {self.max_total_bytes} bytes)"
+                )
+            self._reserved += size
+        try:
+            fd, tmp = _locked_temporary(self.root)
+        except BaseException:
+            self._release(size)
+            raise
+        return BlobUpload(self, blob_id, size, fd, Path(tmp))
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self._reserved = max(0, self._reserved - size)
+
+    def _land(self, tmp: Path, blob_id: str, size: int) -> None:
+        """Move a checked, synced temporary file into place as blob `blob_id`."""
+        path = self._path(blob_id)
+        if path.is_file():
+            tmp.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        with self._lock:
+            if self._total is not None:
+                self._total += size
 
     @staticmethod
     def _write_atomically(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = _locked_temporary(path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
+                os.replace(tmp, path)  # while still locked, so no opening store takes it for an orphan
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         _fsync_dir(path.parent)
+
+
+def _locked_temporary(folder: Path) -> tuple[int, str]:
+    """A new `.tmp-*` file in `folder`, open for writing and locked (flock) while it lives."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return fd, tmp
 
 
 def _fsync_dir(path: Path) -> None:
@@ -403,21 +513,32 @@ def _fsync_dir(path: Path) -> None:
 
 
 class BlobUpload:
-    """A blob arriving in chunks; nothing is visible in the store until `commit()` checks it."""
+    """A blob arriving in chunks; nothing is visible in the store until `commit()` checks it.
 
-    def __init__(self, store: BlobStore, blob_id: str, size: int) -> None:
+    Chunks are hashed as they arrive and written to a locked temporary file in the store's
+    folder: an upload holds no more than one chunk in memory. `commit` checks size and
+    hash, syncs and renames into place; `abort` removes the file. Either releases the
+    size the upload reserved in its store. An upload dropped without either is aborted
+    when it is garbage-collected.
+    """
+
+    def __init__(self, store: BlobStore, blob_id: str, size: int, fd: int, tmp: Path) -> None:
         self.store = store
         self.blob_id = blob_id
         self.size = size
         self.received = 0
         self._hash = hashlib.sha256()
-        self._parts: list[bytes] = []
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        self._tmp = tmp
+        self._finalizer = weakref.finalize(self, _discard, store, self._file, tmp, size)
 
     def write(self, chunk: bytes) -> None:
+        if self._file is None:
+            raise ValidationError(f"blob {self.blob_id[:12]}: the upload is already committed or aborted")
         if self.received + len(chunk) > self.size:
             raise ValidationError(f"blob {self.blob_id[:12]}: more bytes than the announced {self.size}")
         self._hash.update(chunk)
-        self._parts.append(bytes(chunk))
+        self._file.write(chunk)
         self.received += len(chunk)
 
     @property
@@ -425,13 +546,39 @@ class BlobUpload:
         return self.received == self.size
 
     def commit(self) -> str:
+        """Check size and hash, then make the blob visible. A mismatch aborts the upload."""
+        if self._file is None:
+            raise ValidationError(f"blob {self.blob_id[:12]}: the upload is already committed or aborted")
         if not self.complete:
             raise ValidationError(f"blob {self.blob_id[:12]}: got {self.received} of {self.size} bytes")
         if self._hash.hexdigest() != self.blob_id:
+            self.abort()
             raise ValidationError(f"blob content does not match its id {self.blob_id}")
-        data = b"".join(self._parts)
-        self._parts = []
-        return self.store.put(data, self.blob_id)
+        fh, self._file = self._file, None
+        try:
+            fh.flush()
+            os.fsync(fh.fileno())
+            self.store._land(self._tmp, self.blob_id, self.size)  # renamed while still locked
+        except BaseException:
+            fh.close()
+            self._tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            self._finalizer.detach()
+            self.store._release(self.size)
+        fh.close()
+        return self.blob_id
 
     def abort(self) -> None:
-        self._parts = []
+        """Drop what arrived (safe to call twice, and after commit)."""
+        if self._file is None:
+            return
+        self._file = None
+        self._finalizer()
+
+
+def _discard(store: BlobStore, fh: BinaryIO, tmp: Path, size: int) -> None:
+    with contextlib.suppress(OSError):
+        fh.close()
+    tmp.unlink(missing_ok=True)
+    store._release(size)
