@@ -25,8 +25,8 @@ DROP = 0.1  # a little below eye level, where a hand-held menu would be
 TITLE = "Add a panel"
 
 
-CHAR = 0.0085  # metres per character of a row's text (for the menu's width)
-MAX_WIDTH = 0.95
+CHAR = 0.021  # metres per character of a row's text at its scale (for the menu's width)
+MAX_WIDTH = 1.4
 
 
 @dataclass(frozen=True)

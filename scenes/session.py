@@ -154,6 +154,8 @@ class LocalSession:
     def send_event(self, kind: str, payload: Mapping[str, Any], to: str | None = None) -> concurrent.futures.Future[Any]:
         for cb in list(self._events):
             cb(kind, self.participant_id, payload)
+        if kind == "stream":  # a stream reaches everyone in the room: here, the app itself
+            self.inbox.put(EventMessage(kind, self.participant_id, dict(payload)))
         return _done(None)
 
     def set_muted(self, muted: bool) -> bool:
@@ -235,6 +237,8 @@ class RelaySession:
     def send_event(self, kind: str, payload: Mapping[str, Any], to: str | None = None) -> concurrent.futures.Future[Any]:
         try:
             fut: concurrent.futures.Future[Any] = self.client.send_event(kind, dict(payload), to)
+            if kind == "stream":  # the relay sends a stream to everyone else; this app sees its own too
+                self.inbox.put(EventMessage(kind, self.participant_id, dict(payload)))
             return fut
         except DeepRoomError as exc:
             return _done(exc=exc)
