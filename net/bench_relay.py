@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import multiprocessing as mp
 import os
 import random
@@ -145,7 +146,7 @@ class _FastTally:
 
 
 def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float, ready: Any, go: Any, times: Any,
-                 results: Any) -> None:
+                 results: Any, password: str | None = None) -> None:
     import socketio
 
     from deeproom.presence import Pose, encode_pose
@@ -178,11 +179,23 @@ def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float,
             return on_poses if mode == "relay" else on_pose
 
         for i, pid in enumerate(ids):
-            sio = socketio.AsyncClient(reconnection=False)
+            if password is not None:
+                # Each its own loopback address, as users on their own machines: per-address
+                # limits then see the normal clients apart from each other and from the hostile ones.
+                import aiohttp
+
+                local = (f"127.0.2.{int(pid[1:]) % 250 + 1}", 0)
+                sio = socketio.AsyncClient(reconnection=False, http_session=aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(local_addr=local)))
+            else:
+                sio = socketio.AsyncClient(reconnection=False)
             sio.on("poses" if mode == "relay" else "pose", make_handler(i, pid))
             await sio.connect(url, transports=["websocket"], wait_timeout=30)
             sio.index = i
-            ack = await sio.call("join", {"room": ROOM, "name": pid, "participant_id": pid}, timeout=60)
+            join: dict[str, Any] = {"room": ROOM, "name": pid, "participant_id": pid}
+            if password is not None:  # the hostile bench: a room with a password, ids bound to keys
+                join.update(password=password, key=_key(pid))
+            ack = await sio.call("join", join, timeout=60)
             if not ack.get("ok"):
                 raise RuntimeError(f"join refused: {ack}")
             clients.append(sio)
@@ -220,6 +233,9 @@ def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float,
         for c in clients:
             with contextlib.suppress(Exception):
                 await c.disconnect()
+            if password is not None:
+                with contextlib.suppress(Exception):
+                    await c.eio.http.close()
 
     asyncio.run(main())
 
@@ -227,37 +243,58 @@ def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float,
 # --- one run ---------------------------------------------------------------------------------
 
 
+def _key(pid: str) -> str:
+    return "bench-key-" + pid + "-0123456789abcdef"
+
+
 def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: int, server_pid: int,
-              warmup: float = 2.0) -> dict[str, Any]:
+              warmup: float = 2.0, password: str | None = None, hostile: int = 0,
+              data_dir: Path | None = None) -> dict[str, Any]:
     import psutil
 
+    from deeproom.net.bench_hostile import hostile_proc
+
     ctx = mp.get_context("spawn")
-    ready, results = ctx.Queue(), ctx.Queue()
+    ready, results, hostile_results = ctx.Queue(), ctx.Queue(), ctx.Queue()
     go = ctx.Event()
     times = ctx.Array("d", 4)
     ids = [f"c{i:03d}" for i in range(n)]
     groups = [ids[i::procs] for i in range(procs)]
-    workers = [ctx.Process(target=_client_proc, args=(url, mode, g, n, rate, ready, go, times, results), daemon=True)
+    workers = [ctx.Process(target=_client_proc, args=(url, mode, g, n, rate, ready, go, times, results, password),
+                           daemon=True)
                for g in groups if g]
-    for w in workers:
+    hostiles = []
+    if hostile:
+        assert password is not None
+        h_ids = [f"h{i:03d}" for i in range(hostile)]
+        hostiles.append(ctx.Process(target=hostile_proc, args=(url, h_ids, [_key(h) for h in h_ids], password, ready,
+                                                               go, times, hostile_results), daemon=True))
+    for w in workers + hostiles:
         w.start()
+    server = psutil.Process(server_pid)
+    sampler = _RssSampler(server)
     try:
-        _gather(ready, workers, len(workers), 180, "join")
+        _gather(ready, workers + hostiles, len(workers) + len(hostiles), 180, "join")
+        state0 = _store_state(data_dir) if data_dir is not None else None
+        rss_before = server.memory_info().rss
         now = time.time()
         start = now + 0.3
         times[0], times[1], times[2], times[3] = start, start + warmup, start + warmup + seconds, start + warmup + seconds + 0.3
-        server = psutil.Process(server_pid)
+        sampler.start()
         go.set()
         time.sleep(max(0.0, times[1] - time.time()))
         cpu0 = sum(server.cpu_times()[:2])
         procs_ps = [psutil.Process(w.pid) for w in workers]
         ccpu0 = sum(sum(p.cpu_times()[:2]) for p in procs_ps)
+        hostile_ps = [psutil.Process(w.pid) for w in hostiles]
+        hcpu0 = sum(sum(p.cpu_times()[:2]) for p in hostile_ps)
         stats0 = _stats(url) if mode == "relay" else {}
         rss0 = server.memory_info().rss
         wall0 = time.monotonic()
         time.sleep(max(0.0, times[2] - time.time()))
         cpu1 = sum(server.cpu_times()[:2])
         ccpu1 = sum(sum(p.cpu_times()[:2]) for p in procs_ps)
+        hcpu1 = sum(sum(p.cpu_times()[:2]) for p in hostile_ps)
         stats1 = _stats(url) if mode == "relay" else {}
         rss1 = server.memory_info().rss
         wall1 = time.monotonic()
@@ -272,8 +309,14 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
                 inside = (batches[:, 0] > stats0["time"]) & (batches[:, 0] <= stats1["time"])
                 entries += int(batches[inside, 1].sum())
             lat.append(np.frombuffer(raw, dtype=np.float32))
+        tally: dict[str, int] = {}
+        if hostiles:
+            tally = json.loads(_gather(hostile_results, hostiles, 1, 120, "report")[0][1])
+        state1 = _store_state(data_dir) if data_dir is not None else None
+        rss_after = server.memory_info().rss
     finally:
-        for w in workers:
+        sampler.stop()
+        for w in workers + hostiles:
             w.join(10)
             if w.is_alive():
                 w.kill()
@@ -299,10 +342,68 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         "server_cpu_pct": round(100.0 * cpu / (wall1 - wall0), 1),
         "us_per_delivery": round(1e6 * cpu / received, 2) if received else None,
         "clients_cpu_pct": round(100.0 * (ccpu1 - ccpu0) / (wall1 - wall0), 1),
+        "hostile_cpu_pct": round(100.0 * (hcpu1 - hcpu0) / (wall1 - wall0), 1),
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "server_rss_start_mb": round(rss0 / 2**20, 1),
         "server_rss_end_mb": round(rss1 / 2**20, 1),
+        "server_rss_growth_mb": round((rss_after - rss_before) / 2**20, 1),
+        "server_peak_rss_mb": round(max(sampler.peak, rss_after) / 2**20, 1),
+        "state_changes": _state_changes(state0, state1) if state0 is not None and state1 is not None else None,
+        "hostile_tally": tally,
     }
+
+
+class _RssSampler:
+    """The relay's largest RSS while the load runs (sampled 4 times a second on a thread)."""
+
+    def __init__(self, proc: Any) -> None:
+        import threading
+
+        self.proc, self.peak = proc, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            with contextlib.suppress(Exception):
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+
+
+def _store_state(data_dir: Path) -> dict[str, Any]:
+    """What the relay has stored: rooms, update-log entries, room records and blobs (read-only)."""
+    import hashlib
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{data_dir / 'deeproom.sqlite3'}?mode=ro", uri=True, timeout=30)
+    try:
+        rooms = {str(r[0]) for r in db.execute("SELECT id FROM rooms")}
+        updates = int(db.execute("SELECT COUNT(*) FROM room_updates").fetchone()[0])
+        try:
+            records = {str(r[0]): hashlib.sha256(str(r[1]).encode()).hexdigest()
+                       for r in db.execute("SELECT room_id, meta FROM relay_rooms")}
+        except sqlite3.OperationalError:
+            records = {}
+    finally:
+        db.close()
+    blob_dir = data_dir / "blobs"
+    blobs = {p.name for p in blob_dir.rglob("*") if p.is_file() and not p.name.startswith(".")} if blob_dir.exists() else set()
+    return {"rooms": rooms, "updates": updates, "records": records, "blobs": blobs}
+
+
+def _state_changes(before: dict[str, Any], after: dict[str, Any]) -> int:
+    """How many stored things changed: rooms made or lost, log entries, room records, blobs."""
+    return (len(before["rooms"] ^ after["rooms"]) + abs(after["updates"] - before["updates"])
+            + sum(1 for k in before["records"].keys() | after["records"].keys()
+                  if before["records"].get(k) != after["records"].get(k))
+            + len(before["blobs"] ^ after["blobs"]))
 
 
 def _gather(q: Any, workers: list[Any], count: int, timeout: float, what: str) -> list[Any]:
@@ -324,7 +425,6 @@ def _gather(q: Any, workers: list[Any], count: int, timeout: float, what: str) -
 
 
 def _stats(url: str) -> dict[str, Any]:
-    import json
     import urllib.request
 
     with urllib.request.urlopen(url + "/health", timeout=10) as resp:
@@ -335,11 +435,11 @@ def _stats(url: str) -> dict[str, Any]:
 class _Server:
     """A relay (real or naive) in its own process, stopped by PID."""
 
-    def __init__(self, mode: str, data_dir: Path, tick_hz: float = 30.0) -> None:
+    def __init__(self, mode: str, data_dir: Path, tick_hz: float = 30.0, extra: tuple[str, ...] = ()) -> None:
         self.port = _free_port()
         if mode == "relay":
             cmd = [sys.executable, "-m", "deeproom.cli", "--data-dir", str(data_dir), "serve", "--port", str(self.port),
-                   "--capacity", "500", "--tick-hz", str(tick_hz)]
+                   "--capacity", "500", "--tick-hz", str(tick_hz), *extra]
         else:
             cmd = [sys.executable, "-m", "deeproom.net.bench_relay", "naive", "--port", str(self.port)]
         self.log = open(data_dir / f"{mode}-{self.port}.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -358,15 +458,61 @@ class _Server:
         self.log.close()
 
 
+BENCH_PASSWORD = "bench-password"
+
+
 def _measure(mode: str, n: int, rate: float, seconds: float, procs: int, workdir: Path,
-             tick_hz: float = 30.0) -> dict[str, Any]:
+             tick_hz: float = 30.0, secure: bool = False, hostile: int = 0) -> dict[str, Any]:
+    """One load on a fresh relay. `secure`: the room has a password and an owner, every id a key
+    (as the hostile run needs; its normal-only twin is made the same way)."""
     data = workdir / f"{mode}-{n}-{time.monotonic_ns()}"
     data.mkdir()
-    server = _Server(mode, data, tick_hz)
+    # In a secure run nobody may leave during the load (a leave would count as a state change).
+    server = _Server(mode, data, tick_hz, ("--leave-grace", "1000000") if secure else ())
     try:
-        return _run_load(server.url, mode, n, rate, seconds, procs, server.proc.pid)
+        if secure:
+            asyncio.run(_make_room(server.url))
+        return _run_load(server.url, mode, n, rate, seconds, procs, server.proc.pid,
+                         password=BENCH_PASSWORD if secure else None, hostile=hostile,
+                         data_dir=data if secure else None)
     finally:
         server.stop()
+
+
+async def _make_room(url: str) -> None:
+    """The bench room, created by an owner (its host) with a password, before anyone else joins."""
+    import socketio
+
+    sio = socketio.AsyncClient(reconnection=False)
+    await sio.connect(url, transports=["websocket"], wait_timeout=30)
+    try:
+        ack = await sio.call("join", {"room": ROOM, "name": "owner", "participant_id": "owner", "key": _key("owner"),
+                                      "password": BENCH_PASSWORD}, timeout=60)
+        if not (isinstance(ack, dict) and ack.get("ok") and ack.get("role") == "host"):
+            raise RuntimeError(f"could not create the bench room: {ack}")
+    finally:
+        await sio.disconnect()
+
+
+def _hostile_figures(hostile: int, normal: dict[str, Any], hr: dict[str, Any]) -> dict[str, Any]:
+    """The hostile run's figures against the normal-only run of the same invocation."""
+    ratio = round(hr["p99_ms"] / normal["p99_ms"], 3) if hr["p99_ms"] and normal["p99_ms"] else None
+    return {
+        "hostile_clients": hostile,
+        "normal_p99_ms": normal["p99_ms"],
+        "hostile_p99_ms": hr["p99_ms"],
+        "hostile_p99_ratio": ratio,
+        "hostile_p50_ms": hr["p50_ms"],
+        "hostile_delivered_ratio": hr["delivered_ratio"],
+        "hostile_state_changes": hr["state_changes"],
+        "relay_rss_growth_mb": hr["server_rss_growth_mb"],
+        "relay_peak_rss_mb": hr["server_peak_rss_mb"],
+        "hostile_server_cpu_pct": hr["server_cpu_pct"],
+        "hostile_normal_clients_cpu_pct": hr["clients_cpu_pct"],
+        "hostile_process_cpu_pct": hr["hostile_cpu_pct"],
+        "normal_state_changes": normal["state_changes"],
+        "hostile_tally": hr["hostile_tally"],
+    }
 
 
 def run_bench(args: argparse.Namespace, config: Config) -> int:
@@ -374,13 +520,19 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
 
     n, rate, seconds, procs = int(args.clients), float(args.rate), float(args.seconds), max(1, int(args.procs))
     tick = float(getattr(args, "tick_hz", 30.0))
+    hostile = int(getattr(args, "hostile", 0) or 0)
     if n < 2:
         raise SystemExit("--clients must be at least 2 (poses go to the others)")
     with tempfile.TemporaryDirectory(prefix="deeproom-bench-relay-") as tmp:
         work = Path(tmp)
-        main = _measure("relay", n, rate, seconds, procs, work, tick)
+        main = _measure("relay", n, rate, seconds, procs, work, tick, secure=hostile > 0)
+        main.pop("hostile_tally")
         print(f"relay   N={n}: {main}", flush=True)
         result: dict[str, Any] = {"bench": "relay", "clients": n, "rate_hz": rate, "tick_hz": tick, "seconds": seconds, **main}
+        if hostile:
+            hr = _measure("relay", n, rate, seconds, procs, work, tick, secure=True, hostile=hostile)
+            print(f"hostile N={n}+{hostile}: {hr}", flush=True)
+            result.update(_hostile_figures(hostile, main, hr))
         if not args.no_baseline:
             base = _measure("naive", n, rate, seconds, procs, work)
             print(f"naive   N={n}: {base}", flush=True)
@@ -408,11 +560,17 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
             result["sweep"] = sweep
             result["max_clients_p99_le_100ms"] = best
         if args.memory_seconds > 0:
-            mem = _measure("relay", n, rate, float(args.memory_seconds), procs, work, tick)
-            print(f"memory  N={n} {args.memory_seconds}s: {mem}", flush=True)
+            mem = _measure("relay", n, rate, float(args.memory_seconds), procs, work, tick, secure=hostile > 0,
+                           hostile=hostile)
+            print(f"memory  N={n}{f'+{hostile} hostile' if hostile else ''} {args.memory_seconds}s: {mem}", flush=True)
             result["memory_seconds"] = args.memory_seconds
             result["memory_rss_start_mb"] = mem["server_rss_start_mb"]
             result["memory_rss_end_mb"] = mem["server_rss_end_mb"]
+            result["memory_rss_growth_mb"] = mem["server_rss_growth_mb"]
+            result["memory_peak_rss_mb"] = mem["server_peak_rss_mb"]
+            result["memory_p99_ms"] = mem["p99_ms"]
+            if hostile:
+                result["memory_hostile_state_changes"] = mem["state_changes"]
         result["cpu_count"] = os.cpu_count()
         emit(result)
     return 0

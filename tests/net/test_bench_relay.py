@@ -20,3 +20,25 @@ def test_bench_relay_prints_its_json_line() -> None:
                 "server_cpu_pct", "us_per_delivery", "baseline_p99_ms", "peak_rss_mb"):
         assert key in result, key
     assert result["clients"] == 3 and result["delivered"] > 0
+
+
+@pytest.mark.slow
+def test_bench_relay_hostile_changes_no_stored_state() -> None:
+    """A few seconds of hostile clients beside normal ones: the figures are reported and nothing stored changed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "deeproom.cli", "bench", "relay", "--clients", "3", "--seconds", "3", "--procs", "1",
+         "--hostile", "2", "--no-baseline"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout.strip().splitlines()
+    result = json.loads(out[-1])
+    for key in ("normal_p99_ms", "hostile_p99_ms", "hostile_p99_ratio", "hostile_state_changes", "relay_rss_growth_mb",
+                "relay_peak_rss_mb", "hostile_tally", "peak_rss_mb"):
+        assert key in result, key
+    tally = result["hostile_tally"]
+    # Every class ran, and what the hostile clients sent was answered with refusals.
+    for cls in ("join_storm", "flood", "reserved_names", "bad_strings", "deep_nesting", "oversized", "upload_hoarding"):
+        assert any(k.startswith(cls + ".") for k in tally), (cls, tally)
+    assert tally.get("join_storm.refused", 0) > 0 and tally.get("flood.refused", 0) > 0, tally
+    assert not [k for k in tally if k.startswith(("join_storm.accepted", "flood.accepted", "reserved_names.accepted"))], tally
+    assert result["normal_state_changes"] == 0
+    assert result["hostile_state_changes"] == 0, tally
