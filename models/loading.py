@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import pickle
 import zipfile
 from collections.abc import Callable, Mapping
@@ -26,6 +27,8 @@ from torch import nn
 from deeproom.models.errors import LayerNotFoundError, ModelLoadError, UnsafeModelError
 
 MAX_MODEL_BYTES = 4 << 30
+MAX_EXAMPLE_ELEMENTS = 1 << 26
+"""Elements of an example input built from a shape the file declares (256 MB of float32)."""
 KINDS = ("onnx", "torch", "torchscript", "export", "checkpoint")
 
 
@@ -52,6 +55,11 @@ class LoadedModel:
     def example_input(self, batch: int = 1) -> torch.Tensor:
         if self.input_shape is None:
             raise ModelLoadError(f"model {self.name!r}: input shape unknown; pass input_shape=(1, C, H, W)")
+        numel = batch * math.prod(self.input_shape[1:])
+        if numel > MAX_EXAMPLE_ELEMENTS:
+            # the shape may come from the file: it must not decide how much memory we take
+            raise ModelLoadError(f"model {self.name!r}: an example input of shape {[batch, *self.input_shape[1:]]} "
+                                 f"has {numel} elements; at most {MAX_EXAMPLE_ELEMENTS} (pass a smaller input_shape)")
         return torch.zeros((batch, *self.input_shape[1:]))
 
 
@@ -126,20 +134,36 @@ def _read(source: str | Path | bytes) -> tuple[bytes, str]:
 
 
 def _load_onnx(data: bytes, where: str, stem: str, input_shape: tuple[int, ...] | None) -> LoadedModel:
-    from deeproom.models.onnx_exec import OnnxModel, load_onnx_proto
+    from deeproom.models.onnx_exec import OnnxModel
+    from deeproom.models.safe_onnx import read_onnx
 
+    # external weights (.onnx.data) are looked for beside the file, and only there
+    base = None if where == "<bytes>" else Path(where).resolve().parent
     try:
-        # from the path where there is one, so external weights (.onnx.data) beside it are found
-        proto = load_onnx_proto(data if where == "<bytes>" else Path(where))
+        proto = read_onnx(data, where, base)
     except ModelLoadError as exc:
+        if "not a readable ONNX model" not in str(exc):
+            raise
         raise ModelLoadError(
             f"{where}: not a model file DeepRoom can read — not a zip archive (TorchScript, .pt2, "
             f"torch.save) and not ONNX ({exc})"
         ) from None
-    module = OnnxModel(proto)
+    try:
+        module = OnnxModel(proto)
+    except ModelLoadError as exc:
+        msg = str(exc)
+        raise type(exc)(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    except Exception as exc:  # a malformed graph must not surface as a traceback
+        raise ModelLoadError(f"{where}: the ONNX graph cannot be built ({type(exc).__name__}: "
+                             f"{_one_line(exc)})") from None
     module.eval()
     shape = input_shape or _onnx_input_shape(proto)
     return LoadedModel(module, "onnx", stem, hashlib.sha256(data).hexdigest(), shape, where, proto)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def _onnx_input_shape(proto: Any) -> tuple[int, ...] | None:
@@ -171,39 +195,57 @@ def _torch_load(data: bytes, where: str) -> Any:
 
 
 def _load_zip(data: bytes, where: str, stem: str, architecture: Any, input_shape: tuple[int, ...] | None) -> LoadedModel:
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{where}: a damaged or truncated zip archive ({exc})") from None
+    from deeproom.models import safe_archive
+
+    # every reader below trusts its archive; the checks come first and decompress nothing
+    index = safe_archive.index_zip(data, where)
+    names = set(index.members)
     digest = hashlib.sha256(data).hexdigest()
-    is_script = any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
-    if not is_script and any(n.endswith(("serialized_exported_program.json", "/archive_format", "/models/model.json"))
-                             for n in names):
+    is_script = "constants.pkl" in names and any(n.startswith("code/") for n in names)
+    if not is_script and names & {"serialized_exported_program.json", "serialized_state_dict.pt"}:
+        raise UnsafeModelError(f"{where}: a torch.export archive in the pre-2.5 format, whose parts are read as "
+                               "pickles that may run code; refused — re-save it with torch.export.save")
+    if not is_script and names & {"archive_format", "archive_version", "models/model.json"}:
+        if not index.prefix:
+            raise ModelLoadError(f"{where}: a torch.export archive without its top-level folder; refused")
+        safe_archive.check_pt2(data, index, where)
         try:
             ep = torch.export.load(io.BytesIO(data))
         except Exception as exc:
-            raise ModelLoadError(f"{where}: unreadable torch.export program ({type(exc).__name__}: {str(exc)[:200]})") from None
-        module = ep.module()
+            raise ModelLoadError(f"{where}: unreadable torch.export program ({type(exc).__name__}: "
+                                 f"{_one_line(exc)})") from None
+        safe_archive.check_export_graph(ep, where)
+        try:
+            module = ep.module()
+        except Exception as exc:
+            raise ModelLoadError(f"{where}: the torch.export program cannot be run ({type(exc).__name__}: "
+                                 f"{_one_line(exc)})") from None
         shape = input_shape
         if shape is None:
             user_inputs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
             for node in ep.graph.nodes:
                 if node.op == "placeholder" and user_inputs and node.name == user_inputs[0].arg.name:
                     val = node.meta.get("val")
-                    if val is not None:
-                        shape = (1, *(int(d) for d in val.shape[1:]))
+                    if isinstance(val, torch.Tensor):
+                        try:
+                            shape = (1, *(int(d) for d in val.shape[1:]))
+                        except (TypeError, ValueError, RuntimeError):  # a symbolic dimension
+                            shape = None
         return LoadedModel(module, "export", stem, digest, shape, where, extra={"exported_program": ep})
     if is_script:
+        if not index.prefix:
+            raise ModelLoadError(f"{where}: a TorchScript archive without its top-level folder; refused")
         try:
             jm = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as exc:
-            raise ModelLoadError(f"{where}: unreadable TorchScript archive ({type(exc).__name__}: {str(exc)[:200]})") from None
+            raise ModelLoadError(f"{where}: unreadable TorchScript archive ({type(exc).__name__}: "
+                                 f"{_one_line(exc)})") from None
+        safe_archive.check_script_graphs(jm, where)
         jm.eval()
         return LoadedModel(jm, "torchscript", stem, digest, input_shape, where)
-    if any(n.endswith("data.pkl") for n in names):
+    if "data.pkl" in names:
         return _from_checkpoint(_torch_load(data, where), where, stem, architecture, input_shape, digest)
-    raise ModelLoadError(f"{where}: a zip archive but not a torch file (found {names[:5]})")
+    raise ModelLoadError(f"{where}: a zip archive but not a torch file (found {sorted(names)[:5]})")
 
 
 def state_dict_of(obj: Any, where: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -310,9 +352,12 @@ def describe_layers(loaded: LoadedModel) -> list[LayerInfo]:
             params = sum(model.weight_size(i) for i in node.input_names if i)
             rows.append((name, node, node.op_type, params))
     else:
+        # by name from one walk: get_submodule is not supported on TorchScript modules
+        modules = dict(model.named_modules())
         for name in layer_names(model):
-            m = model.get_submodule(name)
-            rows.append((name, m, type(m).__name__, sum(p.numel() for p in m.parameters(recurse=False))))
+            m = modules[name]
+            kind = m.original_name if isinstance(m, torch.jit.ScriptModule) else type(m).__name__
+            rows.append((name, m, kind, sum(p.numel() for p in m.parameters(recurse=False))))
     shapes: dict[str, tuple[int, ...]] = {}
     if loaded.input_shape is not None and not isinstance(model, torch.jit.ScriptModule):
         handles = []

@@ -1,0 +1,441 @@
+"""Checks a model archive before torch reads it, so that opening a file never runs its code.
+
+torch's readers trust their input: `torch.export.load` unpickles sample inputs, constants
+and weights with the full pickle machinery, hands symbolic-shape strings to
+`sympy.sympify` (which evaluates them), compiles `guards_code` into Python and
+resolves graph targets by walking attributes of `torch`; the zip readers allocate
+whatever size a member declares. Everything here reads the bytes with `zipfile`,
+`json` and `pickletools` only — nothing is unpickled, compiled or imported — and
+raises `ModelLoadError` (`UnsafeModelError` for content that would run code) naming
+the member and what is allowed. After loading, `check_export_graph` and
+`check_script_graphs` refuse graphs that call operators which touch files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickletools
+import re
+import struct
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from deeproom.models.errors import ModelLoadError, UnsafeModelError
+
+MAX_MEMBERS = 10_000
+"""Members in one archive; a torch archive holds one per tensor plus a few dozen."""
+MAX_MEMBER_BYTES = 4 << 30
+"""Uncompressed size of one member."""
+MAX_TOTAL_BYTES = 4 << 30
+"""Uncompressed size of all members together."""
+MAX_RATIO = 20
+"""Uncompressed total may exceed the archive's size by this factor (plus RATIO_FLOOR):
+torch stores tensors uncompressed, so genuine archives stay near 1."""
+RATIO_FLOOR = 64 << 20
+MAX_PICKLE_BYTES = 64 << 20
+"""A pickle program (not its tensor data, which lives in separate members)."""
+MAX_JSON_BYTES = 256 << 20
+MAX_NESTING = 2
+"""torch.save archives inside a .pt2 archive, but no deeper."""
+
+# The only opcodes torch's weights-only unpickler understands; STACK_GLOBAL, INST, OBJ,
+# EXT* and the rest can build calls the scan could not name, so they are refused too.
+_PICKLE_OPCODES = frozenset({
+    "PROTO", "FRAME", "STOP", "GLOBAL", "REDUCE", "NEWOBJ", "BUILD", "MARK", "POP", "POP_MARK",
+    "APPEND", "APPENDS", "SETITEM", "SETITEMS", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
+    "EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "NONE", "NEWTRUE", "NEWFALSE",
+    "BINPERSID", "BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT", "BINUNICODE",
+    "SHORT_BINUNICODE", "SHORT_BINSTRING", "BINSTRING", "SHORT_BINBYTES", "BINBYTES",
+    "BINGET", "LONG_BINGET", "BINPUT", "LONG_BINPUT", "MEMOIZE",
+})
+
+
+def _allowed_pickle_globals() -> frozenset[str]:
+    # torch's own list, without anything a caller added with add_safe_globals
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    return frozenset(_get_allowed_globals())
+
+
+# --- zip structure -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchiveIndex:
+    """The members of a zip archive that passed the structure checks."""
+
+    prefix: str
+    """The one top-level folder every member sits in ("" when there is none)."""
+    members: dict[str, zipfile.ZipInfo]
+    """Member name without the prefix → its entry."""
+
+
+def _entry_count(data: bytes, where: str) -> int:
+    """Members declared by the end-of-central-directory record, read before zipfile parses
+    the directory (which would build one object per entry, however many there are)."""
+    if len(data) < 22 or data[-22:-18] != b"PK\x05\x06":
+        raise ModelLoadError(
+            f"{where}: a damaged or truncated zip archive (no end record at the end of the file; "
+            "torch archives carry no zip comment)")
+    count = struct.unpack("<H", data[-12:-10])[0]
+    if count == 0xFFFF and len(data) >= 42 and data[-42:-38] == b"PK\x06\x07":
+        (offset,) = struct.unpack("<Q", data[-34:-26])
+        if offset + 56 <= len(data) and data[offset:offset + 4] == b"PK\x06\x06":
+            count = struct.unpack("<Q", data[offset + 32:offset + 40])[0]
+    return int(count)
+
+
+def index_zip(data: bytes, where: str) -> ArchiveIndex:
+    """Check a zip archive's structure without decompressing anything.
+
+    Refused: more than MAX_MEMBERS members, a member or a total over the size caps, a
+    total that exceeds the archive's own size more than MAX_RATIO times (a decompression
+    bomb), absolute or `..` paths, backslashes, duplicate names (two readers could pick
+    different ones), encrypted members and members outside one top-level folder.
+    """
+    count = _entry_count(data, where)
+    if count > MAX_MEMBERS:
+        raise ModelLoadError(f"{where}: the archive declares {count} members; at most {MAX_MEMBERS} are allowed")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, struct.error) as exc:
+        raise ModelLoadError(f"{where}: a damaged or truncated zip archive ({exc})") from None
+    if len(infos) > MAX_MEMBERS:
+        raise ModelLoadError(f"{where}: the archive holds {len(infos)} members; at most {MAX_MEMBERS} are allowed")
+    if not infos:
+        raise ModelLoadError(f"{where}: an empty zip archive")
+    total = 0
+    seen: set[str] = set()
+    for info in infos:
+        name = info.filename
+        parts = name.split("/")
+        if (name.startswith("/") or "\\" in name or "\x00" in name or ".." in parts or ":" in parts[0]
+                or any(p == "" for p in parts[:-1])):
+            raise ModelLoadError(f"{where}: member {name!r} has an unsafe path; refused")
+        if name in seen:
+            raise ModelLoadError(f"{where}: member {name!r} appears twice; refused")
+        seen.add(name)
+        if info.flag_bits & 0x1:
+            raise ModelLoadError(f"{where}: member {name!r} is encrypted; refused")
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise ModelLoadError(
+                f"{where}: member {name!r} declares {info.file_size} bytes uncompressed; the cap is {MAX_MEMBER_BYTES}")
+        total += info.file_size
+    cap = min(MAX_TOTAL_BYTES, len(data) * MAX_RATIO + RATIO_FLOOR)
+    if total > cap:
+        biggest = max(infos, key=lambda i: i.file_size)
+        raise ModelLoadError(
+            f"{where}: members declare {total} bytes uncompressed from a {len(data)}-byte archive "
+            f"(largest: {biggest.filename!r}, {biggest.file_size} bytes); the cap is {cap} — refused as a "
+            "decompression bomb")
+    tops = {i.filename.split("/", 1)[0] for i in infos}
+    nested = all("/" in i.filename for i in infos)
+    if nested and len(tops) != 1:
+        raise ModelLoadError(f"{where}: members sit in several top-level folders {sorted(tops)[:5]}; "
+                             "a torch archive has one")
+    prefix = (tops.pop() + "/") if nested else ""
+    members = {i.filename[len(prefix):]: i for i in infos}
+    return ArchiveIndex(prefix, members)
+
+
+def read_member(data: bytes, index: ArchiveIndex, name: str, where: str, cap: int) -> bytes:
+    """One member's bytes, at most `cap` of them; the CRC is checked by zipfile."""
+    info = index.members[name]
+    if info.file_size > cap:
+        raise ModelLoadError(f"{where}: member {info.filename!r} declares {info.file_size} bytes; "
+                             f"the cap for this kind of member is {cap}")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z, z.open(info) as f:
+            out = f.read(cap + 1)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        raise ModelLoadError(f"{where}: member {info.filename!r} is damaged ({exc})") from None
+    if len(out) > cap or len(out) != info.file_size:
+        raise ModelLoadError(f"{where}: member {info.filename!r} is not the size it declares; refused")
+    return out
+
+
+# --- pickles -------------------------------------------------------------------------------
+
+
+def check_pickle(program: bytes, where: str) -> None:
+    """Refuse a pickle unless it only rebuilds tensors and containers.
+
+    Only the opcodes of torch's weights-only unpickler are accepted, and each GLOBAL must
+    be one that unpickler allows. Nothing is unpickled.
+    """
+    allowed = _allowed_pickle_globals()
+    try:
+        for op, arg, _pos in pickletools.genops(program):
+            if op.name not in _PICKLE_OPCODES:
+                raise UnsafeModelError(f"{where} could run code (pickle opcode {op.name}); refused. "
+                                       "Only tensors and plain containers may be pickled")
+            if op.name == "GLOBAL":
+                module, _, name = str(arg).partition(" ")
+                if f"{module}.{name}" not in allowed:
+                    raise UnsafeModelError(f"{where} would run code (pickled global {module}.{name}); refused. "
+                                           "Only tensors and plain containers may be pickled")
+    except UnsafeModelError:
+        raise
+    except Exception as exc:  # pickletools raises ValueError and others on damaged programs
+        raise ModelLoadError(f"{where} is not a readable pickle ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def check_torch_save(blob: bytes, where: str, depth: int = 1) -> None:
+    """Check a `torch.save` zip held inside another archive: structure, then its pickle."""
+    if depth > MAX_NESTING:
+        raise ModelLoadError(f"{where}: archives nested too deep; refused")
+    if blob[:4] != b"PK\x03\x04":
+        raise UnsafeModelError(f"{where} is not a torch.save zip archive (a bare pickle or another format); refused")
+    inner = index_zip(blob, where)
+    pickles = [n for n in inner.members if n.endswith(".pkl")]
+    if pickles != ["data.pkl"]:
+        raise ModelLoadError(f"{where}: expected one data.pkl in a torch.save archive, found {pickles[:5]}")
+    check_pickle(read_member(blob, inner, "data.pkl", where, MAX_PICKLE_BYTES), f"{where} (data.pkl)")
+
+
+# --- torch.export (.pt2) ---------------------------------------------------------------------
+
+_PT2_META = {"archive_format", "archive_version", ".data/version", "byteorder", ".data/serialization_id",
+             ".data/serialization_id.txt", "version"}
+_TARGET_RE = re.compile(r"torch\.ops\.(aten|prims|higher_order|quantized|_quantized|quantized_decomposed)"
+                        r"\.[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_OPERATOR_TARGETS = frozenset(
+    f"_operator.{n}" for n in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos",
+                               "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "abs", "invert",
+                               "lshift", "rshift")
+) | frozenset(f"math.{n}" for n in ("ceil", "floor", "trunc", "sqrt", "pow")) | frozenset(
+    f"torch.{n}" for n in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_sqrt", "sym_ite",
+                           "sym_sum", "_sym_sqrt"))
+_HIGHER_ORDER = frozenset({
+    "cond", "while_loop", "map_impl", "scan", "associative_scan", "invoke_subgraph", "wrap_with_set_grad_enabled",
+    "wrap_with_autocast", "auto_functionalized", "auto_functionalized_v2", "flex_attention",
+})
+_DENIED_OPS = frozenset({"from_file", "save", "_print"})
+"""Operators that read or write files (or the terminal) when the model runs."""
+_OP_NAMESPACES = frozenset({"aten", "prims", "quantized", "_quantized", "quantized_decomposed"})
+
+# sympy.sympify evaluates its input, so a symbolic expression must be plain arithmetic over
+# symbols: no attribute access, no names but these, no string but a symbol's name.
+_SYM_TOKEN = re.compile(
+    r"\s+|\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?|'[A-Za-z_][A-Za-z0-9_]*'|[A-Za-z_][A-Za-z0-9_]*"
+    r"|\*\*|//|==|!=|<=|>=|[-+*/%(),<>=&|~]")
+_SYM_NAMES = frozenset({
+    "Symbol", "Integer", "Float", "Rational", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs", "Eq", "Ne", "Lt",
+    "Le", "Gt", "Ge", "StrictLessThan", "StrictGreaterThan", "LessThan", "GreaterThan", "Equality",
+    "Unequality", "And", "Or", "Not", "floor", "ceiling", "sqrt", "Piecewise", "ITE", "oo", "zoo", "nan",
+    "Infinity", "NegativeInfinity", "True", "False", "BooleanTrue", "BooleanFalse", "true", "false", "Half",
+    "One", "Zero", "NegativeOne", "pi", "E", "int_oo", "IntInfinity", "NegativeIntInfinity",
+    # torch's sympy functions (torch/_export/serde/serialize.py)
+    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv",
+    "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
+    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat",
+    "Identity",
+    # assumptions written as keyword arguments
+    "positive", "negative", "integer", "real", "nonnegative", "nonpositive", "finite", "zero", "nonzero",
+    "commutative", "rational", "odd", "even", "prime",
+})
+_SYMBOL_NAME = re.compile(r"[a-z]+[0-9]+")
+
+
+def check_sym_expr(text: str, where: str) -> None:
+    """Refuse a symbolic-shape expression that is more than arithmetic over symbols."""
+    pos = 0
+    while pos < len(text):
+        m = _SYM_TOKEN.match(text, pos)
+        if m is None:
+            raise UnsafeModelError(f"{where}: symbolic expression {text[:80]!r} is not plain arithmetic "
+                                   f"(at {text[pos:pos + 10]!r}); refused — it would be evaluated as Python")
+        tok = m.group()
+        if (tok[0].isalpha() or tok[0] == "_") and tok not in _SYM_NAMES and not _SYMBOL_NAME.fullmatch(tok):
+            raise UnsafeModelError(f"{where}: symbolic expression {text[:80]!r} uses the name {tok!r}; refused — "
+                                   "it would be evaluated as Python")
+        pos = m.end()
+    if len(text) > 10_000:
+        raise ModelLoadError(f"{where}: a symbolic expression of {len(text)} characters; refused")
+
+
+def _walk(obj: Any) -> Iterator[dict[str, Any]]:
+    stack = [obj]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, dict):
+            yield cur
+            stack.extend(cur.values())
+        elif isinstance(cur, list):
+            stack.extend(cur)
+
+
+def check_export_program_json(program: dict[str, Any], where: str) -> None:
+    """Refuse a serialized ExportedProgram that carries Python to run: guard code, symbolic
+    expressions that are not arithmetic, or graph targets other than torch operators."""
+    if not isinstance(program, dict):
+        raise ModelLoadError(f"{where}: not a serialized ExportedProgram (a JSON {type(program).__name__})")
+    if program.get("guards_code"):
+        raise UnsafeModelError(f"{where}: carries guards_code (Python source run when the model is used); refused")
+    for d in _walk(program):
+        expr = d.get("expr_str")
+        if expr is not None:
+            if not isinstance(expr, str):
+                raise ModelLoadError(f"{where}: expr_str is not a string")
+            check_sym_expr(expr, where)
+        if "target" in d and "inputs" in d and "outputs" in d:
+            target = d["target"]
+            if not isinstance(target, str) or not (_TARGET_RE.fullmatch(target) or target in _OPERATOR_TARGETS):
+                raise UnsafeModelError(f"{where}: the graph calls {str(target)[:100]!r}; only torch operators "
+                                       "(torch.ops.aten.…) and arithmetic are allowed")
+            parts = target.split(".")
+            if len(parts) > 3 and parts[3] in _DENIED_OPS:
+                raise UnsafeModelError(f"{where}: the graph calls {target} (touches files); refused")
+            if len(parts) > 3 and parts[2] == "higher_order" and parts[3] not in _HIGHER_ORDER:
+                raise UnsafeModelError(f"{where}: the graph calls {target}; allowed higher-order operators: "
+                                       f"{', '.join(sorted(_HIGHER_ORDER))}")
+
+
+def check_pt2(data: bytes, index: ArchiveIndex, where: str) -> None:
+    """Check every member of a torch.export archive that torch would parse or unpickle.
+
+    Allowed: the archive's metadata files, `models/<name>.json` programs (checked by
+    `check_export_program_json`), weight and constant payloads that are raw bytes or
+    weights-only pickles, `data/sample_inputs/<name>.pt` (a weights-only torch.save) and
+    `extra/` text files. Refused: compiled AOTInductor/ExecuTorch code, custom and opaque
+    pickled objects, legacy pickled weight files and any member torch would not expect.
+    """
+    from torch.export.pt2_archive import constants as c
+
+    names = set(index.members)
+    models = sorted(n[len(c.MODELS_DIR):-5] for n in names if n.startswith(c.MODELS_DIR) and n.endswith(".json"))
+    if "model" not in models:
+        raise ModelLoadError(f"{where}: a torch.export archive without models/model.json")
+    expected: set[str] = set(_PT2_META) & names
+    expected |= {n for n in names if n.startswith(c.EXTRA_DIR) and not n.endswith("/")}
+    for model in models:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", model):
+            raise ModelLoadError(f"{where}: model name {model!r} is not allowed")
+        prog_name = c.MODELS_FILENAME_FORMAT.format(model)
+        expected.add(prog_name)
+        program = _read_json(data, index, prog_name, where)
+        check_export_program_json(program, f"{where}: {index.prefix}{prog_name}")
+        sample = c.SAMPLE_INPUTS_FILENAME_FORMAT.format(model)
+        if sample not in names:
+            raise ModelLoadError(f"{where}: {index.prefix}{sample} is missing")
+        expected.add(sample)
+        blob = read_member(data, index, sample, where, MAX_MEMBER_BYTES)
+        if blob:
+            check_torch_save(blob, f"{where}: member {index.prefix}{sample}")
+        for folder, cfg_fmt, legacy in ((c.WEIGHTS_DIR, c.WEIGHTS_CONFIG_FILENAME_FORMAT, "weights"),
+                                        (c.CONSTANTS_DIR, c.CONSTANTS_CONFIG_FILENAME_FORMAT, "constants")):
+            if f"{folder}{model}.pt" in names:
+                raise UnsafeModelError(f"{where}: member {index.prefix}{folder}{model}.pt holds legacy pickled "
+                                       f"{legacy} (read without weights-only checks); refused — re-save the "
+                                       "program with torch.export.save")
+            cfg_name = cfg_fmt.format(model)
+            if cfg_name not in names:
+                raise ModelLoadError(f"{where}: {index.prefix}{cfg_name} is missing")
+            expected.add(cfg_name)
+            expected |= _check_payload_config(data, index, folder, cfg_name, where)
+    unexpected = sorted(names - expected - {n for n in names if n.endswith("/")})
+    if unexpected:
+        what = next((n for n in unexpected if n.startswith((c.AOTINDUCTOR_DIR, c.EXECUTORCH_DIR, c.MTIA_DIR))), None)
+        if what:
+            raise UnsafeModelError(f"{where}: member {index.prefix}{what} is compiled code; refused "
+                                   "(only exported programs are opened)")
+        raise ModelLoadError(f"{where}: unexpected member {index.prefix}{unexpected[0]} in a torch.export "
+                             "archive; refused")
+
+
+def _read_json(data: bytes, index: ArchiveIndex, name: str, where: str) -> Any:
+    try:
+        return json.loads(read_member(data, index, name, where, MAX_JSON_BYTES))
+    except (ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"{where}: member {index.prefix}{name} is not valid JSON ({str(exc)[:100]})") from None
+
+
+def _check_payload_config(data: bytes, index: ArchiveIndex, folder: str, cfg_name: str, where: str) -> set[str]:
+    from torch.export.pt2_archive import constants as c
+
+    cfg = _read_json(data, index, cfg_name, where)
+    entries = cfg.get("config") if isinstance(cfg, dict) else None
+    if not isinstance(entries, dict):
+        raise ModelLoadError(f"{where}: member {index.prefix}{cfg_name} is not a payload config")
+    used: set[str] = set()
+    for fqn, meta in entries.items():
+        path = meta.get("path_name") if isinstance(meta, dict) else None
+        if not isinstance(path, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", path) or path.startswith("."):
+            raise ModelLoadError(f"{where}: {index.prefix}{cfg_name}: entry {str(fqn)[:80]!r} has path "
+                                 f"{str(path)[:80]!r}; refused")
+        member = folder + path
+        if member not in index.members:
+            raise ModelLoadError(f"{where}: {index.prefix}{cfg_name} names {member}, which is missing")
+        if path.startswith((c.CUSTOM_OBJ_FILENAME_PREFIX, c.OPAQUE_OBJ_FILENAME_PREFIX)):
+            raise UnsafeModelError(f"{where}: member {index.prefix}{member} is a pickled Python object "
+                                   f"({str(fqn)[:80]}) that would run code to load; refused")
+        if not path.startswith((c.TENSOR_CONSTANT_FILENAME_PREFIX, c.WEIGHT_FILENAME_PREFIX)):
+            raise ModelLoadError(f"{where}: member {index.prefix}{member} is of an unknown kind; refused")
+        if meta.get("use_pickle"):
+            blob = read_member(data, index, member, where, MAX_MEMBER_BYTES)
+            check_torch_save(blob, f"{where}: member {index.prefix}{member}")
+        used.add(member)
+    return used
+
+
+# --- graphs, after loading ------------------------------------------------------------------
+
+
+def _allowed_callable(target: Any) -> bool:
+    import math
+    import operator
+
+    import torch
+
+    if isinstance(target, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
+        return target.namespace in _OP_NAMESPACES and target.__name__.split(".")[0] not in _DENIED_OPS
+    if isinstance(target, torch._ops.HigherOrderOperator):
+        return target.name() in _HIGHER_ORDER
+    module, name = getattr(target, "__module__", None), getattr(target, "__name__", None)
+    if f"{module}.{name}" not in _OPERATOR_TARGETS:
+        return False
+    home = {"_operator": operator, "math": math, "torch": torch}.get(str(module))
+    return getattr(home, str(name), None) is target
+
+
+def check_export_graph(ep: Any, where: str) -> None:
+    """Refuse a deserialized program whose graphs call anything but allowed operators."""
+    for gm in ep.graph_module.modules():
+        graph = getattr(gm, "graph", None)
+        if graph is None:
+            continue
+        for node in graph.nodes:
+            if node.op in ("placeholder", "output", "get_attr"):
+                continue
+            if node.op != "call_function" or not _allowed_callable(node.target):
+                raise UnsafeModelError(f"{where}: the graph calls {node.op} {node.target!r}; only torch operators "
+                                       "are allowed")
+
+
+_SCRIPT_NAMESPACES = frozenset({"aten", "prim", "prims", "quantized", "_quantized"})
+_SCRIPT_DENIED = frozenset({"aten::from_file", "aten::save", "prim::PythonOp", "prim::IgnoredPythonOp",
+                            "debugprims::load_tensor"})
+
+
+def check_script_graphs(module: Any, where: str) -> None:
+    """Refuse a TorchScript module whose code calls operators that touch files or Python."""
+    import torch
+
+    for sub in module.modules():
+        c = sub._c
+        for name in c._method_names():
+            graph = c._get_method(name).graph.copy()
+            torch._C._jit_pass_inline(graph)
+            nodes = list(graph.nodes())
+            while nodes:
+                node = nodes.pop()
+                kind = node.kind()
+                if kind in _SCRIPT_DENIED or kind.split("::")[0] not in _SCRIPT_NAMESPACES:
+                    raise UnsafeModelError(f"{where}: TorchScript method {name} calls {kind}; refused "
+                                           "(it would touch files or run Python)")
+                for b in node.blocks():
+                    nodes.extend(b.nodes())
