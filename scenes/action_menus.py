@@ -118,6 +118,10 @@ class ActionMenus:
         elif what == "action":
             assert self.flow is not None
             self.flow.action = arg
+            for typ, given in (("layer", "layer"), ("tile", "index")):  # what the click gave, under the declared name
+                p = arg.param(typ)
+                if p is not None and given in self.flow.values and p.name != given:
+                    self.flow.values[p.name] = self.flow.values.pop(given)
             self._next()
         elif what == "value":
             assert self.flow is not None and self._picker is not None

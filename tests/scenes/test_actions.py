@@ -94,7 +94,7 @@ def test_confusion_paints_per_class_precision_recall_f1() -> None:
                                                                           "f1": f1}, 420, 300)
     lay = painting.matrix_layout(3, 420, 300, scores=True)
     for r, value in enumerate(f1):
-        x0, y0, x1, y1 = painting.score_cell(lay, 3, 420, r, 2)
+        x0, y0, _, _ = painting.score_cell(lay, 3, 420, r, 2)
         px = img[int(y0 + 2), int(x0 + 3)]
         assert np.abs(px.astype(int) - colormap.sequential(np.array([value]))[0].astype(int)).max() <= 2, (r, px)
 
