@@ -255,6 +255,11 @@ async def test_join_op_ack_update_and_sync(pair: tuple[Peer, Peer]) -> None:
         ({"op": "add_panel", "panel_id": "x", "kind": "note", "title": "X", "colour": "#fff"}, "ValidationError"),
         ({"op": "rename_room", "room_name": "mine"}, "PermissionDenied"),  # bob is a member
         ({"op": "no_such_op"}, "ValidationError"),
+        ({"op": "leave", "participant_id": "bob"}, "PermissionDenied"),  # join/leave are the relay's own
+        ({"op": "join", "participant_id": "bob", "display_name": "Bob", "colour": "#ffffff"}, "PermissionDenied"),
+        ({"op": "retitle_panel", "panel_id": "loss", "title": "lone \ud800"}, "ValidationError"),
+        ({"op": "set_profile", "participant_id": "bob", "display_name": "two\nlines", "colour": "#ffffff"},
+         "ValidationError"),
     ]
     sv_before = b.state_vector()
     for i, (op, kind) in enumerate(bad):
@@ -262,8 +267,10 @@ async def test_join_op_ack_update_and_sync(pair: tuple[Peer, Peer]) -> None:
         assert not refused["ok"] and refused["error"]["type"] == kind and refused["error"]["message"], (op, refused)
     malformed = await b.call("op", ["not", "an", "object"])
     assert not malformed["ok"] and malformed["error"]["type"] == "ProtocolError"
-    unknown = await b.call("fly", {})
-    assert not unknown["ok"] and unknown["error"]["type"] == "ProtocolError"
+    for name in ("fly", "disconnect", "connect", "message", "update"):  # reserved names are no exception
+        unknown = await b.call(name, {})
+        assert not unknown["ok"] and unknown["error"]["type"] == "ProtocolError", (name, unknown)
+    assert (await b.call("sync", {"sv": b.state_vector()}))["ok"]  # still joined
 
     # sync: what a state vector lacks; no new items (a first byte 00, then the delete set) when nothing.
     synced = await b.call("sync", {"sv": sv_before})
