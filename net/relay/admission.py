@@ -171,7 +171,7 @@ class Admission:
                 if s.room_creation == "token" and not (
                     create_token and s.create_token and hmac.compare_digest(create_token.encode(), s.create_token.encode())
                 ):
-                    raise NotFound(f"no room {room_id!r} on this relay (creating rooms here needs the relay's creation token)")
+                    raise JoinRefused(f"no room {room_id!r} on this relay (creating rooms here needs the relay's creation token)")
                 if not self._creations.take(sess.address):
                     raise RateLimited(f"this address has created its quota of rooms ({s.rooms_per_address[0]:g} per hour); "
                                       "join an existing room or wait")

@@ -1,0 +1,312 @@
+"""Hostile clients against a real relay on 127.0.0.1 (issue 12): one test per class of finding.
+
+Reserved Socket.IO event names, wrong-password storms, op ids shared between senders,
+anonymous resource use (rooms, uploads), ids without keys, a false "relay lost its
+store" alarm, and deeply nested messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import statistics
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socketio
+
+from deeproom.net import EmbeddedRelay, JoinRefused, RoomClient
+from deeproom.net.errors import NetError
+
+from .conftest import eventually
+
+KEY = "k" * 24
+
+
+def panel(pid: str, x: float = 0.0) -> dict[str, object]:
+    return {"op": "add_panel", "panel_id": pid, "kind": "note", "title": pid, "transform": {"position": [x, 1.0, 2.0]}}
+
+
+class Raw:
+    """A bare python-socketio client: sends whatever a test asks, records what arrives."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.errors: list[dict[str, Any]] = []
+        self.updates: list[bytes] = []
+        self.sio.on("error", self.errors.append)
+        self.sio.on("update", self.updates.append)
+
+    async def connect(self, url: str) -> Raw:
+        await self.sio.connect(url, transports=["websocket"])
+        return self
+
+    async def call(self, event: str, data: Any = None) -> Any:
+        return await self.sio.call(event, data, timeout=20)
+
+    async def join(self, room: str, pid: str, **extra: Any) -> dict[str, Any]:
+        ack: dict[str, Any] = await self.call("join", {"room": room, "name": pid, "participant_id": pid, **extra})
+        return ack
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+
+
+@pytest.fixture
+async def raws() -> AsyncIterator[list[Raw]]:
+    made: list[Raw] = []
+    yield made
+    for r in made:
+        await r.close()
+
+
+async def raw(url: str, made: list[Raw]) -> Raw:
+    r = await Raw().connect(url)
+    made.append(r)
+    return r
+
+
+# --- 3: reserved event names ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["disconnect", "connect", "*", "connect_error", "message"])
+async def test_reserved_event_names_are_refused_and_the_socket_stays_joined(
+    relay: EmbeddedRelay, raws: list[Raw], name: str
+) -> None:
+    async with RoomClient(relay.url, room="res", name="Host") as host:
+        r = await raw(relay.url, raws)
+        assert (await r.join("res", "r1", key=KEY))["ok"]
+        await eventually(lambda: "r1" in host.room.participants)
+        for data in (None, "some-sid", {"room": "res", "participant_id": "ghost"}, [1, 2]):
+            ack = await r.call(name, data)
+            assert ack["ok"] is False and ack["error"]["type"] == "ProtocolError", ack
+            assert "unknown event" in ack["error"]["message"]
+        await r.sio.emit(name, "no ack asked")  # no ack: an error event instead
+        await eventually(lambda: any("unknown event" in e["message"] for e in r.errors))
+        # nothing changed: still one session, still in the room, still served updates
+        sessions = [s for s in relay.server.sessions.values() if s.participant_id == "r1"]
+        assert len(sessions) == 1 and sessions[0].room_id == "res"
+        assert set(host.room.participants) == {host.participant_id, "r1"}
+        seen = len(r.updates)
+        await host.apply(panel("after"))
+        await eventually(lambda: len(r.updates) > seen)
+        again = await r.join("res", "r2", key=KEY)  # the join limit of this socket was not reset
+        assert again["ok"] is False and "already joined" in again["error"]["message"]
+        ok = await r.call("op", {"id": "r1:1", "op": {"op": "raise_hand", "participant_id": "r1", "raised": True}})
+        assert ok["ok"], ok
+
+
+# --- 5: wrong-password storms ------------------------------------------------------------------
+
+async def test_wrong_password_storm_is_throttled_per_address_and_ops_keep_flowing(
+    relay: EmbeddedRelay, raws: list[Raw]
+) -> None:
+    async with RoomClient(relay.url, room="pw", name="Host", password="correct horse") as host:
+        await host.apply(panel("p"))
+
+        async def op_latencies(n: int) -> list[float]:
+            out = []
+            for i in range(n):
+                t = time.perf_counter()
+                await host.apply({"op": "move_panel", "panel_id": "p", "transform": {"position": [i % 7, 1.0, 2.0]}})
+                out.append(time.perf_counter() - t)
+            return out
+
+        quiet = statistics.median(await op_latencies(20))
+        socks = [await raw(relay.url, raws) for _ in range(8)]
+
+        async def guesses(r: Raw, n: int) -> list[dict[str, Any]]:
+            acks = []
+            for i in range(n):
+                ack = await r.call("join", {"room": "pw", "name": "G", "participant_id": f"g{id(r) % 9999}{i}",
+                                            "password": f"guess{i}"})
+                acks.append(ack)
+                if ack.get("ok"):
+                    break
+            return acks
+
+        storm = asyncio.gather(*(guesses(r, 4) for r in socks))
+        loaded = await op_latencies(20)
+        results = [a for acks in await storm for a in acks]
+        kinds = [a["error"]["type"] for a in results]
+        assert not any(a.get("ok") for a in results)
+        # every socket is new, yet the address ran out of attempts: limited per address
+        assert kinds.count("RateLimited") >= 32 - 8 - 2, kinds
+        assert {"JoinRefused", "RateLimited"} >= set(kinds)
+        # the host's ops kept being acknowledged; a generous bound relative to the same test's quiet run
+        assert len(loaded) == 20
+        assert statistics.median(loaded) < max(10 * quiet, 0.25), (quiet, statistics.median(loaded))
+        # a fresh socket from the same address is still throttled for a moment
+        late = await (await raw(relay.url, raws)).join("pw", "late", password="nope")
+        assert late["error"]["type"] == "RateLimited"
+
+
+# --- 6: op ids belong to their sender --------------------------------------------------------
+
+async def test_op_ids_are_scoped_to_their_sender(relay: EmbeddedRelay, raws: list[Raw]) -> None:
+    async with RoomClient(relay.url, room="ids", name="Host") as host:
+        await host.apply(panel("p"))
+        a, b = await raw(relay.url, raws), await raw(relay.url, raws)
+        assert (await a.join("ids", "a", key=KEY))["ok"] and (await b.join("ids", "b", key=KEY))["ok"]
+        first = await a.call("op", {"id": "same", "op": {"op": "raise_hand", "participant_id": "a", "raised": True}})
+        assert first["ok"] and not first.get("duplicate")
+        other = await b.call("op", {"id": "same", "op": {"op": "raise_hand", "participant_id": "b", "raised": True}})
+        assert other["ok"] and not other.get("duplicate"), other
+        await eventually(lambda: host.room.participants["b"].hand_raised and host.room.participants["a"].hand_raised)
+        replay = await a.call("op", {"id": "same", "op": {"op": "raise_hand", "participant_id": "a", "raised": False}})
+        assert replay == {"ok": True, "duplicate": True}
+        assert host.room.participants["a"].hand_raised
+    # and across a restart, from the store
+    async with EmbeddedRelay(data_dir=relay.settings.data_dir) as again:
+        c = await raw(again.url, raws)
+        assert (await c.join("ids", "b", key=KEY))["ok"]
+        replay_b = await c.call("op", {"id": "same", "op": {"op": "raise_hand", "participant_id": "b", "raised": False}})
+        assert replay_b == {"ok": True, "duplicate": True}
+
+
+async def test_join_and_leave_ops_from_clients_are_refused(relay: EmbeddedRelay, raws: list[Raw]) -> None:
+    async with RoomClient(relay.url, room="jl", name="Host") as host:
+        r = await raw(relay.url, raws)
+        assert (await r.join("jl", "r", key=KEY))["ok"]
+        before = host.room
+        for i, op in enumerate([
+            {"op": "leave", "participant_id": "r"},
+            {"op": "leave", "participant_id": host.participant_id},
+            {"op": "join", "participant_id": "ghost", "display_name": "G", "role": "member"},
+            {"op": "join", "participant_id": "r", "display_name": "R", "role": "viewer"},
+        ]):
+            ack = await r.call("op", {"id": f"x{i}", "op": op})
+            assert ack["ok"] is False and ack["error"]["type"] == "PermissionDenied", ack
+        assert host.room == before
+
+
+# --- 7: anonymous resource use ----------------------------------------------------------------
+
+async def test_room_creation_is_limited_per_address(tmp_path: Path, raws: list[Raw]) -> None:
+    async with EmbeddedRelay(data_dir=tmp_path, rooms_per_address=(3.0, 3.0)) as relay:
+        r = [await raw(relay.url, raws) for _ in range(4)]
+        acks = [await r[i].join(f"room{i}", "x", key=KEY) for i in range(4)]
+        assert [a["ok"] for a in acks] == [True, True, True, False]
+        assert acks[3]["error"]["type"] == "RateLimited" and "rooms" in acks[3]["error"]["message"]
+        assert "room3" not in relay.server.rooms
+        # joining a room that exists is not creating one
+        assert (await (await raw(relay.url, raws)).join("room0", "y", key=KEY))["ok"]
+
+
+async def test_token_only_room_creation(tmp_path: Path) -> None:
+    async with EmbeddedRelay(data_dir=tmp_path, room_creation="token", create_token="s3cret-token") as relay:
+        with pytest.raises(JoinRefused, match="creation token"):
+            await RoomClient(relay.url, room="t", name="Eve", connect_timeout=10).connect()
+        with pytest.raises(JoinRefused, match="creation token"):
+            await RoomClient(relay.url, room="t", name="Eve", create_token="guess", connect_timeout=10).connect()
+        assert "t" not in relay.server.rooms
+        async with RoomClient(relay.url, room="t", name="Host", create_token="s3cret-token") as host:
+            assert host.role is not None and host.role.value == "host"
+            async with RoomClient(relay.url, room="t", name="Guest") as guest:  # joining needs no token
+                assert guest.role is not None and guest.role.value == "member"
+    with pytest.raises(ValueError, match="create_token"):
+        EmbeddedRelay(data_dir=tmp_path, room_creation="token")
+
+
+async def test_uploads_are_limited_per_address(tmp_path: Path, raws: list[Raw]) -> None:
+    async with (
+        EmbeddedRelay(data_dir=tmp_path, uploads_per_address=2, upload_bytes_per_address=(3e6, 3e6)) as relay,
+        RoomClient(relay.url, room="up", name="Host"),
+    ):
+        socks = [await raw(relay.url, raws) for _ in range(3)]
+        for i, s in enumerate(socks):
+            assert (await s.join("up", f"u{i}", key=KEY))["ok"]
+        blobs = [bytes([i]) * 1_000_000 for i in range(4)]
+        shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+        assert (await socks[0].call("blob_begin", {"sha": shas[0], "size": 1_000_000}))["ok"]
+        assert (await socks[1].call("blob_begin", {"sha": shas[1], "size": 1_000_000}))["ok"]
+        third = await socks[2].call("blob_begin", {"sha": shas[2], "size": 1_000_000})
+        assert third["ok"] is False and third["error"]["type"] == "RateLimited", third
+        assert "uploads at once from one address" in third["error"]["message"]
+        # finishing one frees its slot; the bytes it stored stay spent
+        for off in range(0, 1_000_000, 262144):
+            chunk = {"sha": shas[0], "offset": off, "data": blobs[0][off:off + 262144]}
+            assert (await socks[0].call("blob_chunk", chunk))["ok"]
+        assert (await socks[0].call("blob_end", {"sha": shas[0]}))["ok"]
+        assert (await socks[2].call("blob_begin", {"sha": shas[2], "size": 1_000_000}))["ok"]
+        # 3 MB per address: 1 stored + 2 announced. Abandoning an upload gives its bytes back.
+        await socks[1].close()
+        await eventually(lambda: len(relay.server.sessions) == 3)
+        big = await socks[0].call("blob_begin", {"sha": "ab" * 32, "size": 2_000_000})
+        assert big["ok"] is False and "quota of blob bytes" in big["error"]["message"], big
+        fourth = await socks[0].call("blob_begin", {"sha": shas[3], "size": 1_000_000})
+        assert fourth["ok"], fourth
+
+
+async def test_participant_ids_are_always_bound_to_a_key(relay: EmbeddedRelay, raws: list[Raw]) -> None:
+    async with RoomClient(relay.url, room="keys", name="Host"):
+        first = await raw(relay.url, raws)
+        ack = await first.join("keys", "nokey")  # no key given: the relay binds one and returns it
+        assert ack["ok"] and isinstance(ack.get("key"), str) and len(ack["key"]) >= 16
+        await first.close()
+        thief = await raw(relay.url, raws)
+        stolen = await thief.join("keys", "nokey", key="x" * 20)
+        assert stolen["ok"] is False and stolen["error"]["type"] == "JoinRefused"
+        keyless = await (await raw(relay.url, raws)).join("keys", "nokey")
+        assert keyless["ok"] is False and keyless["error"]["type"] == "JoinRefused"
+        back = await (await raw(relay.url, raws)).join("keys", "nokey", key=ack["key"])
+        assert back["ok"], back
+        short = await (await raw(relay.url, raws)).join("keys", "short", key="abc")
+        assert short["ok"] is False and short["error"]["type"] == "ValidationError"
+    # the creator's id cannot be taken over with another key (nor the host role with it)
+    async with RoomClient(relay.url, room="keys2", name="Host", participant_id="h1", participant_key="h" * 20):
+        pass
+    with pytest.raises(JoinRefused, match="taken"):
+        await RoomClient(relay.url, room="keys2", name="Mallory", participant_id="h1", participant_key="m" * 20).connect()
+
+
+# --- 8: no false "relay lost its store" --------------------------------------------------------
+
+async def test_no_false_alarm_after_a_panel_was_moved(relay: EmbeddedRelay) -> None:
+    async with (
+        RoomClient(relay.url, room="alarm", name="A") as a,
+        RoomClient(relay.url, room="alarm", name="B") as b,
+    ):
+        errors: list[Exception] = []
+        a.on_error(errors.append)
+        b.on_error(errors.append)
+        await a.apply(panel("p"))
+        await b.apply({"op": "move_panel", "panel_id": "p", "transform": {"position": [2.0, 1.0, 2.0]}})
+        await a.apply({"op": "move_panel", "panel_id": "p", "transform": {"position": [3.0, 1.0, 2.0]}})
+        await eventually(lambda: b.room == a.room)
+        assert len(a.doc.update_since(relay.server.rooms["alarm"].doc.state_vector())) > 2  # a delete set exists
+        for c in (a, b):  # both reconnect and compare with the relay again
+            sid = next(s for s, sess in relay.server.sessions.items() if sess.participant_id == c.participant_id)
+            await relay.server.sio.disconnect(sid)
+        await eventually(lambda: a.stats["reconnects"] == 1 and b.stats["reconnects"] == 1 and a.connected and b.connected)
+        async with RoomClient(relay.url, room="alarm", name="Late") as late:
+            late.on_error(errors.append)
+            assert late.room.panels == a.room.panels
+        assert not [e for e in errors if isinstance(e, NetError)], errors
+
+
+# --- 9: deep nesting and handler failures ---------------------------------------------------
+
+async def test_deeply_nested_messages_get_an_error_ack(relay: EmbeddedRelay, raws: list[Raw]) -> None:
+    async with RoomClient(relay.url, room="deep", name="Host") as host:
+        await host.apply(panel("p"))
+        r = await raw(relay.url, raws)
+        assert (await r.join("deep", "r", key=KEY))["ok"]
+        before = host.room
+        for depth in (20, 40, 300):
+            nested: Any = "x"
+            for _ in range(depth):
+                nested = {"a": [nested]} if depth < 100 else [nested]
+            ack = await r.call("op", {"id": f"d{depth}", "op": {"op": "set_panel_content", "panel_id": "p", "content": nested}})
+            assert ack["ok"] is False and ack["error"]["type"] == "ProtocolError" and "deeper" in ack["error"]["message"], ack
+            ev = await r.call("event", {"kind": "stream", "payload": {"panel_id": "p", "d": nested}})
+            assert ev["ok"] is False and "deeper" in ev["error"]["message"], ev
+        # deeper than any JSON decoder recurses: a hand-written packet (no ack id, so an error event)
+        text = '2["op",' + "[" * 100_000 + "]" * 100_000 + "]"
+        await r.sio.eio.send(text)
+        await eventually(lambda: any("deeper" in e["message"] for e in r.errors))
+        assert host.room == before
+        ok = await r.call("op", {"id": "fine", "op": {"op": "raise_hand", "participant_id": "r", "raised": True}})
+        assert ok["ok"] and ok["update"], ok
