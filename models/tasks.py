@@ -211,11 +211,16 @@ def submit_analysis(runner: JobRunner, model: LoadedModel, name: str, params: Ma
                     on_progress: Callable[[float, str], None] | None = None) -> Job[bytes]:
     """`run_analysis` on the runner's thread; cached by (model digest, analysis, params, dataset, seed)."""
     p = dict(params or {})
-    key_params = {**p, "seed": seed, "dataset": getattr(dataset, "name", None),
-                  "dataset_size": len(dataset) if dataset is not None else 0}
-    key = cache_key(model.digest, name, key_params)
+    key = analysis_key(model, name, p, dataset, seed)
     return runner.submit(lambda ctx: run_analysis(model, name, p, dataset=dataset, ctx=ctx), key=key, seed=seed,
                          on_progress=on_progress)
+
+
+def analysis_key(model: LoadedModel, name: str, params: Mapping[str, Any], dataset: Any, seed: int) -> str:
+    """The cache key: (model digest, analysis, parameters incl. the input index, dataset, seed)."""
+    key_params = {**params, "seed": seed, "dataset": getattr(dataset, "name", None),
+                  "dataset_size": len(dataset) if dataset is not None else 0}
+    return cache_key(model.digest, name, key_params)
 
 
 # --- what each analysis is, and what it needs -----------------------------------------------
@@ -355,11 +360,11 @@ def applies(name: str, model: LoadedModel, layer: str | None = None, dataset: An
         return None
     if layer not in facts.layers:
         return f"the model has no layer {layer!r}"
-    typ, shape = facts.layers[layer]
+    typ, out_shape = facts.layers[layer]
     if WEIGHTS in spec.needs and typ not in _WEIGHT_TYPES:
         return f"{spec.label} needs a layer with weights (Conv or Linear); {layer} is a {typ}"
-    if SPATIAL in spec.needs and not _spatial(shape):
-        return f"{spec.label} needs a spatial layer; {layer} outputs {list(shape) if shape else '?'}"
+    if SPATIAL in spec.needs and not _spatial(out_shape):
+        return f"{spec.label} needs a spatial layer; {layer} outputs {list(out_shape) if out_shape else '?'}"
     return None
 
 

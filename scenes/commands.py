@@ -39,6 +39,13 @@ def register(commands: Any, bench: Any) -> None:
     _view_args(p)
     p.add_argument("--room", default=None, help="room id (default: open-<random>)")
     p.add_argument("--server", help="a relay URL (default: an embedded relay)")
+    p.add_argument("--data", metavar="PATH", help="your data: an image folder with one sub-folder per class, "
+                   ".npz (x, y[, classes]) or IDX files; without it analyses run on a built-in digit")
+    p.add_argument("--resize", metavar="HxW", help="resize images to this size (default: the model's input, "
+                   "or the sidecar MODEL.deeproom.json)")
+    p.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted from [0,1] pixels")
+    p.add_argument("--std", metavar="S[,S,S]", help="per-channel std the pixels are divided by")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (colour) input channels")
     p.set_defaults(func=cmd_open)
 
     p = commands.add_parser("join", help="join a room: deeproom://host:port/room?invite=TOKEN or http://host:port/room")
@@ -123,9 +130,15 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     client = _client(args.server or config.server, "demo", args.name, config)
     print(f"demo room on relay {client.url} (room 'demo')")
     keep_freed_memory()  # live all-layer analyses cost ~2x less when freed memory is reused
-    return _run_room(
-        args, run, client, "demo", lambda s: DemoEngine(s, seed=args.seed, progress=lambda m: print(m, flush=True))
-    )
+    return _run_room(args, run, client, "demo", lambda s: DemoEngine(
+        s, link=_engine_link(client, "demo", config), seed=args.seed, progress=lambda m: print(m, flush=True)))
+
+
+def _engine_link(client: Any, room: str, config: Config) -> Any:
+    """The engine's own participant in the room (panels it hosts are its own; steer reaches it)."""
+    from deeproom.models.engine import ClientLink
+
+    return ClientLink(client.url, room, "DeepRoom engine", data_dir=config.data_dir)
 
 
 def cmd_open(args: argparse.Namespace, config: Config) -> int:
@@ -139,12 +152,19 @@ def cmd_open(args: argparse.Namespace, config: Config) -> int:
         if not Path(m).exists():
             print(f"no such model file: {m}")
             return 2
+    data = Path(args.data) if args.data else None
+    if data is not None and not data.exists():
+        print(f"no such data: {args.data}")
+        return 2
     room = args.room or f"open-{secrets.token_hex(3)}"
     client = _client(args.server or config.server, room, args.name, config)
     print(f"room {room!r} on relay {client.url}")
     paths = [Path(m) for m in args.models]
     keep_freed_memory()
-    return _run_room(args, run, client, "open", lambda s: ModelsEngine(s, paths, progress=lambda m: print(m, flush=True)))
+    pre = {"size": args.resize, "mean": args.mean, "std": args.std, "channels": args.channels}
+    return _run_room(args, run, client, "open", lambda s: ModelsEngine(
+        s, paths, link=_engine_link(client, room, config), data=data, preprocess=pre,
+        progress=lambda m: print(m, flush=True)))
 
 
 def parse_target(target: str) -> tuple[str, str, str | None]:

@@ -1,0 +1,291 @@
+"""The engine service over a real relay on 127.0.0.1 with real clients: an engine hosts a small
+residual ONNX model and a generated image folder; other participants ask for analyses by
+"steer" and watch "stream" progress; results are placed by free_slot; roles are enforced."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deeproom.content import decode_content
+from deeproom.models.engine import ClientLink
+from deeproom.models.engine.hosts import ModelsHost
+from deeproom.models.tasks import applicable_analyses, model_facts
+from deeproom.net import BackgroundClient
+from deeproom.placement import overlapping
+
+SIZE = 16
+COLOURS = {"green": (0.1, 1.0, 0.1), "red": (1.0, 0.1, 0.1)}  # sorted: folder order = class index
+
+
+class SmallResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.conv1(x))
+        a = torch.relu(a + self.conv2(a))  # the residual connection
+        a = torch.relu(self.conv3(a))
+        return self.fc(a.mean((2, 3)))
+
+
+def _image(colour: tuple[float, ...], rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int]]:
+    img = rng.uniform(0, 0.25, (SIZE, SIZE, 3)).astype(np.float32)
+    y, x = (int(v) for v in rng.integers(1, SIZE - 6, 2))
+    img[y : y + 5, x : x + 5] = colour
+    return img, (y, x)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An image folder (a red or a green square on noise: the class is the colour) and a model
+    trained on it for a few steps, exported to ONNX; and a model without an image input."""
+    from PIL import Image
+
+    from deeproom.models.bench import export_onnx
+
+    root = tmp_path_factory.mktemp("engine")
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    for label, (name, colour) in enumerate(COLOURS.items()):
+        (root / "data" / name).mkdir(parents=True)
+        for i in range(12):
+            img, _ = _image(colour, rng)
+            Image.fromarray((img * 255).astype(np.uint8)).save(root / "data" / name / f"{i:02d}.png")
+    for _ in range(256):
+        label = int(rng.integers(0, 2))
+        img, _ = _image(list(COLOURS.values())[label], rng)
+        xs.append(img.transpose(2, 0, 1))
+        ys.append(label)
+    x, y = torch.tensor(np.stack(xs)), torch.tensor(ys)
+    torch.manual_seed(0)
+    model = SmallResNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    acc = float((model(x).argmax(1) == y).float().mean())
+    assert acc > 0.95, acc  # the test is about maps of a model that knows the squares
+    (root / "resnet.onnx").write_bytes(export_onnx(model, torch.zeros(1, 3, SIZE, SIZE)))
+    mlp = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    (root / "mlp.onnx").write_bytes(export_onnx(mlp, torch.zeros(1, 20)))
+    return {"root": root, "model": root / "resnet.onnx", "mlp": root / "mlp.onnx", "data": root / "data"}
+
+
+class Peer:
+    """A participant's BackgroundClient and the action stream events it saw."""
+
+    def __init__(self, client: BackgroundClient) -> None:
+        self.client = client
+        self.events: list[dict[str, Any]] = []
+
+    def pump(self) -> None:
+        while True:
+            try:
+                item = self.client.inbox.get_nowait()
+            except queue.Empty:
+                return
+            data = getattr(item, "data", None)
+            if getattr(item, "kind", None) == "event" and isinstance(data, tuple) and data[0] == "stream":
+                if data[2].get("channel") == "action":
+                    self.events.append(dict(data[2]))
+
+    def states(self, rid: str) -> list[str]:
+        self.pump()
+        return [e["state"] for e in self.events if e.get("request_id") == rid]
+
+    def wait(self, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pump()
+            v = check()
+            if v:
+                return v
+            time.sleep(0.05)
+        raise AssertionError(f"not within {timeout} s; events: {self.events[-6:]}")
+
+    def final(self, rid: str, timeout: float = 60.0) -> dict[str, Any]:
+        ends = ("done", "failed", "refused", "cancelled")
+        self.wait(lambda: any(s in ends for s in self.states(rid)), timeout)
+        return next(e for e in reversed(self.events) if e.get("request_id") == rid and e["state"] in ends)
+
+    def ask(self, engine: str, action: str, panel: str, params: dict[str, Any], rid: str) -> Any:
+        return self.client.send_event("steer", {"action": action, "panel_id": panel, "params": params,
+                                                "request_id": rid}, to=engine)
+
+
+@pytest.fixture(scope="module")
+def room(assets: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    host = BackgroundClient(None, room="svc", name="Host", data_dir=assets["root"] / "host")
+    host.wait_ready(60)
+    url = host.url
+    link = ClientLink(url, "svc", "engine", data_dir=assets["root"] / "engine")
+    engine = ModelsHost(link, [assets["model"], assets["mlp"]], data=assets["data"]).start()
+    member = BackgroundClient(url, room="svc", name="Mo", data_dir=assets["root"] / "mo")
+    member.wait_ready(60)
+    token = host.call("create_invite", "viewer").result(30)
+    viewer = BackgroundClient(url, room="svc", name="Vi", invite=token, data_dir=assets["root"] / "vi")
+    viewer.wait_ready(60)
+    try:
+        assert engine.ready.wait(120) and engine.failed is None, engine.failed
+        yield {"host": host, "engine": engine, "engine_id": link.participant_id, "member": Peer(member),
+               "viewer": viewer}
+    finally:
+        engine.close()
+        for c in (viewer, member, host):
+            c.close()
+
+
+def _last_conv(engine: ModelsHost) -> str:
+    facts = model_facts(engine.service.hosted["m1"].model)
+    return [n for n, (t, shape) in facts.layers.items() if t == "Relu" and shape is not None and len(shape) == 4][-1]
+
+
+def _cam(peer: Peer, panel: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    p = peer.client.room.panels[panel]
+    meta, arrays = decode_content(peer.client.get_blob(p.content.refs[0]).result(30))
+    return np.asarray(arrays["cam"], np.float32), np.asarray(arrays["image"]), dict(p.content.source)
+
+
+def _peak_in_square(cam: np.ndarray, image: np.ndarray) -> bool:
+    square = image.max(-1) > 200  # the square's pixels are the bright ones
+    y, x = np.unravel_index(int(cam.argmax()), cam.shape)
+    ys, xs = np.nonzero(square)
+    return bool(ys.min() - 1 <= y <= ys.max() + 1 and xs.min() - 1 <= x <= xs.max() + 1)
+
+
+def test_scorecam_by_steer_is_placed_streamed_and_on_the_object(room: dict[str, Any]) -> None:
+    mo: Peer = room["member"]
+    eid = room["engine_id"]
+    layer = _last_conv(room["engine"])
+    mo.wait(lambda: {"graph-1", "inputs-m1"} <= set(mo.client.room.panels))
+    target = 0  # "green" sorts first: class 0 is green
+    mo.ask(eid, "scorecam", "graph-1", {"layer": layer, "target": target}, "sc1").result(30)
+    end = mo.final("sc1")
+    assert end["state"] == "done", end
+    states = mo.states("sc1")
+    assert states[0] == "queued" and "running" in states and states[-1] == "done", states
+    assert any(e["state"] == "running" and e["progress"] > 0 for e in mo.events if e["request_id"] == "sc1")
+    result = end["result_panel"]
+    mo.wait(lambda: result in mo.client.room.panels and mo.client.room.panels[result].content.refs)
+    assert mo.client.room.panels[result].owner == eid
+    assert overlapping(mo.client.room) == [], overlapping(mo.client.room)
+    cam, image, source = _cam(mo, result)
+    assert source["input"]["from"] == "data" and source["engine"] == eid and source["analysis"] == "scorecam"
+    assert cam.std() > 0.05, "the map is uniform"
+    assert _peak_in_square(cam, image)
+
+    # choose another image (a red one, from the other class) on the strip: the map follows it
+    strip = mo.client.room.panels["inputs-m1"]
+    labels = decode_content(mo.client.get_blob(strip.content.refs[0]).result(30))[0]["tiles"]["labels"]
+    other = labels.index("red")
+    before = mo.client.room.panels[result].content.refs
+    mo.ask(eid, "choose_input", "inputs-m1", {"index": other}, "in1").result(30)
+    assert mo.final("in1")["state"] == "done"
+    mo.wait(lambda: mo.client.room.panels[result].content.refs != before)
+    cam2, image2, source2 = _cam(mo, result)
+    assert source2["input"]["index"] == other and source2["input"]["label"] == "red"
+    assert not np.array_equal(cam, cam2) and not np.array_equal(image, image2)
+    # the panel keeps its class (green); asked for red, the same panel shows the red square
+    before = mo.client.room.panels[result].content.refs
+    mo.ask(eid, "scorecam", "graph-1", {"layer": layer, "target": 1}, "sc2").result(30)
+    assert mo.final("sc2")["result_panel"] == result
+    mo.wait(lambda: mo.client.room.panels[result].content.refs != before)
+    cam3, image3, source3 = _cam(mo, result)
+    assert np.array_equal(image3, image2) and source3["params"]["target"] == 1
+    assert _peak_in_square(cam3, image3)
+    assert overlapping(mo.client.room) == []
+
+
+def test_viewer_is_refused_by_the_relay_and_member_by_the_engine(room: dict[str, Any]) -> None:
+    from deeproom.errors import PermissionDenied
+
+    mo: Peer = room["member"]
+    eid = room["engine_id"]
+    with pytest.raises(PermissionDenied):
+        room["viewer"].send_event("steer", {"action": "gradcam", "panel_id": "graph-1", "params": {},
+                                            "request_id": "v1"}, to=eid).result(30)
+    mo.ask(eid, "close_model", "graph-1", {}, "cl1").result(30)
+    end = mo.final("cl1")
+    assert end["state"] == "refused" and "host" in end["message"], end
+    assert "graph-1" in mo.client.room.panels  # nothing changed
+    mo.ask(eid, "layercam", "graph-1", {"layer": "no-such-layer"}, "bad1").result(30)
+    assert mo.final("bad1")["state"] == "refused"
+
+
+def test_cancel_mid_job_leaves_no_panel(room: dict[str, Any]) -> None:
+    mo: Peer = room["member"]
+    eid = room["engine_id"]
+    layer = _last_conv(room["engine"])
+    mo.ask(eid, "feature_visualization", "graph-1", {"layer": layer, "channel": 3, "steps": 512}, "fv1").result(30)
+    mo.wait(lambda: "running" in mo.states("fv1"))
+    mo.ask(eid, "cancel", "graph-1", {}, "fv1").result(30)
+    end = mo.final("fv1")
+    assert end["state"] == "cancelled", end
+    time.sleep(1.0)
+    assert end["result_panel"] not in mo.client.room.panels
+    assert not any(p.startswith("feature-visualization") for p in mo.client.room.panels)
+
+
+def test_a_model_without_image_input_lists_image_analyses_as_unavailable(room: dict[str, Any]) -> None:
+    mo: Peer = room["member"]
+    mo.wait(lambda: "graph-2" in mo.client.room.panels)
+    src = mo.client.room.panels["graph-2"].content.source
+    unavailable = {u["name"]: u["reason"] for u in src["unavailable"]}
+    for name in ("gradcam", "scorecam", "layercam", "saliency", "feature_maps", "confusion_matrix"):
+        assert "no image input" in unavailable[name] and "(1, 20)" in unavailable[name], unavailable
+    assert {a["name"] for a in src["actions"]} == {"filters", "filter_embedding", "close_model"}
+    mo.ask(room["engine_id"], "gradcam", "graph-2", {"layer": "x"}, "mlp1").result(30)
+    assert "no image input" in mo.final("mlp1")["message"]
+
+
+def test_declared_actions_match_the_registry_for_a_cnn_and_a_vit(room: dict[str, Any]) -> None:
+    from deeproom.models.datasets import load_digits
+    from deeproom.models.loading import load_model
+    from deeproom.models.tasks import declared_actions
+    from deeproom.models.zoo import TinyViT
+
+    mo: Peer = room["member"]
+    h = room["engine"].service.hosted["m1"]
+    declared = {a["name"] for a in mo.client.room.panels["graph-1"].content.source["actions"]}
+    assert declared - {"close_model"} == set(applicable_analyses(h.model, h.dataset))
+    assert {"gradcam", "scorecam", "layercam", "confusion_matrix", "embedding"} <= declared
+    assert "attention" not in declared
+    torch.manual_seed(0)
+    vit = load_model(TinyViT().eval(), input_shape=(1, 1, 8, 8))
+    digits = load_digits()
+    actions, unavailable = declared_actions(vit, digits)
+    assert {a["name"] for a in actions} == set(applicable_analyses(vit, digits))
+    att = next(a for a in actions if a["name"] == "attention")
+    assert att["params"][0]["choices"][0].endswith("softmax") and unavailable == []
+    for a in actions:  # every declaration is what the contract allows
+        assert set(a) <= {"name", "label", "group", "role", "on", "params", "kind"}
+        assert a["role"] in ("viewer", "member", "presenter", "host")
+
+
+def test_confusion_matrix_panel_carries_per_class_scores(room: dict[str, Any]) -> None:
+    mo: Peer = room["member"]
+    mo.ask(room["engine_id"], "confusion_matrix", "graph-1", {}, "cm1").result(30)
+    end = mo.final("cm1")
+    assert end["state"] == "done", end
+    mo.wait(lambda: end["result_panel"] in mo.client.room.panels)
+    p = mo.client.room.panels[end["result_panel"]]
+    meta, arrays = decode_content(mo.client.get_blob(p.content.refs[0]).result(30))
+    assert meta["classes"] == ["green", "red"]
+    assert arrays["precision"].shape == arrays["recall"].shape == arrays["f1"].shape == (2,)
+    assert float(arrays["f1"].min()) > 0.9
+    assert overlapping(mo.client.room) == []
