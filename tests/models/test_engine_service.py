@@ -7,7 +7,6 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,7 +58,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("engine")
     rng = np.random.default_rng(0)
     xs, ys = [], []
-    for label, (name, colour) in enumerate(COLOURS.items()):
+    for name, colour in COLOURS.items():
         (root / "data" / name).mkdir(parents=True)
         for i in range(12):
             img, _ = _image(colour, rng)
@@ -100,9 +99,9 @@ class Peer:
             except queue.Empty:
                 return
             data = getattr(item, "data", None)
-            if getattr(item, "kind", None) == "event" and isinstance(data, tuple) and data[0] == "stream":
-                if data[2].get("channel") == "action":
-                    self.events.append(dict(data[2]))
+            if (getattr(item, "kind", None) == "event" and isinstance(data, tuple) and data[0] == "stream"
+                    and data[2].get("channel") == "action"):
+                self.events.append(dict(data[2]))
 
     def states(self, rid: str) -> list[str]:
         self.pump()
@@ -157,7 +156,7 @@ def _last_conv(engine: ModelsHost) -> str:
 
 def _cam(peer: Peer, panel: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     p = peer.client.room.panels[panel]
-    meta, arrays = decode_content(peer.client.get_blob(p.content.refs[0]).result(30))
+    _, arrays = decode_content(peer.client.get_blob(p.content.refs[0]).result(30))
     return np.asarray(arrays["cam"], np.float32), np.asarray(arrays["image"]), dict(p.content.source)
 
 
