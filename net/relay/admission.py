@@ -40,7 +40,7 @@ from deeproom.net.relay.rooms import RoomHub
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
 from deeproom.ops import SYSTEM, Join, Leave
-from deeproom.state import MAX_NAME, Role, check_colour, check_id, check_text
+from deeproom.state import MAX_NAME, Role, check_colour, check_id, check_participant_id, check_text
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class Admission:
         d = P.require_mapping(data, "join")
         room_id = check_id(d.get("room"), "room id")
         name = check_text(d.get("name"), "display name", MAX_NAME)
-        pid = check_id(d.get("participant_id"), "participant id")
+        pid = check_participant_id(d.get("participant_id"))
         key = P.require_str(d, "key", "participant key", 256, optional=True)
         if key is not None and len(key) < 16:
             raise ValidationError("a participant key is 16-256 characters (a secret only this participant knows)")
@@ -313,7 +313,7 @@ class Admission:
         return {"ok": True, "token": make_invite(self._secret(), room.id, role, float(ttl))}
 
     async def kick(self, sess: Session, room: LiveRoom, data: Any) -> dict[str, Any]:
-        target = check_id(P.require_mapping(data, "kick").get("participant_id"), "participant id")
+        target = check_participant_id(P.require_mapping(data, "kick").get("participant_id"))
         async with room.lock:
             host = self._require_host(room, sess, "may kick participants")
             if target == host:

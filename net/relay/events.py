@@ -16,7 +16,7 @@ from deeproom.net import protocol as P
 from deeproom.net.errors import ProtocolError, RateLimited
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
-from deeproom.state import Role, check_id
+from deeproom.state import Role, check_participant_id
 
 MEMBER_UP = (Role.HOST, Role.PRESENTER, Role.MEMBER)
 RUNS_ROOM = (Role.HOST, Role.PRESENTER)
@@ -40,7 +40,7 @@ async def forward_event(settings: RelaySettings, sio: socketio.AsyncServer, sess
         raise PermissionDenied(f"{pid!r} is not in room {room.id!r}")
     message = {"kind": kind, "sender": pid, "payload": payload}
     if kind in ("signal", "steer"):
-        target = check_id(to, "event target (participant id)")
+        target = check_participant_id(to, "event target (participant id)")
         if kind == "steer" and role not in MEMBER_UP:
             raise PermissionDenied("viewers cannot steer training; members, presenters and hosts can")
         if target not in room.doc.snapshot().participants:

@@ -18,7 +18,7 @@ from typing import Any
 
 import socketio
 
-from deeproom.document import RoomDocument
+from deeproom.document import RoomDocument, WriteUndone
 from deeproom.errors import DeepRoomError, NotFound, PermissionDenied
 from deeproom.net import protocol as P
 from deeproom.net.backend import RoomBackend, RoomMeta, op_key
@@ -108,6 +108,11 @@ class RoomHub:
         """Apply (checked by the core), persist, then broadcast. Caller holds room.lock."""
         try:
             update = room.doc.apply(op, actor)
+        except WriteUndone as exc:
+            # Nothing of the op remains, but the undoing is an update later ones build on:
+            # store and send it like any other (without the op id: the op was not applied).
+            await self._persist(room, exc.update, None, skip_sid=None)
+            raise
         except DeepRoomError:
             raise
         except BaseException as exc:
@@ -118,6 +123,10 @@ class RoomHub:
             log.error("relay: applying %s in %s failed; reloading the room", op.name, room.id, exc_info=exc)
             await self.evict(room)
             raise NetError(f"the relay could not apply {op.name!r} ({type(exc).__name__}); the room was reloaded") from None
+        await self._persist(room, update, key, skip_sid)
+        return update
+
+    async def _persist(self, room: LiveRoom, update: bytes, key: str | None, skip_sid: str | None) -> None:
         try:
             await self.backend.append(room.id, update, key)
         except Exception:
@@ -133,7 +142,6 @@ class RoomHub:
             while len(room.recent_ops) > RECENT_OPS:
                 room.recent_ops.popitem(last=False)
         await self.sio.emit("update", update, room=room.id, skip_sid=skip_sid, ignore_queue=True)
-        return update
 
     async def handle_op(self, sess: Session, room: LiveRoom, data: Any) -> dict[str, Any]:
         """One `op` message from a joined client."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import socketio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from deeproom.net import EmbeddedRelay, RoomClient
@@ -18,8 +18,11 @@ from deeproom.presence import Pose, encode_pose
 
 from .conftest import eventually
 
-EVENTS = ["join", "op", "event", "blob_begin", "blob_chunk", "blob_end", "blob_get", "invite", "kick",
-          "set_password", "sync", "pose", "update", "poses", "connect", "disconnect", "message"]
+CLIENT_EVENTS = ["join", "op", "event", "blob_begin", "blob_chunk", "blob_end", "blob_get", "invite", "kick",
+                 "set_password", "sync", "pose", "pa"]
+RESERVED = ["connect", "disconnect", "connect_error", "message", "*", "update", "poses", "error", "kicked"]
+"""Socket.IO's own event names, the catch-all and the relay's outgoing events: never dispatched from a client."""
+EVENTS = CLIENT_EVENTS + RESERVED
 
 json_leaf = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=40) | st.binary(max_size=64)
 payloads = st.recursive(
@@ -61,7 +64,8 @@ class Harness:
         self.lt.run(self.host.connect())
         self.lt.run(self.host.apply({"op": "add_panel", "panel_id": "p1", "kind": "note", "title": "t"}))
         token = self.lt.run(self.host.create_invite("viewer"))
-        self.joined = self.lt.run(self._raw(join={"room": "fuzz", "name": "Fuzz", "participant_id": "fz", "invite": token}))
+        self.joined = self.lt.run(self._raw(join={"room": "fuzz", "name": "Fuzz", "participant_id": "fz", "invite": token,
+                                                  "key": "fuzz-key-" + "k" * 16}))
         self.anon = self.lt.run(self._raw())
 
     async def _raw(self, join: dict[str, Any] | None = None) -> socketio.AsyncClient:
@@ -74,9 +78,6 @@ class Harness:
 
     async def send(self, client: socketio.AsyncClient, event: str, data: Any) -> Any:
         if not client.connected:
-            return None
-        if event in ("pose", "connect", "disconnect", "message"):
-            await client.emit(event, data)
             return None
         try:
             return await client.call(event, data, timeout=10)
@@ -98,19 +99,44 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     h.close()
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = {"x": [value]}
+    return value
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(msg=messages)
+# Cases the outside tester found (issue 12): reserved names reached the relay's own handlers.
+@example(msg=("disconnect", None))
+@example(msg=("disconnect", "io server disconnect"))
+@example(msg=("connect", {"room": "fuzz", "name": "Ghost", "participant_id": "ghost"}))
+@example(msg=("*", "some-sid"))
+@example(msg=("*", None))
+@example(msg=("connect_error", {}))
+@example(msg=("message", "hello"))
+@example(msg=("op", {"id": "deep", "op": {"op": "set_panel_content", "panel_id": "p1", "content": _nested(40)}}))
+@example(msg=("op", {"id": "lv", "op": {"op": "leave", "participant_id": "fz"}}))
+@example(msg=("op", {"id": "jn", "op": {"op": "join", "participant_id": "fz", "display_name": "F", "role": "host"}}))
 def test_fuzzed_messages_are_refused_and_change_nothing(harness: Harness, msg: tuple[str, Any]) -> None:
     event, data = msg
     before = harness.lt.run(_state(harness.host))
     for client in (harness.joined, harness.anon):
         ack = harness.lt.run(harness.send(client, event, data))
         assert ack != "timeout", f"relay did not answer {event}"
-        if isinstance(ack, dict):
+        if event not in CLIENT_EVENTS:
+            assert isinstance(ack, dict) and ack.get("ok") is False, (event, ack)
+            assert ack["error"]["type"] == "ProtocolError" and "unknown event" in ack["error"]["message"], ack
+        elif isinstance(ack, dict):
             assert ack.get("ok") is False or event in ("sync", "blob_get"), ack
     # the relay still serves: the host's own edit goes through and nothing else changed
     harness.lt.run(harness.host.apply({"op": "retitle_panel", "panel_id": "p1", "title": "t"}))
     assert harness.lt.run(_state(harness.host)) == before
+    # the joined socket is still joined, once, as itself
+    sessions = [s for s in harness.relay.server.sessions.values() if s.participant_id == "fz"]
+    assert len(sessions) == 1 and sessions[0].room_id == "fuzz"
+    assert harness.joined.connected and "fz" in harness.host.room.participants
 
 
 async def _state(client: RoomClient) -> tuple[Any, ...]:
@@ -129,7 +155,7 @@ async def test_floods_are_refused_and_others_keep_being_served(tmp_path: Path) -
         errors: list[dict[str, Any]] = []
         raw.on("error", errors.append)
         await raw.connect(relay.url, transports=["websocket"])
-        ack = await raw.call("join", {"room": "flood", "name": "Flood", "participant_id": "flood1"})
+        ack = await raw.call("join", {"room": "flood", "name": "Flood", "participant_id": "flood1", "key": "f" * 20})
         assert ack["ok"]
         pose = encode_pose(Pose())
         for _ in range(600):  # far above 30/s
