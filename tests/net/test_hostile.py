@@ -310,3 +310,45 @@ async def test_deeply_nested_messages_get_an_error_ack(relay: EmbeddedRelay, raw
         assert host.room == before
         ok = await r.call("op", {"id": "fine", "op": {"op": "raise_hand", "participant_id": "r", "raised": True}})
         assert ok["ok"] and ok["update"], ok
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_uploads_stream_to_disk_not_into_relay_memory(tmp_path: Path, raws: list[Raw]) -> None:
+    """Three sockets each send 40 MiB of a 60 MiB blob and stop: the relay process does not hold them."""
+    from .conftest import free_port, start_relay_process, stop, wait_for_port
+
+    port = free_port()
+    data_dir = tmp_path / "relay"
+    data_dir.mkdir()
+    proc = start_relay_process(data_dir, port)
+    try:
+        wait_for_port(port, proc)
+        url = f"http://127.0.0.1:{port}"
+        socks = [await raw(url, raws) for _ in range(3)]
+        for i, s in enumerate(socks):
+            assert (await s.join("big", f"b{i}", key=KEY))["ok"]
+        chunk = b"\x5a" * 262144
+        before = _rss_mb(proc.pid)
+
+        async def upload(i: int, s: Raw) -> None:
+            sha = hashlib.sha256(bytes([i]) * 8).hexdigest()  # never completed, so any id will do
+            assert (await s.call("blob_begin", {"sha": sha, "size": 60 << 20}))["ok"]
+            for off in range(0, 40 << 20, len(chunk)):
+                ack = await s.call("blob_chunk", {"sha": sha, "offset": off, "data": chunk})
+                assert ack["ok"], ack
+
+        await asyncio.gather(*(upload(i, s) for i, s in enumerate(socks)))
+        grown = _rss_mb(proc.pid) - before
+        assert grown < 40, f"relay RSS grew by {grown:.0f} MiB while holding 120 MiB of partial uploads"
+        assert len(list((data_dir / "blobs").rglob(".tmp-*"))) == 3  # on disk, one file per upload
+        for s in socks:
+            await s.close()
+        await eventually(lambda: not list((data_dir / "blobs").rglob(".tmp-*")), timeout=10)
+    finally:
+        stop(proc)
