@@ -135,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    config = Config.from_env(data_dir=args.data_dir)
     try:
+        config = Config.from_env(data_dir=args.data_dir)  # a malformed DEEPROOM_* variable is a clear error
         return int(args.func(args, config) or 0)
     except DeepRoomError as exc:
         print(f"deeproom: {exc}", file=sys.stderr)

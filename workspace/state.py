@@ -193,7 +193,7 @@ def check_json(value: Any, what: str, *, max_depth: int = MAX_JSON_DEPTH, max_no
                 raise ValidationError(f"{where}: whole numbers must be within ±2**53; got {brief(v)}")
         elif isinstance(v, float):
             if not math.isfinite(v):
-                raise ValidationError(f"{where}: numbers must be finite; got {v}")
+                raise ValidationError(f"{where}: numbers must be finite (plain JSON has no NaN or Infinity); got {v}")
         elif isinstance(v, str):
             _check_json_text(v, where)
         elif isinstance(v, Mapping | list | tuple):
