@@ -9,9 +9,8 @@ its local z = 0 plane, seen from local -z, centred on its position.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -177,118 +176,21 @@ def fit_unit(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 # --- model graph layout -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class GraphNode:
-    """One box drawn for a model graph: a layer, or a collapsed group of layers."""
-
-    key: str
-    name: str
-    op: str
-    params: int
-    rank: int
-    order: int
-    group: str | None  # for a collapsed group: the group id; for a layer: its group
-    members: int  # layers it stands for (1 for a layer)
-    collapsed: bool
+# GraphNode, GraphLayout, layout_graph and default_collapsed live in graph_layout (the
+# graph panel's layout: collapsed groups, wrapped rows, label size); re-exported here.
+from deeproom.scenes.graph_layout import HUGE_GRAPH as HUGE_GRAPH  # noqa: E402
+from deeproom.scenes.graph_layout import GraphLayout as GraphLayout  # noqa: E402
+from deeproom.scenes.graph_layout import GraphNode as GraphNode  # noqa: E402
+from deeproom.scenes.graph_layout import default_collapsed as default_collapsed  # noqa: E402
+from deeproom.scenes.graph_layout import layout_graph as layout_graph  # noqa: E402
 
 
-@dataclass(frozen=True, slots=True)
-class GraphLayout:
-    nodes: list[GraphNode]
-    positions: np.ndarray  # [N, 3] in [-0.5, 0.5] x [-0.5, 0.5] x [-0.5, 0.5]
-    edges: list[tuple[int, int]]  # indices into nodes, deduplicated
-    ranks: int
-
-
-HUGE_GRAPH = 400
-"""Graphs with more layers than this open with their top-level groups collapsed."""
-
-
-def _ancestors(groups: Mapping[str, str | None], gid: str | None) -> list[str]:
-    chain: list[str] = []
-    seen: set[str] = set()
-    while gid is not None and gid in groups and gid not in seen:
-        chain.append(gid)
-        seen.add(gid)
-        gid = groups[gid]
-    return chain  # innermost first
-
-
-def default_collapsed(meta: Mapping[str, Any]) -> set[str]:
-    """Huge graphs open with their top-level groups collapsed; small ones fully open."""
-    nodes = meta.get("nodes") or []
-    if len(nodes) <= HUGE_GRAPH:
-        return set()
-    return {str(g["id"]) for g in meta.get("groups") or [] if g.get("parent") in (None, "")}
-
-
-def layout_graph(meta: Mapping[str, Any], collapsed: set[str] | frozenset[str] = frozenset()) -> GraphLayout:
-    """Layered layout of a model_graph blob's meta: ranks left to right, branches stacked.
-
-    Layers inside a collapsed group (at any depth) become one node for the outermost
-    collapsed group. Ranks and orders are made dense again after collapsing.
-    """
-    raw_nodes = list(meta.get("nodes") or [])
-    groups = {str(g.get("id")): (None if g.get("parent") in (None, "") else str(g.get("parent")))
-              for g in meta.get("groups") or [] if isinstance(g, Mapping)}
-    group_names = {str(g.get("id")): str(g.get("name", g.get("id"))) for g in meta.get("groups") or []
-                   if isinstance(g, Mapping)}
-    key_of: dict[str, str] = {}
-    agg: dict[str, dict[str, Any]] = {}
-    for i, n in enumerate(raw_nodes):
-        if not isinstance(n, Mapping):
-            continue
-        nid = str(n.get("id", i))
-        gid = n.get("group")
-        gid = None if gid in (None, "") else str(gid)
-        chain = _ancestors(groups, gid)
-        outer = next((g for g in reversed(chain) if g in collapsed), None)
-        rank = int(n.get("rank", i) or 0)
-        order = int(n.get("order", 0) or 0)
-        params = int(n.get("params", 0) or 0)
-        if outer is None:
-            key = "n:" + nid
-            agg[key] = {"name": str(n.get("name", nid)), "op": str(n.get("op", "")), "params": params,
-                        "ranks": [rank], "orders": [order], "group": gid, "members": 1, "collapsed": False}
-        else:
-            key = "g:" + outer
-            a = agg.setdefault(key, {"name": group_names.get(outer, outer), "op": "group", "params": 0,
-                                     "ranks": [], "orders": [], "group": outer, "members": 0, "collapsed": True})
-            a["params"] += params
-            a["ranks"].append(rank)
-            a["orders"].append(order)
-            a["members"] += 1
-        key_of[nid] = key
-    keys = list(agg)
-    raw_rank = {k: min(agg[k]["ranks"]) for k in keys}
-    dense_rank = {r: i for i, r in enumerate(sorted(set(raw_rank.values())))}
-    by_rank: dict[int, list[str]] = {}
-    for k in keys:
-        by_rank.setdefault(dense_rank[raw_rank[k]], []).append(k)
-    nodes: list[GraphNode] = []
-    index: dict[str, int] = {}
-    n_ranks = max(len(dense_rank), 1)
-    pos = np.zeros((len(keys), 3), dtype=np.float32)
-    widest = max((len(v) for v in by_rank.values()), default=1)
-    for r in sorted(by_rank):
-        ks = sorted(by_rank[r], key=lambda k: (float(np.mean(agg[k]["orders"])), k))
-        for o, k in enumerate(ks):
-            a = agg[k]
-            index[k] = len(nodes)
-            nodes.append(GraphNode(k, a["name"], a["op"], a["params"], r, o, a["group"], a["members"], a["collapsed"]))
-            x = (r + 0.5) / n_ranks - 0.5
-            y = 0.0 if len(ks) == 1 else (0.5 - (o + 0.5) / len(ks)) * min(1.0, len(ks) / max(widest, 1) * 1.6)
-            z = 0.0
-            pos[index[k]] = (x, y, z)
-    edges: set[tuple[int, int]] = set()
-    for e in meta.get("edges") or []:
-        if not isinstance(e, list | tuple) or len(e) != 2:
-            continue
-        src, dst = key_of.get(str(e[0])), key_of.get(str(e[1]))
-        if src is None or dst is None or src == dst:
-            continue
-        edges.add((index[src], index[dst]))
-    return GraphLayout(nodes, pos, sorted(edges), n_ranks)
+def viewpoint_facing(frame: PanelFrame, point: Sequence[float] | np.ndarray,
+                     distance: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
+    """Where to stand to read `point` on a panel's face: `distance` metres in front of it,
+    looking at it. Returns (eye position, point to look at), world coordinates."""
+    p = np.asarray(point, dtype=np.float64)
+    return p + frame.normal * float(distance), p
 
 
 def edge_polyline(a: np.ndarray, b: np.ndarray, rank_span: int, bow: float, segments: int = 8) -> np.ndarray:

@@ -13,7 +13,6 @@ unscaled), so input from a mouse, a controller or a test lands on the same regio
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from panda3d.core import NodePath, Quat, TransparencyAttrib
 from ursina import Entity, Text, color
 from ursina.texture import Texture as UrsinaTexture
 
-from deeproom.scenes import batch, colormap, geometry, painting
+from deeproom.scenes import batch, colormap, geometry, graph_layout, painting
 from deeproom.scenes.prepared import (
     CloudContent,
     ContentFailure,
@@ -134,113 +133,169 @@ def op_colour(op: str) -> tuple[int, int, int]:
 
 
 class GraphView(ContentView):
-    """A model graph in 3D: layers as boxes (one mesh), edges as lines (one mesh), few labels."""
+    """A model graph: layers and collapsed groups as labelled boxes (one mesh, with the
+    plates of expanded groups), edges as lines (one mesh), a text per label (at most
+    `graph_layout.MAX_LABELS`). The layout wraps into rows to fit the face, with the
+    largest text that fits; clicks expand and collapse groups in place."""
 
-    MAX_LABELS = 40
+    TEXT_FILL = 1.0
+    """Label text line height as a share of the layout's text height."""
 
     def __init__(self, parent: Entity, width: float, height: float, meta: dict[str, Any],
                  collapsed: set[str] | None = None) -> None:
         super().__init__(parent, width, height)
         self.meta = meta
-        self.collapsed = set(geometry.default_collapsed(meta) if collapsed is None else collapsed)
+        self.index = graph_layout.GraphIndex(meta)
+        self.collapsed = set(graph_layout.default_collapsed(self.index) if collapsed is None else collapsed)
         self.selected: int | None = None
+        self.selected_key: str | None = None
         self.layout: geometry.GraphLayout | None = None
         self.world: np.ndarray = np.zeros((0, 3), np.float32)
         self.half: np.ndarray = np.zeros((0, 3), np.float32)
+        self.labels: list[tuple[int, Text]] = []
+        """(node index, its label) for every label drawn."""
+
+    @property
+    def face(self) -> tuple[float, float]:
+        """The area the graph is laid out in (metres, unscaled), inside the panel's margins."""
+        return self.width * 0.96, self.height * 0.92
 
     def build(self) -> None:
-        self.layout = lay = geometry.layout_graph(self.meta, self.collapsed)
+        self.layout = lay = graph_layout.layout_graph(self.index, self.collapsed, self.face)
         n = len(lay.nodes)
-        w, h = self.width * 0.94, self.height * 0.86
-        depth = min(w, h) * 0.3
-        pos = lay.positions * np.array([w, h, depth], np.float32)
-        pos[:, 1] -= self.height * 0.03
-        per_rank = np.bincount([nd.rank for nd in lay.nodes], minlength=lay.ranks).max() if n else 1
-        hx = min(0.3 * w / max(lay.ranks, 1), 0.07)
-        hy = min(0.3 * h / max(per_rank, 1), 0.1)
-        params = np.array([max(nd.params, 1) for nd in lay.nodes], np.float64)
-        rel = np.log10(params) / max(float(np.log10(params.max())) if n else 1.0, 1.0)
-        half = np.stack([np.full(n, hx), np.full(n, hy), (0.25 + 0.75 * rel) * max(hx, hy)], axis=1).astype(np.float32)
-        for i, nd in enumerate(lay.nodes):
-            if nd.collapsed:
-                half[i] *= np.float32(1.35)
-        pos[:, 2] -= half[:, 2] + 0.01  # boxes stand in front of the face
-        cols = np.array([op_colour(nd.op) for nd in lay.nodes], np.uint8).reshape(-1, 3)
-        self.world, self.half = pos, half
+        pos = lay.positions.astype(np.float32).copy()
+        half = lay.half.astype(np.float32).copy()
+        s = lay.text_height
         if n:
-            node = batch.boxes("graph-nodes", pos, half, cols)
+            params = np.array([max(nd.params, 1) for nd in lay.nodes], np.float64)
+            rel = np.log10(params) / max(float(np.log10(params.max())), 1.0)
+            half[:, 2] = (0.15 + 0.35 * rel) * np.minimum(half[:, 0], half[:, 1])
+        pos[:, 2] = -(half[:, 2] + 0.006)  # boxes stand in front of the face (and of the plates)
+        self.world, self.half = pos, half
+        cols = np.array([op_colour(nd.op) for nd in lay.nodes], np.uint8).reshape(-1, 3)
+        centres, halves, colours = [pos], [half], [cols]
+        if lay.plates:
+            pc = np.array([[(p.lo[0] + p.hi[0]) / 2, (p.lo[1] + p.hi[1]) / 2, -0.003] for p in lay.plates], np.float32)
+            ph = np.array([[(p.hi[0] - p.lo[0]) / 2, (p.hi[1] - p.lo[1]) / 2, 0.002] for p in lay.plates], np.float32)
+            pc[:, 2] -= np.array([0.0005 * p.depth for p in lay.plates], np.float32)  # inner plates in front
+            shade = np.array([[44 + 14 * min(p.depth, 5), 52 + 14 * min(p.depth, 5), 70 + 16 * min(p.depth, 5)]
+                              for p in lay.plates], np.uint8)
+            centres.append(pc)
+            halves.append(ph)
+            colours.append(shade)
+        if n:
+            node = batch.boxes("graph-nodes", np.concatenate(centres), np.concatenate(halves), np.concatenate(colours))
             node.reparent_to(self.parent)
             self.nodes.append(node)
         if lay.edges:
-            pts: list[np.ndarray] = []
-            segs: list[np.ndarray] = []
-            ecol: list[np.ndarray] = []
-            base = 0
-            for a, b in lay.edges:
-                span = abs(lay.nodes[b].rank - lay.nodes[a].rank)
-                line = geometry.edge_polyline(pos[a], pos[b], span, bow=min(w, h) * 0.05)
-                k = len(line)
-                pts.append(line)
-                segs.append(np.stack([np.arange(k - 1), np.arange(1, k)], axis=1) + base)
-                c = (250, 200, 90) if span > 1 else (150, 160, 185)  # skip connections stand out
-                ecol.append(np.tile(np.array(c, np.uint8), (k, 1)))
-                base += k
-            edges = batch.lines("graph-edges", np.concatenate(pts), np.concatenate(segs),
-                                np.concatenate(ecol), thickness=1.5)
+            e = np.asarray(lay.edges, np.int64)
+            ranks = np.array([nd.rank for nd in lay.nodes], np.int64)
+            skip = ranks[e[:, 1]] - ranks[e[:, 0]] > 1
+            pts = np.empty((2 * len(e), 3), np.float32)
+            pts[0::2], pts[1::2] = pos[e[:, 0]], pos[e[:, 1]]
+            pts[:, 2] = -0.0045  # on the plates, behind the boxes
+            segs = np.arange(2 * len(e), dtype=np.int64).reshape(-1, 2)
+            ecol = np.where(np.repeat(skip, 2)[:, None], np.array([250, 200, 90], np.uint8),
+                            np.array([150, 160, 185], np.uint8)).astype(np.uint8)  # skip connections stand out
+            edges = batch.lines("graph-edges", pts, segs, ecol, thickness=1.5)
             edges.reparent_to(self.parent)
             self.nodes.append(edges)
-        self._labels(lay, pos, half)
+        self.labels = []
+        for i in lay.labelled:
+            nd = lay.nodes[i]
+            c = cols[i].astype(np.float64)
+            light = 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2] > 140
+            size = s * float(lay.text_scale[i]) * self.TEXT_FILL / TEXT_LINE
+            t = Text(nd.label, parent=self.parent, origin=(0, 0), scale=size,
+                     position=(float(pos[i, 0]), float(pos[i, 1]), float(pos[i, 2] - half[i, 2] - 0.002)),
+                     color=color.rgb(0.05, 0.06, 0.09) if light else color.rgb(0.95, 0.96, 0.99))
+            self.entities.append(t)
+            self.labels.append((i, t))
         self.outline = Entity(parent=self.parent, model="wireframe_cube", color=color.white, enabled=False)
         self.entities.append(self.outline)
+        if self.selected_key is not None:
+            keys = [nd.key for nd in lay.nodes]
+            self.select(keys.index(self.selected_key) if self.selected_key in keys else None)
 
-    def _labels(self, lay: geometry.GraphLayout, pos: np.ndarray, half: np.ndarray) -> None:
-        picks = [i for i, nd in enumerate(lay.nodes) if nd.collapsed] or list(range(len(lay.nodes)))
-        # Labels need room: about 12 cm each along the ranks, and at most MAX_LABELS in all.
-        room_for = max(1, int(self.width * 0.94 / 0.12))
-        limit = min(self.MAX_LABELS, room_for)
-        if len(picks) > limit:
-            step = len(picks) / limit
-            picks = [picks[int(k * step)] for k in range(limit)]
-        size = min(2.0, max(1.0, 12.0 / max(math.sqrt(len(lay.nodes)), 1.0)))
-        for i in picks:
-            nd = lay.nodes[i]
-            short = nd.name if nd.collapsed else nd.name.rsplit(".", 2)[-1] if nd.name.count(".") > 1 else nd.name
-            name = short if len(short) <= 14 else short[:13] + "…"
-            label = f"{name} ({nd.members})" if nd.collapsed else name
-            t = Text(label, parent=self.parent, scale=size, origin=(0, 0.5),
-                     position=(float(pos[i, 0]), float(pos[i, 1] - half[i, 1] - 0.006), float(pos[i, 2] - half[i, 2] - 0.002)),
-                     color=color.rgb(0.85, 0.88, 0.95))
-            self.entities.append(t)
+    def rebuild(self) -> None:
+        """Lay the graph out again (after the collapsed set changed) and redraw it."""
+        self.teardown()
+        self.build()
+
+    def set_collapsed(self, collapsed: set[str] | frozenset[str]) -> None:
+        self.collapsed = {str(g) for g in collapsed}
+        self.rebuild()
+
+    def toggle_group(self, group_id: str) -> set[str]:
+        """Collapse an expanded group or expand a collapsed one; returns the new collapsed set."""
+        gid = str(group_id)
+        if gid not in self.index.parent:
+            raise KeyError(f"no group {gid!r} in this graph")
+        self.set_collapsed(self.collapsed ^ {gid})
+        return set(self.collapsed)
+
+    def find(self, query: str, limit: int = 20) -> list[graph_layout.Match]:
+        """Layers and groups whose name holds `query` (any case), drawn or not, best first."""
+        return graph_layout.find(self.index, query, limit)
+
+    def focus(self, key: str) -> tuple[float, float, float]:
+        """Show the layer or group `key` (a `Match.key`): expand what hides it, outline it and
+        return where it is (panel-local, unscaled: `PanelView.to_world` makes it a world point)."""
+        wanted = graph_layout.expand_to(self.index, self.collapsed, key)
+        if wanted != self.collapsed:
+            self.set_collapsed(wanted)
+        assert self.layout is not None
+        keys = [nd.key for nd in self.layout.nodes]
+        if key in keys:
+            i = keys.index(key)
+            self.select(i)
+            return (float(self.world[i, 0]), float(self.world[i, 1]), float(self.world[i, 2] - self.half[i, 2]))
+        plate = next((p for p in self.layout.plates if "g:" + p.group == key), None)  # an expanded group
+        if plate is None:
+            raise KeyError(f"{key!r} is not drawn")
+        self.select(None)
+        return ((plate.lo[0] + plate.hi[0]) / 2, (plate.lo[1] + plate.hi[1]) / 2, -0.005)
 
     def node_at(self, u: float, v: float) -> int | None:
         if self.layout is None or not len(self.world):
             return None
-        d = np.abs(self.world[:, :2] - np.array([u, v], np.float32)) - self.half[:, :2] * 1.3
+        slack = max(self.layout.text_height * 0.15, 0.004)
+        d = np.abs(self.world[:, :2] - np.array([u, v], np.float32)) - self.half[:, :2] - slack
         inside = np.flatnonzero((d <= 0).all(axis=1))
         if len(inside):
             return int(inside[0])
         dist = np.hypot(self.world[:, 0] - u, self.world[:, 1] - v)
         i = int(dist.argmin())
-        return i if dist[i] < 0.03 else None
+        return i if dist[i] < 0.012 else None
 
     def select(self, index: int | None) -> None:
         self.selected = index
+        self.selected_key = None if index is None or self.layout is None else self.layout.nodes[index].key
         if index is None:
             self.outline.enabled = False
             return
         self.outline.enabled = True
         self.outline.position = tuple(float(x) for x in self.world[index])
-        self.outline.scale = tuple(float(x) * 2.4 for x in self.half[index])
+        self.outline.scale = tuple(float(x) * 2.0 + 0.01 for x in self.half[index])
 
     def click(self, u: float, v: float) -> str | None:
-        i = self.node_at(u, v)
-        if i is None or self.layout is None:
+        """"expand:<group>" on a collapsed group, "layer:<name>" on a layer (selected),
+        "collapse:<group>" on the plate of an expanded group, else None."""
+        if self.layout is None:
             return None
+        i = self.node_at(u, v)
+        if i is None:
+            plate = graph_layout.plate_at(self.layout, u, v)
+            return None if plate is None else f"collapse:{plate.group}"
         nd = self.layout.nodes[i]
         if nd.collapsed and nd.group is not None:
             return f"expand:{nd.group}"
         self.select(i)
         return f"layer:{nd.name}"  # the layer's name: a module path (torch) or node name (ONNX)
+
+
+TEXT_LINE = 0.025
+"""Line height of an Ursina Text of scale 1, in its parent's units (`Text.size`)."""
 
 
 class CloudView(ContentView):
