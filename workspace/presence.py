@@ -93,7 +93,10 @@ class Pose:
 def _floats(values: Sequence[float], n: int, what: str) -> tuple[float, ...]:
     if len(values) != n:
         raise ValidationError(f"{what} needs {n} numbers; got {len(values)}")
-    out = tuple(float(v) for v in values)
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError, OverflowError):
+        raise ValidationError(f"{what} needs {n} numbers") from None
     for v in out:
         if not math.isfinite(v) or abs(v) > MAX_COORD:
             raise ValidationError(f"{what} values must be finite and within ±{MAX_COORD:g}; got {v}")
