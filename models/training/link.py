@@ -30,6 +30,10 @@ ContentFn = Callable[[], tuple[dict[str, Any], dict[str, np.ndarray]]]
 """Builds (meta, arrays) for a content blob; called on the publisher thread."""
 
 
+PANEL_SIZES = {"metrics": (1.3, 0.85), "latent_cloud": (1.6, 1.0), "confusion_matrix": (1.0, 0.95)}
+"""Size of a run's new panels by kind (metres); others get 1.2 x 0.9."""
+
+
 class RoomLink(Protocol):
     """What a run needs from a room."""
 
@@ -199,8 +203,13 @@ class RelayLink:
             room = getattr(self.client, "room", None)
             exists = room is not None and panel_id in getattr(room, "panels", {})
             if not exists:
+                from deeproom.placement import free_slot
+
+                # A free place (never on top of another panel): a run's panels used to share one spot.
+                size = PANEL_SIZES.get(kind, (1.2, 0.9))
+                beside = next(iter(self._panels), None)
                 op = {"op": "add_panel", "panel_id": panel_id, "kind": kind, "title": title[:100],
-                      "content": content}
+                      "content": content, "size": list(size), "transform": free_slot(room, beside, size)}
                 try:
                     self.client.apply(op).result(timeout=20)
                     self._panels.add(panel_id)

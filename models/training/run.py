@@ -646,6 +646,7 @@ class Run:
             "run": self.name,
             "what": what,
             "owner": self.link.participant_id if self.link is not None else None,
+            "engine": self.link.participant_id if self.link is not None else None,  # whom actions go to
             "status": self.status,
             "step": self.step,
             "epoch": self.epoch,

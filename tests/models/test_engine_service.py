@@ -288,3 +288,19 @@ def test_confusion_matrix_panel_carries_per_class_scores(room: dict[str, Any]) -
     assert arrays["precision"].shape == arrays["recall"].shape == arrays["f1"].shape == (2,)
     assert float(arrays["f1"].min()) > 0.9
     assert overlapping(mo.client.room) == []
+
+
+def test_a_runs_three_panels_do_not_land_on_one_spot(room: dict[str, Any]) -> None:
+    """watch() and label-demo publish through RelayLink: each new panel gets a free slot."""
+    from deeproom.models.training.link import RelayLink
+
+    link = RelayLink(room["host"].url, "svc", "run")
+    try:
+        for what, kind in (("metrics", "metrics"), ("cloud", "latent_cloud"), ("confusion", "confusion_matrix")):
+            link.publish(f"run.{what}", kind, what, {"run": "run"}, lambda: ({"kind": "note", "text": "x"}, {}))
+        assert link.flush(30)
+        mo: Peer = room["member"]
+        mo.wait(lambda: {"run.metrics", "run.cloud", "run.confusion"} <= set(mo.client.room.panels))
+        assert overlapping(mo.client.room) == []
+    finally:
+        link.close()
