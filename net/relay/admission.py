@@ -329,6 +329,7 @@ class Admission:
         for other in [s for s in room.sessions.values() if s.participant_id == target]:
             room.sessions.pop(other.sid, None)
             other.room_id = other.participant_id = None
+            await self.backend.connections(room.id, target, -1)
             await self.sio.leave_room(other.sid, room.id)
             await self.sio.leave_room(other.sid, f"p:{room.id}:{target}")
             try:

@@ -8,9 +8,10 @@ connection handlers (a client could "disconnect" itself while keeping its socket
 wrong arguments. `RelaySocketServer` lets through only the relay's client events
 (`CLIENT_EVENTS`) and answers anything else with an error, before dispatch.
 
-JSON nested deeper than the decoder's recursion limit would fail inside
-python-socketio's packet decoding, where no ack can be sent; `RelayPacket` decodes
-with a depth bound and hands the handler a marker instead, which is refused with a
+JSON nested deeper than the decoder's recursion limit (or an integer longer than
+Python converts) would fail inside python-socketio's packet decoding, where no ack
+can be sent; `RelayPacket` decodes with a depth bound and, for a message it cannot
+read, hands the dispatcher an `Unreadable` marker instead, which is refused with a
 clear error.
 """
 
@@ -37,14 +38,15 @@ MAX_WIRE_DEPTH = 32
 """Deepest nesting of a message's JSON (payloads inside are held to `protocol.MAX_DEPTH`)."""
 
 
-class _TooDeep:
-    """Stands in for a message argument that nested deeper than `MAX_WIRE_DEPTH`."""
+class Unreadable:
+    """Stands in for the arguments of a message the relay would not decode, and says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
     def __repr__(self) -> str:
-        return "<too deep>"
+        return f"<unreadable: {self.reason}>"
 
-
-TOO_DEEP = _TooDeep()
 _EVENT_NAME = re.compile(r'\s*\[\s*"((?:[^"\\]|\\.){0,64})"')
 
 
@@ -70,20 +72,23 @@ class BoundedJson:
 
     @staticmethod
     def loads(text: str | bytes, **kwargs: Any) -> Any:
+        too_deep = f"nests deeper than {MAX_WIRE_DEPTH} levels"
         try:
             value = json.loads(text, **kwargs)
         except RecursionError:
-            return _too_deep(text)
+            return _unreadable(text, too_deep)
+        except ValueError as exc:  # not JSON, or an integer of thousands of digits
+            return _unreadable(text, f"is not JSON the relay reads ({str(exc)[:80]})")
         s = text if isinstance(text, str) else text.decode("utf-8", "replace")
         if s.count("[") + s.count("{") > MAX_WIRE_DEPTH and _depth_over(value, MAX_WIRE_DEPTH):
-            return _too_deep(s)
+            return _unreadable(s, too_deep)
         return value
 
 
-def _too_deep(text: str | bytes) -> list[Any]:
+def _unreadable(text: str | bytes, reason: str) -> list[Any]:
     s = text if isinstance(text, str) else text.decode("utf-8", "replace")
     m = _EVENT_NAME.match(s)
-    return [m.group(1) if m else "?", TOO_DEEP]
+    return [m.group(1) if m else "?", Unreadable(reason)]
 
 
 class RelayPacket(sio_packet.Packet):
@@ -110,8 +115,9 @@ class RelaySocketServer(socketio.AsyncServer):
         if not isinstance(event, str) or event not in CLIENT_EVENTS:
             shown = event[:40] if isinstance(event, str) else type(event).__name__
             refusal = ProtocolError(f"unknown event {shown!r}; clients send {', '.join(sorted(CLIENT_EVENTS))}")
-        elif any(arg is TOO_DEEP for arg in data[1:]):
-            refusal = ProtocolError(f"{event} message nests deeper than {MAX_WIRE_DEPTH} levels")
+        elif any(isinstance(arg, Unreadable) for arg in data[1:]):
+            reason = next(arg.reason for arg in data[1:] if isinstance(arg, Unreadable))
+            refusal = ProtocolError(f"{event} message {reason}")
         if refusal is None:
             await super()._handle_event(eio_sid, namespace, id, data)
             return

@@ -307,6 +307,10 @@ async def test_deeply_nested_messages_get_an_error_ack(relay: EmbeddedRelay, raw
         text = '2["op",' + "[" * 100_000 + "]" * 100_000 + "]"
         await r.sio.eio.send(text)
         await eventually(lambda: any("deeper" in e["message"] for e in r.errors))
+        # an integer longer than Python converts: refused too, not dropped in the decoder
+        await asyncio.sleep(0.6)  # error events are sent at most twice a second
+        await r.sio.eio.send('2["op",{"id":"big","op":{"op":"raise_hand","participant_id":"r","raised":' + "9" * 5000 + "}}]")
+        await eventually(lambda: any("not JSON the relay reads" in e["message"] for e in r.errors))
         assert host.room == before
         ok = await r.call("op", {"id": "fine", "op": {"op": "raise_hand", "participant_id": "r", "raised": True}})
         assert ok["ok"] and ok["update"], ok
