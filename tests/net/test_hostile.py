@@ -166,6 +166,24 @@ async def test_op_ids_are_scoped_to_their_sender(relay: EmbeddedRelay, raws: lis
         assert replay_b == {"ok": True, "duplicate": True}
 
 
+async def test_op_ids_are_scoped_to_their_sender_in_redis(tmp_path: Path, redis_url: str, raws: list[Raw]) -> None:
+    async with (
+        EmbeddedRelay(data_dir=tmp_path / "n1", redis_url=redis_url) as n1,
+        EmbeddedRelay(data_dir=tmp_path / "n2", redis_url=redis_url) as n2,
+    ):
+        a, b = await raw(n1.url, raws), await raw(n2.url, raws)
+        assert (await a.join("rids", "a", key=KEY))["ok"]
+        assert (await b.join("rids", "b", key=KEY))["ok"]
+        op = {"op": "add_panel", "panel_id": "pa", "kind": "note", "title": "A"}
+        assert not (await a.call("op", {"id": "same", "op": op})).get("duplicate")
+        mine = await b.call("op", {"id": "same", "op": {**op, "panel_id": "pb"}})
+        assert mine["ok"] and not mine.get("duplicate"), mine
+        replay = await b.call("op", {"id": "same", "op": {**op, "panel_id": "pc"}})
+        assert replay == {"ok": True, "duplicate": True}
+        await eventually(lambda: {"pa", "pb"} <= set(n2.server.rooms["rids"].doc.snapshot().panels))
+        assert "pc" not in n1.server.rooms["rids"].doc.snapshot().panels
+
+
 async def test_join_and_leave_ops_from_clients_are_refused(relay: EmbeddedRelay, raws: list[Raw]) -> None:
     async with RoomClient(relay.url, room="jl", name="Host") as host:
         r = await raw(relay.url, raws)
