@@ -374,3 +374,28 @@ async def test_uploads_stream_to_disk_not_into_relay_memory(tmp_path: Path, raws
         await eventually(lambda: not list((data_dir / "blobs").rglob(".tmp-*")), timeout=10)
     finally:
         stop(proc)
+
+
+async def test_serve_command_takes_the_policy(tmp_path: Path) -> None:
+    """`deeproom serve --room-creation token --create-token ... --rooms-per-address 1` as a process."""
+    from .conftest import free_port, start_relay_process, stop, wait_for_port
+
+    port = free_port()
+    (tmp_path / "relay").mkdir()
+    proc = start_relay_process(tmp_path / "relay", port, "--room-creation", "token", "--create-token", "tok-123456",
+                               "--rooms-per-address", "1")
+    try:
+        wait_for_port(port, proc)
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(JoinRefused, match="creation token"):
+            await RoomClient(url, room="a", name="Eve", connect_timeout=10).connect()
+        async with RoomClient(url, room="a", name="Host", create_token="tok-123456") as host:
+            assert host.role is not None and host.role.value == "host"
+        r = await Raw().connect(url)
+        try:
+            second = await r.join("b", "h", key=KEY, create_token="tok-123456")
+            assert second["ok"] is False and second["error"]["type"] == "RateLimited"
+        finally:
+            await r.close()
+    finally:
+        stop(proc)
