@@ -318,8 +318,10 @@ class RoomDocument:
             return bytes(self._doc.get_update())
         try:
             return bytes(self._doc.get_update(state_vector))
-        except Exception as exc:  # pycrdt raises plain exceptions on garbage
-            raise ValidationError(f"not a valid state vector: {exc}") from None
+        except BaseException as exc:  # pycrdt raises plain exceptions (or panics) on garbage
+            if not _is_crdt_failure(exc):
+                raise
+            raise ValidationError(f"not a valid state vector: {_describe(exc)}") from None
 
     def apply_update(self, update: bytes) -> Room:
         """Merge an update from another copy. Applying one twice, or out of order, is harmless."""
@@ -327,9 +329,11 @@ class RoomDocument:
             raise ValidationError(f"a room update must be bytes; got {type(update).__name__}")
         try:
             self._doc.apply_update(bytes(update))
-        except Exception as exc:
+        except BaseException as exc:
+            if not _is_crdt_failure(exc):
+                raise
             self._updates.clear()
-            raise ValidationError(f"not a valid room update: {exc}") from None
+            raise ValidationError(f"not a valid room update: {_describe(exc)}") from None
         self._notify(None, None, REMOTE)
         return self.snapshot()
 
