@@ -26,6 +26,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -67,6 +68,8 @@ class RelayServer:
     def __init__(self, settings: RelaySettings) -> None:
         self.settings = settings
         self.sessions: dict[str, Session] = {}
+        self._connections: Counter[str] = Counter()
+        """Open sockets per client address."""
         self._closed = False
         self.backend: RoomBackend
         manager = None
@@ -263,8 +266,14 @@ class RelayServer:
 
     async def _on_connect(self, sid: str, environ: Any, auth: Any = None) -> bool:
         s = self.settings
+        address = _address(environ)
+        if self._connections[address] >= s.connections_per_address:
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"too many connections from your address (at most {s.connections_per_address})"
+            )
+        self._connections[address] += 1
         self.sessions[sid] = Session(
-            sid, _address(environ), TokenBucket(*s.pose_rate), TokenBucket(*s.op_rate), TokenBucket(*s.event_rate)
+            sid, address, TokenBucket(*s.pose_rate), TokenBucket(*s.op_rate), TokenBucket(*s.event_rate)
         )
         return True
 
@@ -272,6 +281,9 @@ class RelayServer:
         sess = self.sessions.pop(sid, None)
         if sess is None:
             return
+        self._connections[sess.address] -= 1
+        if self._connections[sess.address] <= 0:
+            del self._connections[sess.address]
         try:
             self.blob_service.abandon_all(sess)  # a half-received blob never reaches the store
             await self.admission.disconnected(sess)

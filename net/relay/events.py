@@ -21,6 +21,8 @@ from deeproom.state import Role, check_participant_id
 MEMBER_UP = (Role.HOST, Role.PRESENTER, Role.MEMBER)
 RUNS_ROOM = (Role.HOST, Role.PRESENTER)
 MAX_STREAMS_PER_ROOM = 256
+MAX_STREAM_BYTES_PER_ROOM = 8 * 1024 * 1024
+"""The latest stream messages kept for late joiners, per room: at most this many bytes (oldest go first)."""
 
 
 async def forward_event(settings: RelaySettings, sio: socketio.AsyncServer, sess: Session, room: LiveRoom,
@@ -52,10 +54,14 @@ async def forward_event(settings: RelaySettings, sio: socketio.AsyncServer, sess
         panel, channel = payload.get("panel_id"), payload.get("channel", "")
         if isinstance(panel, str) and isinstance(channel, str):
             k = (panel[:128], channel[:128])
-            room.streams.pop(k, None)
+            old = room.streams.pop(k, None)
+            if old is not None:
+                room.stream_bytes -= P.payload_size(old["payload"])
             room.streams[k] = message
-            while len(room.streams) > MAX_STREAMS_PER_ROOM:
-                room.streams.popitem(last=False)
+            room.stream_bytes += P.payload_size(payload)
+            while len(room.streams) > MAX_STREAMS_PER_ROOM or room.stream_bytes > MAX_STREAM_BYTES_PER_ROOM:
+                _, dropped = room.streams.popitem(last=False)
+                room.stream_bytes -= P.payload_size(dropped["payload"])
         await sio.emit("event", message, room=room.id, skip_sid=sess.sid)
     else:  # summon
         if role not in RUNS_ROOM:

@@ -55,6 +55,8 @@ class RelaySettings:
     """A room nobody has been in for this long is dropped from memory (and its log compacted)."""
 
     # --- policy for strangers (per client address) -------------------------------------
+    connections_per_address: int = 256
+    """Sockets one address may have open at once (a classroom behind one NAT fits)."""
     room_creation: str = "open"
     """"open": a join to a room that does not exist creates it; "token": only a join that
     carries `create_token` does (everyone else is told the room does not exist)."""

@@ -56,6 +56,9 @@ class LiveRoom:
     changed: set[str] = field(default_factory=set)
     remote_poses: dict[str, tuple[bytes, float]] = field(default_factory=dict)
     streams: OrderedDict[tuple[str, str], dict[str, Any]] = field(default_factory=OrderedDict)
+    """The latest `stream` event per (panel, channel), for late joiners."""
+    stream_bytes: int = 0
+    """Payload bytes held in `streams`."""
     leave_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     recent_ops: OrderedDict[str, None] = field(default_factory=OrderedDict)
     """Recently applied `op_key`s, so most replays are recognised without asking the store."""

@@ -399,3 +399,29 @@ async def test_serve_command_takes_the_policy(tmp_path: Path) -> None:
             await r.close()
     finally:
         stop(proc)
+
+
+async def test_connections_per_address_are_bounded(tmp_path: Path, raws: list[Raw]) -> None:
+    async with EmbeddedRelay(data_dir=tmp_path, connections_per_address=3) as relay:
+        for _ in range(3):
+            await raw(relay.url, raws)
+        with pytest.raises(socketio.exceptions.ConnectionError, match="failed to connect"):
+            await Raw().connect(relay.url)
+        await raws.pop().close()
+        await eventually(lambda: len(relay.server.sessions) == 2)
+        await raw(relay.url, raws)  # a closed one frees its place
+
+
+async def test_kept_stream_messages_are_bounded_per_room(relay: EmbeddedRelay) -> None:
+    from deeproom.net.relay.events import MAX_STREAM_BYTES_PER_ROOM
+
+    async with RoomClient(relay.url, room="st", name="Host") as host:
+        blob = "x" * 250_000
+        for i in range(45):  # ~11 MB of distinct (panel, channel) pairs
+            await host.send_event("stream", {"panel_id": "p", "channel": f"c{i}", "data": blob})
+        room = relay.server.rooms["st"]
+        assert room.stream_bytes <= MAX_STREAM_BYTES_PER_ROOM and 0 < len(room.streams) < 45
+        assert ("p", "c44") in room.streams and ("p", "c0") not in room.streams  # the oldest went first
+        from deeproom.net.protocol import payload_size
+
+        assert room.stream_bytes == sum(payload_size(m["payload"]) for m in room.streams.values())
