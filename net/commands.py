@@ -32,6 +32,8 @@ def register(commands: Any, bench: Any) -> None:
     policy.add_argument("--create-token", metavar="SECRET", help="the room creation token (needed with --room-creation token)")
     policy.add_argument("--connections-per-address", type=int, default=256, metavar="N",
                         help="sockets one address may have open at once (default 256)")
+    policy.add_argument("--joins-per-address", type=float, default=10.0, metavar="N",
+                        help="join attempts per second from one address, in bursts of 6N (default 10)")
     policy.add_argument("--rooms-per-address", type=float, default=20.0, metavar="N",
                         help="rooms one address may create per hour (default 20)")
     policy.add_argument("--password-attempts-per-address", type=float, default=8.0, metavar="N",
@@ -83,6 +85,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         blob_max_bytes=config.blob_max_bytes,
         store_max_bytes=config.store_max_bytes,
         connections_per_address=args.connections_per_address,
+        joins_per_address=(args.joins_per_address, 6 * args.joins_per_address),
         room_creation=args.room_creation,
         create_token=args.create_token,
         rooms_per_address=(args.rooms_per_address, args.rooms_per_address),
