@@ -51,13 +51,10 @@ def test_image_folder_and_its_bad_inputs(tmp_path: Path) -> None:
     assert ds.thumbnails().shape == (6, 8, 8, 3) and ds.thumbnails().dtype == np.uint8
     bad = _folder(tmp_path / "bad")
     (bad / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(DatasetError, match=r"broken\.png: not a readable image"):
-        load_image_folder(bad)
-    mixed = _folder(tmp_path / "mixed")
-    Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(mixed / "cat" / "tall.png")
-    with pytest.raises(DatasetError, match="all images must match"):
-        load_image_folder(mixed)
-    assert load_image_folder(mixed, image_size=8).x.shape == (7, 3, 8, 8)
+    Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(bad / "cat" / "tall.png")
+    skipped = load_image_folder(bad)  # skipped and counted, not fatal (tests/models/test_user_data.py)
+    assert len(skipped) == 6 and dict(skipped.skipped) == {"corrupt": 1, "odd size": 1}
+    assert load_image_folder(bad, image_size=8).x.shape == (7, 3, 8, 8)
     (tmp_path / "flat").mkdir()
     with pytest.raises(DatasetError, match="one sub-folder per class"):
         load_image_folder(tmp_path / "flat")
