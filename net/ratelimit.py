@@ -68,6 +68,9 @@ class BucketsByKey:
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
         return bucket
 
+    def __len__(self) -> int:
+        return len(self._buckets)
+
     def take(self, key: str, n: float = 1.0) -> bool:
         return self[key].take(n)
 
