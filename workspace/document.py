@@ -111,6 +111,7 @@ class RoomDocument:
         self._panels: Map = self._doc.get("panels", type=Map)
         self._participants: Map = self._doc.get("participants", type=Map)
         self._observers: list[Subscription] = []
+        self._scratch = _Scratch()
         self._snapshot: Room | None = None
         self._updates: list[bytes] = []
         # Parsed panels and participants, re-read only where a transaction touched them,
@@ -200,7 +201,7 @@ class RoomDocument:
         op.check(room, actor)
         stamp = time.time() if now is None else now
         writes = self._plan(op, actor, room, stamp)
-        _probe(op, writes)
+        self._scratch.probe(op, writes)
         self._commit(op, writes)
         return self._notify(op, actor, LOCAL)
 
@@ -209,10 +210,27 @@ class RoomDocument:
         panels, people, settings = self._panels, self._participants, self._settings
         writes: list[_Write] = []
 
+        # Each write carries what it replaces, read from the snapshot (no CRDT reads), so
+        # that a write failing half-way can be undone.
         def panel(panel_id: str, key: str, value: Any) -> None:
-            entry = panels[panel_id]
-            writes.append(_Write(entry, key, value))
-            writes.append(_Write(entry, "updated", now))
+            entry, old = panels[panel_id], room.panels[panel_id].to_dict()
+            writes.append(_Write(entry, key, value, old.get(key)))
+            writes.append(_Write(entry, "updated", now, old["updated"]))
+
+        def person(pid: str, key: str, value: Any) -> None:
+            writes.append(_Write(people[pid], key, value, room.participants[pid].to_dict()[key]))
+
+        old_settings = room.settings.to_dict()
+
+        def setting(key: str, value: Any) -> None:
+            writes.append(_Write(settings, key, value, old_settings[key]))
+
+        def entry_of(thing: Panel | Participant | None) -> Any:
+            if thing is None:
+                return _DELETE
+            fields = thing.to_dict()
+            del fields["id"]
+            return _Entry(fields)
 
         match op:
             case AddPanel():
@@ -227,7 +245,7 @@ class RoomDocument:
                     "created": now,
                     "updated": now,
                 }
-                writes.append(_Write(panels, op.panel_id, _Entry(fields)))
+                writes.append(_Write(panels, op.panel_id, _Entry(fields), _DELETE))
             case MovePanel():
                 panel(op.panel_id, "transform", op.transform.to_dict())
             case ResizePanel():
@@ -241,48 +259,52 @@ class RoomDocument:
             case UnlockPanel():
                 panel(op.panel_id, "lock_holder", None)
             case RemovePanel():
-                writes.append(_Write(panels, op.panel_id, _DELETE))
+                writes.append(_Write(panels, op.panel_id, _DELETE, entry_of(room.panels[op.panel_id])))
             case Join():
                 existing = room.participants.get(op.participant_id)  # a rejoin keeps hand and mute
-                person = {
+                fields = {
                     "name": op.display_name,
                     "colour": op.colour,
                     "role": op.role.value,
                     "hand_raised": existing.hand_raised if existing else False,
                     "muted": existing.muted if existing else False,
                 }
-                writes.append(_Write(people, op.participant_id, _Entry(person)))
+                writes.append(_Write(people, op.participant_id, _Entry(fields), entry_of(existing)))
             case Leave():
-                writes.append(_Write(people, op.participant_id, _DELETE))
+                writes.append(
+                    _Write(people, op.participant_id, _DELETE, entry_of(room.participants[op.participant_id]))
+                )
                 for p in room.panels.values():  # their locks go with them
                     if p.lock_holder == op.participant_id:
                         panel(p.id, "lock_holder", None)
                 if room.settings.presenter == op.participant_id:
-                    writes += [_Write(settings, "follow", FollowMode.OFF.value), _Write(settings, "presenter", None)]
+                    setting("follow", FollowMode.OFF.value)
+                    setting("presenter", None)
             case SetRole():
-                writes.append(_Write(people[op.participant_id], "role", op.role.value))
+                person(op.participant_id, "role", op.role.value)
                 if room.settings.presenter == op.participant_id and op.role not in (Role.HOST, Role.PRESENTER):
-                    writes += [_Write(settings, "follow", FollowMode.OFF.value), _Write(settings, "presenter", None)]
+                    setting("follow", FollowMode.OFF.value)
+                    setting("presenter", None)
             case SetProfile():
-                person_map = people[op.participant_id]
-                writes += [_Write(person_map, "name", op.display_name), _Write(person_map, "colour", op.colour)]
+                person(op.participant_id, "name", op.display_name)
+                person(op.participant_id, "colour", op.colour)
             case RaiseHand():
-                writes.append(_Write(people[op.participant_id], "hand_raised", op.raised))
+                person(op.participant_id, "hand_raised", op.raised)
             case MuteParticipant():
-                writes.append(_Write(people[op.participant_id], "muted", op.muted))
+                person(op.participant_id, "muted", op.muted)
             case LockLayout():
-                writes.append(_Write(settings, "layout_locked", op.locked))
+                setting("layout_locked", op.locked)
             case SetFollow():
-                presenter = op.presenter if op.mode is FollowMode.PRESENTER else None
-                writes += [_Write(settings, "follow", op.mode.value), _Write(settings, "presenter", presenter)]
+                setting("follow", op.mode.value)
+                setting("presenter", op.presenter if op.mode is FollowMode.PRESENTER else None)
             case MuteAll():
-                writes.append(_Write(settings, "muted_all", op.muted))
+                setting("muted_all", op.muted)
             case SetVoiceMode():
-                writes.append(_Write(settings, "voice", op.mode.value))
+                setting("voice", op.mode.value)
             case RenameRoom():
-                writes.append(_Write(settings, "name", op.room_name))
+                setting("name", op.room_name)
             case SetCapacity():
-                writes.append(_Write(settings, "capacity", op.capacity))
+                setting("capacity", op.capacity)
             case _:
                 raise ValidationError(f"operation {op.name!r} has no writer")  # a programming error
         return writes
@@ -290,7 +312,6 @@ class RoomDocument:
     def _commit(self, op: Operation, writes: list[_Write]) -> None:
         """Write everything in one transaction; should the CRDT fail half-way anyway, undo
         what was written, so that nothing of `op` remains."""
-        before = [(w.target, w.key, _read_value(w.target, w.key)) for w in writes]
         try:
             with self._doc.transaction(origin=LOCAL):
                 for w in writes:
@@ -299,8 +320,8 @@ class RoomDocument:
             if not _is_crdt_failure(exc):
                 raise
             with self._doc.transaction(origin=LOCAL):
-                for target, key, old in reversed(before):
-                    _put(target, key, old)
+                for w in reversed(writes):
+                    _put(w.target, w.key, w.old)
             # The undone half is part of this copy's history now: others must get it too,
             # or a later update that builds on it would wait for it for ever.
             update = self._notify(None, None, LOCAL)
@@ -393,6 +414,8 @@ class _Write:
     key: str
     value: Any
     """A plain value, an _Entry, or _DELETE."""
+    old: Any
+    """What it replaces, in the same forms (to undo it)."""
 
 
 class WriteUndone(ValidationError):
@@ -430,29 +453,29 @@ def _put(target: Map, key: str, value: Any) -> None:
         target[key] = value
 
 
-def _read_value(target: Map, key: str) -> Any:
-    """What `target[key]` holds now, in a form `_put` can write back."""
-    if key not in target:
-        return _DELETE
-    value = target[key]
-    if isinstance(value, Map):
-        return _Entry(value.to_py() or {})
-    return value.to_py() if hasattr(value, "to_py") else value
+class _Scratch:
+    """A throwaway document to try values in (renewed now and then so it stays small)."""
 
+    def __init__(self) -> None:
+        self.uses = 0
+        self.doc: Doc = Doc()
+        self.map = self.doc.get("probe", type=Map)
 
-def _probe(op: Operation, writes: list[_Write]) -> None:
-    """Write every value into a scratch document first: a value the CRDT cannot hold is
-    refused here, before the room's document is touched."""
-    scratch: Doc = Doc()
-    target = scratch.get("probe", type=Map)
-    try:
-        with scratch.transaction():
-            for i, w in enumerate(writes):
-                _put(target, str(i), w.value)
-    except BaseException as exc:
-        if not _is_crdt_failure(exc):
-            raise
-        raise ValidationError(f"{op.name} holds a value the room document cannot store: {_describe(exc)}") from None
+    def probe(self, op: Operation, writes: list[_Write]) -> None:
+        """Write every value here first: a value the CRDT cannot hold is refused before
+        the room's document is touched."""
+        self.uses += 1
+        if self.uses > 1000:
+            self.__init__()  # type: ignore[misc]
+        try:
+            with self.doc.transaction():
+                for i, w in enumerate(writes):
+                    _put(self.map, str(i), w.value)
+        except BaseException as exc:
+            if not _is_crdt_failure(exc):
+                raise
+            self.__init__()  # type: ignore[misc]  # a half-written scratch is not reused
+            raise ValidationError(f"{op.name} holds a value the room document cannot store: {_describe(exc)}") from None
 
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from deeproom.document import RoomDocument, WriteUndone, _Entry, _Write, new_room
+from deeproom.document import _DELETE, RoomDocument, WriteUndone, _Entry, _Write, new_room
 from deeproom.errors import DeepRoomError, ValidationError
 from deeproom.ops import SYSTEM, parse_operation
 from deeproom.state import Role
@@ -153,22 +153,36 @@ def test_a_write_the_crdt_refuses_half_way_is_undone() -> None:
     a lone surrogate slipped past the checks on purpose), what was written is undone and
     the undoing travels as an update, so other copies stay equal."""
     doc = room()
+    doc.apply({"op": "lock_panel", "panel_id": "p1"}, "mem")
+    doc.apply({"op": "set_role", "participant_id": "mem", "role": "presenter"}, "host")
+    doc.apply({"op": "set_follow", "mode": "presenter", "presenter": "mem"}, "host")
     other = RoomDocument("r", update=doc.update_since(None))
     before = doc.snapshot().to_dict()
-    panel = doc._panels["p1"]
-    writes = [
-        _Write(panel, "title", "half-written"),
-        _Write(doc._panels, "p9", _Entry({"kind": "note", "title": "new"})),
-        _Write(panel, "updated", 5.0),
-        _Write(doc._settings, "name", "\ud800"),
-    ]
+    for raw in (
+        {"op": "add_panel", "panel_id": "p9", "kind": "note", "title": "new"},
+        {"op": "remove_panel", "panel_id": "p1"},
+        {"op": "leave", "participant_id": "mem"},
+    ):
+        op = parse_operation(raw)
+        # What the operation writes (a participant removed, their lock released, follow
+        # stopped ...), then a value that slipped past the checks on purpose.
+        writes = doc._plan(op, SYSTEM, doc.snapshot(), 5.0)
+        writes.append(_Write(doc._settings, "name", "\ud800", "Hostile"))
+        with pytest.raises(WriteUndone) as info:
+            doc._commit(op, writes)
+        assert doc.snapshot().to_dict() == before
+        other.apply_update(info.value.update)
+        assert other.snapshot().to_dict() == before
+        assert other.state_vector() == doc.state_vector()
     op = parse_operation({"op": "retitle_panel", "panel_id": "p1", "title": "x"})
+    # A nested map that fails half-filled.
+    writes = [_Write(doc._panels["p1"], "title", "half", "one"), _Write(doc._panels, "p8", _Entry({"kind": "note", "title": "\ud800"}), _DELETE)]
     with pytest.raises(WriteUndone) as info:
         doc._commit(op, writes)
     assert doc.snapshot().to_dict() == before
     other.apply_update(info.value.update)
     assert other.snapshot().to_dict() == before
     assert other.state_vector() == doc.state_vector()
-    doc.apply({"op": "retitle_panel", "panel_id": "p1", "title": "after"}, "host")  # still usable
+    doc.apply({"op": "retitle_panel", "panel_id": "p1", "title": "after"}, "mem")  # still usable
     other.apply_update(doc.update_since(other.state_vector()))
     assert other.snapshot().panels["p1"].title == "after"
