@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 FAILURE_SECONDS = 10.0
 """How long a failure or refusal stays on its panel."""
 MORE = "more…"
+SEARCH_ROW = "Search layer…"
 _ids = itertools.count(1)
 
 
@@ -43,6 +44,23 @@ class _Shown:
 
     progress: act.Progress
     since: float
+
+
+CLICK_GIVES = (("layer", "layer"), ("tile", "index"), ("selection", "ids"))
+"""(param type, key in `context_of`'s values): what a right-click fills, by declared type."""
+
+
+def given_params(action: act.ActionSpec, context: Mapping[str, Any]) -> dict[str, Any]:
+    """What the click gave (`context_of`), under the names the action declares for those
+    types: a right-clicked layer fills its first "layer" param, a tile its "tile" param, a
+    cloud selection its "selection" param, whatever they are called. An action with no
+    "selection" param still gets the ids as "ids" (the contract's first form)."""
+    values = dict(context)
+    for typ, given in CLICK_GIVES:
+        p = action.param(typ)
+        if p is not None and given in values and p.name != given:
+            values[p.name] = values.pop(given)
+    return values
 
 
 class ActionMenus:
@@ -118,15 +136,19 @@ class ActionMenus:
         elif what == "action":
             assert self.flow is not None
             self.flow.action = arg
-            for typ, given in (("layer", "layer"), ("tile", "index")):  # what the click gave, under the declared name
-                p = arg.param(typ)
-                if p is not None and given in self.flow.values and p.name != given:
-                    self.flow.values[p.name] = self.flow.values.pop(given)
+            self.flow.values = given_params(arg, self.flow.values)
             self._next()
         elif what == "value":
             assert self.flow is not None and self._picker is not None
             self.flow.choose(self._picker[0], arg)
             self._next()
+        elif what == "search":
+            self._search_picker(str(arg), 0)
+        elif what == "search_page":
+            self._search_picker(*arg)
+        elif what == "jump":
+            self.close()
+            self.app.search.jump(*arg)
         elif what == "more":
             assert self.flow is not None and self._picker is not None
             self.flow.page += 1
@@ -152,7 +174,7 @@ class ActionMenus:
 
     def offered(self, view: PanelView, on: str | None) -> tuple[list[act.ActionSpec], list[tuple[str, str]]]:
         """The actions a menu on this panel offers here, and the greyed ones with why."""
-        return act.menu_entries(view.panel.content.source, on, self._role())
+        return act.menu_entries(view.panel.content.source, on, self.role())
 
     def has_actions(self, view: PanelView, hit: Hit | None) -> bool:
         on, _ = self.context_of(view, hit)
@@ -164,7 +186,8 @@ class ActionMenus:
         source = view.panel.content.source
         on, context = self.context_of(view, hit)
         ok, greyed = self.offered(view, on)
-        if not ok and not greyed:
+        search = isinstance(view.content, GraphView)  # XR has no keyboard: find a layer from a list
+        if not ok and not greyed and not search:
             self.app.notify(f"{view.panel.title}: no actions here")
             return False
         engine = source.get("engine") if isinstance(source.get("engine"), str) else view.panel.owner
@@ -172,10 +195,39 @@ class ActionMenus:
         rows: list[tuple[str, Any]] = [("action", a) for a in ok] + [("why", why) for _, why in greyed]
         labels = [f"{a.group} · {a.label}" if a.group else a.label for a in ok]
         labels += [f"{label} — unavailable" for label, _ in greyed]
+        if search:
+            rows.insert(len(ok), ("search", view.panel.id))
+            labels.insert(len(ok), SEARCH_ROW)
+            ok_count = len(ok) + 1
+        else:
+            ok_count = len(ok)
         where = f" · {context['layer']}" if on == "layer" else f" · {len(context['ids'])} points" if on == "selection" else ""
-        self._open(f"{view.panel.title}{where}"[:60], rows, labels, [True] * len(ok) + [False] * len(greyed))
+        self._open(f"{view.panel.title}{where}"[:60], rows, labels, [True] * ok_count + [False] * len(greyed))
         self.mode = "actions"
         return True
+
+    def _search_picker(self, panel_id: str, page: int) -> None:
+        """The graph's groups (or layers) as a picker; a row goes there (`search.LayerSearch.jump`)."""
+        options = self.app.search.choices(panel_id)
+        if not options:
+            self.app.notify("this graph has nothing to find")
+            self.close()
+            return
+        per = act.PICKER_ROWS - 1
+        start = (page * per) % len(options)
+        shown = options[start:start + per] if len(options) > act.PICKER_ROWS else options
+        rows: list[tuple[str, Any]] = [("jump", (panel_id, key)) for _, key in shown]
+        labels = [label[:56] for label, _ in shown]
+        if len(options) > act.PICKER_ROWS:
+            rows.append(("search_page", (panel_id, page + 1)))
+            labels.append(f"{MORE} ({start + 1}-{start + len(shown)} of {len(options)})")
+        self._open(SEARCH_ROW, rows, labels, [True] * len(rows))
+        self.mode = "picker"
+
+    def ask(self, flow: act.ActionFlow) -> None:
+        """Walk the pickers `flow` still needs (some values already given), then send it."""
+        self.flow = flow
+        self._next()
 
     def _next(self) -> None:
         """Show the picker of the next parameter the action still needs, or send it."""
@@ -235,7 +287,7 @@ class ActionMenus:
                 return n
         return 10
 
-    def _role(self) -> str:
+    def role(self) -> str:
         room = self.app.room
         me = self.app.session.participant_id
         if room is not None and me in room.participants:
@@ -359,7 +411,7 @@ class ActionMenus:
         tile_action = next((a for a in actions if a.param("tile") is not None), None)
         if tile_action is None:
             return False
-        if not act.role_allows(self._role(), tile_action.role):
+        if not act.role_allows(self.role(), tile_action.role):
             self.app.notify(f"{tile_action.label} needs the {tile_action.role} role")
             return False
         param = tile_action.param("tile")

@@ -19,7 +19,9 @@ from typing import Any
 NAME = re.compile(r"[a-z0-9_]{1,32}\Z")
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 ROLES = ("viewer", "member", "presenter", "host")  # least powerful first
-PARAM_TYPES = ("layer", "class", "choice", "int", "float", "bool", "tile")
+PARAM_TYPES = ("layer", "class", "choice", "int", "float", "bool", "tile", "selection")
+GIVEN_BY_CLICK = ("tile", "selection")
+"""Parameter types the right-click (or tile click) fills, never a picker."""
 ON = (None, "layer", "selection", "tile")
 STATES = ("queued", "running", "done", "failed", "refused", "cancelled")
 MAX_ACTIONS = 64
@@ -227,7 +229,7 @@ def param_options(p: ParamSpec, *, classes: Sequence[str] = (), layers: Sequence
         if p.default is not None and p.default not in values:
             values = sorted([*values, p.default])
         rows = [(str(v), v) for v in values]
-    else:  # "tile": given by the click, never picked
+    else:  # "tile", "selection": given by the click, never picked
         rows = []
     if p.default is not None:
         for i, (label, value) in enumerate(rows):
@@ -250,7 +252,7 @@ class ActionFlow:
 
     def next_param(self) -> ParamSpec | None:
         for p in self.action.params:
-            if p.name not in self.values and p.type != "tile":
+            if p.name not in self.values and p.type not in GIVEN_BY_CLICK:
                 return p
         return None
 
@@ -307,9 +309,11 @@ def tile_at(tiles: Mapping[str, Any], image_shape: tuple[int, int], face_px: tup
             x: float, y: float, margin: int = 4) -> int | None:
     """Which tile of an input strip a point on the painted face is over.
 
-    The image (`image_shape` = (h, w) pixels, a grid of rows x cols tiles) is painted fit
-    into the face (`face_px` = (w, h)) inside a `margin` (scenes.painting.paint_image);
-    (x, y) are face pixels from the top-left."""
+    The image (`image_shape` = (h, w) pixels) is painted fit into the face (`face_px` =
+    (w, h)) inside a `margin` (scenes.painting.paint_image); (x, y) are face pixels from the
+    top-left. The strip's meta says where its tiles are: `tile` [h, w] pixels each, `pad`
+    pixels before and between them, so col = (ix - pad) // (w + pad), row likewise
+    (the contract); a strip without `tile` is an even grid of rows x cols."""
     try:
         rows, cols, count = int(tiles["rows"]), int(tiles["cols"]), int(tiles["count"])
     except (KeyError, TypeError, ValueError):
@@ -325,5 +329,17 @@ def tile_at(tiles: Mapping[str, Any], image_shape: tuple[int, int], face_px: tup
     fx, fy = (x - x0) / w, (y - y0) / h
     if not (0 <= fx < 1 and 0 <= fy < 1):
         return None
-    i = int(fy * rows) * cols + int(fx * cols)
+    tile, pad = tiles.get("tile"), tiles.get("pad", 0)
+    if (isinstance(tile, list | tuple) and len(tile) == 2 and all(isinstance(v, int) and v > 0 for v in tile)
+            and isinstance(pad, int) and not isinstance(pad, bool) and 0 <= pad < 10_000):
+        th, tw = int(tile[0]), int(tile[1])
+        px, py = fx * iw, fy * ih  # image pixels
+        if px < pad or py < pad:
+            return None
+        col, row = int((px - pad) // (tw + pad)), int((py - pad) // (th + pad))
+        if col >= cols or row >= rows:
+            return None
+    else:
+        col, row = int(fx * cols), int(fy * rows)
+    i = row * cols + col
     return i if i < count else None

@@ -22,6 +22,9 @@ each:
   pickers (built only from what a panel's source declares), progress on panels.
 - `room_actions` (`room_actions.RoomActions`): add/move/lock/close panels, teleport,
   follow, summon, mute, asking an engine.
+- `search` (`search.LayerSearch`): find a layer or group in the model graphs by name
+  (desktop `/`, typed in the HUD) or from a list (XR: "Search layer" in a graph's menu)
+  and go stand in front of it.
 
 What a rig provides (`Rig`): the camera(s), head and hand poses, the pointer ray and
 each hand's laser, teleport/follow, and device input, which it turns into the app's
@@ -36,7 +39,7 @@ bar to move a panel (Q/E rotate, +/- or wheel scale while it is selected), drag 
 bottom-right corner to resize, click x to close, L lock/unlock; right-click a panel
 or a layer for its actions; click a layer of a model graph to open its feature maps,
 filters and Grad-CAM; click a grey group to expand it, C to collapse the selected
-layer's group; click a tile of an input strip to compute on that input; in a latent
+layer's group, / finds a layer by name (Enter goes there); click a tile of an input strip to compute on that input; in a latent
 cloud click to select a sphere (B for box mode, wheel for radius), digits label the
 selection, R retrains on it, I shows its images, V colours by label/prediction/
 confidence; Tab opens the add-panel menu; T teleports to where you point; F
@@ -64,6 +67,7 @@ from deeproom.scenes.hud import Hud
 from deeproom.scenes.input import Drag, Input
 from deeproom.scenes.pump import FramePump
 from deeproom.scenes.room_actions import RoomActions
+from deeproom.scenes.search import LayerSearch
 from deeproom.scenes.session import Notice, Session
 from deeproom.scenes.views import Hit, PanelView, ursina_texture
 from deeproom.state import Room
@@ -168,6 +172,7 @@ class RoomApp:
         self.clouds = CloudTools(self)
         self.menus = ActionMenus(self)
         self.room_actions = RoomActions(self)
+        self.search = LayerSearch(self)
         self.pump = FramePump(self)
 
     # --- life cycle ---------------------------------------------------------------------------

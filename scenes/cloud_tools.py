@@ -105,6 +105,8 @@ class CloudTools:
         if action == "images":
             self.show_images(view, cloud, idx)
             return True
+        if self.send_declared(view, action, idx, label):
+            return True
         payload: dict[str, Any] = {"panel_id": view.panel.id, "ids": idx, "source": dict(view.panel.content.source)}
         if action == "label":
             payload["label"] = int(label if label is not None else 0)
@@ -112,6 +114,38 @@ class CloudTools:
             payload["select"] = "ids"
         app.room_actions.ask_engine(action, payload, view.panel.owner)
         app.notify(f"{action} on {len(idx)} points sent", error=False)
+        return True
+
+    def send_declared(self, view: PanelView, name: str, idx: list[int], label: int | None) -> bool:
+        """The keys' shortcut to the cloud's declared selection action `name` (digits: "label"
+        with that class, R: "retrain"): the same steer request the action menu sends. False
+        when the cloud declares no such action (a training run's cloud: its steer commands)."""
+        from deeproom.scenes import actions as act
+        from deeproom.scenes.action_menus import given_params
+
+        app = self.app
+        source = view.panel.content.source
+        specs, _, _ = act.parse_actions(source)
+        spec = next((a for a in specs if a.name == name and a.on == "selection"), None)
+        if spec is None:
+            return False
+        if not act.role_allows(app.menus.role(), spec.role):
+            app.notify(f"{spec.label} needs the {spec.role} role")
+            return True
+        engine = source.get("engine") if isinstance(source.get("engine"), str) else view.panel.owner
+        flow = act.ActionFlow(view.panel.id, str(engine), spec, given_params(spec, {"ids": idx}))
+        for p in spec.params:
+            if p.name in flow.values:
+                continue
+            if p.type == "class" and label is not None:
+                flow.choose(p, int(label))
+            elif p.default is not None or p.optional:
+                flow.choose(p, p.default)
+            else:  # a parameter the key cannot give: ask with the menu's pickers
+                app.menus.ask(flow)
+                return True
+        app.menus.send(flow)
+        app.notify(f"{spec.label}: {len(idx)} points sent", error=False)
         return True
 
     def show_images(self, view: PanelView, cloud: CloudView, idx: list[int]) -> None:

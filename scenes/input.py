@@ -164,11 +164,12 @@ class Input:
             if action is None:
                 return
             kind, _, arg = action.partition(":")
-            if kind == "expand":
-                collapsed = set(content.collapsed)
-                collapsed.discard(arg)
-                view.graph_collapsed = collapsed
-                view.show(view.prepared, view.content_key or "")
+            if kind in ("expand", "collapse"):  # relaid out in place; a rebuild keeps the state
+                try:
+                    content.toggle_group(arg)
+                except KeyError:
+                    return
+                view.graph_collapsed = set(content.collapsed)
             elif kind == "layer":
                 app.room_actions.open_layer(view, arg)
         elif isinstance(content, CloudView):
@@ -181,6 +182,9 @@ class Input:
     def key(self, name: str) -> None:
         """A named action from a keyboard, a controller button or a test."""
         app = self.app
+        if app.search.active:
+            app.search.key(name)
+            return
         if app.menus.is_open:
             app.menus.key(name)
             return
@@ -192,6 +196,8 @@ class Input:
                 return
         if name in ("tab", "menu"):
             app.menus.open_add_panel()
+        elif name == "/":
+            app.search.open()
         elif name in ("q", "e") and view is not None:
             ra.turn(view, 15 if name == "e" else -15)
         elif name in ("+", "=", "-", "scroll up", "scroll down") and view is not None and clouds.tool != "box" \
@@ -213,8 +219,8 @@ class Input:
             if isinstance(g, GraphView) and g.selected is not None and g.layout is not None:
                 grp = g.layout.nodes[g.selected].group
                 if grp:
-                    view.graph_collapsed = set(g.collapsed) | {grp}
-                    view.show(view.prepared, view.content_key or "")
+                    g.set_collapsed(set(g.collapsed) | {grp})
+                    view.graph_collapsed = set(g.collapsed)
         elif name.isdigit() and clouds.has_selection():
             clouds.act("label", int(name))
         elif name == "r":

@@ -23,7 +23,8 @@ WALK_SPEED = 2.2  # metres per second
 TURN_SPEED = 90.0  # degrees per second (arrow keys)
 LOOK_SPEED = 120.0  # degrees per unit of mouse travel
 ACTION_KEYS = {"tab", "escape", "q", "e", "+", "=", "-", "l", "b", "v", "c", "r", "i", "t", "f", "g", "m", "space", "space up", "delete",
-               "scroll up", "scroll down", *"1234567890"}
+               "scroll up", "scroll down", "/", *"1234567890"}
+SEARCH_KEYS = {"backspace", "enter", "escape", "tab", "space"}
 
 
 class DesktopRig:
@@ -139,7 +140,10 @@ class DesktopRig:
             self.pitch = float(np.clip(self.pitch + tilt, -85, 85))
             self._apply()
         fwd = held_keys["w"] - held_keys["s"]
-        side = held_keys["d"] - held_keys["a"]
+        if app.search.active:  # the keys are typing a layer's name
+            fwd = side = 0
+        else:
+            side = held_keys["d"] - held_keys["a"]
         if (fwd or side) and app.following is None:
             y = math.radians(self.yaw)
             f = np.array([math.sin(y), 0.0, math.cos(y)])
@@ -173,5 +177,7 @@ class DesktopRig:
             ray = self.pointer_ray()
             if down is not None and ray is not None and abs(self.yaw - down[0]) + abs(self.pitch - down[1]) < 2.0:
                 app.pointer_context(*ray)
+        elif app.search.active and (key in SEARCH_KEYS or (len(key) == 1 and key.isprintable())):
+            app.key(key)  # typed into the search
         elif key in ACTION_KEYS:
             app.key(key)

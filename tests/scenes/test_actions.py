@@ -85,6 +85,41 @@ def test_tile_at_maps_face_pixels_to_tiles() -> None:
     assert act.tile_at(tiles, (32, 64), (208, 108), 1, 1) is None
 
 
+def test_tile_at_uses_the_strips_tile_size_and_pad() -> None:
+    from deeproom.content import decode_content
+    from deeproom.models.blobs import strip_blob
+
+    # 10 tiles of 6x4 px in rows of 4, 2 px pad: a 26x26 image; face pixels = image pixels here
+    meta, arrays = decode_content(strip_blob(np.zeros((10, 6, 4), np.uint8), [str(i) for i in range(10)], cols=4))
+    tiles, (ih, iw) = meta["tiles"], arrays["image"].shape[:2]
+    assert tiles["tile"] == [6, 4] and tiles["pad"] == 2 and (ih, iw) == (3 * 8 + 2, 4 * 6 + 2)
+    face = (iw + 8, ih + 8)  # the painter's 4 px margin, no scaling
+
+    def at(x: float, y: float) -> int | None:
+        return act.tile_at(tiles, (ih, iw), face, 4 + x, 4 + y)
+
+    assert at(2.5, 2.5) == 0 and at(5.9, 7.9) == 0
+    assert at(8.5, 2.5) == 1 and at(2 + 3 * 6 + 0.5, 2 + 8 + 0.5) == 7
+    assert at(2.5, 2 + 2 * 8 + 0.5) == 8 and at(8.5, 2 + 2 * 8 + 0.5) == 9
+    assert at(14.5, 2 + 2 * 8 + 0.5) is None  # the third row has two tiles
+    assert at(1.0, 1.0) is None  # the outer pad
+
+
+def test_a_selection_param_is_given_by_the_click_under_its_declared_name() -> None:
+    from deeproom.scenes.action_menus import given_params
+
+    a = act.parse_action({"name": "label", "on": "selection", "params": [
+        {"name": "points", "type": "selection"}, {"name": "label", "type": "class"}]})
+    flow = act.ActionFlow("cloud", "eng", a, given_params(a, {"ids": [1, 5]}))
+    assert flow.values == {"points": [1, 5]}
+    assert flow.next_param() is not None and flow.next_param().name == "label"  # type: ignore[union-attr]
+    assert act.param_options(a.params[0]) == []  # never a picker
+    plain = act.parse_action({"name": "retrain", "on": "selection"})
+    assert given_params(plain, {"ids": [3]}) == {"ids": [3]}  # no selection param: the ids as "ids"
+    lay = act.parse_action({"name": "cam", "on": "layer", "params": [{"name": "where", "type": "layer"}]})
+    assert given_params(lay, {"layer": "conv1"}) == {"where": "conv1"}
+
+
 def test_confusion_paints_per_class_precision_recall_f1() -> None:
     m = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 4]])
     prec = np.array([0.7, 0.75, 1.0])
