@@ -40,7 +40,9 @@ CHAR_WIDTH = 0.56
 # Box sizes in text heights.
 _PAD_X, _PAD_Y = 0.45, 0.3  # text to box edge
 _GAP_X, _GAP_Y = 0.9, 0.4  # between columns, between stacked boxes
-_ROW_GAP = 0.9  # between rows
+_ROW_GAP = 1.0  # between rows (an expanded group's name strip sits in it)
+PLATE_HEADER = 0.45
+"""Height of the strip along an expanded group's top edge, in text heights (its name, a click target)."""
 LAYER_TEXT = 0.75
 """A layer's label beside collapsed groups is this much smaller: the groups are what to read first."""
 _BARE = (1.0, 1.0)  # a box without a label
@@ -76,6 +78,8 @@ class GroupPlate:
     depth: int
     lo: tuple[float, float]
     hi: tuple[float, float]
+    label: str = ""
+    """Its short name, written in the strip along its top edge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,7 +389,8 @@ def layout_graph(meta: Mapping[str, Any] | GraphIndex, collapsed: set[str] | fro
 
     groups_first = [i for i, nd in enumerate(nodes) if nd.collapsed]
     rest = [i for i, nd in enumerate(nodes) if not nd.collapsed]
-    labelled = (groups_first + rest)[:MAX_LABELS] if n <= MAX_LABELS or not groups_first else groups_first[:MAX_LABELS]
+    # every box says what it is while there are few; past that only the collapsed groups do
+    labelled = groups_first + rest if n <= MAX_LABELS else groups_first[:MAX_LABELS]
     labelled.sort()
     shown = np.zeros(n, bool)
     shown[labelled] = True
@@ -478,10 +483,11 @@ def _plates(ix: GraphIndex, nodes: list[GraphNode], pos: np.ndarray, half: np.nd
         if len(plates) >= MAX_PLATES:
             break
         k = np.asarray(idx)
-        margin = min(0.5, 0.12 * (1 + deepest - ix.depth.get(g, 0))) * s  # outer plates frame inner ones
+        margin = min(0.4, 0.12 * (1 + deepest - ix.depth.get(g, 0))) * s  # outer plates frame inner ones
         lo = (float((pos[k, 0] - half[k, 0]).min()) - margin, float((pos[k, 1] - half[k, 1]).min()) - margin)
-        hi = (float((pos[k, 0] + half[k, 0]).max()) + margin, float((pos[k, 1] + half[k, 1]).max()) + margin)
-        plates.append(GroupPlate(g, ix.group_name.get(g, g), ix.depth.get(g, 0), lo, hi))
+        hi = (float((pos[k, 0] + half[k, 0]).max()) + margin,
+              float((pos[k, 1] + half[k, 1]).max()) + margin + PLATE_HEADER * s)
+        plates.append(GroupPlate(g, ix.group_name.get(g, g), ix.depth.get(g, 0), lo, hi, ix.short_group(g)))
     return plates
 
 

@@ -211,6 +211,12 @@ class GraphView(ContentView):
                      color=color.rgb(0.05, 0.06, 0.09) if light else color.rgb(0.95, 0.96, 0.99))
             self.entities.append(t)
             self.labels.append((i, t))
+        room = graph_layout.MAX_LABELS - len(self.labels)
+        for p in lay.plates[: max(room, 0)]:  # expanded groups' names, in the strip along their top
+            t = Text(p.label, parent=self.parent, origin=(-0.5, 0), scale=s * graph_layout.PLATE_HEADER * 0.8 / TEXT_LINE,
+                     position=(p.lo[0] + 0.3 * s, p.hi[1] - graph_layout.PLATE_HEADER * s / 2, -0.0065),
+                     color=color.rgb(0.75, 0.8, 0.9))
+            self.entities.append(t)
         self.outline = Entity(parent=self.parent, model="wireframe_cube", color=color.white, enabled=False)
         self.entities.append(self.outline)
         if self.selected_key is not None:
@@ -250,23 +256,27 @@ class GraphView(ContentView):
             i = keys.index(key)
             self.select(i)
             return (float(self.world[i, 0]), float(self.world[i, 1]), float(self.world[i, 2] - self.half[i, 2]))
-        plate = next((p for p in self.layout.plates if "g:" + p.group == key), None)  # an expanded group
-        if plate is None:
+        gid = key.partition(":")[2]  # an expanded group: the middle of its boxes
+        inside = [i for i, nd in enumerate(self.layout.nodes)
+                  if nd.group is not None and gid in self.index.chain.get(nd.group, [])]
+        if not inside:
             raise KeyError(f"{key!r} is not drawn")
         self.select(None)
-        return ((plate.lo[0] + plate.hi[0]) / 2, (plate.lo[1] + plate.hi[1]) / 2, -0.005)
+        c = self.world[inside].mean(axis=0)
+        return (float(c[0]), float(c[1]), float(self.world[inside, 2].min()))
 
-    def node_at(self, u: float, v: float) -> int | None:
+    def node_at(self, u: float, v: float, *, near: float = 0.012) -> int | None:
+        """The box at (u, v), else the nearest box centre within `near` metres (tiny boxes)."""
         if self.layout is None or not len(self.world):
             return None
-        slack = max(self.layout.text_height * 0.15, 0.004)
+        slack = min(self.layout.text_height * 0.1, 0.004)
         d = np.abs(self.world[:, :2] - np.array([u, v], np.float32)) - self.half[:, :2] - slack
         inside = np.flatnonzero((d <= 0).all(axis=1))
         if len(inside):
             return int(inside[0])
         dist = np.hypot(self.world[:, 0] - u, self.world[:, 1] - v)
         i = int(dist.argmin())
-        return i if dist[i] < 0.012 else None
+        return i if dist[i] < near else None
 
     def select(self, index: int | None) -> None:
         self.selected = index
@@ -283,10 +293,14 @@ class GraphView(ContentView):
         "collapse:<group>" on the plate of an expanded group, else None."""
         if self.layout is None:
             return None
-        i = self.node_at(u, v)
+        i = self.node_at(u, v, near=0.0)
         if i is None:
             plate = graph_layout.plate_at(self.layout, u, v)
-            return None if plate is None else f"collapse:{plate.group}"
+            if plate is not None:
+                return f"collapse:{plate.group}"
+            i = self.node_at(u, v)
+        if i is None:
+            return None
         nd = self.layout.nodes[i]
         if nd.collapsed and nd.group is not None:
             return f"expand:{nd.group}"
