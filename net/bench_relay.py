@@ -205,6 +205,7 @@ def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float,
         tally = _Tally(t0, t1)
         fast = _FastTally(t0, t1, len(ids), n_total)
         sent = [0]
+        dropped = [0]
         period = 1.0 / rate
 
         async def sender(sio: Any) -> None:
@@ -214,6 +215,9 @@ def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float,
             while time.time() < end:
                 now = time.time()
                 pose = encode_pose(Pose(seq=seq, sent_at=now))
+                if not sio.connected:  # the relay dropped this client: count it, the others go on
+                    dropped[0] += 1
+                    return
                 # the relay's flow control: each pose also says how many batches were read
                 await sio.emit("pose", (pose, read[sio.index]) if mode == "relay" else pose)
                 if t0 <= now <= t1:
@@ -226,10 +230,11 @@ def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float,
         await asyncio.sleep(0.5)  # let the last batches arrive
         if mode == "relay":
             lat = np.concatenate(fast.latencies) if fast.latencies else np.zeros(0, np.float32)
-            results.put((sent[0], fast.delivered, np.asarray(fast.batches, dtype=np.float64).tobytes(), lat.tobytes()))
+            results.put((sent[0], fast.delivered, np.asarray(fast.batches, dtype=np.float64).tobytes(), lat.tobytes(),
+                         dropped[0]))
         else:
             results.put((sent[0], tally.delivered, np.asarray(tally.batches, dtype=np.float64).tobytes(),
-                         np.asarray(tally.latencies, dtype=np.float32).tobytes()))
+                         np.asarray(tally.latencies, dtype=np.float32).tobytes(), dropped[0]))
         for c in clients:
             with contextlib.suppress(Exception):
                 await c.disconnect()
@@ -298,11 +303,12 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         stats1 = _stats(url) if mode == "relay" else {}
         rss1 = server.memory_info().rss
         wall1 = time.monotonic()
-        sent = delivered = entries = 0
+        sent = delivered = entries = disconnected = 0
         lat: list[np.ndarray] = []
-        for s, d, b, raw in _gather(results, workers, len(workers), 120, "report"):
+        for s, d, b, raw, gone in _gather(results, workers, len(workers), 120, "report"):
             sent += s
             delivered += d
+            disconnected += gone
             if stats0:
                 # entries of the batches the relay made between the two snapshots
                 batches = np.frombuffer(b, dtype=np.float64).reshape(-1, 2)
@@ -350,6 +356,7 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         "server_peak_rss_mb": round(max(sampler.peak, rss_after) / 2**20, 1),
         "state_changes": _state_changes(state0, state1) if state0 is not None and state1 is not None else None,
         "hostile_tally": tally,
+        "normal_clients_dropped": disconnected,
     }
 
 
@@ -505,6 +512,7 @@ def _hostile_figures(hostile: int, normal: dict[str, Any], hr: dict[str, Any]) -
         "hostile_p50_ms": hr["p50_ms"],
         "hostile_delivered_ratio": hr["delivered_ratio"],
         "hostile_state_changes": hr["state_changes"],
+        "hostile_normal_clients_dropped": hr["normal_clients_dropped"],
         "relay_rss_growth_mb": hr["server_rss_growth_mb"],
         "relay_peak_rss_mb": hr["server_peak_rss_mb"],
         "hostile_server_cpu_pct": hr["server_cpu_pct"],
@@ -569,8 +577,10 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
             result["memory_rss_growth_mb"] = mem["server_rss_growth_mb"]
             result["memory_peak_rss_mb"] = mem["server_peak_rss_mb"]
             result["memory_p99_ms"] = mem["p99_ms"]
+            result["memory_normal_clients_dropped"] = mem["normal_clients_dropped"]
             if hostile:
                 result["memory_hostile_state_changes"] = mem["state_changes"]
+                result["memory_hostile_tally"] = mem["hostile_tally"]
         result["cpu_count"] = os.cpu_count()
         emit(result)
     return 0
