@@ -84,6 +84,17 @@ class ActionMenus:
         return self.menu.is_open
 
     @property
+    def rows(self) -> list[tuple[str, Any]]:
+        """What each row of the open menu does: ("action", ActionSpec), ("value", v), ("why", text),
+        ("add", kind), ("search", panel), ("jump", (panel, key)), ("more", None) ..."""
+        return list(self._rows)
+
+    @property
+    def picker(self) -> act.ParamSpec | None:
+        """The parameter the open picker asks for (None when no picker is open)."""
+        return self._picker[0] if self._picker is not None and self.mode == "picker" else None
+
+    @property
     def geometry(self) -> MenuGeometry | None:
         return self.menu.geometry
 
@@ -221,6 +232,7 @@ class ActionMenus:
         if len(options) > act.PICKER_ROWS:
             rows.append(("search_page", (panel_id, page + 1)))
             labels.append(f"{MORE} ({start + 1}-{start + len(shown)} of {len(options)})")
+        self._picker = None
         self._open(SEARCH_ROW, rows, labels, [True] * len(rows))
         self.mode = "picker"
 
@@ -401,6 +413,19 @@ class ActionMenus:
         x = (hit.u + w / 2) / w * tw
         y = (h / 2 - hit.v) / h * th
         return act.tile_at(tiles, shape, (tw, th), x, y)
+
+    def tile_point(self, view: PanelView, index: int) -> tuple[float, float] | None:
+        """Face coordinates (u, v: unscaled metres from the centre) of tile `index`'s middle."""
+        facts = self.app.blob_facts.get(view.panel.id, {})
+        tiles, shape = facts.get("tiles"), facts.get("image_shape")
+        if not isinstance(tiles, Mapping) or shape is None:
+            return None
+        w, h = view.size
+        tw, th = texture_size((w, h))
+        at = act.tile_centre(tiles, shape, (tw, th), index)
+        if at is None:
+            return None
+        return at[0] / tw * w - w / 2, h / 2 - at[1] / th * h
 
     def tile_click(self, view: PanelView, hit: Hit) -> bool:
         """A click on a tile of an input strip sends the declared tile action with {"index": i}."""

@@ -343,3 +343,29 @@ def tile_at(tiles: Mapping[str, Any], image_shape: tuple[int, int], face_px: tup
         col, row = int(fx * cols), int(fy * rows)
     i = row * cols + col
     return i if i < count else None
+
+
+def tile_centre(tiles: Mapping[str, Any], image_shape: tuple[int, int], face_px: tuple[int, int],
+                index: int, margin: int = 4) -> tuple[float, float] | None:
+    """The face pixel (x, y from the top-left) at the middle of tile `index` of an input
+    strip (the inverse of `tile_at`), or None when there is no such tile."""
+    try:
+        rows, cols, count = int(tiles["rows"]), int(tiles["cols"]), int(tiles["count"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not 0 <= index < count or cols < 1 or rows < 1:
+        return None
+    ih, iw = image_shape
+    fw, fh = face_px
+    bw, bh = fw - 2 * margin, fh - 2 * margin
+    s = min(bw / max(iw, 1), bh / max(ih, 1))
+    w, h = max(1, int(iw * s)), max(1, int(ih * s))
+    x0, y0 = margin + (bw - w) // 2, margin + (bh - h) // 2
+    row, col = divmod(index, cols)
+    tile, pad = tiles.get("tile"), tiles.get("pad", 0)
+    if isinstance(tile, list | tuple) and len(tile) == 2 and isinstance(pad, int):
+        th, tw = float(tile[0]), float(tile[1])
+        px, py = pad + col * (tw + pad) + tw / 2, pad + row * (th + pad) + th / 2
+    else:
+        px, py = (col + 0.5) * iw / cols, (row + 0.5) * ih / rows
+    return x0 + px / iw * w, y0 + py / ih * h
