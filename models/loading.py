@@ -235,6 +235,7 @@ def _load_zip(data: bytes, where: str, stem: str, architecture: Any, input_shape
     if is_script:
         if not index.prefix:
             raise ModelLoadError(f"{where}: a TorchScript archive without its top-level folder; refused")
+        safe_archive.check_script_code(data, index, where)
         try:
             jm = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as exc:

@@ -421,6 +421,31 @@ _SCRIPT_DENIED = frozenset({"aten::from_file", "aten::save", "prim::PythonOp", "
                             "debugprims::load_tensor"})
 
 
+_SCRIPT_DENIED_CALL = re.compile(r"\.\s*(from_file|save|load_tensor|load_library|PythonOp|IgnoredPythonOp)\b")
+_SCRIPT_OPS = re.compile(r"\bops\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def check_script_code(data: bytes, index: ArchiveIndex, where: str) -> None:
+    """Refuse TorchScript source that calls file-touching operators before `torch.jit.load`
+    compiles it: a `__setstate__` method runs while the archive loads, before any graph
+    could be inspected."""
+    for name in sorted(index.members):
+        if not (name.startswith("code/") and name.endswith(".py")):
+            continue
+        try:
+            text = read_member(data, index, name, where, MAX_PICKLE_BYTES).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelLoadError(f"{where}: member {index.prefix}{name} is not UTF-8 TorchScript source") from None
+        bad = _SCRIPT_DENIED_CALL.search(text)
+        if bad:
+            raise UnsafeModelError(f"{where}: member {index.prefix}{name} calls {bad.group(1)} (touches files or "
+                                   "runs Python); refused")
+        for ns in _SCRIPT_OPS.findall(text):
+            if ns not in _SCRIPT_NAMESPACES:
+                raise UnsafeModelError(f"{where}: member {index.prefix}{name} calls operators of namespace "
+                                       f"{ns!r}; allowed: {', '.join(sorted(_SCRIPT_NAMESPACES))}")
+
+
 def check_script_graphs(module: Any, where: str) -> None:
     """Refuse a TorchScript module whose code calls operators that touch files or Python."""
     import torch

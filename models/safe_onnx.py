@@ -163,10 +163,6 @@ def read_onnx(data: bytes, where: str, base_dir: Path | None) -> Any:
         tensors = list(all_tensors(proto))
     except RecursionError:
         raise ModelLoadError(f"{where}: ONNX subgraphs nested too deep; refused") from None
-    try:
-        onnx.checker.check_model(proto, full_check=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{where}: invalid ONNX model: {_one_line(exc)}") from None
     for t in tensors:
         declared = _declared_bytes(t, where)
         if t.data_location == TensorProto.EXTERNAL:
@@ -178,4 +174,11 @@ def read_onnx(data: bytes, where: str, base_dir: Path | None) -> Any:
         if declared is not None and declared > have:
             raise ModelLoadError(f"{where}: tensor {t.name!r} declares {list(t.dims)} "
                                  f"({declared} bytes) but the file holds {have} bytes of it; refused")
+    # after the external data is in: the checker would otherwise look for it itself, relative
+    # to the current directory. Protobuf cannot serialize past 2 GB, so larger models go unchecked.
+    if proto.ByteSize() < (2 << 30) - 1:
+        try:
+            onnx.checker.check_model(proto, full_check=False)
+        except Exception as exc:
+            raise ModelLoadError(f"{where}: invalid ONNX model: {_one_line(exc)}") from None
     return proto
