@@ -40,8 +40,9 @@ CHAR_WIDTH = 0.56
 # Box sizes in text heights.
 _PAD_X, _PAD_Y = 0.45, 0.3  # text to box edge
 _GAP_X, _GAP_Y = 0.9, 0.4  # between columns, between stacked boxes
-_ROW_GAP = 1.0  # between rows (an expanded group's name strip sits in it)
-PLATE_HEADER = 0.45
+_ROW_GAP = 0.35  # between rows, plus room for the name strips of the expanded groups there
+_PLATE_MARGIN = 0.1
+PLATE_HEADER = 0.35
 """Height of the strip along an expanded group's top edge, in text heights (its name, a click target)."""
 LAYER_TEXT = 0.75
 """A layer's label beside collapsed groups is this much smaller: the groups are what to read first."""
@@ -298,13 +299,13 @@ def _wrap(widths: np.ndarray, heights: np.ndarray, limit: float) -> list[tuple[i
 
 
 def _fit(col_w: np.ndarray, col_h: np.ndarray, width: float, height: float,
-         rows: int | None) -> tuple[float, list[tuple[int, int]]]:
+         rows: int | None, row_gap: float, frame: float = 0.0) -> tuple[float, list[tuple[int, int]]]:
     """The largest text height (metres) at which the columns, wrapped into rows, fit the panel."""
     if rows is not None:  # a fixed row count: split columns evenly
         per = max(1, math.ceil(len(col_w) / rows))
         spans = [(s, min(s + per, len(col_w))) for s in range(0, len(col_w), per)]
         tw = max(float(col_w[a:b].sum()) for a, b in spans)
-        th = sum(float(col_h[a:b].max()) for a, b in spans) + _ROW_GAP * (len(spans) - 1)
+        th = sum(float(col_h[a:b].max()) for a, b in spans) + row_gap * (len(spans) - 1) + frame
         return min(width / tw, height / th, MAX_TEXT), spans
     lo, hi = 1e-5, MAX_TEXT
     best = (lo, _wrap(col_w, col_h, width / lo))
@@ -312,7 +313,7 @@ def _fit(col_w: np.ndarray, col_h: np.ndarray, width: float, height: float,
     for _ in range(40):
         s = math.sqrt(lo * hi)
         spans = _wrap(col_w, col_h, width / s)
-        th = sum(float(col_h[a:b].max()) for a, b in spans) + _ROW_GAP * (len(spans) - 1)
+        th = sum(float(col_h[a:b].max()) for a, b in spans) + row_gap * (len(spans) - 1) + frame
         if th * s <= height and (len(spans) > 1 or total_w * s <= width):
             lo, best = s, (s, spans)
         else:
@@ -413,13 +414,18 @@ def layout_graph(meta: Mapping[str, Any] | GraphIndex, collapsed: set[str] | fro
     if size is None:
         return _unit_layout(nodes, edges, rank_sorted, n_ranks, bw, bh, col_w, col_h, labelled, scale)
     width, height = float(size[0]), float(size[1])
-    s, spans = _fit(col_w, col_h, width, height, rows)
+    # nested expanded groups stack their name strips above a row: leave them room
+    levels = max((sum(1 for g in (ix.chain.get(nd.group, []) if nd.group is not None else [])[int(nd.collapsed):])
+                  for nd in nodes), default=0)
+    row_gap = _ROW_GAP + levels * (PLATE_HEADER + 2 * _PLATE_MARGIN)
+    top_strip, bottom_strip = levels * (PLATE_HEADER + _PLATE_MARGIN), levels * _PLATE_MARGIN
+    s, spans = _fit(col_w, col_h, width, height, rows, row_gap, top_strip + bottom_strip)
     pos = np.zeros((n, 3), np.float32)
     half = np.zeros((n, 3), np.float32)
     row_of = np.zeros(n_ranks, np.int64)
     row_h = [float(col_h[a:b].max()) for a, b in spans]
-    total_h = (sum(row_h) + _ROW_GAP * (len(spans) - 1)) * s
-    y_top = total_h / 2
+    total_h = (sum(row_h) + row_gap * (len(spans) - 1) + top_strip + bottom_strip) * s
+    y_top = total_h / 2 - top_strip * s
     col_x = np.zeros(n_ranks)
     for r, (a, b) in enumerate(spans):
         row_of[a:b] = r
@@ -431,7 +437,7 @@ def layout_graph(meta: Mapping[str, Any] | GraphIndex, collapsed: set[str] | fro
     y = y_top
     for r, h in enumerate(row_h):
         centre_y[r] = y - h * s / 2
-        y -= (h + _ROW_GAP) * s
+        y -= (h + row_gap) * s
     # stack each rank's boxes about its row's centre line
     filled = np.zeros(n_ranks)
     for i in range(n):
@@ -477,17 +483,24 @@ def _plates(ix: GraphIndex, nodes: list[GraphNode], pos: np.ndarray, half: np.nd
             chain = chain[1:]  # the box is the collapsed group itself: its parents are the expanded ones
         for g in chain:
             boxes.setdefault((g, int(row[i])), []).append(i)
+    # inner plates first: an outer plate frames its boxes and its inner plates (and their
+    # name strips), so nested names stack instead of overlapping
+    ext: dict[tuple[str, int], list[float]] = {}
+    margin = _PLATE_MARGIN * s
+    for key in sorted(boxes, key=lambda kv: -ix.depth.get(kv[0], 0)):
+        k = np.asarray(boxes[key])
+        e = [float((pos[k, 0] - half[k, 0]).min()), float((pos[k, 1] - half[k, 1]).min()),
+             float((pos[k, 0] + half[k, 0]).max()), float((pos[k, 1] + half[k, 1]).max())]
+        for c in ix.children.get(key[0], []):
+            ce = ext.get((c, key[1]))
+            if ce is not None:
+                e = [min(e[0], ce[0]), min(e[1], ce[1]), max(e[2], ce[2]), max(e[3], ce[3])]
+        ext[key] = [e[0] - margin, e[1] - margin, e[2] + margin, e[3] + margin + PLATE_HEADER * s]
     plates: list[GroupPlate] = []
-    deepest = max((ix.depth.get(g, 0) for g, _ in boxes), default=0)
-    for (g, _r), idx in sorted(boxes.items(), key=lambda kv: (ix.depth.get(kv[0][0], 0), kv[0][1])):
-        if len(plates) >= MAX_PLATES:
-            break
-        k = np.asarray(idx)
-        margin = min(0.4, 0.12 * (1 + deepest - ix.depth.get(g, 0))) * s  # outer plates frame inner ones
-        lo = (float((pos[k, 0] - half[k, 0]).min()) - margin, float((pos[k, 1] - half[k, 1]).min()) - margin)
-        hi = (float((pos[k, 0] + half[k, 0]).max()) + margin,
-              float((pos[k, 1] + half[k, 1]).max()) + margin + PLATE_HEADER * s)
-        plates.append(GroupPlate(g, ix.group_name.get(g, g), ix.depth.get(g, 0), lo, hi, ix.short_group(g)))
+    for g, r in sorted(ext, key=lambda kv: (ix.depth.get(kv[0], 0), kv[1]))[:MAX_PLATES]:
+        x0, y0, x1, y1 = ext[(g, r)]
+        plates.append(GroupPlate(g, ix.group_name.get(g, g), ix.depth.get(g, 0), (x0, y0), (x1, y1),
+                                 ix.short_group(g)))
     return plates
 
 

@@ -77,6 +77,14 @@ def test_expand_collapse_relayouts_and_plates_mark_expanded_groups(dense: gl.Gra
     for i in inner:  # each dense layer's box lies on one of its block's plates
         x, y = lay.positions[i, :2]
         assert any(p.lo[0] <= x <= p.hi[0] and p.lo[1] <= y <= p.hi[1] for p in plates)
+    # nested plates: the outer one frames the inner one's name strip; all inside the panel
+    features = next(g for g, name in dense.group_name.items() if name == "features")
+    for p in plates:
+        outer = next(q for q in lay.plates if q.group == features and q.lo[1] <= p.lo[1] <= q.hi[1])
+        assert outer.hi[1] >= p.hi[1] + gl.PLATE_HEADER * lay.text_height - 1e-6
+        assert outer.lo[0] < p.lo[0] and outer.hi[0] > p.hi[0]
+    assert all(abs(v) <= 1.15 + 1e-6 for p in lay.plates for v in (p.lo[0], p.hi[0]))
+    assert all(abs(v) <= 0.5 + 1e-6 for p in lay.plates for v in (p.lo[1], p.hi[1]))
     top = max(plates, key=lambda p: p.hi[1])
     hit = gl.plate_at(lay, (top.lo[0] + top.hi[0]) / 2, top.hi[1] - 1e-4)
     assert hit is not None and hit.group == block3
