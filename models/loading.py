@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deeproom.models.errors import LayerNotFoundError, ModelLoadError, UnsafeModelError
+from deeproom.models.errors import EngineError, LayerNotFoundError, ModelLoadError, UnsafeModelError
 
 MAX_MODEL_BYTES = 4 << 30
 MAX_EXAMPLE_ELEMENTS = 1 << 26
@@ -111,12 +111,18 @@ def load_model(
         )
     data, where = _read(source)
     stem = name or (Path(where).stem if not isinstance(source, bytes) else "model")
-    if data[:4] == b"PK\x03\x04":
-        return _load_zip(data, where, stem, architecture, input_shape)
-    if data[:1] == b"\x80" and len(data) > 2 and data[1] in range(2, 6):
-        # a legacy (non-zip) torch.save file: still read with weights_only
-        return _from_checkpoint(_torch_load(data, where), where, stem, architecture, input_shape)
-    return _load_onnx(data, where, stem, input_shape)
+    try:
+        if data[:4] == b"PK\x03\x04":
+            return _load_zip(data, where, stem, architecture, input_shape)
+        if data[:1] == b"\x80" and len(data) > 2 and data[1] in range(2, 6):
+            # a legacy (non-zip) torch.save file: still read with weights_only
+            return _from_checkpoint(_torch_load(data, where), where, stem, architecture, input_shape)
+        return _load_onnx(data, where, stem, input_shape)
+    except EngineError:
+        raise
+    except Exception as exc:
+        # whatever a damaged file makes a reader raise is a refusal with a reason, never a traceback
+        raise ModelLoadError(f"{where}: could not be read as a model ({type(exc).__name__}: {_one_line(exc)})") from None
 
 
 def _read(source: str | Path | bytes) -> tuple[bytes, str]:

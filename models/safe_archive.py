@@ -93,8 +93,8 @@ def index_zip(data: bytes, where: str) -> ArchiveIndex:
 
     Refused: more than MAX_MEMBERS members, a member or a total over the size caps, a
     total that exceeds the archive's own size more than MAX_RATIO times (a decompression
-    bomb), absolute or `..` paths, backslashes, duplicate names (two readers could pick
-    different ones), encrypted members and members outside one top-level folder.
+    bomb), absolute or `..` paths, backslashes, duplicate names, also ignoring case (two
+    readers could pick different ones), an end record that miscounts the members, encrypted members and members outside one top-level folder.
     """
     count = _entry_count(data, where)
     if count > MAX_MEMBERS:
@@ -106,6 +106,10 @@ def index_zip(data: bytes, where: str) -> ArchiveIndex:
         raise ModelLoadError(f"{where}: a damaged or truncated zip archive ({exc})") from None
     if len(infos) > MAX_MEMBERS:
         raise ModelLoadError(f"{where}: the archive holds {len(infos)} members; at most {MAX_MEMBERS} are allowed")
+    if len(infos) != count:
+        # zipfile walks the directory by its size, torch's reader by this count: they must agree
+        raise ModelLoadError(f"{where}: the zip end record declares {count} members but the directory holds "
+                             f"{len(infos)}; refused")
     if not infos:
         raise ModelLoadError(f"{where}: an empty zip archive")
     total = 0
@@ -116,9 +120,10 @@ def index_zip(data: bytes, where: str) -> ArchiveIndex:
         if (name.startswith("/") or "\\" in name or "\x00" in name or ".." in parts or ":" in parts[0]
                 or any(p == "" for p in parts[:-1])):
             raise ModelLoadError(f"{where}: member {name!r} has an unsafe path; refused")
-        if name in seen:
-            raise ModelLoadError(f"{where}: member {name!r} appears twice; refused")
-        seen.add(name)
+        # torch's zip reader looks names up ignoring case: names equal but for case are duplicates too
+        if name.casefold() in seen:
+            raise ModelLoadError(f"{where}: member {name!r} appears twice (names compared ignoring case); refused")
+        seen.add(name.casefold())
         if info.flag_bits & 0x1:
             raise ModelLoadError(f"{where}: member {name!r} is encrypted; refused")
         if info.file_size > MAX_MEMBER_BYTES:

@@ -299,6 +299,16 @@ def test_archives_with_too_many_members_or_path_tricks_are_refused(genuine: dict
             zo.writestr(info, zi.read(info))
         zo.writestr(zi.infolist()[0].filename, _saved(_Touch(tmp_path / "pwned")))
     _refused(dup, "appears twice")
+    # torch's reader finds names ignoring case: an upper-case twin could be read instead of the checked one
+    twin = _rewrite(genuine["pt2"], tmp_path / "twin.pt2", {},
+                    add={"data/sample_inputs/MODEL.pt": _saved(((_Touch(tmp_path / "pwned"),), {}))})
+    _refused(twin, "appears twice", "MODEL.pt")
+    # an end record that counts fewer members than the directory holds (the two readers would differ)
+    data = bytearray(genuine["pth"].read_bytes())
+    struct.pack_into("<HH", data, len(data) - 14, 2, 2)
+    miscount = tmp_path / "miscount.pth"
+    miscount.write_bytes(bytes(data))
+    _refused(miscount, "declares 2 members")
     # a comment after the end record could hide a second directory from one reader
     commented = tmp_path / "comment.pth"
     commented.write_bytes(genuine["pth"].read_bytes()[:-2] + struct.pack("<H", 4) + b"PK\x05\x06")
