@@ -130,3 +130,42 @@ def strip_blob(thumbs: np.ndarray, labels: Sequence[str], *, cols: int = 8, skip
     tiles = {"rows": rows, "cols": cols, "count": int(n), "labels": [str(v) for v in labels][:n],
              "skipped": dict(skipped or {}), "tile": [int(h), int(w)], "pad": pad}
     return encode_content({"kind": "image", "text": text, "tiles": tiles}, {"image": img})
+
+
+MAX_DIFF_FILTER_ARRAYS = 48
+"""A blob holds at most 64 arrays: the per-layer series first, per-filter arrays as room allows."""
+
+
+def checkpoint_diff_blob(weights: Any, predictions: Any = None, *, a: str = "a", b: str = "b") -> bytes:
+    """A checkpoint difference as a `metrics` panel: x is the layer index (meta "layers" names them),
+    series "relative_change" (‖b − a‖ / ‖a‖ per layer) and, with predictions, "acc_a" / "acc_b"
+    (each checkpoint's accuracy, constant across layers, so the curves panel shows both). Also
+    "change_norm" and "base_norm" per layer, per-filter arrays "filter_change:<layer>" (listed in
+    meta "filter_change"), meta "top_filters" and "predictions" {changed, accuracy_a, accuracy_b, n}."""
+    w = weights
+    n = len(w.layers)
+    arrays: dict[str, np.ndarray] = {
+        "layer": np.arange(n, dtype=np.float32),
+        "relative_change": np.asarray(w.relative_change, np.float32),
+        "change_norm": np.asarray(w.change_norm, np.float32),
+        "base_norm": np.asarray(w.base_norm, np.float32),
+    }
+    series = ["relative_change"]
+    meta: dict[str, Any] = {"kind": "metrics", "x": "layer", "what": "checkpoint_difference", "a": a, "b": b,
+                            "layers": list(w.layers)[:4000],
+                            "top_filters": [{"layer": layer, "filter": int(i), "change": round(float(v), 6)}
+                                            for layer, i, v in w.top_filters]}
+    if predictions is not None:
+        p = predictions
+        meta["predictions"] = {"changed": round(float(p.changed), 6), "n": len(p.predictions_a),
+                               "accuracy_a": p.accuracy_a, "accuracy_b": p.accuracy_b}
+        if p.accuracy_a is not None and p.accuracy_b is not None:
+            arrays["acc_a"] = np.full(n, p.accuracy_a, np.float32)
+            arrays["acc_b"] = np.full(n, p.accuracy_b, np.float32)
+            series += ["acc_a", "acc_b"]
+    filt = [(f"filter_change:{k}", np.asarray(v, np.float32)) for k, v in w.filter_change.items()]
+    filt = filt[: min(MAX_DIFF_FILTER_ARRAYS, 60 - len(arrays))]
+    arrays.update(filt)
+    meta["series"] = series
+    meta["filter_change"] = [k for k, _ in filt]
+    return encode_content(meta, arrays)

@@ -413,3 +413,71 @@ def time_analysis(model: LoadedModel, name: str, params: Mapping[str, Any] | Non
     t0 = time.perf_counter()
     blob = run_analysis(model, name, params, dataset=dataset, ctx=JobContext(seed))
     return time.perf_counter() - t0, blob
+
+
+# --- differences between two states of one architecture ----------------------------------------
+
+DIFF_LIMIT = 2000
+"""At most this many inputs are predicted by both states."""
+
+
+def comparable(a: Any, b: Any) -> str | None:
+    """None when two models (LoadedModel or nn.Module) have the same parameters (names and shapes),
+    so their weight difference means something; else the reason."""
+    from deeproom.models.training.compare import matching_parameters
+
+    ma, mb = getattr(a, "module", a), getattr(b, "module", b)
+    return matching_parameters(ma.state_dict(), mb.state_dict())
+
+
+def _module_with(template: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    import copy
+
+    m = copy.deepcopy(template)
+    for sub in m.modules():  # a watched model's hooks are not ours to fire
+        sub._forward_hooks.clear()
+        sub._forward_pre_hooks.clear()
+    m.load_state_dict(dict(state))
+    return m.eval()
+
+
+def checkpoint_difference(a: Any, b: Any, *, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                          names: tuple[str, str] = ("a", "b"), template: torch.nn.Module | None = None,
+                          ctx: JobContext | None = None) -> bytes:
+    """The checkpoint-difference blob (`blobs.checkpoint_diff_blob`, a metrics panel) of two states of one
+    architecture: `a` and `b` are models (LoadedModel / nn.Module) or state dicts (then `template` is
+    the architecture). With inputs `x` (and labels `y`), also what each predicts and its accuracy."""
+    from deeproom.models.blobs import checkpoint_diff_blob
+    from deeproom.models.training.compare import (
+        TrainingError,
+        prediction_difference,
+        weight_difference,
+    )
+
+    ctx = context(ctx)
+
+    def as_module(m: Any) -> torch.nn.Module | None:
+        if isinstance(m, Mapping):
+            return _module_with(template, m) if template is not None and x is not None else None
+        return getattr(m, "module", m)  # type: ignore[no-any-return]
+
+    def as_state(m: Any) -> Mapping[str, torch.Tensor]:
+        return m if isinstance(m, Mapping) else getattr(m, "module", m).state_dict()  # type: ignore[no-any-return]
+
+    try:
+        wd = weight_difference(as_state(a), as_state(b))
+    except TrainingError as exc:
+        raise AnalysisError(str(exc)) from None
+    ctx.progress(0.3, 1.0, "weights compared")
+    preds = None
+    if x is not None and len(x):
+        ma, mb = as_module(a), as_module(b)
+        if ma is not None and mb is not None:
+            xs = x[:DIFF_LIMIT]
+            ys = y[:DIFF_LIMIT] if y is not None else None
+            with torch.no_grad():
+                out = ma(xs[:1])
+            if isinstance(out, torch.Tensor) and out.dim() == 2:  # class scores: predictions compare
+                preds = prediction_difference(ma, mb, xs, ys)
+    ctx.progress(1.0, 1.0, "predictions compared")
+    return checkpoint_diff_blob(wd, preds, a=names[0], b=names[1])

@@ -86,6 +86,7 @@ def cmd_label_demo(args: argparse.Namespace, config: Config) -> int:
     import torch
     from sklearn.datasets import load_digits
 
+    from deeproom.models.training.hosting import LabelEngine
     from deeproom.models.training.latent import LabelingLoop, LabelingSession
     from deeproom.models.training.link import RelayLink
 
@@ -95,7 +96,9 @@ def cmd_label_demo(args: argparse.Namespace, config: Config) -> int:
     session.pretrain(30)
     link = RelayLink(args.server, args.room, "labeling", data_dir=config.data_dir / "label-demo")
     thumbs = (session.x.reshape(-1, 8, 8) * 255).round().to(torch.uint8).numpy()
-    loop = LabelingLoop(session, link=link, name=args.name, thumbnails=thumbs).start()
+    loop = LabelingLoop(session, link=link, name=args.name, thumbnails=thumbs)
+    loop.engine = LabelEngine(loop, link)  # the cloud declares label / retrain on a selection
+    loop.start()
     print(f"labeling cloud {args.name}.latent in room {args.room!r} at {link.url}; send "
           '{"cmd": "label_sphere", "center": [x, y, z], "radius": r, "label": k} as "steer" events to '
           f"{link.participant_id}", flush=True)

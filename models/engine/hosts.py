@@ -120,6 +120,8 @@ class ModelsHost(Host):
         for h in list(self.service.hosted.values()):  # strips go beside their graphs once all graphs are placed
             if h.dataset is not None and len(h.dataset):
                 self.service.publish_strip(h)
+        if len(self.service.hosted) > 1:  # each graph also offers what needs the other models
+            self.service.refresh_sources()
 
 
 def load_data_for(data: Path, model_path: Path, loaded: Any, options: Mapping[str, Any]) -> Any:

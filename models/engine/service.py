@@ -40,6 +40,8 @@ PER_IMAGE = ("feature_maps", "gradcam", "gradcam_pp", "scorecam", "layercam", "s
 PROGRESS_INTERVAL_S = 0.1
 BUILTIN_NOTE = "built-in digit: no --data given"
 STRIP_COUNT = 24
+BOTH = "_both"
+"""Suffix of an analysis action run on two models side by side ("gradcam_both")."""
 
 
 def _pid(*parts: str) -> str:
@@ -61,6 +63,11 @@ class Hosted:
     strip_panel: str | None = None
     input_index: int = 0
     classes: tuple[str, ...] = ()
+    extra_source: dict[str, Any] = field(default_factory=dict)
+    """Keys its host adds to its graph panel's source (a run's name, say)."""
+    live: Callable[[Callable[[Any], None]], None] | None = None
+    """A model being trained (a watched run): `live(done)` calls `done(loaded)` with a fresh copy of its
+    weights, taken between two training steps; analyses run on that copy, never on the live model."""
     _builtin: Any = None
 
     def input_data(self) -> tuple[Any, int]:
@@ -78,6 +85,31 @@ class Hosted:
             label = self.dataset.classes[y] if 0 <= y < len(self.dataset.classes) else ""
             return {"index": i, "label": label, "from": "data"}
         return {"index": 0, "label": "", "from": "builtin", "text": BUILTIN_NOTE}
+
+
+def _same_input(a: Hosted, b: Hosted) -> bool:
+    sa, sb = a.model.input_shape, b.model.input_shape
+    return sa is not None and sb is not None and tuple(sa[1:]) == tuple(sb[1:])
+
+
+def both_reason(name: str, a: Hosted, b: Hosted) -> str | None:
+    """None when analysis `name` can run on both models with the same input (a's) and params, else why not."""
+    from deeproom.models.tasks import IMAGE, LAYER, SPECS, applies, model_facts
+
+    spec = SPECS[name]
+    for m in (a, b):
+        reason = applies(name, m.model, None, a.dataset)
+        if reason is not None:
+            return f"{m.title}: {reason}"
+    if IMAGE in spec.needs and not _same_input(a, b):
+        return (f"the models take different inputs ({a.title} {list(a.model.input_shape or [])}, "
+                f"{b.title} {list(b.model.input_shape or [])})")
+    if LAYER in spec.needs:
+        fa, fb = model_facts(a.model).layers, model_facts(b.model).layers
+        if not any(applies(name, a.model, n, a.dataset) is None and applies(name, b.model, n, a.dataset) is None
+                   for n in fa if n in fb):
+            return f"the models share no layer {spec.label} applies to"
+    return None
 
 
 def builtin_input(model: Any) -> Any:
@@ -110,12 +142,44 @@ class Request:
     started: float = field(default_factory=time.monotonic)
     last_stream: float = 0.0
     on_done: Callable[[bytes | None, str | None], None] | None = None
+    kind: str = ""
+    """The panel kind of the result."""
+    label: str = ""
+    beside: str | None = None
+    """Where a new result panel goes (default: beside the panel the action was picked on)."""
+    data_from: Hosted | None = None
+    """Whose input and data to compute on (default: the request's own model): the same input for both
+    models of a side-by-side request."""
+    source_extra: dict[str, Any] = field(default_factory=dict)
+    group: Group | None = None
+    progress: float = 0.0
+
+
+@dataclass
+class Group:
+    """One request computed as several jobs (an analysis on both models): reported as one request,
+    published together when all are done (nothing when one was cancelled)."""
+
+    request_id: str
+    action: str
+    panel_id: str
+    sender: str
+    members: list[Request] = field(default_factory=list)
+    ended: dict[str, tuple[str, str, bytes | None]] = field(default_factory=dict)
+    """member request id -> (state, message, blob)."""
+
+    def report(self) -> Request:
+        r = Request(self.request_id, self.action, self.panel_id, self.sender, {})
+        r.result_panel = self.members[0].result_panel if self.members else None
+        return r
 
 
 @dataclass
 class ExtraAction:
-    """An action a host adds (the demo's label and retrain): declared, role-checked, run on the
-    service's thread by `handler(request)`."""
+    """An action a host adds (the demo's label and retrain, a run's steering): declared, role-checked,
+    run on the service's thread by `handler(request)`. The handler returns the done message, or
+    DEFERRED when the work finishes later (it then calls `EngineService.answer`); it raises
+    `Refused` to refuse."""
 
     declaration: dict[str, Any]
     handler: Callable[[Request], str | None]
@@ -123,6 +187,10 @@ class ExtraAction:
 
 class Refused(Exception):
     pass
+
+
+DEFERRED = "\x00deferred"
+"""An ExtraAction handler's answer when its work is done later (at a training run's next step)."""
 
 
 class EngineService:
@@ -143,6 +211,8 @@ class EngineService:
         self.extra: dict[str, dict[str, ExtraAction]] = {}
         """Host actions per panel id."""
         self.running: dict[str, Request] = {}
+        self.groups: dict[str, Group] = {}
+        """Side-by-side requests by their request id."""
         self._by_result: dict[str, str] = {}
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._lock = threading.RLock()
@@ -159,11 +229,17 @@ class EngineService:
 
     def host_model(self, key: str, model: Any, dataset: Any = None, *, title: str | None = None,
                    graph_panel: str | None = None, transform: dict[str, Any] | None = None,
-                   size: tuple[float, float] = (2.4, 1.1), strip: bool = True, graph: bool = True) -> Hosted:
+                   size: tuple[float, float] = (2.4, 1.1), strip: bool = True, graph: bool = True,
+                   extra_source: dict[str, Any] | None = None,
+                   live: Callable[[Callable[[Any], None]], None] | None = None,
+                   graph_content: tuple[bytes, int] | None = None) -> Hosted:
         """Host `model` (a LoadedModel): publish its graph panel with its actions (unless `graph`
-        is False) and, with a dataset, an input strip beside it."""
+        is False) and, with a dataset, an input strip beside it. `graph_content` is the graph's
+        (blob, node count) when it was extracted already (a live model's: torch.fx patches
+        `nn.Module.__call__` for every thread while it traces, so a run extracts before training)."""
         h = Hosted(key, model, dataset, title or model.name,
-                   classes=tuple(getattr(dataset, "classes", ()) or ()))
+                   classes=tuple(getattr(dataset, "classes", ()) or ()), extra_source=dict(extra_source or {}),
+                   live=live)
         old = self.hosted.get(key)
         if old is not None:  # hosted again (new weights): keep its panels and chosen input
             h.graph_panel, h.strip_panel, h.input_index = old.graph_panel, old.strip_panel, old.input_index
@@ -174,10 +250,12 @@ class EngineService:
         if graph:
             from deeproom.models.graph import extract_graph, graph_blob
 
-            g = extract_graph(model)
+            if graph_content is None:
+                g = extract_graph(model)
+                graph_content = (graph_blob(g), len(g.nodes))
             pid = graph_panel or _pid("graph", key)
             h.graph_panel = pid
-            self.put_panel(pid, graph_blob(g), kind="model_graph", title=f"{h.title} — {len(g.nodes)} ops",
+            self.put_panel(pid, graph_content[0], kind="model_graph", title=f"{h.title} — {graph_content[1]} ops",
                            source=self.model_source(h), size=size, transform=transform)
         if strip and dataset is not None and len(dataset) and h.graph_panel is not None:
             self.publish_strip(h)
@@ -187,13 +265,57 @@ class EngineService:
         from deeproom.models.tasks import declared_actions
 
         actions, unavailable = declared_actions(h.model, h.dataset)
-        actions.append({"name": "close_model", "label": "Close this model", "group": "Model", "role": "host",
-                        "params": []})
-        src: dict[str, Any] = {"model": h.title, "model_key": h.key, "engine": self.engine_id, "actions": actions,
-                               "unavailable": unavailable, "input": h.input_info(), **extra}
+        self._two_model_actions(h, actions, unavailable)
+        if h.live is None:
+            actions.append({"name": "close_model", "label": "Close this model", "group": "Model", "role": "host",
+                            "params": []})
+        if h.graph_panel:  # what its host adds (a run's freeze, say)
+            actions += [dict(a.declaration) for a in self.extra.get(h.graph_panel, {}).values()]
+        src: dict[str, Any] = {**h.extra_source, "model": h.title, "model_key": h.key, "engine": self.engine_id,
+                               "actions": actions, "unavailable": unavailable, "input": h.input_info(), **extra}
         if h.classes and len(h.classes) <= 64:
             src["classes"] = list(h.classes)
         return src
+
+    def _two_model_actions(self, h: Hosted, actions: list[dict[str, Any]], unavailable: list[dict[str, str]]) -> None:
+        """With other models open: each analysis "on both models" (declared when it applies to both with
+        this model's input), and the weight difference to another state of the same architecture."""
+        from deeproom.models.tasks import SPECS, comparable
+
+        others = [o for o in self.hosted.values() if o is not h]
+        if not others:
+            return
+        single = {a["name"]: a for a in actions}
+
+        def other_param(keys: list[str]) -> list[dict[str, Any]]:
+            return [{"name": "other", "type": "choice", "label": "other model", "choices": keys, "default": keys[0]}]
+
+        for name, spec in SPECS.items():
+            reasons = {o.key: both_reason(name, h, o) for o in others}
+            ok = [k for k, r in reasons.items() if r is None]
+            label = f"{spec.label} on both models"
+            if ok and name in single:
+                a = {**single[name], "name": name + BOTH, "label": label, "group": "Both models"}
+                a["params"] = [*single[name]["params"], *(other_param(ok) if len(others) > 1 else [])]
+                actions.append(a)
+            else:
+                unavailable.append({"name": name + BOTH, "label": label,
+                                    "reason": next((r for r in reasons.values() if r), "it does not apply")})
+        reasons = {o.key: comparable(h.model, o.model) for o in others}
+        ok = [k for k, r in reasons.items() if r is None]
+        if ok:
+            actions.append({"name": "compare_weights", "label": "Weight difference to…", "group": "Compare",
+                            "role": "member", "params": other_param(ok), "kind": "metrics"})
+        else:
+            unavailable.append({"name": "compare_weights", "label": "Weight difference",
+                                "reason": f"no other open model has the same parameters: {next(iter(reasons.values()))}"})
+
+    def refresh_sources(self) -> None:
+        """Declare again on every graph panel (another model was opened or closed)."""
+        room = self.link.current_room()
+        for h in list(self.hosted.values()):
+            if h.graph_panel and room is not None and h.graph_panel in room.panels:
+                self.put_panel(h.graph_panel, None, kind="model_graph", title=h.title, source=self.model_source(h))
 
     def publish_strip(self, h: Hosted) -> None:
         from deeproom.models.blobs import strip_blob
@@ -243,16 +365,38 @@ class EngineService:
                          "transform": transform, "size": list(size), "content": content}).result(30)
 
     def stream(self, req: Request, state: str, progress: float = 0.0, message: str = "") -> None:
-        payload = {"panel_id": req.panel_id, "channel": "action", "request_id": req.request_id,
-                   "action": req.action, "by": req.sender, "state": state, "progress": round(float(progress), 3),
-                   "message": message[:500], "result_panel": req.result_panel}
+        if req.group is not None:
+            self._stream_group(req, state, progress, message)
+            return
+        self._send_stream(self._payload(req, state, progress, message))
+
+    def _send_stream(self, payload: dict[str, Any]) -> None:
         try:
             fut = self.link.send_event("stream", payload)
             fut.add_done_callback(_quiet)
         except Exception as exc:  # the room is gone; nothing to tell
             log.debug("stream not sent: %s", exc)
 
-    # --- requests -----------------------------------------------------------------------
+    def _stream_group(self, req: Request, state: str, progress: float, message: str) -> None:
+        g = req.group
+        assert g is not None
+        base = {"panel_id": g.panel_id, "channel": "action", "request_id": g.request_id, "action": g.action,
+                "by": g.sender, "result_panel": g.members[0].result_panel if g.members else None,
+                "result_panels": [m.result_panel for m in g.members]}
+        if state in ("queued", "running"):
+            req.progress = progress
+            if state == "running" or req is g.members[0]:
+                total = sum(m.progress for m in g.members) / max(1, len(g.members))
+                self._send_stream({**base, "state": state, "progress": round(total, 3), "message": message[:500]})
+            return
+        g.ended.setdefault(req.request_id, (state, message, None))
+        self._group_done(g)
+
+    def answer(self, req: Request, state: str, message: str = "") -> None:
+        """Finish a DEFERRED host action (any thread): "done" or "failed" with a message."""
+        self.stream(req, state, 1.0 if state == "done" else 0.0, message)
+
+        # --- requests -----------------------------------------------------------------------
 
     def steer(self, sender: str, payload: dict[str, Any]) -> None:
         """A "steer" event from the relay (any thread): queued for the service's thread."""
@@ -331,6 +475,10 @@ class EngineService:
             need = "member"
         elif req.action == "close_model":
             need = "host"
+        elif req.action == "compare_weights":
+            need = "member"
+        elif req.action.endswith(BOTH) and req.action[: -len(BOTH)] in SPECS:
+            need = SPECS[req.action[: -len(BOTH)]].role
         else:
             raise Refused(f"this panel has no action {req.action!r}")
         if check_role:
@@ -339,7 +487,10 @@ class EngineService:
                 raise Refused(f"{req.action} needs role {need}; you are {role}")
         if extra is not None:
             msg = extra.handler(req)
-            self.stream(req, "done", 1.0, msg or "")
+            if msg == DEFERRED:
+                self.stream(req, "queued", 0.0, f"{extra.declaration.get('label', req.action)}: at the next step")
+            else:
+                self.stream(req, "done", 1.0, msg or "")
             return
         if h is None:
             raise Refused(f"panel {req.panel_id!r} is not one of this engine's models")
@@ -348,8 +499,56 @@ class EngineService:
             self._choose_input(req)
         elif req.action == "close_model":
             self._close_model(req)
+        elif req.action == "compare_weights":
+            self._fresh([h, self._other(req)], req, lambda: self.submit_compare(req))
+        elif req.action.endswith(BOTH):
+            self._fresh([h, self._other(req)], req, lambda: self.submit_both(req))
         else:
-            self.submit(req)
+            self._fresh([h], req, lambda: self.submit(req))
+
+    def _fresh(self, hosts: list[Hosted], req: Request | None, then: Callable[[], None]) -> None:
+        """Run `then` on the service's thread once every live model among `hosts` has fresh weights
+        (a watched run hands a copy over between two steps); at once when none is live."""
+        live = [h for h in hosts if h.live is not None]
+        if not live:
+            then()
+            return
+        if req is not None:
+            self.stream(req, "queued", 0.0, "waiting for the run's next step")
+        left = {h.key for h in live}
+
+        def refreshed(h: Hosted, loaded: Any) -> None:
+            h.model = loaded
+            left.discard(h.key)
+            if left:
+                return
+            try:
+                then()
+            except Refused as exc:
+                if req is not None:
+                    self.stream(req, "refused", 0.0, str(exc))
+                else:
+                    self.notify(str(exc), True)
+
+        for h in live:
+            assert h.live is not None
+
+            def hand_over(loaded: Any, h: Hosted = h) -> None:  # on the training thread: back to ours
+                self.run_on_thread(lambda: refreshed(h, loaded))
+
+            h.live(hand_over)
+
+    def _other(self, req: Request) -> Hosted:
+        """The other model of a two-model action: params["other"] (a model key), or the only other one."""
+        h = req.hosted
+        others = [o for o in self.hosted.values() if o is not h]
+        key = req.params.get("other")
+        if key is None and len(others) == 1:
+            return others[0]
+        for o in others:
+            if o.key == key:
+                return o
+        raise Refused(f"other must be one of {[o.key for o in others]}" if others else "only one model is open")
 
     def _hosted_for(self, panel_id: str) -> Hosted | None:
         if panel_id in self.panels:
@@ -415,94 +614,225 @@ class EngineService:
 
     def submit(self, req: Request, *, result_panel: str | None = None, title: str | None = None) -> None:
         """Run an analysis request on the job runner; its result panel is published when it is done."""
+        job, key = self._prepare(req, result_panel=result_panel, title=title)
+        self._launch(req, job, key)
+
+    def _prepare(self, req: Request, *, result_panel: str | None = None,
+                 title: str | None = None) -> tuple[Callable[[Any], bytes], str]:
+        """Check an analysis request and make its job (nothing starts yet)."""
         from deeproom.models.tasks import SPECS, analysis_key, run_analysis
 
         h = req.hosted
         assert h is not None
+        src = req.data_from or h
         spec = SPECS[req.action]
         params = self._params(req)
         if spec.needs & {"image"} and req.action in PER_IMAGE:
-            data, index = h.input_data()
+            data, index = src.input_data()
             params["index"] = index
         elif req.action in ("confusion_matrix", "embedding"):
-            data = h.dataset
+            data = src.dataset
         else:
-            data, _ = (h.input_data() if "image" in spec.needs else (None, 0))
+            data, _ = (src.input_data() if "image" in spec.needs else (None, 0))
         layer = params.get("layer", "")
         req.result_panel = result_panel or _pid(req.action.replace("_", "-"), str(layer), h.key)
         req.params = params
+        req.kind = spec.kind
+        req.label = f"{spec.label}{f' · {layer}' if layer else ''}"
+        req.params["_title"] = title or f"{req.label} · {h.title}"
+        model = h.model
+        run_params = {k: v for k, v in params.items() if k != "_title"}
+
+        def job(ctx: Any) -> bytes:
+            self.stream(req, "running", 0.0, f"{req.label}…")
+            return run_analysis(model, req.action, run_params, dataset=data, ctx=ctx)
+
+        return job, analysis_key(model, req.action, run_params, data, self.seed)
+
+    def _launch(self, req: Request, job: Callable[[Any], bytes], key: str) -> None:
+        assert req.result_panel is not None
         old = self._by_result.get(req.result_panel)
         if old is not None and old in self.running:
             self._cancel(old, "superseded by a newer request")
         self.running[req.request_id] = req
         self._by_result[req.result_panel] = req.request_id
-        label = f"{spec.label}{f' · {layer}' if layer else ''}"
-        req.params["_title"] = title or f"{label} · {h.title}"
-        self.stream(req, "queued", 0.0, f"{label} queued")
-        seed = self.seed
+        self.stream(req, "queued", 0.0, f"{req.label} queued")
 
         def progress(fraction: float, message: str) -> None:
             now = time.monotonic()
-            if now - req.last_stream >= PROGRESS_INTERVAL_S:
+            first = fraction > 0 and req.progress == 0  # the first real progress is always told
+            if now - req.last_stream >= PROGRESS_INTERVAL_S or first:
                 req.last_stream = now
-                self.stream(req, "running", fraction, message or label)
+                req.progress = fraction
+                self.stream(req, "running", fraction, message or req.label)
+
+        req.job = self.runner.submit(job, key=key, seed=self.seed, on_progress=progress)
+        req.job.future.add_done_callback(lambda _f: self._queue.put(("finished", req)))
+
+    def submit_both(self, req: Request) -> None:
+        """The same analysis, same params, on the same input (this model's), for this model and the
+        other: two result panels side by side, reported as one request."""
+        h = req.hosted
+        assert h is not None
+        other = self._other(req)
+        base = req.action[: -len(BOTH)]
+        params = {k: v for k, v in req.params.items() if k != "other"}
+        reason = both_reason(base, h, other)
+        if reason is not None:
+            raise Refused(reason)
+        g = Group(req.request_id, req.action, req.panel_id, req.sender)
+        jobs = []
+        for i, model in enumerate((h, other)):
+            sub = Request(f"{req.request_id}#{i + 1}", base, req.panel_id, req.sender, dict(params), model,
+                          data_from=h, group=g)
+            g.members.append(sub)
+        for i, sub in enumerate(g.members):
+            m = sub.hosted
+            assert m is not None
+            pid = _pid("both", base.replace("_", "-"), str(params.get("layer", "")), m.key, "vs",
+                       (other if i == 0 else h).key)
+            jobs.append(self._prepare(sub, result_panel=pid, title=""))  # refused before anything starts
+            sub.params["_title"] = f"{sub.label} · {m.title}" + (f" (input of {h.title})" if i else "")
+            sub.source_extra = {"both": [h.key, other.key], "from_request": req.request_id}
+        g.members[1].beside = g.members[0].result_panel
+        self.groups[g.request_id] = g
+        for sub, (job, key) in zip(g.members, jobs, strict=True):
+            self._launch(sub, job, key)
+
+    def submit_compare(self, req: Request) -> None:
+        """The weight difference of this model and the other (same parameter names and shapes), and,
+        with data, what each predicts on it: one metrics panel."""
+        from deeproom.models.jobs import cache_key
+        from deeproom.models.tasks import checkpoint_difference, comparable
+
+        h = req.hosted
+        assert h is not None
+        other = self._other(req)
+        reason = comparable(h.model, other.model)
+        if reason is not None:
+            raise Refused(f"{h.title} and {other.title} cannot be compared: {reason}")
+        a, b = h.model, other.model
+        ds = h.dataset if h.dataset is not None and len(h.dataset) else None
+        x = ds.x if ds is not None and _same_input(h, other) else None
+        y = ds.y if ds is not None and x is not None else None
+        req.params = {"other": other.key}
+        req.kind, req.label = "metrics", f"Weight difference · {h.title} → {other.title}"
+        req.result_panel = _pid("diff", h.key, other.key)
+        req.params["_title"] = req.label
+        req.source_extra = {"compared": [h.key, other.key]}
+        names = (h.title, other.title)
 
         def job(ctx: Any) -> bytes:
-            self.stream(req, "running", 0.0, f"{label}…")
-            run_params = {k: v for k, v in params.items() if k != "_title"}
-            return run_analysis(h.model, req.action, run_params, dataset=data, ctx=ctx)
+            self.stream(req, "running", 0.0, f"{req.label}…")
+            return checkpoint_difference(a, b, x=x, y=y, names=names, ctx=ctx)
 
-        key = analysis_key(h.model, req.action, {k: v for k, v in params.items() if k != "_title"}, data, seed)
-        req.job = self.runner.submit(job, key=key, seed=seed, on_progress=progress)
-        req.job.future.add_done_callback(lambda _f: self._queue.put(("finished", req)))
+        key = cache_key(a.digest, "compare_weights", {"other": b.digest, "data": getattr(ds, "name", None),
+                                                      "n": 0 if x is None else len(x)})
+        self._launch(req, job, key)
 
     def _finished(self, req: Request) -> None:
         from deeproom.models.errors import JobCancelled
-        from deeproom.models.tasks import SPECS
 
         if self.running.get(req.request_id) is not req:
             return  # cancelled or superseded: already answered, nothing published
         del self.running[req.request_id]
         if self._by_result.get(req.result_panel or "") == req.request_id:
             del self._by_result[req.result_panel or ""]
-        h = req.hosted
-        assert h is not None and req.result_panel is not None
         fut = req.job.future
-        room = self.link.current_room()
-        exists = room is not None and req.result_panel in room.panels
-        if fut.cancelled():
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or isinstance(exc, JobCancelled):
             self.stream(req, "cancelled", 0.0, "cancelled")
             return
-        exc = fut.exception()
-        if isinstance(exc, JobCancelled):
-            self.stream(req, "cancelled", 0.0, "cancelled")
+        if exc is not None:
+            message = f"{req.label or req.action} failed: {type(exc).__name__}: {exc}"
+            if req.group is not None:
+                req.group.ended[req.request_id] = ("failed", message, None)
+                self._group_done(req.group)
+                return
+            self._publish_failure(req, message)
             return
+        blob: bytes = fut.result()
+        done = f"{req.label or req.action} done{' (cached)' if req.job.cached else ''}"
+        if req.group is not None:
+            req.group.ended[req.request_id] = ("done", done, blob)
+            self._group_done(req.group)
+            return
+        self._publish_result(req, blob)
+        self.stream(req, "done", 1.0, done)
+        if req.on_done is not None:
+            req.on_done(blob, None)
+
+    def _result_source(self, req: Request) -> dict[str, Any]:
+        from deeproom.models.tasks import SPECS
+
+        h = req.hosted
+        assert h is not None
         params = {k: v for k, v in req.params.items() if k not in ("_title", "index")}
-        title = str(req.params.get("_title", req.action))
-        spec = SPECS[req.action]
+        spec = SPECS.get(req.action)
         source = {"model": h.title, "model_key": h.key, "engine": self.engine_id, "analysis": req.action,
-                  "params": params, "actions": self._panel_actions(spec), "from": req.panel_id}
+                  "params": params, "actions": self._panel_actions(spec) if spec is not None else [],
+                  "from": req.panel_id, **req.source_extra}
         if "layer" in params:
             source["layer"] = params["layer"]
         if req.action in PER_IMAGE:
-            source["input"] = h.input_info()
+            source["input"] = (req.data_from or h).input_info()
         if h.classes and len(h.classes) <= 64:
             source["classes"] = list(h.classes)
-        if exc is not None:
-            message = f"{spec.label} failed: {type(exc).__name__}: {exc}"
-            if exists:
-                self.put_panel(req.result_panel, None, kind=spec.kind, title=title,
-                               source={**source, "error": message[:1000]})
-            self.stream(req, "failed", 0.0, message)
-            if req.on_done is not None:
-                req.on_done(None, message)
-            return
-        blob: bytes = fut.result()
-        self.put_panel(req.result_panel, blob, kind=spec.kind, title=title, source=source, beside=req.panel_id)
-        self.panels[req.result_panel] = (h.key, req.action, params)
-        self.stream(req, "done", 1.0, f"{spec.label} done{' (cached)' if req.job.cached else ''}")
+        if h.live is not None:
+            source["step"] = getattr(h.model, "extra", {}).get("step")
+        return source
+
+    def _publish_failure(self, req: Request, message: str) -> None:
+        room = self.link.current_room()
+        assert req.result_panel is not None
+        if room is not None and req.result_panel in room.panels:
+            self.put_panel(req.result_panel, None, kind=req.kind, title=str(req.params.get("_title", req.action)),
+                           source={**self._result_source(req), "error": message[:1000]})
+        self.stream(req, "failed", 0.0, message)
         if req.on_done is not None:
-            req.on_done(blob, None)
+            req.on_done(None, message)
+
+    def _publish_result(self, req: Request, blob: bytes) -> None:
+        h = req.hosted
+        assert h is not None and req.result_panel is not None
+        params = {k: v for k, v in req.params.items() if k not in ("_title", "index")}
+        self.put_panel(req.result_panel, blob, kind=req.kind, title=str(req.params.get("_title", req.action)),
+                       source=self._result_source(req), beside=req.beside or req.panel_id)
+        self.panels[req.result_panel] = (h.key, req.action, params)
+
+    def _group_done(self, g: Group) -> None:
+        """Once every job of a group ended: publish all (in order, each beside the one before) or,
+        when one was cancelled, nothing."""
+        if len(g.ended) < len(g.members):
+            return
+        self.groups.pop(g.request_id, None)
+        report = g.report()
+        states = [g.ended[m.request_id][0] for m in g.members]
+        extra = {"result_panels": [m.result_panel for m in g.members]}
+        if "cancelled" in states:
+            self._send_stream({**self._payload(report, "cancelled", 0.0, "cancelled"), **extra})
+            return
+        failures = []
+        for m in g.members:
+            _, message, blob = g.ended[m.request_id]
+            if blob is not None:
+                self._publish_result(m, blob)
+            else:
+                failures.append(message)
+                room = self.link.current_room()
+                if room is not None and m.result_panel in room.panels:
+                    self.put_panel(m.result_panel or "", None, kind=m.kind, title=str(m.params.get("_title", "")),
+                                   source={**self._result_source(m), "error": message[:1000]})
+        if failures:
+            self._send_stream({**self._payload(report, "failed", 0.0, "; ".join(failures)), **extra})
+        else:
+            self._send_stream({**self._payload(report, "done", 1.0, f"{g.members[0].label} on both models done"),
+                               **extra})
+
+    def _payload(self, req: Request, state: str, progress: float, message: str) -> dict[str, Any]:
+        return {"panel_id": req.panel_id, "channel": "action", "request_id": req.request_id,
+                "action": req.action, "by": req.sender, "state": state, "progress": round(float(progress), 3),
+                "message": message[:500], "result_panel": req.result_panel}
 
     def _panel_actions(self, spec: Any) -> list[dict[str, Any]]:
         """What a result panel offers: the analyses of its group with the same panel kind (recompute
@@ -512,6 +842,9 @@ class EngineService:
         return [s.action() for s in SPECS.values() if s.kind == spec.kind and s.group == spec.group][:8]
 
     def _cancel(self, request_id: str, why: str) -> bool:
+        g = self.groups.get(request_id)
+        if g is not None:  # the whole side-by-side request
+            return any([self._cancel(m.request_id, why) for m in g.members])
         req = self.running.pop(request_id, None)
         if req is None:
             return False
@@ -519,6 +852,13 @@ class EngineService:
             del self._by_result[req.result_panel]
         if req.job is not None:
             req.job.cancel()
+        if req.group is not None:
+            req.group.ended[req.request_id] = ("cancelled", why, None)
+            for sibling in req.group.members:
+                if sibling.request_id in self.running:
+                    self._cancel(sibling.request_id, why)
+            self._group_done(req.group)
+            return True
         self.stream(req, "cancelled", 0.0, why)
         return True
 
@@ -578,6 +918,7 @@ class EngineService:
                 self.link.apply({"op": "remove_panel", "panel_id": pid}).result(30)
             self.panels.pop(pid or "", None)
         self.hosted.pop(h.key, None)
+        self.refresh_sources()
         self.stream(req, "done", 1.0, f"closed {h.title}")
 
     # --- the app's direct calls (the old provider path) ------------------------------------
@@ -621,6 +962,9 @@ class EngineService:
         if not todo:
             self.notify(f"nothing to show for {layer}: {applies('feature_maps', h.model, layer, h.dataset)}", True)
             return
+        self._fresh([h], None, lambda: self._open_layer(h, panel_id, layer, todo))
+
+    def _open_layer(self, h: Hosted, panel_id: str, layer: str, todo: list[str]) -> None:
         left = set(todo)
         names = {"feature_maps": "feature-maps", "filters": "filters", "gradcam": "grad-cam"}
         titles = {"feature_maps": "Feature maps", "filters": "Filters", "gradcam": "Grad-CAM"}

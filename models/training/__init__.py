@@ -76,6 +76,7 @@ def watch(
     offline: bool = False,
     link: RoomLink | None = None,
     options: WatchOptions | None = None,
+    host: bool = True,
     **option_overrides: Any,
 ) -> Run:
     """Watch a training run in a room; returns the `Run` (call `run.log(...)`, `run.epoch_end()`, `run.close()`).
@@ -84,7 +85,10 @@ def watch(
     URL is `run.url`). `offline=True` keeps everything local (no room). `optimizer`
     enables steering (freezing filters, learning rate, retraining); `train_data` and
     `val_data` are (x, y) tensors for retraining, validation accuracy and the confusion
-    matrix; `probe` (default: up to 2,000 training points) is what gets embedded.
+    matrix; `probe` (default: up to 2,000 training points) is what gets embedded. With
+    `host` (default) and a relay, the run hosts its panels in an engine service
+    (`deeproom.models.training.hosting.RunEngine`): a graph panel whose layers can be analysed,
+    and the steering commands as actions on its panels.
     """
     opts = options or WatchOptions(name=name)
     if option_overrides:
@@ -109,4 +113,8 @@ def watch(
         checkpoint_dir=base / "checkpoints" / opts.name, options=opts,
     )
     run.url = url  # type: ignore[attr-defined]
+    if host and isinstance(link, RelayLink):
+        from deeproom.models.training.hosting import RunEngine
+
+        run.engine = RunEngine(run, link)
     return run

@@ -2,6 +2,10 @@
 
 `CheckpointDiff(model, layer).compute(inputs, a, b)` says how a layer's activations
 and filters and the embedding positions changed between two checkpoints.
+`weight_difference(a, b)` compares two state dicts of one architecture layer by layer
+(change norm, relative change, per-filter change, the filters that changed most) and
+`prediction_difference(model_a, model_b, x, y)` what the two predict on the same inputs;
+`deeproom.models.blobs.checkpoint_diff_blob` makes them one panel.
 `overlay_runs` lays two or more runs' metric series on one x axis (one metrics blob
 with series "<run>/<name>"); `confusion_side_by_side` gives each run's confusion
 matrix with its own precision/recall/F1, ready for panels next to each other.
@@ -92,6 +96,121 @@ class CheckpointDiff:
         pa, pb = a.arrays.get("positions"), b.arrays.get("positions")
         moved = (pb - pa).norm(dim=1) if pa is not None and pb is not None and pa.shape == pb.shape else None
         return CheckpointDifference(self.layer, act_change, filt, weights, moved)
+
+
+PARAMETER_SUFFIXES = ("weight", "bias")
+SKIPPED_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def layer_of(name: str) -> str:
+    """The layer a state-dict entry belongs to: "conv1.weight" -> "conv1"; ONNX initializers
+    ("weights.conv1_weight") -> "conv1"; anything else is its own layer."""
+    head, _, tail = name.rpartition(".")
+    if tail in PARAMETER_SUFFIXES and head:
+        return head
+    for suffix in PARAMETER_SUFFIXES:
+        if tail.endswith("_" + suffix) and len(tail) > len(suffix) + 1:
+            return tail[: -len(suffix) - 1] if head == "weights" else f"{head}.{tail[: -len(suffix) - 1]}".lstrip(".")
+    return name
+
+
+def matching_parameters(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> str | None:
+    """None when two state dicts have the same floating-point entries (names and shapes), else why not."""
+    fa = {k: tuple(v.shape) for k, v in a.items() if v.is_floating_point()}
+    fb = {k: tuple(v.shape) for k, v in b.items() if v.is_floating_point()}
+    if not fa:
+        return "the model has no floating-point parameters"
+    if set(fa) != set(fb):
+        only = sorted(set(fa) ^ set(fb))
+        return f"the parameter names differ ({len(only)} not in both, e.g. {only[0]!r})"
+    bad = [k for k in fa if fa[k] != fb[k]]
+    if bad:
+        return f"parameter {bad[0]!r} has shape {list(fa[bad[0]])} in one and {list(fb[bad[0]])} in the other"
+    return None
+
+
+@dataclass
+class WeightDifference:
+    """Layer by layer, how the weights changed from state a to state b."""
+
+    layers: list[str]
+    """Layer names in state-dict order."""
+    change_norm: np.ndarray
+    """Per layer: ‖b − a‖ over all its parameters (float64 [L])."""
+    base_norm: np.ndarray
+    """Per layer: ‖a‖ (float64 [L])."""
+    relative_change: np.ndarray
+    """Per layer: ‖b − a‖ / ‖a‖ (0 for an untouched layer)."""
+    filter_change: dict[str, np.ndarray]
+    """Per layer with a weight of 2+ dimensions: ‖w_b[i] − w_a[i]‖ / ‖w_a[i]‖ per filter (output channel)."""
+    top_filters: list[tuple[str, int, float]]
+    """The filters that changed most (relatively): (layer, filter, change), largest first."""
+
+
+def weight_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], *, top: int = 16) -> WeightDifference:
+    """Compare two state dicts of one architecture (refused with the reason when they do not match)."""
+    reason = matching_parameters(a, b)
+    if reason is not None:
+        raise TrainingError(f"the checkpoints do not match: {reason}")
+    sq_change: dict[str, float] = {}
+    sq_base: dict[str, float] = {}
+    filters: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for k, va in a.items():
+            if not va.is_floating_point() or k.rpartition(".")[2] in SKIPPED_BUFFERS:
+                continue
+            fa, fb = va.detach().double(), b[k].detach().double()
+            d = fb - fa
+            layer = layer_of(k)
+            sq_change[layer] = sq_change.get(layer, 0.0) + float((d * d).sum())
+            sq_base[layer] = sq_base.get(layer, 0.0) + float((fa * fa).sum())
+            if fa.dim() >= 2 and layer not in filters:
+                per = d.reshape(d.shape[0], -1).norm(dim=1) / fa.reshape(fa.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+                filters[layer] = per.numpy()
+    layers = list(sq_change)
+    change = np.sqrt(np.asarray([sq_change[n] for n in layers], np.float64))
+    base = np.sqrt(np.asarray([sq_base[n] for n in layers], np.float64))
+    relative = np.where(base > 0, change / np.maximum(base, 1e-12), change)
+    ranked = sorted(((layer, i, float(v)) for layer, per in filters.items() for i, v in enumerate(per)),
+                    key=lambda t: -t[2])
+    return WeightDifference(layers, change, base, relative, filters, [t for t in ranked[:top] if t[2] > 0])
+
+
+@dataclass
+class PredictionDifference:
+    """What two models predict on the same inputs."""
+
+    predictions_a: np.ndarray
+    predictions_b: np.ndarray
+    changed: float
+    """Fraction of inputs whose predicted class differs."""
+    accuracy_a: float | None
+    """Accuracy against the labels (None without labels)."""
+    accuracy_b: float | None
+
+
+@torch.no_grad()
+def prediction_difference(model_a: nn.Module, model_b: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
+                          batch: int = 256) -> PredictionDifference:
+    """Predicted classes of both models on `x` (eval mode), how many differ, and each one's accuracy on `y`
+    (labels below 0 do not count)."""
+    preds = []
+    for m in (model_a, model_b):
+        was = m.training
+        m.eval()
+        try:
+            preds.append(torch.cat([m(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)]).numpy())
+        finally:
+            m.train(was)
+    pa, pb = preds
+    changed = float((pa != pb).mean()) if len(pa) else 0.0
+    acc_a = acc_b = None
+    if y is not None:
+        yy = np.asarray(y)
+        known = yy >= 0
+        if known.any():
+            acc_a, acc_b = float((pa[known] == yy[known]).mean()), float((pb[known] == yy[known]).mean())
+    return PredictionDifference(pa, pb, changed, acc_a, acc_b)
 
 
 def confusion_meta(matrix: np.ndarray, classes: Sequence[str] | None = None, **extra: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from deeproom.models.training.errors import SteerError
 from deeproom.models.training.link import RoomLink
 
 ProgressFn = Callable[[int, int], bool]
+Answer = Callable[[bool, str], None]
 
 
 class LabelingVAE(nn.Module):
@@ -206,6 +207,22 @@ class LabelingSession:
             raise SteerError(f"point ids must be in 0..{len(self.x) - 1}")
         self.labels[idx] = label
 
+    def train_on(self, ids: Sequence[int], steps: int = 20) -> int:
+        """Fine-tune `steps` steps on batches that hold the selected points (up to a batch) filled with
+        random ones; the selection's labels weigh in through the label loss. Returns how many of the
+        selected points carry a label (refused when none does: there is nothing to learn from them)."""
+        idx = torch.as_tensor(list(ids), dtype=torch.long)
+        if len(idx) == 0 or int(idx.max()) >= len(self.x) or int(idx.min()) < 0:
+            raise SteerError(f"point ids must be a non-empty list in 0..{len(self.x) - 1}")
+        labelled = int((self.labels[idx] >= 0).sum())
+        if labelled == 0:
+            raise SteerError("none of the selected points has a label yet: label them first")
+        for _ in range(steps):
+            pick = idx[torch.randperm(len(idx), generator=self.generator)[: self.batch_size]]
+            fill = torch.randint(0, len(self.x), (max(0, self.batch_size - len(pick)),), generator=self.generator)
+            self._step(torch.cat([pick, fill]))
+        return labelled
+
     def refresh_positions(self) -> np.ndarray:
         self._positions = self.positions()
         return self._positions
@@ -255,8 +272,10 @@ class LabelingLoop:
         self.events: list[dict[str, Any]] = []
         self.label_events: list[LabelEvent] = []
         self.last_frame_at = 0.0
-        self._commands: list[tuple[str | None, dict[str, Any]]] = []
+        self._commands: list[tuple[str | None, dict[str, Any], Answer | None]] = []
         self._cv = threading.Condition()
+        self.engine: Any = None
+        """Its engine (`deeproom.models.training.hosting.LabelEngine`) when the cloud declares actions."""
         self._stop = False
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"deeproom-labeling-{name}", daemon=True)
@@ -266,9 +285,10 @@ class LabelingLoop:
         self._thread.start()
         return self
 
-    def submit(self, payload: dict[str, Any], sender: str | None = None) -> None:
+    def submit(self, payload: dict[str, Any], sender: str | None = None, on_done: Answer | None = None) -> None:
+        """Queue a command; `on_done(ok, message)` is called once it was applied (on the loop's thread)."""
         with self._cv:
-            self._commands.append((sender, payload))
+            self._commands.append((sender, payload, on_done))
             self._idle.clear()
             self._cv.notify_all()
 
@@ -285,12 +305,14 @@ class LabelingLoop:
         if self.link is not None:
             self._publish()
             self.link.flush(30)
+        if self.engine is not None:
+            self.engine.close()
 
-    def _take(self) -> list[tuple[str | None, dict[str, Any]]]:
+    def _take(self) -> list[tuple[str | None, dict[str, Any], Answer | None]]:
         with self._cv:
             out, self._commands = self._commands, []
         if self.link is not None:
-            out.extend((s, p) for s, p in self.link.poll())
+            out.extend((s, p, None) for s, p in self.link.poll())
         return out
 
     def _main(self) -> None:
@@ -307,7 +329,7 @@ class LabelingLoop:
             commands = self._take()
             if commands:
                 self._idle.clear()
-            if any([self._apply(s, p) for s, p in commands]):  # apply every one, not just up to the first
+            if any([self._apply(s, p, a) for s, p, a in commands]):  # apply every one, not just up to the first
                 rounds_left = self.rounds
             if rounds_left > 0:
                 self.session.train(self.steps_per_frame)
@@ -319,7 +341,16 @@ class LabelingLoop:
                     self._report({"type": "label_accuracy", "labelled": self.session.n_labelled, "accuracy": round(acc, 4)})
                     self._publish()
 
-    def _apply(self, sender: str | None, payload: dict[str, Any]) -> bool:
+    def _apply(self, sender: str | None, payload: dict[str, Any], on_done: Answer | None = None) -> bool:
+        before = len(self.events)
+        ok = self._apply_one(sender, payload)
+        if on_done is not None:
+            said = self.events[before:]
+            on_done(ok, str(said[-1].get("message") if not ok and said else
+                            f"labelled {self.session.n_labelled} points so far" if ok else "refused"))
+        return ok
+
+    def _apply_one(self, sender: str | None, payload: dict[str, Any]) -> bool:
         try:
             cmd = payload.get("cmd") if isinstance(payload, dict) else None
             if cmd == "label_sphere":
@@ -340,7 +371,14 @@ class LabelingLoop:
                 self._report({"type": "labelled", "by": sender, "count": len(ids), "label": id_label,
                               "labelled": self.session.n_labelled})
                 return True
-            raise SteerError(f"unknown labeling command {cmd!r:.40}; allowed: label_sphere, label_ids")
+            if cmd == "retrain_ids":
+                ids = payload.get("ids")
+                if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                    raise SteerError("'ids' must be a non-empty list of point ids")
+                n = self.session.train_on(ids, self.steps_per_frame * 5)
+                self._report({"type": "retrained", "by": sender, "count": len(ids), "labelled_in_selection": n})
+                return True
+            raise SteerError(f"unknown labeling command {cmd!r:.40}; allowed: label_sphere, label_ids, retrain_ids")
         except SteerError as exc:
             self._report({"type": "error", "where": "labeling", "message": str(exc)})
             return False
@@ -372,8 +410,9 @@ class LabelingLoop:
             return
         session = self.session
         source = {"kind": "latent_labeling", "run": self.name, "owner": self.link.participant_id,
-                  "labelled": session.n_labelled, "commands": ["label_sphere", "label_ids"]}
-        self.link.publish(f"{self.name}.latent", "latent_cloud", f"{self.name}: label the latent space", source,
+                  "labelled": session.n_labelled, "commands": ["label_sphere", "label_ids", "retrain_ids"]}
+        cloud = {**source, **(self.engine.declare() if self.engine is not None else {})}
+        self.link.publish(f"{self.name}.latent", "latent_cloud", f"{self.name}: label the latent space", cloud,
                           lambda: session.cloud_content(self.thumbnails))
         hist = list(session.history)
         if hist:

@@ -6,6 +6,10 @@ implements it with `deeproom.net.BackgroundClient` (its own asyncio thread; with
 URL it starts an embedded relay on 127.0.0.1), and does the slow part of publishing
 (encoding, uploading the blob, `set_content`) on a publisher thread of its own,
 newest content per panel winning, so the training loop never waits on the network.
+A reader thread takes what arrives: connection status, and "steer" events, which go to
+the router (`route()`: the run's engine service takes panel actions) or wait for `poll()`.
+`EngineLinkOver(link)` is the same participant as an engine service's link
+(`deeproom.models.engine.EngineLink`), so a run hosts its panels' actions through the service.
 """
 
 from __future__ import annotations
@@ -83,8 +87,14 @@ class RelayLink:
         self._cv = threading.Condition()
         self._busy = False
         self._closed = False
+        self._steers: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._router: Callable[[str, dict[str, Any]], bool] | None = None
+        self._reading = threading.Event()
+        self._reading.set()
         self._publisher = threading.Thread(target=self._publish_loop, name="deeproom-run-publisher", daemon=True)
         self._publisher.start()
+        self._reader = threading.Thread(target=self._read, name="deeproom-run-reader", daemon=True)
+        self._reader.start()
 
     @property
     def participant_id(self) -> str | None:
@@ -115,25 +125,42 @@ class RelayLink:
 
     def poll(self) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
-        inbox: queue.Queue[Any] = self.client.inbox
         while True:
             try:
-                item = inbox.get_nowait()
+                out.append(self._steers.get_nowait())
             except queue.Empty:
                 return out
+
+    def route(self, router: Callable[[str, dict[str, Any]], bool] | None) -> None:
+        """Give each arriving "steer" event to `router(sender, payload)` first; what it returns
+        True for is its own, the rest waits for `poll()`."""
+        self._router = router
+
+    def _read(self) -> None:
+        inbox: queue.Queue[Any] = self.client.inbox
+        while self._reading.is_set():
+            try:
+                item = inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
             # While the relay is unreachable, publishing waits (newest content per panel is
             # kept) instead of blocking on timeouts; it resumes on reconnect.
             if self._status(item):
                 continue
             steer = _as_steer(item)
-            if steer is not None:
-                out.append(steer)
+            if steer is None:
+                continue
+            router = self._router
+            try:
+                if router is not None and router(*steer):
+                    continue
+            except Exception as exc:  # a bad request must not stop the reader
+                log.warning("steer event not handled: %s", exc)
+                continue
+            self._steers.put(steer)
 
     def poll_status(self) -> None:
-        """Take connection status changes from the inbox (steer events stay for poll())."""
-        keep = [item for item in self.client.drain() if not self._status(item)]
-        for item in keep:
-            self.client.inbox.put(item)
+        """Connection status changes are taken by the reader thread as they arrive."""
 
     def _status(self, item: Any) -> bool:
         if getattr(item, "kind", None) != "status":
@@ -229,7 +256,43 @@ class RelayLink:
             self._cv.notify_all()
         # A publish stuck on a dead relay must not hold the script (the thread is a daemon).
         self._publisher.join(timeout=5 if self.connected else 0.5)
+        self._reading.clear()
+        self._reader.join(timeout=2)
         self.client.close()
+
+
+class EngineLinkOver:
+    """A RelayLink's participant as an engine service's link: the service's panels, blobs and
+    "stream" events go out as the run's own; its "steer" handler is the link's router."""
+
+    def __init__(self, link: RelayLink) -> None:
+        self.link = link
+        self.participant_id: str = link.client.participant_id
+
+    def current_room(self) -> Any:
+        return self.link.client.room
+
+    def apply(self, op: Any) -> Future[Any]:
+        fut: Future[Any] = self.link.client.apply(dict(op))
+        return fut
+
+    def put_blob(self, data: bytes) -> Future[str]:
+        fut: Future[str] = self.link.client.put_blob(data)
+        return fut
+
+    def fetch_blob(self, sha: str) -> bytes:
+        data: bytes = self.link.client.get_blob(sha).result(60)
+        return data
+
+    def send_event(self, kind: str, payload: Any, to: str | None = None) -> Future[Any]:
+        fut: Future[Any] = self.link.client.send_event(kind, dict(payload), to)
+        return fut
+
+    def on_steer(self, handler: Callable[[str, dict[str, Any]], None]) -> None:
+        """The run's engine routes steer events itself (see `RelayLink.route`)."""
+
+    def close(self) -> None:
+        """The RelayLink belongs to the run, which closes it."""
 
 
 def _ignore_result(fut: Future[Any]) -> None:

@@ -38,6 +38,8 @@ from deeproom.models.training.stream_embed import StreamedEmbedding
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Answer = Callable[[bool, str], None]
+"""Told whether a steering command worked, with what it says (the engine's action report)."""
 MAX_STREAM_FILTERS = 512
 
 
@@ -138,7 +140,10 @@ class Run:
         self._filter_grad: dict[str, torch.Tensor] = {}
         self._stats_dirty = False
         self._sample_now = True
-        self._commands: list[tuple[str | None, dict[str, Any]]] = []
+        self._commands: list[tuple[str | None, dict[str, Any], Answer | None]] = []
+        self._at_safe_point: list[Callable[[], None]] = []
+        self.engine: Any = None
+        """The run's engine (`deeproom.models.training.hosting.RunEngine`) when it hosts its panels in a room."""
         self._commands_lock = threading.Lock()
         self._paused = False
         self._stopped = False
@@ -220,10 +225,31 @@ class Run:
         self._epoch_started = time.perf_counter()
         return values
 
-    def steer(self, payload: dict[str, Any], sender: str | None = None) -> None:
-        """Queue a steering command (what a "steer" event carries); it runs at the next safe point."""
+    def steer(self, payload: dict[str, Any], sender: str | None = None, on_done: Answer | None = None) -> None:
+        """Queue a steering command (what a "steer" event carries); it runs at the next safe point,
+        then `on_done(ok, message)` is called (on the training thread)."""
         with self._commands_lock:
-            self._commands.append((sender, payload))
+            self._commands.append((sender, payload, on_done))
+
+    def at_safe_point(self, fn: Callable[[], None]) -> None:
+        """Call `fn` on the training thread between two steps (at once when the run is closed: its
+        model no longer trains). The engine takes weight snapshots for analyses this way."""
+        if self._closed:
+            fn()
+            return
+        with self._commands_lock:
+            self._at_safe_point.append(fn)
+        if self._closed:  # closed meanwhile: nobody else will run it
+            self._run_safe_point_calls()
+
+    def _run_safe_point_calls(self) -> None:
+        with self._commands_lock:
+            calls, self._at_safe_point = self._at_safe_point, []
+        for fn in calls:
+            try:
+                fn()
+            except Exception:  # one failed snapshot must not break training
+                log.exception("safe-point call failed")
 
     def service(self) -> None:
         """Run queued steering commands now (the training loop's steps do this on their own)."""
@@ -325,11 +351,14 @@ class Run:
         if self._worker is not None:
             self._worker.stop()
         self._report({"type": "status", "state": self.status})
+        self._run_safe_point_calls()  # snapshots asked for before the close (the model is still now)
         try:
             self._flush(force_publish=True)
             if self.link is not None:
                 self.link.flush(10.0)
         finally:
+            if self.engine is not None:
+                self.engine.close()
             if self.link is not None:
                 self.link.close()
             if self._on_close is not None:
@@ -465,32 +494,41 @@ class Run:
             self._in_service = False
 
     def _run_commands(self) -> None:
-        incoming: list[tuple[str | None, dict[str, Any]]] = []
+        incoming: list[tuple[str | None, dict[str, Any], Answer | None]] = []
         if self.link is not None:
             try:
-                incoming.extend(self.link.poll())
+                incoming.extend((s, p, None) for s, p in self.link.poll())
             except Exception as exc:  # a broken link must not break training
                 log.debug("poll failed: %s", exc)
         with self._commands_lock:
             incoming.extend(self._commands)
             self._commands.clear()
-        for sender, payload in incoming:
-            self._apply(sender, payload)
+        for sender, payload, on_done in incoming:
+            self._apply(sender, payload, on_done)
+        self._run_safe_point_calls()
 
-    def _apply(self, sender: str | None, payload: Any) -> None:
+    def _apply(self, sender: str | None, payload: Any, on_done: Answer | None = None) -> None:
         cmd_name = payload.get("cmd") if isinstance(payload, dict) else None
         try:
             cmd = st.parse_steer(payload)
             result = self._execute(cmd)
         except (SteerError, CheckpointError, TrainingError) as exc:
             self._report({"type": "error", "where": "steer", "cmd": str(cmd_name)[:40], "message": str(exc)}, to=None)
+            if on_done is not None:
+                on_done(False, str(exc))
             return
         except Exception as exc:  # a command that trips over the user's model must not end their run
             log.exception("steer command %s failed", cmd_name)
             self._report({"type": "error", "where": "steer", "cmd": str(cmd_name)[:40],
                           "message": f"{type(exc).__name__}: {exc}"}, to=None)
+            if on_done is not None:
+                on_done(False, f"{type(exc).__name__}: {exc}")
             return
         self._report({"type": "steered", "cmd": str(cmd_name), "by": sender, **result})
+        if on_done is not None:
+            on_done(True, _says(str(cmd_name), result))
+        if isinstance(cmd, st.SaveCheckpoint | st.Freeze | st.Unfreeze) and self.engine is not None:
+            self.publish()  # the panels' sources (checkpoint choices, frozen layers) follow at once
 
     def _execute(self, cmd: st.SteerCommand) -> dict[str, Any]:
         if isinstance(cmd, st.Freeze | st.Unfreeze):
@@ -586,16 +624,39 @@ class Run:
         return {"points": len(ids), "wrong_before": before_wrong, "wrong_after": after_wrong, "steps": cmd.steps}
 
     def compare_checkpoints(self, a: str, b: str) -> dict[str, Any]:
-        """Publish (as a stream event) how two checkpoints differ; returns the summary."""
-        from deeproom.models.training.compare import CheckpointDiff
+        """How two checkpoints differ: a `checkpoint_diff` stream event (one layer's activation and
+        filter change, embedding movement, with probe points) and a panel `<run>.diff.<a>.<b>` (kind
+        metrics: per-layer relative weight change, the filters that changed most and, with validation
+        data or probe points, each checkpoint's accuracy and how many predictions changed).
+        Computed on copies of the model, between two steps; returns the panel id."""
+        from deeproom.models.tasks import checkpoint_difference
 
-        if self.probe is None:
-            raise SteerError("comparing checkpoints needs probe points")
-        layer = self.embed_layer or self.layers[0]
-        diff = CheckpointDiff(self.model, layer).compute(self.probe.x[:512], self.load_checkpoint(a), self.load_checkpoint(b))
-        summary = diff.summary()
-        self._report({"type": "checkpoint_diff", "a": a, "b": b, **summary})
-        return {"a": a, "b": b}
+        ca, cb = self.load_checkpoint(a), self.load_checkpoint(b)
+        if self.probe is not None:
+            from deeproom.models.training.compare import CheckpointDiff
+
+            layer = self.embed_layer or self.layers[0]
+            summary = CheckpointDiff(self.model, layer).compute(self.probe.x[:512], ca, cb).summary()
+            self._report({"type": "checkpoint_diff", "a": a, "b": b, **summary})
+        x, y = self.val_data if self.val_data is not None else (
+            (self.probe.x, self.probe.y) if self.probe is not None else (None, None))
+        try:
+            blob = checkpoint_difference(ca.model, cb.model, x=x, y=y, names=(a, b), template=self.model)
+        except Exception as exc:
+            raise SteerError(f"checkpoints {a!r} and {b!r} cannot be compared: {exc}") from exc
+        panel = f"{self.name}.diff.{a}.{b}"[:64]
+        if self.link is not None:
+            from deeproom.content import decode_content
+
+            meta, arrays = decode_content(blob)
+            preds = meta.get("predictions") or {}
+            title = f"{self.name}: {a} → {b} weights"
+            if preds.get("accuracy_a") is not None:
+                title += (f" · acc {preds['accuracy_a']:.3f} → {preds['accuracy_b']:.3f}"
+                          f" · {100 * preds['changed']:.0f}% predictions changed")
+            self.link.publish(panel, "metrics", title, {**self.source("checkpoint_difference"), "a": a, "b": b},
+                              lambda: (dict(meta), dict(arrays)))
+        return {"a": a, "b": b, "panel": panel}
 
     # ------------------------------------------------------------------ streaming and publishing
     def _report(self, event: dict[str, Any], to: str | None = None) -> None:
@@ -654,6 +715,7 @@ class Run:
             "frozen": self.freezer.describe(),
             "embed_layer": self.embed_layer,
             "checkpoints": self.checkpoint_names()[:50],
+            **(self.engine.declare(what) if self.engine is not None else {}),
         }
 
     def publish(self) -> None:
@@ -744,6 +806,11 @@ class Run:
                 self.publish()
         for fn in list(self.frame_listeners):
             fn(frame)
+
+
+def _says(cmd: str, result: dict[str, Any]) -> str:
+    shown = ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("frozen",) and not isinstance(v, dict | list))
+    return f"{cmd}: {shown}" if shown else cmd
 
 
 def _b64(a: np.ndarray) -> str:

@@ -266,7 +266,9 @@ def test_declared_actions_match_the_registry_for_a_cnn_and_a_vit(room: dict[str,
     assert "attention" not in declared
     torch.manual_seed(0)
     vit = load_model(TinyViT().eval(), input_shape=(1, 1, 8, 8))
-    digits = load_digits()
+    from dataclasses import replace
+
+    digits = replace(load_digits(), builtin=False)  # as if the user gave the digits with --data
     actions, unavailable = declared_actions(vit, digits)
     assert {a["name"] for a in actions} == set(applicable_analyses(vit, digits))
     att = next(a for a in actions if a["name"] == "attention")
