@@ -18,6 +18,7 @@ import numpy as np
 from deeproom.document import new_room
 from deeproom.scenes.app import AppOptions, RoomApp
 from deeproom.scenes.bench_render import count_draws
+from deeproom.scenes.graph_layout import PLATE_HEADER
 from deeproom.scenes.graph_readability import (
     READABLE_CAP_PX,
     group_label_heights,
@@ -108,11 +109,16 @@ def opened() -> dict[str, Any]:
     expanded = panel_crop(app, "graph-1")
     out["expand_changed"] = changed(before, expanded)
     app.save_snapshot("expanded.png")
-    # its plate: a click beside its boxes says "collapse"; collapsing restores the first picture
+    # its plate's name strip: a click there (the app's click path) collapses it in place
     plate = next(p for p in dense.layout.plates if p.group == gid)
     out["plate_label"] = plate.label
-    out["plate_click"] = dense.click((plate.lo[0] + plate.hi[0]) / 2, plate.hi[1] - 0.01)  # its name strip
-    out["toggled"] = sorted(dense.toggle_group(str(gid)) ^ set(dense.collapsed))
+    strip = PLATE_HEADER * dense.layout.text_height
+    u, v = (plate.lo[0] + plate.hi[0]) / 2, plate.hi[1] - strip / 2
+    out["plate_click"] = dense.click(u, v)
+    click_local(app, "graph-1", u, v)
+    out["collapsed_kept"] = str(gid) in dense.collapsed and app.panels["graph-1"].graph_collapsed == dense.collapsed
+    out["toggle_api"] = [sorted(dense.toggle_group(str(gid)) ^ dense.collapsed), str(gid) not in dense.collapsed]
+    dense.toggle_group(str(gid))
     app.step(3)
     out["collapsed_boxes"] = len(dense.layout.nodes)
     out["collapse_restores"] = changed(before, panel_crop(app, "graph-1"))

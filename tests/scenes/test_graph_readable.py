@@ -72,6 +72,8 @@ def test_a_click_expands_a_group_and_collapsing_restores_it(opened: dict[str, An
     assert opened["expand_changed"] > 0.05  # the panel looks different
     assert opened["plate_click"] is not None and opened["plate_click"].startswith("collapse:")
     assert opened["plate_label"] == "denseblock3"
+    assert opened["collapsed_kept"]  # collapsed by the click; the panel keeps the state for rebuilds
+    assert opened["toggle_api"] == [[], True]
     assert opened["collapsed_boxes"] == opened["dense_boxes"]
     assert opened["collapse_restores"] < 0.01
 
