@@ -4,11 +4,18 @@ Accepted: ONNX files (run by our torch executor), torch modules passed in from
 Python, TorchScript archives, `torch.export` programs (`.pt2`), and checkpoints
 (state dicts, also nested under "state_dict"/"model") read with
 `torch.load(..., weights_only=True)` and put into a named architecture. The kind is
-decided from the bytes, not the file name. Anything else — truncated or random
-bytes, a pickle that would run code to load — is refused with a `ModelLoadError`
-that says what the file looked like and what is allowed.
+decided from the bytes, not the file name. Opening a file never runs code from it:
+before torch or onnx reads anything, `safe_archive` checks zip archives (member count,
+declared and total sizes against decompression bombs, path tricks, duplicate names),
+every pickle torch would unpickle (weights-only opcodes and globals, else refused),
+the program of a `.pt2` (no guard code, symbolic expressions that are only
+arithmetic, graph targets that are torch operators) and TorchScript source (no
+operators that touch files); `safe_onnx` keeps external weights inside the model's
+folder and refuses tensors that declare more data than they hold. Anything else —
+truncated or random bytes, a pickle that would run code to load — is refused with a
+`ModelLoadError` (`UnsafeModelError` for code) that says what the file looked like
+and what is allowed.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -241,6 +248,7 @@ def _load_zip(data: bytes, where: str, stem: str, architecture: Any, input_shape
     if is_script:
         if not index.prefix:
             raise ModelLoadError(f"{where}: a TorchScript archive without its top-level folder; refused")
+        safe_archive.check_script_pickles(data, index, where)
         safe_archive.check_script_code(data, index, where)
         try:
             jm = torch.jit.load(io.BytesIO(data), map_location="cpu")

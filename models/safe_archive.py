@@ -451,6 +451,32 @@ def check_script_code(data: bytes, index: ArchiveIndex, where: str) -> None:
                                        f"{ns!r}; allowed: {', '.join(sorted(_SCRIPT_NAMESPACES))}")
 
 
+_SCRIPT_PICKLE_MODULES = re.compile(r"(__torch__|torch|collections)(\.[A-Za-z0-9_]+)*")
+
+
+def check_script_pickles(data: bytes, index: ArchiveIndex, where: str) -> None:
+    """Name the first foreign global in a TorchScript archive's pickles. torch's own
+    unpickler for these resolves only TorchScript types and would fail anyway; this says why."""
+    for name in sorted(index.members):
+        if not name.endswith(".pkl") or "/" in name:
+            continue
+        program = read_member(data, index, name, where, MAX_PICKLE_BYTES)
+        try:
+            ops = list(pickletools.genops(program))
+        except Exception as exc:
+            raise ModelLoadError(f"{where}: member {index.prefix}{name} is not a readable pickle "
+                                 f"({type(exc).__name__}: {str(exc)[:120]})") from None
+        for op, arg, _pos in ops:
+            if op.name in ("INST", "OBJ", "EXT1", "EXT2", "EXT4", "STACK_GLOBAL"):
+                raise UnsafeModelError(f"{where}: member {index.prefix}{name} would run code (pickle opcode "
+                                       f"{op.name}); refused")
+            if op.name == "GLOBAL":
+                module = str(arg).partition(" ")[0]
+                if not _SCRIPT_PICKLE_MODULES.fullmatch(module):
+                    raise UnsafeModelError(f"{where}: member {index.prefix}{name} would run code (pickled global "
+                                           f"{str(arg).replace(' ', '.')}); refused")
+
+
 def check_script_graphs(module: Any, where: str) -> None:
     """Refuse a TorchScript module whose code calls operators that touch files or Python."""
     import torch

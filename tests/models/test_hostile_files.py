@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -379,6 +380,11 @@ def test_torchscript_inspect_and_file_touching_code(genuine: dict[str, Path], tm
     marker.unlink()
     _refused(tmp_path / "writes.ts", "save", kind=UnsafeModelError)
     assert not marker.exists()
+    pwned = tmp_path / "pwned"
+    for member in ("data.pkl", "constants.pkl"):
+        evil = _rewrite(genuine["ts"], tmp_path / "evil.ts", {f"/{member}": pickle.dumps((_Touch(pwned),), protocol=2)})
+        _refused(evil, member, "posix.system", kind=UnsafeModelError)
+    assert not pwned.exists()
 
 
 # --- ONNX ---------------------------------------------------------------------------------------
