@@ -82,6 +82,12 @@ def _number(v: Any, what: str) -> float | None:
     return float(v)
 
 
+def _integral(v: Any) -> Any:
+    """A whole float back to an int: numbers that went through the room document come back
+    as floats (2 -> 2.0), and an engine checks an "int" parameter for an int."""
+    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**53 else v
+
+
 def _scalar(v: Any, what: str) -> Any:
     if isinstance(v, bool | int | str) or (isinstance(v, float) and v == v):
         return v[:MAX_TEXT] if isinstance(v, str) else v
@@ -102,13 +108,15 @@ def parse_param(d: Any) -> ParamSpec:
         raw = d.get("choices")
         if not isinstance(raw, list) or not raw or len(raw) > MAX_CHOICES:
             raise ActionError(f"parameter {name}: a choice needs 1..{MAX_CHOICES} choices")
-        choices = tuple(_scalar(c, f"parameter {name}: a choice") for c in raw)
+        choices = tuple(_integral(_scalar(c, f"parameter {name}: a choice")) for c in raw)
     lo, hi = _number(d.get("min"), f"parameter {name}: min"), _number(d.get("max"), f"parameter {name}: max")
     if typ in ("int", "float") and (lo is None or hi is None or lo > hi):
         raise ActionError(f"parameter {name}: {typ} needs min <= max")
     default = d.get("default")
     if default is not None:
         default = _scalar(default, f"parameter {name}: default")
+        if typ != "float":
+            default = _integral(default)
     label = d.get("label", name)
     return ParamSpec(name, typ, _text(label, f"parameter {name}: label", 40), bool(d.get("optional", False)),
                      choices, default, lo, hi)

@@ -293,7 +293,7 @@ def measure_room(out: dict[str, Any], missing: dict[str, str], log: Any) -> None
             names = [n for n in applicable_analyses(cnn, data) if n != "gradcam"][:12]
             facts = model_facts(cnn)
             where = {n: layer if applies(n, cnn, layer, data) is None else
-                     next((x for x in reversed(list(facts.layers)) if applies(n, cnn, x, data) is None), layer)
+                     next((x for x in facts.layers if applies(n, cnn, x, data) is None), layer)
                      for n in names}  # the layer a person would right-click for it
             shown = bench.open_through_actions("graph-1", names, where)
             room = bench.app.room

@@ -105,6 +105,19 @@ def test_tile_at_uses_the_strips_tile_size_and_pad() -> None:
     assert at(1.0, 1.0) is None  # the outer pad
 
 
+def test_numbers_back_from_the_room_document_are_ints_again_where_they_were() -> None:
+    # a source read back from the room document has 0.0 for 0: an "int" param must send 0
+    a = act.parse_action({"name": "fv", "params": [
+        {"name": "channel", "type": "int", "min": 0.0, "max": 4095.0, "default": 0.0},
+        {"name": "dims", "type": "choice", "choices": [2.0, 3.0], "default": 3.0},
+        {"name": "step", "type": "float", "min": 0.0, "max": 1.0, "default": 1.0}]})
+    channel, dims, step = a.params
+    assert channel.default == 0 and type(channel.default) is int
+    assert dims.choices == (2, 3) and all(type(c) is int for c in dims.choices) and type(dims.default) is int
+    assert type(step.default) is float
+    assert [type(v) for _, v in act.param_options(channel)] == [int] * len(act.param_options(channel))
+
+
 def test_a_selection_param_is_given_by_the_click_under_its_declared_name() -> None:
     from deeproom.scenes.action_menus import given_params
 
@@ -163,6 +176,15 @@ st = put({"kind": "image", "tiles": {"rows": 2, "cols": 4, "count": 8, "labels":
 add("strip", "image", [1.3, 1.6, 2.0], [1.0, 0.55], [st],
     {"engine": "eng", "actions": [{"name": "choose_input", "label": "Use this input", "on": "tile",
                                    "params": [{"name": "index", "type": "tile"}]}]})
+rng = np.random.default_rng(0)
+cl = put({"kind": "latent_cloud", "classes": [str(i) for i in range(10)]},
+         {"positions": rng.uniform(-1, 1, (40, 3)).astype(np.float32), "labels": (np.arange(40) % 10).astype(np.int32)})
+sel = [{"name": "ids", "type": "selection"}]
+add("cloud", "latent_cloud", [0.0, 1.6, -2.0], [1.0, 1.0], [cl],
+    {"engine": "eng", "classes": [str(i) for i in range(10)], "actions": [
+        {"name": "label", "label": "Label the selection", "on": "selection",
+         "params": [*sel, {"name": "label", "type": "class"}]},
+        {"name": "retrain", "label": "Retrain on the selection", "on": "selection", "params": sel}]})
 add("bad", "grad_cam", [-1.3, 1.6, 2.0], [0.8, 0.6], [], {"engine": "eng", "error": "Score-CAM failed: out of memory"})
 app = RoomApp(session, options=AppOptions(offscreen=True, size=(480, 320), start_position=(0.0, 1.6, 0.0)))
 app.start()
@@ -248,6 +270,14 @@ ox, oy = 4 + (tw - 8 - dw) // 2, 4 + (th - 8 - dh) // 2
 tx, ty = ox + dw * (2.5 / 4), oy + dh * (1.5 / 2)
 app.pointer_press(*app.screen_ray(*app.world_to_screen(face_point(sv, tx, ty)))); app.pointer_release(); app.step(2)
 out["tile_sent"] = {k: v for k, v in app.menus.sent[-1].items() if k != "at"}
+# the cloud's keys: a digit labels the selection, R retrains on it, through the declared actions
+n_before = len(app.menus.sent)
+cv = app.panels["cloud"]
+app.input.select("cloud")
+cv.content.select_sphere(np.zeros(3, np.float32), 5.0)
+app.key("7")
+app.key("r")
+out["cloud_keys"] = [{k: v for k, v in s.items() if k not in ("at", "request_id")} for s in app.menus.sent[n_before:]]
 done(out)
 '''
 
@@ -323,3 +353,11 @@ def test_confusion_shows_f1_and_a_tile_click_sends_the_tile_action(seen: dict[st
     assert near(seen["f1_pixel"], tuple(colormap.sequential(np.array([0.9]))[0]), 14), seen["f1_pixel"]
     tile = seen["tile_sent"]
     assert tile["action"] == "choose_input" and tile["params"] == {"index": 6} and tile["to"] == "eng"
+
+
+def test_the_clouds_keys_send_its_declared_label_and_retrain_actions(seen: dict[str, Any]) -> None:
+    label, retrain = seen["cloud_keys"]
+    assert label["action"] == "label" and label["to"] == "eng" and label["panel_id"] == "cloud"
+    assert label["params"]["label"] == 7 and sorted(label["params"]["ids"]) == list(range(40))
+    assert retrain == {"action": "retrain", "panel_id": "cloud", "params": {"ids": label["params"]["ids"]},
+                       "to": "eng"}
