@@ -282,7 +282,7 @@ class EngineService:
         this model's input), and the weight difference to another state of the same architecture."""
         from deeproom.models.tasks import SPECS, comparable
 
-        others = [o for o in self.hosted.values() if o is not h]
+        others = [o for o in self.hosted.values() if o is not h and o.graph_panel]  # the ones people see
         if not others:
             return
         single = {a["name"]: a for a in actions}
@@ -541,7 +541,7 @@ class EngineService:
     def _other(self, req: Request) -> Hosted:
         """The other model of a two-model action: params["other"] (a model key), or the only other one."""
         h = req.hosted
-        others = [o for o in self.hosted.values() if o is not h]
+        others = [o for o in self.hosted.values() if o is not h and o.graph_panel]
         key = req.params.get("other")
         if key is None and len(others) == 1:
             return others[0]
