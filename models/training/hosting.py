@@ -74,7 +74,7 @@ class RunEngine:
 
         self.run = run
         self.link = link
-        self.service = EngineService(EngineLinkOver(link), seed=run.options.seed)
+        self.service = EngineService(EngineLinkOver(link), seed=run.options.seed, notify=self._notify)
         self.graph_panel = f"{run.name}.graph"
         self.key = run.name
         self._template = copy.deepcopy(run.model)  # the architecture; weights come from snapshots
@@ -102,6 +102,11 @@ class RunEngine:
                 content = (graph_blob(g), len(g.nodes))
                 self.service.run_on_thread(lambda: self._host(first, content))
         link.route(_route_to(self.service))
+
+    def _notify(self, text: str, error: bool) -> None:
+        """What the service says outside an action report (a bad layer click) goes out as run events."""
+        if error:
+            self.run._report({"type": "error", "where": "engine", "message": text[:500]})
 
     # --- the graph: the live model, analysed on copies ---------------------------------------
 
@@ -198,6 +203,8 @@ class RunEngine:
         from deeproom.models.engine.service import DEFERRED, Refused
 
         def handle(req: Request) -> str | None:
+            if self.run.stopped:
+                raise Refused(f"the run has {self.run.status}; it takes no more steering")
             p = req.params
             cmd: dict[str, Any] = {"cmd": action}
             if action in ("freeze", "unfreeze", "embed_layer"):

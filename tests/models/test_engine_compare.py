@@ -150,6 +150,11 @@ def test_a_watched_runs_graph_declares_analyses_and_a_member_gets_feature_maps(r
     assert overlapping(mo.client.room) == []
     names = {a["name"] for a in run.engine.declare("latent_cloud")["actions"]}
     assert {"retrain", "retrain_misclassified"} <= names
+    mo.ask(eid, "stop", "run.metrics", {}, "st1")
+    assert mo.final("st1", between=step)["state"] == "done" and run.stopped
+    mo.ask(eid, "pause", "run.metrics", {}, "p1")  # a stopped run would never get to it: refused, not queued
+    end = mo.final("p1")
+    assert end["state"] == "refused" and "stopped" in end["message"]
 
 
 def test_checkpoint_difference_of_a_run_is_a_panel_zero_where_frozen(run_room: dict[str, Any]) -> None:
