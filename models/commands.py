@@ -65,10 +65,10 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_inspect(args: argparse.Namespace, config: Any) -> int:
-    from deeproom.models.loading import describe_layers
+    from deeproom.models.loading import describe_export_layers, describe_layers
 
     loaded = _load(args.model, args.arch, _shape(args.input_shape))
-    rows = describe_layers(loaded)
+    rows = describe_export_layers(loaded) if loaded.kind == "export" else describe_layers(loaded)
     total = sum(p.numel() for p in loaded.module.parameters())
     print(f"{loaded.name}: {loaded.kind} model, {len(rows)} layers, {total:,} parameters, "
           f"input {list(loaded.input_shape) if loaded.input_shape else 'unknown'}")

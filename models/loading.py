@@ -391,3 +391,31 @@ def describe_layers(loaded: LoadedModel) -> list[LayerInfo]:
             for h in handles:
                 h.remove()
     return [LayerInfo(n, t, p, shapes.get(n)) for n, _, t, p in rows]
+
+
+def describe_export_layers(loaded: LoadedModel) -> list[LayerInfo]:
+    """The layers of a torch.export program as its graph records them (for `deeproom inspect`):
+    the module torch rebuilds calls operators, not its submodules, so `describe_layers` sees
+    only the parameter holders. Shapes are those recorded at export."""
+    modules = dict(loaded.module.named_modules())
+    order: list[str] = []
+    kinds: dict[str, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for node in loaded.extra["exported_program"].graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op != "call_function" or not stack:
+            continue
+        path, type_name = list(stack.values())[-1]
+        if not path:
+            continue
+        if path not in kinds:
+            order.append(path)
+            kinds[path] = str(type_name).rsplit(".", 1)[-1]
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            try:
+                shapes[path] = tuple(int(d) for d in val.shape)
+            except (TypeError, ValueError, RuntimeError):  # a symbolic dimension
+                shapes.pop(path, None)
+    return [LayerInfo(p, kinds[p], sum(t.numel() for t in modules[p].parameters(recurse=False)) if p in modules
+                      else 0, shapes.get(p)) for p in order]

@@ -383,8 +383,26 @@ def _check_payload_config(data: bytes, index: ArchiveIndex, folder: str, cfg_nam
         if meta.get("use_pickle"):
             blob = read_member(data, index, member, where, MAX_MEMBER_BYTES)
             check_torch_save(blob, f"{where}: member {index.prefix}{member}")
+        else:
+            _check_tensor_meta(meta.get("tensor_meta"), index.members[member], f"{where}: {index.prefix}{member}")
         used.add(member)
     return used
+
+
+def _check_tensor_meta(meta: Any, info: zipfile.ZipInfo, where: str) -> None:
+    # torch fills an empty member with torch.zeros(sizes): the sizes must not ask for more
+    sizes = meta.get("sizes") if isinstance(meta, dict) else None
+    if not isinstance(sizes, list):
+        raise ModelLoadError(f"{where}: a raw tensor without sizes")
+    numel = 1
+    for s in sizes:
+        n = s.get("as_int") if isinstance(s, dict) else None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ModelLoadError(f"{where}: a stored tensor with size {str(s)[:60]}; sizes must be integers")
+        numel *= n
+    if info.file_size == 0 and numel:
+        raise ModelLoadError(f"{where}: declares a tensor of {numel} elements {[s['as_int'] for s in sizes]} but "
+                             "holds no bytes; refused")
 
 
 # --- graphs, after loading ------------------------------------------------------------------

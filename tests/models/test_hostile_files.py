@@ -23,7 +23,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from deeproom.models.errors import ModelLoadError, UnsafeModelError
-from deeproom.models.loading import describe_layers, load_model
+from deeproom.models.loading import describe_export_layers, describe_layers, load_model
 from deeproom.models.zoo import DigitsCNN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +115,9 @@ def test_genuine_programs_still_load_and_run(genuine: dict[str, Path]) -> None:
     ref = DigitsCNN().eval()
     with torch.no_grad():
         assert torch.allclose(loaded.module(X), ref(X), atol=1e-5)
+    rows = {r.name: r for r in describe_export_layers(loaded)}
+    assert rows["conv1"].type == "Conv2d" and rows["conv1"].params == 16 * 9 + 16
+    assert rows["conv1"].output_shape == (2, 16, 8, 8) and rows["relu3"].output_shape == (2, 64)  # as exported
     const = load_model(genuine["const"])
     assert torch.equal(const.module(X), X.flatten(1)[:, :10] * 2)
 
@@ -149,6 +152,16 @@ def test_pickled_weights_and_constants_that_run_code_are_refused(genuine: dict[s
     consts = _rewrite(genuine["const"], tmp_path / "c.pt2", {"model_constants_config.json": use_pickle(False),
                                                              "data/constants/tensor_0": _saved(_Touch(marker))})
     _refused(consts, "data/constants/tensor_0", "posix.system", kind=UnsafeModelError)
+    # an empty weight member that declares a 3.6 GB tensor (torch would fill it with zeros)
+    def huge(data: bytes) -> bytes:
+        cfg = json.loads(data)
+        meta = next(iter(cfg["config"].values()))
+        meta["tensor_meta"]["sizes"] = [{"as_int": 30_000}, {"as_int": 30_000}]
+        return json.dumps(cfg).encode()
+
+    empty = _rewrite(genuine["pt2"], tmp_path / "e.pt2", {"model_weights_config.json": huge,
+                                                          "data/weights/weight_0": b""})
+    _refused(empty, "data/weights/weight_0", "900000000 elements")
     # a genuine tensor pickled the same way is fine
     ok = _rewrite(genuine["const"], tmp_path / "ok.pt2", {"model_constants_config.json": use_pickle(False),
                                                           "data/constants/tensor_0": _saved(torch.full((10,), 2.0))})
