@@ -221,7 +221,7 @@ def _load_zip(data: bytes, where: str, stem: str, architecture: Any, input_shape
     if not is_script and names & {"archive_format", "archive_version", "models/model.json"}:
         if not index.prefix:
             raise ModelLoadError(f"{where}: a torch.export archive without its top-level folder; refused")
-        safe_archive.check_pt2(data, index, where)
+        safe_archive.check_pt2(index, where)
         try:
             ep = torch.export.load(io.BytesIO(data))
         except Exception as exc:
@@ -248,8 +248,8 @@ def _load_zip(data: bytes, where: str, stem: str, architecture: Any, input_shape
     if is_script:
         if not index.prefix:
             raise ModelLoadError(f"{where}: a TorchScript archive without its top-level folder; refused")
-        safe_archive.check_script_pickles(data, index, where)
-        safe_archive.check_script_code(data, index, where)
+        safe_archive.check_script_pickles(index, where)
+        safe_archive.check_script_code(index, where)
         try:
             jm = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as exc:

@@ -71,6 +71,8 @@ class ArchiveIndex:
     """The one top-level folder every member sits in ("" when there is none)."""
     members: dict[str, zipfile.ZipInfo]
     """Member name without the prefix → its entry."""
+    archive: zipfile.ZipFile
+    """The parsed archive, for reading members (its directory is parsed once)."""
 
 
 def _entry_count(data: bytes, where: str) -> int:
@@ -100,8 +102,8 @@ def index_zip(data: bytes, where: str) -> ArchiveIndex:
     if count > MAX_MEMBERS:
         raise ModelLoadError(f"{where}: the archive declares {count} members; at most {MAX_MEMBERS} are allowed")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            infos = z.infolist()
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, struct.error) as exc:
         raise ModelLoadError(f"{where}: a damaged or truncated zip archive ({exc})") from None
     if len(infos) > MAX_MEMBERS:
@@ -144,17 +146,17 @@ def index_zip(data: bytes, where: str) -> ArchiveIndex:
                              "a torch archive has one")
     prefix = (tops.pop() + "/") if nested else ""
     members = {i.filename[len(prefix):]: i for i in infos}
-    return ArchiveIndex(prefix, members)
+    return ArchiveIndex(prefix, members, archive)
 
 
-def read_member(data: bytes, index: ArchiveIndex, name: str, where: str, cap: int) -> bytes:
+def read_member(index: ArchiveIndex, name: str, where: str, cap: int) -> bytes:
     """One member's bytes, at most `cap` of them; the CRC is checked by zipfile."""
     info = index.members[name]
     if info.file_size > cap:
         raise ModelLoadError(f"{where}: member {info.filename!r} declares {info.file_size} bytes; "
                              f"the cap for this kind of member is {cap}")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z, z.open(info) as f:
+        with index.archive.open(info) as f:
             out = f.read(cap + 1)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise ModelLoadError(f"{where}: member {info.filename!r} is damaged ({exc})") from None
@@ -199,7 +201,7 @@ def check_torch_save(blob: bytes, where: str, depth: int = 1) -> None:
     pickles = [n for n in inner.members if n.endswith(".pkl")]
     if pickles != ["data.pkl"]:
         raise ModelLoadError(f"{where}: expected one data.pkl in a torch.save archive, found {pickles[:5]}")
-    check_pickle(read_member(blob, inner, "data.pkl", where, MAX_PICKLE_BYTES), f"{where} (data.pkl)")
+    check_pickle(read_member(inner, "data.pkl", where, MAX_PICKLE_BYTES), f"{where} (data.pkl)")
 
 
 # --- torch.export (.pt2) ---------------------------------------------------------------------
@@ -300,7 +302,7 @@ def check_export_program_json(program: dict[str, Any], where: str) -> None:
                                        f"{', '.join(sorted(_HIGHER_ORDER))}")
 
 
-def check_pt2(data: bytes, index: ArchiveIndex, where: str) -> None:
+def check_pt2(index: ArchiveIndex, where: str) -> None:
     """Check every member of a torch.export archive that torch would parse or unpickle.
 
     Allowed: the archive's metadata files, `models/<name>.json` programs (checked by
@@ -322,13 +324,13 @@ def check_pt2(data: bytes, index: ArchiveIndex, where: str) -> None:
             raise ModelLoadError(f"{where}: model name {model!r} is not allowed")
         prog_name = c.MODELS_FILENAME_FORMAT.format(model)
         expected.add(prog_name)
-        program = _read_json(data, index, prog_name, where)
+        program = _read_json(index, prog_name, where)
         check_export_program_json(program, f"{where}: {index.prefix}{prog_name}")
         sample = c.SAMPLE_INPUTS_FILENAME_FORMAT.format(model)
         if sample not in names:
             raise ModelLoadError(f"{where}: {index.prefix}{sample} is missing")
         expected.add(sample)
-        blob = read_member(data, index, sample, where, MAX_MEMBER_BYTES)
+        blob = read_member(index, sample, where, MAX_MEMBER_BYTES)
         if blob:
             check_torch_save(blob, f"{where}: member {index.prefix}{sample}")
         for folder, cfg_fmt, legacy in ((c.WEIGHTS_DIR, c.WEIGHTS_CONFIG_FILENAME_FORMAT, "weights"),
@@ -341,7 +343,7 @@ def check_pt2(data: bytes, index: ArchiveIndex, where: str) -> None:
             if cfg_name not in names:
                 raise ModelLoadError(f"{where}: {index.prefix}{cfg_name} is missing")
             expected.add(cfg_name)
-            expected |= _check_payload_config(data, index, folder, cfg_name, where)
+            expected |= _check_payload_config(index, folder, cfg_name, where)
     unexpected = sorted(names - expected - {n for n in names if n.endswith("/")})
     if unexpected:
         what = next((n for n in unexpected if n.startswith((c.AOTINDUCTOR_DIR, c.EXECUTORCH_DIR, c.MTIA_DIR))), None)
@@ -352,17 +354,17 @@ def check_pt2(data: bytes, index: ArchiveIndex, where: str) -> None:
                              "archive; refused")
 
 
-def _read_json(data: bytes, index: ArchiveIndex, name: str, where: str) -> Any:
+def _read_json(index: ArchiveIndex, name: str, where: str) -> Any:
     try:
-        return json.loads(read_member(data, index, name, where, MAX_JSON_BYTES))
+        return json.loads(read_member(index, name, where, MAX_JSON_BYTES))
     except (ValueError, RecursionError) as exc:
         raise ModelLoadError(f"{where}: member {index.prefix}{name} is not valid JSON ({str(exc)[:100]})") from None
 
 
-def _check_payload_config(data: bytes, index: ArchiveIndex, folder: str, cfg_name: str, where: str) -> set[str]:
+def _check_payload_config(index: ArchiveIndex, folder: str, cfg_name: str, where: str) -> set[str]:
     from torch.export.pt2_archive import constants as c
 
-    cfg = _read_json(data, index, cfg_name, where)
+    cfg = _read_json(index, cfg_name, where)
     entries = cfg.get("config") if isinstance(cfg, dict) else None
     if not isinstance(entries, dict):
         raise ModelLoadError(f"{where}: member {index.prefix}{cfg_name} is not a payload config")
@@ -381,7 +383,7 @@ def _check_payload_config(data: bytes, index: ArchiveIndex, folder: str, cfg_nam
         if not path.startswith((c.TENSOR_CONSTANT_FILENAME_PREFIX, c.WEIGHT_FILENAME_PREFIX)):
             raise ModelLoadError(f"{where}: member {index.prefix}{member} is of an unknown kind; refused")
         if meta.get("use_pickle"):
-            blob = read_member(data, index, member, where, MAX_MEMBER_BYTES)
+            blob = read_member(index, member, where, MAX_MEMBER_BYTES)
             check_torch_save(blob, f"{where}: member {index.prefix}{member}")
         else:
             _check_tensor_meta(meta.get("tensor_meta"), index.members[member], f"{where}: {index.prefix}{member}")
@@ -448,7 +450,7 @@ _SCRIPT_DENIED_CALL = re.compile(r"\.\s*(from_file|save|load_tensor|load_library
 _SCRIPT_OPS = re.compile(r"\bops\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def check_script_code(data: bytes, index: ArchiveIndex, where: str) -> None:
+def check_script_code(index: ArchiveIndex, where: str) -> None:
     """Refuse TorchScript source that calls file-touching operators before `torch.jit.load`
     compiles it: a `__setstate__` method runs while the archive loads, before any graph
     could be inspected."""
@@ -456,7 +458,7 @@ def check_script_code(data: bytes, index: ArchiveIndex, where: str) -> None:
         if not (name.startswith("code/") and name.endswith(".py")):
             continue
         try:
-            text = read_member(data, index, name, where, MAX_PICKLE_BYTES).decode("utf-8")
+            text = read_member(index, name, where, MAX_PICKLE_BYTES).decode("utf-8")
         except UnicodeDecodeError:
             raise ModelLoadError(f"{where}: member {index.prefix}{name} is not UTF-8 TorchScript source") from None
         bad = _SCRIPT_DENIED_CALL.search(text)
@@ -472,13 +474,13 @@ def check_script_code(data: bytes, index: ArchiveIndex, where: str) -> None:
 _SCRIPT_PICKLE_MODULES = re.compile(r"(__torch__|torch|collections)(\.[A-Za-z0-9_]+)*")
 
 
-def check_script_pickles(data: bytes, index: ArchiveIndex, where: str) -> None:
+def check_script_pickles(index: ArchiveIndex, where: str) -> None:
     """Name the first foreign global in a TorchScript archive's pickles. torch's own
     unpickler for these resolves only TorchScript types and would fail anyway; this says why."""
     for name in sorted(index.members):
         if not name.endswith(".pkl") or "/" in name:
             continue
-        program = read_member(data, index, name, where, MAX_PICKLE_BYTES)
+        program = read_member(index, name, where, MAX_PICKLE_BYTES)
         try:
             ops = list(pickletools.genops(program))
         except Exception as exc:
