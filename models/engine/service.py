@@ -212,6 +212,8 @@ class EngineService:
         """Host actions per panel id."""
         self.running: dict[str, Request] = {}
         self.groups: dict[str, Group] = {}
+        self._input_of: dict[str, tuple[str, dict[str, Any]]] = {}
+        """Result panel -> (key of the model whose input it was computed on, its extra source keys)."""
         """Side-by-side requests by their request id."""
         self._by_result: dict[str, str] = {}
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
@@ -799,6 +801,7 @@ class EngineService:
         self.put_panel(req.result_panel, blob, kind=req.kind, title=str(req.params.get("_title", req.action)),
                        source=self._result_source(req), beside=req.beside or req.panel_id)
         self.panels[req.result_panel] = (h.key, req.action, params)
+        self._input_of[req.result_panel] = ((req.data_from or h).key, dict(req.source_extra))
 
     def _group_done(self, g: Group) -> None:
         """Once every job of a group ended: publish all (in order, each beside the one before) or,
@@ -891,9 +894,14 @@ class EngineService:
             self.publish_strip_source(h)
         if h.graph_panel:
             self.put_panel(h.graph_panel, None, kind="model_graph", title=h.title, source=self.model_source(h))
-        again = [(pid, a, p) for pid, (k, a, p) in self.panels.items() if k == h.key and a in PER_IMAGE]
-        for n_, (pid, action, params) in enumerate(again):
-            sub = Request(f"{req.request_id}.{n_}"[:64], action, req.panel_id, req.sender, dict(params), h)
+        # every per-image panel computed on this model's input: its own, and the other model's of a
+        # side-by-side pair (both keep showing the same input)
+        again = [(pid, k, a, p) for pid, (k, a, p) in self.panels.items()
+                 if a in PER_IMAGE and self._input_of.get(pid, (k, {}))[0] == h.key and k in self.hosted]
+        for n_, (pid, key, action, params) in enumerate(again):
+            sub = Request(f"{req.request_id}.{n_}"[:64], action, req.panel_id, req.sender, dict(params),
+                          self.hosted[key], data_from=h, source_extra=self._input_of.get(pid, (key, {}))[1],
+                          beside=req.panel_id)
             self.submit(sub, result_panel=pid)
         self.stream(req, "done", 1.0, f"input {i} ({h.input_info()['label']}); recomputing {len(again)} panels")
 

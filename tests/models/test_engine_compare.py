@@ -303,6 +303,17 @@ def test_the_same_analysis_on_both_models_side_by_side(two_models: dict[str, Any
     mo.ask(eid, "gradcam_both", "graph-1", {"layer": layer, "other": "m3"}, "b2")
     assert mo.final("b2")["state"] == "refused"
 
+    # another input chosen on the first model's strip: both panels follow it (still the same input)
+    before = (mo.client.room.panels[first].content.refs, mo.client.room.panels[second].content.refs)
+    mo.ask(eid, "choose_input", "inputs-m1", {"index": 9}, "in1")
+    assert mo.final("in1")["state"] == "done"
+    mo.wait(lambda: mo.client.room.panels[first].content.refs != before[0]
+            and mo.client.room.panels[second].content.refs != before[1])
+    s1, s2 = mo.client.room.panels[first].content.source, mo.client.room.panels[second].content.source
+    assert s1["input"]["index"] == s2["input"]["index"] == 9 and s2["both"] == ["m1", "m2"]
+    (_, a1), (_, a2) = mo.blob(first), mo.blob(second)
+    assert np.array_equal(a1["image"], a2["image"])
+
 
 def test_weight_difference_of_two_opened_checkpoints(two_models: dict[str, Any]) -> None:
     mo: Peer = two_models["member"]
