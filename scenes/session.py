@@ -131,7 +131,8 @@ class LocalSession:
         # The engine thread applies too; the document is only touched under this lock.
         try:
             with self._lock:
-                return _done(self.doc.apply(dict(op), self.participant_id))
+                self.doc.apply(dict(op), self.participant_id)  # returns the update; callers get the room
+                return _done(self.doc.snapshot())
         except DeepRoomError as exc:
             return _done(exc=exc)
 
