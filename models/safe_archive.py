@@ -245,12 +245,19 @@ _SYM_NAMES = frozenset({
     "positive", "negative", "integer", "real", "nonnegative", "nonpositive", "finite", "zero", "nonzero",
     "commutative", "rational", "odd", "even", "prime",
 })
-_SYMBOL_NAME = re.compile(r"[a-z]+[0-9]+")
+_SYMBOL_NAME = re.compile(r"(s|u|zf|zuf|ps|tmp|idx|i|x|y|z|h|view|indirect)[0-9]+")
+"""Names torch gives shape symbols (torch.utils._sympy.symbol); sympy also has functions
+named like symbols (factorial2, hankel1) that must not be reachable."""
+_POWERS = frozenset({"Pow", "PowByNatural", "FloatPow"})
 
 
 def check_sym_expr(text: str, where: str) -> None:
     """Refuse a symbolic-shape expression that is more than arithmetic over symbols."""
+    if len(text) > 10_000:
+        raise ModelLoadError(f"{where}: a symbolic expression of {len(text)} characters; refused")
     pos = 0
+    powers = 0
+    numbers: list[str] = []
     while pos < len(text):
         m = _SYM_TOKEN.match(text, pos)
         if m is None:
@@ -260,9 +267,17 @@ def check_sym_expr(text: str, where: str) -> None:
         if (tok[0].isalpha() or tok[0] == "_") and tok not in _SYM_NAMES and not _SYMBOL_NAME.fullmatch(tok):
             raise UnsafeModelError(f"{where}: symbolic expression {text[:80]!r} uses the name {tok!r}; refused — "
                                    "it would be evaluated as Python")
+        if tok == "**":
+            raise UnsafeModelError(f"{where}: symbolic expression {text[:80]!r} uses '**' (torch writes powers as "
+                                   "Pow(...)); refused")
+        powers += tok in _POWERS
+        if tok[0].isdigit():
+            numbers.append(tok)
         pos = m.end()
-    if len(text) > 10_000:
-        raise ModelLoadError(f"{where}: a symbolic expression of {len(text)} characters; refused")
+    # sympy computes integer powers exactly: 10 to the 10 to the 10 would not finish
+    if any(len(n) > 40 for n in numbers) or (powers and (powers > 1 or any(len(n) > 4 for n in numbers))):
+        raise ModelLoadError(f"{where}: symbolic expression {text[:80]!r} has numbers too large to evaluate; "
+                             "refused")
 
 
 def _walk(obj: Any) -> Iterator[dict[str, Any]]:
