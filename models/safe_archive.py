@@ -280,6 +280,40 @@ def check_sym_expr(text: str, where: str) -> None:
                              "refused")
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+_NAME_KEYS = frozenset({"name", "parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name",
+                        "user_input_name", "fqn", "forward_arg_names", "arg_name"})
+"""Fields whose strings torch.fx writes into the Python source it generates and runs
+(argument lists, attribute paths): they must be plain (dotted) identifiers."""
+_NAMED_TABLES = frozenset({"tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values",
+                           "custom_obj_values"})
+
+
+def _check_strings(program: Any, where: str) -> None:
+    stack: list[Any] = [program]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, dict):
+            for key, value in cur.items():
+                stack.append(key)
+                stack.append(value)
+                if key in _NAME_KEYS:
+                    for v in value if isinstance(value, list) else [value]:
+                        if v is not None and (not isinstance(v, str) or not (v == "" or _NAME.fullmatch(v))):
+                            raise UnsafeModelError(f"{where}: {key} {str(v)[:80]!r} is not a plain name; refused "
+                                                   "(names become Python source when the graph is rebuilt)")
+                if key in _NAMED_TABLES and isinstance(value, dict):
+                    bad = next((k for k in value if not _NAME.fullmatch(k)), None)
+                    if bad is not None:
+                        raise UnsafeModelError(f"{where}: value name {bad[:80]!r} is not a plain name; refused")
+        elif isinstance(cur, list):
+            stack.extend(cur)
+        elif isinstance(cur, str) and ("\r" in cur or "\x00" in cur):
+            # a carriage return ends a line in Python source: a stack trace copied into a
+            # comment of the generated code would turn into code after it
+            raise UnsafeModelError(f"{where}: a string holds a carriage return or NUL ({cur[:60]!r}); refused")
+
+
 def _walk(obj: Any) -> Iterator[dict[str, Any]]:
     stack = [obj]
     while stack:
@@ -293,11 +327,13 @@ def _walk(obj: Any) -> Iterator[dict[str, Any]]:
 
 def check_export_program_json(program: dict[str, Any], where: str) -> None:
     """Refuse a serialized ExportedProgram that carries Python to run: guard code, symbolic
-    expressions that are not arithmetic, or graph targets other than torch operators."""
+    expressions that are not arithmetic, graph targets other than torch operators, names that
+    are not identifiers (torch.fx writes them into source it executes) or carriage returns."""
     if not isinstance(program, dict):
         raise ModelLoadError(f"{where}: not a serialized ExportedProgram (a JSON {type(program).__name__})")
     if program.get("guards_code"):
         raise UnsafeModelError(f"{where}: carries guards_code (Python source run when the model is used); refused")
+    _check_strings(program, where)
     for d in _walk(program):
         expr = d.get("expr_str")
         if expr is not None:

@@ -222,6 +222,22 @@ def test_program_strings_that_python_would_evaluate_are_refused(genuine: dict[st
                 "as_expr": {"expr_str": expr, "hint": {"as_int": 16}}}
         _refused(_edit_program(genuine["pt2"], tmp_path / "o.pt2", other), "symbolic expression")
 
+    # a graph input name torch.fx writes into `def forward(self, <name>, ...)` and executes
+    injected = "x=exec(\"import os;os.system('touch " + str(marker) + "')\")"
+    evil_name = _rewrite(genuine["pt2"], tmp_path / "name.pt2",
+                         {"models/model.json": lambda d: d.replace(b'"x"', json.dumps(injected).encode())})
+    _attempt(lambda: torch.export.load(evil_name).module())
+    assert marker.exists()
+    marker.unlink()
+    _refused(evil_name, "is not a plain name", kind=UnsafeModelError)
+
+    def carriage_return(prog: dict) -> None:  # type: ignore[type-arg]
+        node = prog["graph_module"]["graph"]["nodes"][0]
+        node["metadata"]["stack_trace"] = 'File "m.py", line 1, in f\n  x\rimport os'
+
+    _refused(_edit_program(genuine["pt2"], tmp_path / "cr.pt2", carriage_return), "carriage return",
+             kind=UnsafeModelError)
+
     guards = _edit_program(genuine["pt2"], tmp_path / "g.pt2",
                            lambda p: p.update(guards_code=[f"__import__('os').system('touch {marker}')"]))
     _refused(guards, "guards_code", kind=UnsafeModelError)
