@@ -340,17 +340,22 @@ def check_export_program_json(program: dict[str, Any], where: str) -> None:
             if not isinstance(expr, str):
                 raise ModelLoadError(f"{where}: expr_str is not a string")
             check_sym_expr(expr, where)
+        if "as_operator" in d:  # an operator passed as an argument (to a higher-order operator)
+            _check_target(d["as_operator"], where)
         if "target" in d and "inputs" in d and "outputs" in d:
-            target = d["target"]
-            if not isinstance(target, str) or not (_TARGET_RE.fullmatch(target) or target in _OPERATOR_TARGETS):
-                raise UnsafeModelError(f"{where}: the graph calls {str(target)[:100]!r}; only torch operators "
-                                       "(torch.ops.aten.…) and arithmetic are allowed")
-            parts = target.split(".")
-            if len(parts) > 3 and parts[3] in _DENIED_OPS:
-                raise UnsafeModelError(f"{where}: the graph calls {target} (touches files); refused")
-            if len(parts) > 3 and parts[2] == "higher_order" and parts[3] not in _HIGHER_ORDER:
-                raise UnsafeModelError(f"{where}: the graph calls {target}; allowed higher-order operators: "
-                                       f"{', '.join(sorted(_HIGHER_ORDER))}")
+            _check_target(d["target"], where)
+
+
+def _check_target(target: Any, where: str) -> None:
+    if not isinstance(target, str) or not (_TARGET_RE.fullmatch(target) or target in _OPERATOR_TARGETS):
+        raise UnsafeModelError(f"{where}: the graph calls {str(target)[:100]!r}; only torch operators "
+                               "(torch.ops.aten.…) and arithmetic are allowed")
+    parts = target.split(".")
+    if len(parts) > 3 and parts[3] in _DENIED_OPS:
+        raise UnsafeModelError(f"{where}: the graph calls {target} (touches files); refused")
+    if len(parts) > 3 and parts[2] == "higher_order" and parts[3] not in _HIGHER_ORDER:
+        raise UnsafeModelError(f"{where}: the graph calls {target}; allowed higher-order operators: "
+                               f"{', '.join(sorted(_HIGHER_ORDER))}")
 
 
 def check_pt2(index: ArchiveIndex, where: str) -> None:

@@ -254,6 +254,13 @@ def test_program_strings_that_python_would_evaluate_are_refused(genuine: dict[st
         node["target"] = "torch.ops.aten.from_file.default"
 
     _refused(_edit_program(genuine["pt2"], tmp_path / "f.pt2", from_file), "from_file", kind=UnsafeModelError)
+
+    def operator_argument(prog: dict) -> None:  # type: ignore[type-arg]
+        node = next(n for n in prog["graph_module"]["graph"]["nodes"] if "relu" in n["target"])
+        node["inputs"].append({"name": "fn", "arg": {"as_operator": "torch.serialization.os.system"}, "kind": 1})
+
+    _refused(_edit_program(genuine["pt2"], tmp_path / "op.pt2", operator_argument), "os.system",
+             kind=UnsafeModelError)
     assert not marker.exists()
 
 
