@@ -20,6 +20,8 @@ from deeproom.models.errors import ModelLoadError
 
 MAX_TENSOR_ELEMENTS = 1 << 31
 """Elements one declared tensor may have."""
+MAX_EXTERNAL_BYTES = 4 << 30
+"""External data read for one model, all tensors together (the loader's cap on model files)."""
 
 _ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2}
 """TensorProto.DataType → bytes per element (strings, 8-/4-bit floats omitted: not sized here)."""
@@ -113,7 +115,7 @@ def _external_file(base: Path, location: str, where: str, name: str) -> Path:
     return resolved
 
 
-def _load_external(t: Any, base: Path | None, where: str) -> None:
+def _load_external(t: Any, base: Path | None, where: str, budget: int) -> int:
     from onnx import TensorProto
 
     info = {e.key: e.value for e in t.external_data}
@@ -137,11 +139,15 @@ def _load_external(t: Any, base: Path | None, where: str) -> None:
     if declared is not None and declared != length:
         raise ModelLoadError(f"{where}: tensor {t.name!r} declares {declared} bytes but its external data holds "
                              f"{length}")
+    if length > budget:
+        raise ModelLoadError(f"{where}: tensor {t.name!r}: external data beyond {MAX_EXTERNAL_BYTES} bytes in all; "
+                             "refused")
     with open(path, "rb") as f:
         f.seek(offset)
         t.raw_data = f.read(length)
     del t.external_data[:]
     t.data_location = TensorProto.DEFAULT
+    return length
 
 
 def read_onnx(data: bytes, where: str, base_dir: Path | None) -> Any:
@@ -163,10 +169,11 @@ def read_onnx(data: bytes, where: str, base_dir: Path | None) -> Any:
         tensors = list(all_tensors(proto))
     except RecursionError:
         raise ModelLoadError(f"{where}: ONNX subgraphs nested too deep; refused") from None
+    external = 0
     for t in tensors:
         declared = _declared_bytes(t, where)
         if t.data_location == TensorProto.EXTERNAL:
-            _load_external(t, base_dir, where)
+            external += _load_external(t, base_dir, where, MAX_EXTERNAL_BYTES - external)
             continue
         have = _inline_bytes(t)
         # the data a tensor declares must be present: a short one would fail only after a
