@@ -336,8 +336,13 @@ def _spatial(shape: tuple[int, ...] | None) -> bool:
 
 
 def has_labels(dataset: Any) -> bool:
-    return dataset is not None and not getattr(dataset, "builtin", False) and len(dataset) > 0 \
-        and bool((dataset.y >= 0).any())
+    # Labelled built-in digits (the demo's test set) are real labels; the stand-in input of a
+    # model opened without --data carries the label -1 and so has none.
+    return dataset is not None and len(dataset) > 0 and bool((dataset.y >= 0).any())
+
+
+MIN_EMBED_POINTS = 5
+"""Fewest points (samples or filters) an embedding is computed for."""
 
 
 def applies(name: str, model: LoadedModel, layer: str | None = None, dataset: Any = None) -> str | None:
@@ -354,7 +359,7 @@ def applies(name: str, model: LoadedModel, layer: str | None = None, dataset: An
         return "the model has no attention layers"
     if LABELS in spec.needs and not has_labels(dataset):
         return "no dataset with labels: give --data"
-    if DATA in spec.needs and (dataset is None or getattr(dataset, "builtin", False)):
+    if DATA in spec.needs and (dataset is None or len(dataset) < MIN_EMBED_POINTS):
         return "no dataset: give --data"
     if layer is None or LAYER not in spec.needs:
         return None
@@ -365,6 +370,8 @@ def applies(name: str, model: LoadedModel, layer: str | None = None, dataset: An
         return f"{spec.label} needs a layer with weights (Conv or Linear); {layer} is a {typ}"
     if SPATIAL in spec.needs and not _spatial(out_shape):
         return f"{spec.label} needs a spatial layer; {layer} outputs {list(out_shape) if out_shape else '?'}"
+    if name == "filter_embedding" and out_shape and len(out_shape) > 1 and out_shape[1] < MIN_EMBED_POINTS:
+        return f"{spec.label} needs at least {MIN_EMBED_POINTS} filters; {layer} has {out_shape[1]}"
     return None
 
 

@@ -313,7 +313,11 @@ class DemoHost(Host):
                         done.set()
 
                 req.on_done = finished
-                self.service.submit(req, result_panel=pid, title=next(s.title for s in self.slots if s.panel_id == pid))
+                try:
+                    self.service.submit(req, result_panel=pid,
+                                        title=next(s.title for s in self.slots if s.panel_id == pid))
+                except Exception as exc:  # one refused panel must not keep the others from the room
+                    finished(None, f"{pid}: {exc}")
 
         self.service.run_on_thread(submit)
         done.wait(600)
