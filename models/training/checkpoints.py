@@ -9,6 +9,7 @@ new one, never half of one. Reading uses `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -89,8 +90,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    from deeproom.models.errors import ModelLoadError
+    from deeproom.models.safe_archive import check_torch_save
+
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+        # The archive's structure and pickle are checked before torch reads it (size caps, bombs,
+        # globals outside the weights-only set), as for every model file.
+        check_torch_save(data, str(path))
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except ModelLoadError as exc:
+        raise CheckpointError(f"checkpoint {path} is not weights-only, refused: {exc}") from None
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable or not weights-only: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != "deeproom-checkpoint-1":
