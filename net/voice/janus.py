@@ -1,7 +1,8 @@
 """Janus as the SFU: starting and stopping a server of our own, and its HTTP API.
 
-`JanusServer` writes a configuration from `tools/janus/*.jcfg.in` into a folder of
-its own (VideoRoom plugin and plain HTTP only, no STUN/TURN, candidates only on
+`JanusServer` writes a configuration from the templates shipped in the package
+(`deeproom/net/voice/janus_templates/*.jcfg.in`, read with importlib.resources, so
+an installed wheel can start the SFU too) into a folder of its own (VideoRoom plugin and plain HTTP only, no STUN/TURN, candidates only on
 the given address) and starts `janus` — inside one of our network namespaces when
 given one — stopping it by PID (SIGTERM, then SIGKILL).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -28,7 +30,7 @@ import aiohttp
 from deeproom.net.voice.errors import SfuError
 from deeproom.net.voice.netns import Namespace
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "tools" / "janus"
+TEMPLATE_NAMES = ("janus.jcfg", "janus.transport.http.jcfg", "janus.plugin.videoroom.jcfg")
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 
 
@@ -41,6 +43,35 @@ def _lib_dir() -> Path:
         if (cand / "plugins").is_dir():
             return cand
     raise SfuError("Janus plugins folder not found (expected /usr/lib/<arch>/janus); apt-get install janus")
+
+
+def template(name: str) -> str:
+    """The text of one Janus configuration template shipped in the package."""
+    from importlib.resources import files
+
+    src = files("deeproom.net.voice").joinpath("janus_templates", f"{name}.in")
+    try:
+        return src.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        raise SfuError(
+            f"Janus config template {name}.in is missing from the installed deeproom package "
+            "(deeproom/net/voice/janus_templates/); reinstall DeepRoom"
+        ) from None
+
+
+def render_config(values: dict[str, str]) -> dict[str, str]:
+    """Each configuration file's name and text, the @KEY@ placeholders filled in from `values`.
+    A placeholder left unfilled is an error (Janus would read it literally)."""
+    out = {}
+    for name in TEMPLATE_NAMES:
+        text = template(name)
+        for k, v in values.items():
+            text = text.replace(k, v)
+        left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
+        if left:
+            raise SfuError(f"{name}: no value for {', '.join(left)}")
+        out[name] = text
+    return out
 
 
 class JanusServer:
@@ -87,13 +118,7 @@ class JanusServer:
             "@ADDRESS@": self.address,
             "@HTTP_PORT@": str(self.http_port),
         }
-        for name in ("janus.jcfg", "janus.transport.http.jcfg", "janus.plugin.videoroom.jcfg"):
-            src = TEMPLATES / f"{name}.in"
-            if not src.exists():
-                raise SfuError(f"Janus config template {src} is missing (it ships in tools/janus/)")
-            text = src.read_text()
-            for k, v in values.items():
-                text = text.replace(k, v)
+        for name, text in render_config(values).items():
             (self.dir / name).write_text(text)
 
     async def start(self, ready_timeout: float = 15.0) -> None:

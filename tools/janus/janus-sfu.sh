@@ -10,9 +10,15 @@
 # machine's own interfaces are never touched. Clients of this SFU must run in the
 # same namespace (`exec`). The tests and `deeproom bench voice` do all of this
 # themselves (deeproom.net.voice.netns / .janus); this script is for trying it by hand.
-# Needs root and iproute2; Janus from `apt-get install janus`.
+# Needs root and iproute2; Janus from `apt-get install janus`. The configuration
+# templates are the ones the deeproom package ships (net/voice/janus_templates/ in a
+# checkout; otherwise found through PYTHON, default python3, importing deeproom).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+templates=$here/../../net/voice/janus_templates
+if [ ! -d "$templates" ]; then
+    templates=$("${PYTHON:-python3}" -c 'from importlib.resources import files; print(files("deeproom.net.voice").joinpath("janus_templates"))')
+fi
 cmd=${1:-}
 name=${2:-deeproom-sfu}
 state=/run/deeproom-janus-$name
@@ -32,7 +38,7 @@ start)
         sed -e "s|@DIR@|$state|g" -e "s|@PLUGINS@|$lib/plugins|g" -e "s|@TRANSPORTS@|$lib/transports|g" \
             -e "s|@EVENTS@|$lib/events|g" -e "s|@LOGGERS@|$lib/loggers|g" -e "s|@DEBUG_LEVEL@|4|g" \
             -e "s|@RTP_PORTS@|20000-40000|g" -e "s|@ADDRESS@|$address|g" -e "s|@HTTP_PORT@|$port|g" \
-            "$here/$f.in" > "$state/$f"
+            "$templates/$f.in" > "$state/$f"
     done
     ip netns exec "$name" janus -F "$state" -C "$state/janus.jcfg" -L "$state/janus.log" -N \
         </dev/null >/dev/null 2>&1 &
@@ -54,7 +60,7 @@ exec)
     exec ip netns exec "$name" "$@"
     ;;
 *)
-    sed -n '2,14p' "$0"
+    sed -n '2,16p' "$0"
     exit 2
     ;;
 esac
