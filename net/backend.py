@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from deeproom.errors import StorageError
+from deeproom.errors import NotFound, StorageError
+from deeproom.layout import Layout, dumps_layout, loads_layout
 from deeproom.net.auth import load_or_create_secret
-from deeproom.storage import Store
+from deeproom.storage import LayoutInfo, Store
 
 
 @dataclass(slots=True)
@@ -93,6 +94,14 @@ class RoomBackend(Protocol):
         """Whether another node put this blob where this one can fetch it."""
     async def share_blob(self, sha: str, data: bytes) -> None: ...
     async def fetch_blob(self, sha: str) -> bytes | None: ...
+    async def save_layout(self, room_id: str, name: str, layout: Layout) -> LayoutInfo:
+        """Save `layout` as the next version of the room's layout `name`."""
+    async def list_layouts(self, room_id: str) -> list[LayoutInfo]:
+        """Every saved version of the room's layouts, by name then version."""
+    async def count_layouts(self, room_id: str) -> int:
+        """How many layout versions the room holds (all names)."""
+    async def load_layout(self, room_id: str, name: str, version: int | None) -> tuple[Layout, int]:
+        """A saved layout (the latest version when `version` is None) and its version; NotFound if none."""
     async def close(self) -> None: ...
 
 
@@ -112,6 +121,15 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[2])
 return 1
 """
+
+_SAVE_LAYOUT_SCRIPT = """
+local v = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local field = v .. '\\n' .. ARGV[1]
+redis.call('HSET', KEYS[2], field, ARGV[2])
+redis.call('HSET', KEYS[3], field, ARGV[3])
+return v
+"""
+"""Next version of a named layout, its text and its index entry, in one step (nodes may save at once)."""
 
 OP_ID_KEEP_S = 30 * 86400
 """Operation ids older than this are forgotten (a client offline longer replays into a fresh check)."""
@@ -163,6 +181,17 @@ class RelayStore(Store):
         rows = self._query("SELECT data FROM room_updates WHERE room_id=? ORDER BY seq LIMIT -1 OFFSET ?", (room_id, start))
         return [bytes(r[0]) for r in rows]
 
+    def list_room_layouts(self, room_id: str) -> list[LayoutInfo]:
+        """`Store.list_layouts` for one room, counting panels in SQL (no layout is parsed in Python,
+        so a room with many saved versions does not hold up the writes queued behind it)."""
+        rows = self._query(
+            "SELECT name, version, created, CASE WHEN json_valid(data) THEN json_array_length(data, '$.panels') "
+            "ELSE -1 END FROM layouts WHERE room_id=? ORDER BY name, version", (room_id,))
+        return [LayoutInfo(room_id, r[0], int(r[1]), float(r[2]), -1 if r[3] is None else int(r[3])) for r in rows]
+
+    def count_layouts(self, room_id: str) -> int:
+        return int(self._query("SELECT COUNT(*) FROM layouts WHERE room_id=?", (room_id,))[0][0])
+
     def save_meta(self, room_id: str, meta: RoomMeta) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO relay_rooms VALUES (?, ?)", (room_id, meta.to_json()))
@@ -210,6 +239,27 @@ class SqliteBackend:
 
     async def fetch_blob(self, sha: str) -> bytes | None:
         return None
+
+    async def save_layout(self, room_id: str, name: str, layout: Layout) -> LayoutInfo:
+        info: LayoutInfo = await self._run(self._store.save_layout, room_id, name, layout)
+        return info
+
+    async def list_layouts(self, room_id: str) -> list[LayoutInfo]:
+        infos: list[LayoutInfo] = await self._run(self._store.list_room_layouts, room_id)
+        return infos
+
+    async def count_layouts(self, room_id: str) -> int:
+        return int(await self._run(self._store.count_layouts, room_id))
+
+    async def load_layout(self, room_id: str, name: str, version: int | None) -> tuple[Layout, int]:
+        def load() -> tuple[Layout, int]:
+            if version is not None:
+                return self._store.load_layout(room_id, name, version), version
+            latest = max((i.version for i in self._store.list_room_layouts(room_id) if i.name == name), default=None)
+            return self._store.load_layout(room_id, name, latest), latest or 0
+
+        found: tuple[Layout, int] = await self._run(load)
+        return found
 
     async def create(self, room_id: str, update: bytes, meta: RoomMeta) -> bool:
         return bool(await self._run(self._store.create_room, room_id, update, meta))
@@ -367,6 +417,49 @@ class RedisBackend:
 
     async def save_meta(self, room_id: str, meta: RoomMeta) -> None:
         await self._redis.set(self._key(room_id, "meta"), meta.to_json())
+
+    # Layouts: `:layout_versions` (hash name -> latest version), `:layouts` (hash
+    # "<version>\n<name>" -> layout file text) and `:layout_index` (same fields -> JSON
+    # {created, panels}, so listing reads no layout text). Names are single-line text.
+
+    async def save_layout(self, room_id: str, name: str, layout: Layout) -> LayoutInfo:
+        def checked() -> str:
+            text = dumps_layout(layout)
+            loads_layout(text, source=f"layout {name!r}")  # never store what would not load (as the SQLite store)
+            return text
+
+        text = await asyncio.to_thread(checked)
+        now = time.time()
+        index = json.dumps({"created": now, "panels": len(layout.panels)})
+        version = await self._redis.eval(_SAVE_LAYOUT_SCRIPT, 3, self._key(room_id, "layout_versions"),
+                                         self._key(room_id, "layouts"), self._key(room_id, "layout_index"),
+                                         name, text, index)
+        return LayoutInfo(room_id, name, int(version), now, len(layout.panels))
+
+    async def list_layouts(self, room_id: str) -> list[LayoutInfo]:
+        raw = await self._redis.hgetall(self._key(room_id, "layout_index"))
+        infos = []
+        for field_, value in raw.items():
+            version, name = bytes(field_).decode().split("\n", 1)
+            entry = json.loads(value)
+            infos.append(LayoutInfo(room_id, name, int(version), float(entry["created"]), int(entry["panels"])))
+        return sorted(infos, key=lambda i: (i.name, i.version))
+
+    async def count_layouts(self, room_id: str) -> int:
+        return int(await self._redis.hlen(self._key(room_id, "layout_index")))
+
+    async def load_layout(self, room_id: str, name: str, version: int | None) -> tuple[Layout, int]:
+        if version is None:
+            latest = await self._redis.hget(self._key(room_id, "layout_versions"), name)
+            version = int(latest) if latest is not None else None
+        text = None if version is None else await self._redis.hget(self._key(room_id, "layouts"), f"{version}\n{name}")
+        if text is None:
+            which = f"version {version} of " if version is not None else ""
+            names = sorted({i.name for i in await self.list_layouts(room_id)})
+            raise NotFound(f"no {which}layout {name!r} for room {room_id!r} (saved: {', '.join(names) or 'none'})")
+        assert version is not None
+        layout = await asyncio.to_thread(loads_layout, bytes(text), source=f"saved layout {name!r} of room {room_id!r}")
+        return layout, version
 
     async def secret(self) -> bytes:
         key = self.prefix + "secret"

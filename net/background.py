@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import Coroutine
@@ -28,10 +29,12 @@ from typing import Any, NamedTuple, TypeVar
 
 from deeproom.document import RoomChange
 from deeproom.errors import DeepRoomError
+from deeproom.layout import Layout, LayoutLoaded
 from deeproom.net.client import RoomClient
 from deeproom.net.errors import ClientClosed
 from deeproom.presence import Pose
 from deeproom.state import Room
+from deeproom.storage import LayoutInfo
 
 T = TypeVar("T")
 MAX_QUEUED_FOR_POSES = 256
@@ -192,6 +195,25 @@ class BackgroundClient:
             await (await self._joined()).send_event(kind, payload, to)
 
         return self._submit(run())
+
+    # Layouts (see RoomClient: save_layout, list_layouts, load_layout, export_layout, import_layout).
+
+    def save_layout(self, name: str) -> concurrent.futures.Future[LayoutInfo]:
+        return self.call("save_layout", name)
+
+    def list_layouts(self) -> concurrent.futures.Future[list[LayoutInfo]]:
+        return self.call("list_layouts")
+
+    def load_layout(self, name: str, version: int | None = None, *,
+                    prune: bool = False) -> concurrent.futures.Future[LayoutLoaded]:
+        return self.call("load_layout", name, version, prune=prune)
+
+    def export_layout(self, name: str | None = None, version: int | None = None, *,
+                      path: str | os.PathLike[str] | None = None) -> concurrent.futures.Future[Layout]:
+        return self.call("export_layout", name, version, path=path)
+
+    def import_layout(self, source: str | os.PathLike[str] | Layout, name: str) -> concurrent.futures.Future[LayoutInfo]:
+        return self.call("import_layout", source, name)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Run any async RoomClient method (create_invite, kick, set_role, ...) on the client's thread."""

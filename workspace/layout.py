@@ -12,7 +12,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -300,3 +300,77 @@ def apply_layout(doc: RoomDocument, layout: Layout, actor: str) -> int:
     for op in ops:
         doc.apply(op, actor)
     return len(ops)
+
+
+# --- loading into a live room ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NotLoaded:
+    """A panel of a layout that a live load could not place."""
+
+    panel_id: str
+    """The panel's id in the layout."""
+    reason: str
+    """Why, in words ("its content is gone: blob 3f2a... is not on the relay")."""
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutLoaded:
+    """What loading a saved layout into a live room did."""
+
+    name: str
+    """The layout's name."""
+    version: int
+    """The version loaded."""
+    changed: int
+    """Operations applied (0 when the room already matched)."""
+    not_loaded: tuple[NotLoaded, ...]
+    """Panels of the layout left out, each with its reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutFit:
+    """The operations that bring a live room to a layout, and the panels that do not fit."""
+
+    operations: list[dict[str, Any]]
+    not_loaded: tuple[NotLoaded, ...]
+
+
+def fit_layout(room: Room, layout: Layout, has_blob: Callable[[str], bool], *, prune: bool = False) -> LayoutFit:
+    """How a live room takes `layout`: its panels go where the layout has them.
+
+    Unlike `layout_operations` (which makes a stored room equal to a layout), a live room
+    keeps what its engines feed: a panel that is in the room keeps its content and is only
+    moved, resized and retitled; a panel the room no longer has is added back with its
+    saved content when every blob it refers to is still there (`has_blob`), and listed as
+    not loaded otherwise; a panel whose id is now another kind is listed, not changed. The
+    layout lock is not touched. With `prune`, room panels the layout lacks are removed.
+    """
+    ops: list[dict[str, Any]] = []
+    skipped: list[NotLoaded] = []
+    for p in layout.panels:
+        have = room.panels.get(p.id)
+        if have is None:
+            gone = [ref for ref in p.content.refs if not has_blob(ref)]
+            if gone:
+                more = f" and {len(gone) - 1} more" if len(gone) > 1 else ""
+                skipped.append(NotLoaded(p.id, f"its content is gone: blob {gone[0][:12]}{more} is not on the relay"))
+                continue
+            ops.append({"op": "add_panel", "panel_id": p.id, "kind": p.kind.value, "title": p.title,
+                        "transform": p.transform.to_dict(), "size": list(p.size), "content": p.content.to_dict()})
+            continue
+        if have.kind is not p.kind:
+            skipped.append(NotLoaded(p.id, f"the room's panel {p.id!r} is a {have.kind.value} now; "
+                                           f"the layout has a {p.kind.value}"))
+            continue
+        if have.transform != p.transform:
+            ops.append({"op": "move_panel", "panel_id": p.id, "transform": p.transform.to_dict()})
+        if have.size != p.size:
+            ops.append({"op": "resize_panel", "panel_id": p.id, "size": list(p.size)})
+        if have.title != p.title:
+            ops.append({"op": "retitle_panel", "panel_id": p.id, "title": p.title})
+    if prune:
+        wanted = {p.id for p in layout.panels}
+        ops.extend({"op": "remove_panel", "panel_id": pid} for pid in sorted(set(room.panels) - wanted))
+    return LayoutFit(ops, tuple(skipped))
