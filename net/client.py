@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import random
 import secrets
 import time
@@ -36,6 +37,14 @@ import socketio
 
 from deeproom.document import RoomChange, RoomDocument, Subscription
 from deeproom.errors import DeepRoomError, NotFound, ValidationError
+from deeproom.layout import (
+    Layout,
+    LayoutLoaded,
+    dumps_layout,
+    loads_layout,
+    read_layout_file,
+    write_layout_file,
+)
 from deeproom.net import protocol as P
 from deeproom.net.auth import token_from_link
 from deeproom.net.errors import (
@@ -46,12 +55,13 @@ from deeproom.net.errors import (
     ProtocolError,
     error_from_wire,
 )
+from deeproom.net.layout_wire import info_from_wire, loaded_from_wire
 from deeproom.net.lru import ByteLRU
 from deeproom.net.ratelimit import TokenBucket
 from deeproom.ops import parse_operation
 from deeproom.presence import Pose, decode_batch, encode_pose
 from deeproom.state import Role, Room, check_id
-from deeproom.storage import BlobStore, check_blob_id, sha256_hex
+from deeproom.storage import BlobStore, LayoutInfo, check_blob_id, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -557,6 +567,53 @@ class RoomClient:
 
     async def put_blob(self, data: bytes) -> str:
         """Upload `data` (once: the relay says when it already has it); returns its sha256 id."""
+    # --- layouts ----------------------------------------------------------------------
+
+    async def save_layout(self, name: str) -> LayoutInfo:
+        """Save the room's layout as the next version of `name` (host or presenter)."""
+        ack = await self._call("layout", {"action": "save", "name": name})
+        return info_from_wire(ack.get("version"), self.room_id)
+
+    async def list_layouts(self) -> list[LayoutInfo]:
+        """The room's saved layout versions, by name then version (anyone in the room)."""
+        ack = await self._call("layout", {"action": "list"})
+        versions = ack.get("versions")
+        if not isinstance(versions, list):
+            raise ProtocolError("the relay's layout list is not a list")
+        return [info_from_wire(v, self.room_id) for v in versions]
+
+    async def load_layout(self, name: str, version: int | None = None, *, prune: bool = False) -> LayoutLoaded:
+        """Put the room's panels where a saved version has them (host or presenter), all or
+        nothing; panels that no longer fit are listed in `not_loaded`. `prune` also removes
+        panels the version lacks. When it returns, `room` shows the loaded layout."""
+        ack = await self._call("layout", {"action": "load", "name": name, "version": version, "prune": prune})
+        loaded = loaded_from_wire(ack)
+        update = ack.get("update")
+        if isinstance(update, bytes | bytearray) and update:
+            self.doc.apply_update(bytes(update))
+        return loaded
+
+    async def export_layout(self, name: str | None = None, version: int | None = None, *,
+                            path: str | os.PathLike[str] | None = None) -> Layout:
+        """A saved version (or, without `name`, the room as it is now) as a checked `Layout`;
+        with `path`, also written there as a layout file (docs/layout-format.md)."""
+        ack = await self._call("layout", {"action": "export", "name": name, "version": version})
+        text = ack.get("layout")
+        if not isinstance(text, str):
+            raise ProtocolError("the relay's layout export is not text")
+        layout = await asyncio.to_thread(loads_layout, text, source="the relay's export")
+        if path is not None:
+            await asyncio.to_thread(write_layout_file, layout, path)
+        return layout
+
+    async def import_layout(self, source: str | os.PathLike[str] | Layout, name: str) -> LayoutInfo:
+        """Store a layout file (or `Layout`) as the next version of `name` (host or presenter);
+        checked here and again by the relay. Load it with `load_layout(name, info.version)`."""
+        layout = source if isinstance(source, Layout) else await asyncio.to_thread(read_layout_file, source)
+        sha = await self.put_blob(dumps_layout(layout).encode("utf-8"))
+        ack = await self._call("layout", {"action": "import", "name": name, "blob": sha})
+        return info_from_wire(ack.get("version"), self.room_id)
+
         data = bytes(data)
         sha = sha256_hex(data)
         for attempt in range(5):

@@ -41,6 +41,7 @@ from deeproom.net.ratelimit import TokenBucket
 from deeproom.net.relay.admission import Admission
 from deeproom.net.relay.blobs import BlobService
 from deeproom.net.relay.events import forward_event
+from deeproom.net.relay.layouts import LayoutService
 from deeproom.net.relay.presence import Presence, warn
 from deeproom.net.relay.rooms import RoomHub, is_fatal
 from deeproom.net.relay.settings import RelaySettings
@@ -107,6 +108,7 @@ class RelayServer:
     @property
     def rooms(self) -> dict[str, LiveRoom]:
         return self.hub.rooms
+        self.layouts = LayoutService(settings, self.hub, self.backend, self.blob_service)
 
     @property
     def blobs(self) -> Any:
@@ -217,6 +219,7 @@ class RelayServer:
         if sess is None:
             raise ProtocolError("not connected")
         return sess
+            ("layout", self.layouts.handle),
 
     def _room_of(self, sess: Session) -> LiveRoom:
         if not sess.joined:

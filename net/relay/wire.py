@@ -30,7 +30,7 @@ from deeproom.net.errors import ProtocolError
 
 CLIENT_EVENTS = frozenset({
     "join", "op", "event", "blob_begin", "blob_chunk", "blob_end", "blob_get",
-    "invite", "kick", "set_password", "sync", "pose", "pa",
+    "invite", "kick", "set_password", "sync", "pose", "pa", "layout",
 })
 """Every event name a client may send; anything else (Socket.IO's reserved names included) is refused."""
 
