@@ -169,6 +169,8 @@ class RoomClient:
         self._disk = BlobStore(cache_dir) if cache_dir is not None else None
         self._fetches: dict[str, asyncio.Future[bytes]] = {}
         self.tick_hz = 30.0
+        self.sfu_url: str | None = None
+        """The voice SFU the relay announced in its join ack (None: it has none)."""
         self.stats = {"reconnects": 0, "batches": 0, "ops_acked": 0, "ops_refused": 0}
 
     # --- lifecycle --------------------------------------------------------------------
@@ -263,6 +265,8 @@ class RoomClient:
                 self._check_not_ahead(ack.get("sv"))
                 self.role = Role(ack.get("role", "member"))
                 self.tick_hz = float(ack.get("tick_hz", 30.0))
+                sfu = ack.get("sfu")
+                self.sfu_url = sfu if isinstance(sfu, str) and sfu.startswith(("http://", "https://")) and len(sfu) <= 2048 else None
                 for message in ack.get("streams", []):
                     self._on_event(message)
                 self.connected = True

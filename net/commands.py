@@ -22,6 +22,14 @@ def register(commands: Any, bench: Any) -> None:
     p.add_argument("--leave-grace", type=float, default=10.0,
                    help="seconds a disconnected participant stays in the room (default 10)")
     p.add_argument("--capacity", type=int, default=32, help="capacity of rooms created on this relay (default 32)")
+    p.add_argument("--sfu", metavar="URL|auto",
+                   help="the voice SFU announced to every client (teaching rooms above 6 voices use it): "
+                        "a running Janus's URL (http://HOST:8088/janus), or 'auto' to start Janus here "
+                        "(stopped with the relay; needs `apt-get install janus`)")
+    p.add_argument("--sfu-address", metavar="ADDR",
+                   help="with --sfu auto: the address Janus serves and offers to clients (default: --host if it "
+                        "is one non-loopback address, else this machine's first global IPv4 address)")
+    p.add_argument("--sfu-port", type=int, default=8088, help="with --sfu auto: Janus's HTTP port (default 8088)")
     policy = p.add_argument_group(
         "policy for strangers",
         "who may create rooms, and what one client address may use (clients behind one proxy or NAT share an address)",
@@ -73,6 +81,10 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         print("deeproom serve: --room-creation token needs --create-token SECRET", flush=True)
         return 2
     upload_bytes = args.upload_mb_per_address * 1024 * 1024
+    sfu_url = None if args.sfu in (None, "auto") else args.sfu
+    if sfu_url is not None and not sfu_url.startswith(("http://", "https://")):
+        print(f"deeproom serve: --sfu is a Janus URL (http://HOST:8088/janus) or 'auto'; got {sfu_url!r}", flush=True)
+        return 2
     settings = RelaySettings(
         data_dir=config.data_dir,
         host=args.host,
@@ -92,19 +104,42 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         password_checks_per_address=(0.5, args.password_attempts_per_address),
         uploads_per_address=args.uploads_per_address,
         upload_bytes_per_address=(upload_bytes, upload_bytes),
+        sfu_url=sfu_url,
     )
 
     async def main() -> None:
+        import contextlib
+        import dataclasses
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with RelayServer(settings) as relay:
-            print(f"deeproom relay listening on {relay.url}", flush=True)
+        async with contextlib.AsyncExitStack() as stack:
+            relay_settings = settings
+            if args.sfu == "auto":
+                from deeproom.net.voice.janus import JanusServer, server_address
+
+                janus = await stack.enter_async_context(
+                    JanusServer(server_address(args.sfu_address or args.host), http_port=args.sfu_port)
+                )
+                print(f"deeproom SFU (janus pid {janus.pid}) at {janus.url}", flush=True)
+                relay_settings = dataclasses.replace(settings, sfu_url=janus.url)
+            relay = await stack.enter_async_context(RelayServer(relay_settings))
+            print(f"deeproom relay listening on {relay.url}" + (f", voice SFU {relay_settings.sfu_url}"
+                                                               if relay_settings.sfu_url else ""), flush=True)
             await stop.wait()
         print("deeproom relay stopped", flush=True)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except Exception as exc:  # e.g. the SFU could not start: say why, no traceback
+        from deeproom.errors import DeepRoomError
+
+        if not isinstance(exc, DeepRoomError):
+            raise
+        print(f"deeproom serve: {exc}", flush=True)
+        return 1
     return 0
 
 

@@ -179,7 +179,9 @@ class LocalSession:
 class RelaySession:
     """A room on a relay, through a `deeproom.net.BackgroundClient` (its inbox is the one queue)."""
 
-    def __init__(self, client: Any, *, fetch_timeout: float = 60.0, voice: bool = False) -> None:
+    def __init__(self, client: Any, *, fetch_timeout: float = 60.0, voice: bool = False,
+                 voice_options: Mapping[str, Any] | None = None) -> None:
+        """`voice_options`: keyword arguments for `BackgroundVoice` (config, source, use_devices)."""
         self.client = client
         self.inbox: queue.Queue[Any] = client.inbox
         self.participant_id: str = client.participant_id  # waits for the join
@@ -190,7 +192,7 @@ class RelaySession:
             # the same inbox as everything else. Poses then go through it (speaking flag).
             from deeproom.net.voice.background import BackgroundVoice
 
-            self.voice = BackgroundVoice(client)
+            self.voice = BackgroundVoice(client, **dict(voice_options or {}))
         room = client.room
         if room is not None:
             self.inbox.put(RoomUpdate(room))
@@ -223,8 +225,16 @@ class RelaySession:
     def press_to_talk(self, pressed: bool) -> bool:
         if self.voice is None:
             return False
-        self.voice.set_talk_mode("push")
+        # Only presses: whether this voice needs the key (push-to-talk) follows the room (students
+        # in a teaching/SFU room; `set_voice` "sfu"), unless set_talk_mode chose for this user.
         self.voice.press_to_talk(pressed)
+        return True
+
+    def set_talk_mode(self, mode: str | None) -> bool:
+        """This user's own talk mode, "open" or "push" (None: what the room decides)."""
+        if self.voice is None:
+            return False
+        self.voice.set_talk_mode(mode)
         return True
 
     def fetch_blob(self, sha: str) -> bytes:

@@ -152,6 +152,8 @@ class Admission:
             "streams": list(room.streams.values()),
             "tick_hz": self.settings.tick_hz,
         }
+        if self.settings.sfu_url:
+            ack["sfu"] = self.settings.sfu_url  # teaching rooms' voice goes through it above the mesh limit
         if made_key:
             ack["key"] = key
         return ack

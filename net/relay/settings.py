@@ -53,6 +53,9 @@ class RelaySettings:
     """Capacity of rooms created here."""
     idle_room_s: float = 60.0
     """A room nobody has been in for this long is dropped from memory (and its log compacted)."""
+    sfu_url: str | None = None
+    """The Janus SFU (its HTTP API, http://HOST:PORT/janus) this relay announces in every join
+    ack, for teaching rooms' voice above the mesh limit; None: no SFU."""
 
     # --- policy for strangers (per client address) -------------------------------------
     connections_per_address: int = 256
@@ -82,7 +85,21 @@ class RelaySettings:
             raise ValueError('room_creation="token" needs a create_token')
         if self.password_workers < 1:
             raise ValueError("password_workers must be at least 1")
+        if self.sfu_url is not None and not _is_http_url(self.sfu_url):
+            raise ValueError(f"sfu_url is the SFU's http(s) URL (http://HOST:PORT/janus); got {self.sfu_url!r}")
 
     @property
     def store_path(self) -> Path:
         return self.db_path or self.data_dir / "deeproom.sqlite3"
+
+
+def _is_http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    if len(url) > 2048 or not url.isprintable() or " " in url:
+        return False
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        return False

@@ -98,6 +98,23 @@ class BackgroundVoice:
     def speaking(self) -> bool:
         return bool(self.voice is not None and self.voice.speaking)
 
+    @property
+    def mode(self) -> str | None:
+        """How this voice is carried now: "mesh" (direct links) or "sfu"; None before it started."""
+        return None if self.voice is None else str(self.voice.session.mode)
+
+    @property
+    def talk_mode(self) -> str | None:
+        """"open" (heard whenever not muted) or "push" (only while the talk key is held)."""
+        return None if self.voice is None else self.voice.session.local.talk_mode.value
+
+    @property
+    def sfu_url(self) -> str | None:
+        """The SFU this room's voice can switch to (ours or the relay's), None if there is none."""
+        if self.voice is None:
+            return None
+        return self.voice.sfu_url or getattr(self.voice.client, "sfu_url", None)
+
     def close(self, timeout: float = 10.0) -> None:
         if self._closed:
             return

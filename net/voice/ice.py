@@ -71,3 +71,34 @@ def host_addresses(addresses: Sequence[str] = LOOPBACK) -> Iterator[None]:
         yield
     finally:
         _chosen.reset(token)
+
+
+async def addresses_towards(url: str, addresses: Sequence[str]) -> tuple[str, ...]:
+    """The host addresses to offer a server at `url` (the SFU): `addresses` themselves,
+    unless they are all loopback and the server is not -- a server elsewhere (or Janus,
+    which never answers loopback candidates) cannot reach them; then the local address
+    this machine routes to the server from (a UDP socket's connect: no packet is sent)."""
+    import asyncio
+    import socket
+    from urllib.parse import urlsplit
+
+    chosen = check_addresses(addresses)
+    if not all(ipaddress.ip_address(a).is_loopback for a in chosen):
+        return chosen
+    host = urlsplit(url).hostname
+    if not host:
+        return chosen
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+    except OSError:
+        return chosen  # the SFU itself will say it is unreachable
+    for family, _type, _proto, _name, sockaddr in infos:
+        if ipaddress.ip_address(sockaddr[0]).is_loopback:
+            return chosen
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect(sockaddr)
+                return (str(s.getsockname()[0]),)
+        except OSError:
+            continue
+    return chosen

@@ -45,6 +45,32 @@ def _lib_dir() -> Path:
     raise SfuError("Janus plugins folder not found (expected /usr/lib/<arch>/janus); apt-get install janus")
 
 
+def server_address(host: str | None = None) -> str:
+    """The address a Janus of our own offers ICE candidates on: `host` when it is one
+    concrete address that is not loopback (Janus never gathers on loopback), else the
+    machine's first global IPv4 address (`ip -4 addr show scope global`)."""
+    import ipaddress
+
+    if host:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise SfuError(f"the SFU address must be an IP address; got {host!r}") from None
+        if not (ip.is_loopback or ip.is_unspecified):
+            return str(ip)
+    ip_cmd = shutil.which("ip")
+    if ip_cmd is not None:
+        out = subprocess.run([ip_cmd, "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True, timeout=10)
+        for line in out.stdout.splitlines():
+            m = re.search(r"\binet (\d+\.\d+\.\d+\.\d+)/", line)
+            if m:
+                return m.group(1)
+    raise SfuError(
+        "no address to run the SFU on: Janus never offers loopback to its clients, and this machine has no "
+        "global IPv4 address (pass one with --sfu-address)"
+    )
+
+
 def template(name: str) -> str:
     """The text of one Janus configuration template shipped in the package."""
     from importlib.resources import files

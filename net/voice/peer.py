@@ -157,6 +157,15 @@ class VoiceLink:
                 late_since = None
             self._sink(speaker, frame_to_mono(frame), now)
 
+    @property
+    def remote_sends(self) -> bool:
+        """Whether the other side said it sends audio (False for a listen-only peer: its SDP
+        says recvonly or inactive); True while that is not known yet."""
+        desc = self.pc.remoteDescription
+        if desc is None:
+            return True
+        return not any(line.strip() in ("a=recvonly", "a=inactive") for line in desc.sdp.splitlines())
+
     def stalled(self, after_s: float) -> bool:
         """No audio for `after_s` seconds (or never connected within it)."""
         last = self.last_rx or self.created

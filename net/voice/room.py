@@ -12,7 +12,9 @@ This is where the room's state decides what voice does:
 The relay hands out SFU access: the host's voice (the host with the smallest id,
 so exactly one) creates the SFU room with a fresh pin and sends its address to
 each participant as a "signal" event; only access from a host or presenter is
-accepted, so nobody else can redirect the room's voice.
+accepted, so nobody else can redirect the room's voice. The SFU the host's voice uses
+is its own `sfu_url`, else the one the relay announced in its join ack
+(`RoomClient.sfu_url`, from `deeproom serve --sfu URL|auto`).
 """
 
 from __future__ import annotations
@@ -219,9 +221,10 @@ class RoomVoice:
             else:
                 self._waiting_sfu = 0
             return
-        if mode == "sfu" and self.sfu_url:
-            if self._announced is None or self._announced["url"] != self.sfu_url:
-                access = {"url": self.sfu_url, "room": room_number(room.id), "pin": new_pin()}
+        sfu_url = self.sfu_url or getattr(self.client, "sfu_url", None)  # ours, or the one the relay announced
+        if mode == "sfu" and sfu_url:
+            if self._announced is None or self._announced["url"] != sfu_url:
+                access = {"url": sfu_url, "room": room_number(room.id), "pin": new_pin()}
                 await ensure_room(access["url"], access["room"], access["pin"])
                 self._announced = access
             await self.session.use_sfu(self._announced)

@@ -32,7 +32,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from deeproom.net.voice.audio import FrameRecorder
 from deeproom.net.voice.errors import SignalError, VoiceError
-from deeproom.net.voice.ice import LOOPBACK
+from deeproom.net.voice.ice import LOOPBACK, addresses_towards
 from deeproom.net.voice.local import LocalVoice, TalkMode
 from deeproom.net.voice.peer import VoiceLink
 from deeproom.net.voice.signalling import SignalTransport, VoiceSignal
@@ -291,6 +291,8 @@ class VoiceSession:
                 link = self.links.get(pid)
                 if link is not None:
                     limit = self.config.stall_s if link.frames_rx else self.config.connect_timeout_s
+                    if link.pc.connectionState == "connected" and not link.remote_sends:
+                        continue  # a listen-only peer: silence here is right (its loss shows as "failed")
                     if not (link.stalled(limit) or link.pc.connectionState in ("failed", "closed")):
                         continue
                 elif now - self._asked.get(pid, 0.0) < self.config.connect_timeout_s:
@@ -326,7 +328,7 @@ class VoiceSession:
                 self.pid,
                 self._sink,
                 send=self.local.track() if self.config.publish else None,
-                addresses=self.config.addresses,
+                addresses=await addresses_towards(str(access["url"]), self.config.addresses),
                 stall_s=max(self.config.stall_s, 3.0),
                 prefetch=self.config.receive_prefetch,
                 new_track=self.local.track,
