@@ -567,10 +567,6 @@ class RoomClient:
     async def mute(self, participant_id: str, muted: bool = True) -> Room:
         return await self.apply({"op": "mute_participant", "participant_id": participant_id, "muted": muted})
 
-    # --- blobs ------------------------------------------------------------------------
-
-    async def put_blob(self, data: bytes) -> str:
-        """Upload `data` (once: the relay says when it already has it); returns its sha256 id."""
     # --- layouts ----------------------------------------------------------------------
 
     async def save_layout(self, name: str) -> LayoutInfo:
@@ -618,6 +614,10 @@ class RoomClient:
         ack = await self._call("layout", {"action": "import", "name": name, "blob": sha})
         return info_from_wire(ack.get("version"), self.room_id)
 
+    # --- blobs ------------------------------------------------------------------------
+
+    async def put_blob(self, data: bytes) -> str:
+        """Upload `data` (once: the relay says when it already has it); returns its sha256 id."""
         data = bytes(data)
         sha = sha256_hex(data)
         for attempt in range(5):

@@ -99,6 +99,7 @@ class RelayServer:
         self.admission = Admission(settings, self.hub, self.backend, self.sio, lambda: self._secret, lambda: self._closed)
         self.presence = Presence(settings, self.hub, self.backend, self.sio, self.stats)
         self.blob_service = BlobService(settings, self.backend)
+        self.layouts = LayoutService(settings, self.hub, self.backend, self.blob_service)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -108,7 +109,6 @@ class RelayServer:
     @property
     def rooms(self) -> dict[str, LiveRoom]:
         return self.hub.rooms
-        self.layouts = LayoutService(settings, self.hub, self.backend, self.blob_service)
 
     @property
     def blobs(self) -> Any:
@@ -209,6 +209,7 @@ class RelayServer:
             ("kick", a.kick),
             ("set_password", a.set_password),
             ("sync", lambda sess, room, data: self.hub.sync(room, data)),
+            ("layout", self.layouts.handle),
         ):
             sio.on(name, self._guard_room(name, room_handler))
         sio.on("pose", self._on_pose)
@@ -219,7 +220,6 @@ class RelayServer:
         if sess is None:
             raise ProtocolError("not connected")
         return sess
-            ("layout", self.layouts.handle),
 
     def _room_of(self, sess: Session) -> LiveRoom:
         if not sess.joined:
