@@ -178,6 +178,9 @@ class ActionMenus:
         if isinstance(content, CloudView) and len(content.selection):
             return "selection", {"ids": [int(i) for i in content.selection]}
         if hit is not None:
+            row = self.layer_row_of(view, hit)
+            if row is not None:
+                return "layer", {"layer": row}
             tile = self.tile_of(view, hit)
             if tile is not None:
                 return "tile", {"index": tile}
@@ -185,7 +188,53 @@ class ActionMenus:
 
     def offered(self, view: PanelView, on: str | None) -> tuple[list[act.ActionSpec], list[tuple[str, str]]]:
         """The actions a menu on this panel offers here, and the greyed ones with why."""
-        return act.menu_entries(view.panel.content.source, on, self.role())
+        return act.menu_entries(self.target(view, on).panel.content.source, on, self.role())
+
+    def target(self, view: PanelView, on: str | None) -> PanelView:
+        """The panel whose declared actions a menu here offers: the panel itself, or for a layer
+        row of a run's metrics panel (which declares no layer actions) the run's panel that does
+        (its graph: freeze, unfreeze, embed this layer)."""
+        if on != "layer":
+            return view
+        if act.menu_entries(view.panel.content.source, on, "host") != ([], []):
+            return view
+        run = view.panel.content.source.get("run")
+        if not isinstance(run, str):
+            return view
+        for other in self.app.panels.values():
+            if other is not view and other.panel.content.source.get("run") == run \
+                    and act.menu_entries(other.panel.content.source, on, "host") != ([], []):
+                return other
+        return view
+
+    def layer_row_of(self, view: PanelView, hit: Hit) -> str | None:
+        """The layer of a run's metrics panel row under a hit (its per-layer section), or None."""
+        from deeproom.scenes import painting
+
+        rows = self.app.blob_facts.get(view.panel.id, {}).get("layer_rows")
+        if view.panel.kind.value != "metrics" or not isinstance(rows, list) or not rows:
+            return None
+        w, h = view.size
+        tw, th = texture_size((w, h))
+        y = (h / 2 - hit.v) / h * th
+        i = painting.rows_layout(len(rows), tw, th).row_at(y)
+        return str(rows[i]) if i is not None and i < len(rows) else None
+
+    def layer_row_point(self, view: PanelView, layer: str) -> tuple[float, float] | None:
+        """Face coordinates (u, v) of the middle of `layer`'s row on a run's metrics panel."""
+        from deeproom.scenes import painting
+
+        rows = self.app.blob_facts.get(view.panel.id, {}).get("layer_rows")
+        if not isinstance(rows, list) or layer not in rows:
+            return None
+        w, h = view.size
+        tw, th = texture_size((w, h))
+        lay = painting.rows_layout(len(rows), tw, th)
+        i = rows.index(layer)
+        if i >= lay.rows:
+            return None
+        y = lay.top + (i + 0.5) * lay.row_h
+        return -w * 0.3, h / 2 - y / th * h
 
     def has_actions(self, view: PanelView, hit: Hit | None) -> bool:
         on, _ = self.context_of(view, hit)
@@ -194,10 +243,12 @@ class ActionMenus:
 
     def open_actions(self, view: PanelView, hit: Hit | None) -> bool:
         """The action menu of a panel (or of the layer, tile or selection the hit is on)."""
-        source = view.panel.content.source
         on, context = self.context_of(view, hit)
         ok, greyed = self.offered(view, on)
-        search = isinstance(view.content, GraphView)  # XR has no keyboard: find a layer from a list
+        shown_on = view
+        view = self.target(view, on)
+        source = view.panel.content.source
+        search = isinstance(shown_on.content, GraphView)  # XR has no keyboard: find a layer from a list
         if not ok and not greyed and not search:
             self.app.notify(f"{view.panel.title}: no actions here")
             return False
@@ -213,7 +264,7 @@ class ActionMenus:
         else:
             ok_count = len(ok)
         where = f" · {context['layer']}" if on == "layer" else f" · {len(context['ids'])} points" if on == "selection" else ""
-        self._open(f"{view.panel.title}{where}"[:60], rows, labels, [True] * ok_count + [False] * len(greyed))
+        self._open(f"{shown_on.panel.title}{where}"[:60], rows, labels, [True] * ok_count + [False] * len(greyed))
         self.mode = "actions"
         return True
 
@@ -351,6 +402,12 @@ class ActionMenus:
         self._show(report)
         if report.failed and report.by == self.app.session.participant_id:
             self.app.notify(report.message or f"{report.action} {report.state}")
+
+    def show_report(self, report: act.Progress) -> None:
+        """Draw a report on its panel(s) as if the engine had sent it (a run's error events)."""
+        self.reports.append(report)
+        del self.reports[:-200]
+        self._show(report)
 
     def _show(self, report: act.Progress) -> None:
         now = time.monotonic()

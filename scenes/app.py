@@ -65,6 +65,7 @@ from deeproom.scenes.avatars import AvatarView, Laser
 from deeproom.scenes.cloud_tools import CloudTools
 from deeproom.scenes.hud import Hud
 from deeproom.scenes.input import Drag, Input
+from deeproom.scenes.live_runs import LiveRuns
 from deeproom.scenes.pump import FramePump
 from deeproom.scenes.room_actions import RoomActions
 from deeproom.scenes.search import LayerSearch
@@ -173,6 +174,7 @@ class RoomApp:
         self.menus = ActionMenus(self)
         self.room_actions = RoomActions(self)
         self.search = LayerSearch(self)
+        self.runs = LiveRuns(self)
         self.pump = FramePump(self)
 
     # --- life cycle ---------------------------------------------------------------------------

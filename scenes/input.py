@@ -174,6 +174,8 @@ class Input:
                 app.room_actions.open_layer(view, arg)
         elif isinstance(content, CloudView):
             app.clouds.click(view, content, hit)
+        elif app.menus.layer_row_of(view, hit) is not None:  # a run's layer row: what can be done to it
+            app.menus.open_actions(view, hit)
         else:
             app.menus.tile_click(view, hit)
 

@@ -72,11 +72,132 @@ def _fmt(v: float) -> str:
 # --- metrics ------------------------------------------------------------------------------
 
 
+LAYER_STAT_PREFIXES = ("act:", "grad:", "filter_act:", "filter_grad:")
+"""Series and arrays of a run's metrics blob that are per-layer statistics (drawn as rows, not curves)."""
+MAX_LAYER_ROWS = 12
+FROZEN_TINT = (40, 78, 110)
+"""Background of a frozen layer's row (ice blue; the graph tints frozen layers the same way)."""
+
+
+def run_layers(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """The layers a run's metrics blob has per-layer statistics for, in the order they appear
+    (at most MAX_LAYER_ROWS): the rows of its per-layer section."""
+    out: list[str] = []
+    for k in [*arrays, *(str(n) for n in meta.get("series", []))]:
+        for prefix in LAYER_STAT_PREFIXES:
+            if k.startswith(prefix):
+                name = k[len(prefix):]
+                if name and name not in out:
+                    out.append(name)
+    return out[:MAX_LAYER_ROWS]
+
+
+def frozen_layers(meta: Mapping[str, Any]) -> tuple[set[str], dict[str, list[int]]]:
+    """A run's `frozen` ({"layers": [...], "filters": {layer: [i, ...]}}) as plain values; anything
+    malformed counts as nothing frozen."""
+    frozen = meta.get("frozen")
+    if not isinstance(frozen, Mapping):
+        return set(), {}
+    layers = {str(n) for n in frozen.get("layers", []) if isinstance(n, str)} if isinstance(frozen.get("layers"), list) else set()
+    filters: dict[str, list[int]] = {}
+    if isinstance(frozen.get("filters"), Mapping):
+        for k, v in frozen["filters"].items():
+            if isinstance(v, list):
+                filters[str(k)] = [int(i) for i in v if isinstance(i, int)]
+    return layers, filters
+
+
+def is_frozen(layer: str, frozen: set[str]) -> bool:
+    """A layer is frozen when it or a module containing it is ("block1" freezes "block1.conv")."""
+    return any(layer == f or layer.startswith(f + ".") for f in frozen)
+
+
+@dataclass(frozen=True, slots=True)
+class RowsLayout:
+    """Where a run's metrics face puts its curves and its per-layer rows (pixels, top-left origin)."""
+
+    curves_bottom: int
+    """The curves are drawn above this line."""
+    top: int
+    """Top of the first layer row."""
+    row_h: float
+    rows: int
+
+    def row_at(self, y: float) -> int | None:
+        """The layer row at pixel height y, or None."""
+        if self.rows == 0 or y < self.top:
+            return None
+        i = int((y - self.top) // self.row_h)
+        return i if i < self.rows else None
+
+
+def rows_layout(n_layers: int, width: int, height: int) -> RowsLayout:
+    """Curves on the top part, one row per layer below (at most MAX_LAYER_ROWS, 45% of the face)."""
+    n = min(n_layers, MAX_LAYER_ROWS)
+    if n == 0:
+        return RowsLayout(height, height, 0.0, 0)
+    part = int(height * 0.45)
+    row_h = min(part / (n + 1), height / 12)
+    top = int(height - row_h * n - 4)
+    return RowsLayout(int(top - row_h), top, row_h, n)
+
+
+def _strip(values: np.ndarray, frozen_filters: Sequence[int]) -> np.ndarray:
+    """Per-filter values as a row of colour-mapped cells (frozen filters in the frozen tint)."""
+    v = np.nan_to_num(np.abs(np.asarray(values, np.float64).ravel()))
+    hi = float(v.max()) if v.size else 0.0
+    rgb = colormap.sequential((v / hi) if hi > 0 else v)
+    for i in frozen_filters:
+        if 0 <= i < len(rgb):
+            rgb[i] = (150, 225, 255)
+    return np.asarray(rgb, np.uint8).reshape(1, -1, 3)
+
+
+def _paint_layer_rows(img: Image.Image, d: ImageDraw.ImageDraw, meta: Mapping[str, Any],
+                      arrays: Mapping[str, np.ndarray], layers: list[str], lay: RowsLayout, width: int) -> None:
+    frozen, frozen_filters = frozen_layers(meta)
+    f = font(max(9, int(lay.row_h * 0.55)))
+    hf = font(max(9, int(lay.row_h * 0.5)))
+    name_w = int(width * 0.3)
+    half = (width - name_w - 20) // 2
+    d.text((10, lay.curves_bottom + 2), "layer", fill=MUTED, font=hf)
+    d.text((name_w + 6, lay.curves_bottom + 2), "activation per filter", fill=MUTED, font=hf)
+    d.text((name_w + 12 + half, lay.curves_bottom + 2), "gradient per filter", fill=MUTED, font=hf)
+    for i, layer in enumerate(layers[: lay.rows]):
+        y0 = int(lay.top + i * lay.row_h)
+        y1 = int(lay.top + (i + 1) * lay.row_h) - 2
+        whole = is_frozen(layer, frozen)
+        if whole:
+            d.rectangle((2, y0, width - 3, y1 + 1), fill=FROZEN_TINT)
+        label = f"{layer} · frozen" if whole else layer
+        some = frozen_filters.get(layer, [])
+        if some and not whole:
+            label = f"{layer} · {len(some)} frozen"
+        d.text((10, y0 + 1), label[:28], fill=(200, 235, 255) if whole or some else FOREGROUND, font=f)
+        for j, prefix in enumerate(("filter_act:", "filter_grad:")):
+            values = arrays.get(prefix + layer)
+            if values is None:
+                mean = arrays.get(("act:", "grad:")[j] + layer)
+                values = None if mean is None else np.asarray(mean, np.float64).ravel()[-1:]
+            if values is None or not np.asarray(values).size:
+                continue
+            x0 = name_w + 6 + j * (half + 6)
+            strip = Image.fromarray(_strip(np.asarray(values), some)).resize((max(half, 1), max(y1 - y0, 1)), Image.Resampling.NEAREST)
+            img.paste(strip, (x0, y0))
+
+
 def paint_metrics(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], width: int, height: int) -> np.ndarray:
-    """Training curves: loss-like series on top, accuracies (0-1) below, others as a footer."""
+    """Training curves: loss-like series on top, accuracies (0-1) below, others as a footer; a run's
+    per-layer activation/gradient statistics as one row per layer below the curves (frozen layers tinted)."""
     img, d = canvas(width, height)
     xname = str(meta.get("x", "step"))
     names = [str(n) for n in meta.get("series", [k for k in arrays if k != xname]) if str(n) in arrays and str(n) != xname]
+    layers = run_layers(meta, arrays) if xname == "step" else []
+    lay = rows_layout(len(layers), width, height)
+    if layers:
+        names = [n for n in names if not n.startswith(LAYER_STAT_PREFIXES)]
+        _paint_layer_rows(img, d, meta, arrays, layers, lay, width)
+        height = lay.curves_bottom  # the curves and their footer fit above the rows
     x = arrays.get(xname)
     acc = [n for n in names if "acc" in n]
     rest = [n for n in names if n not in acc and n not in ("lr", "epoch_time")]
@@ -133,7 +254,19 @@ def paint_metrics(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], wid
             parts.append(f"{series_name} {_fmt(float(vals[-1])) if vals.size else '-'}")
         steps = f"{xname} {int(np.asarray(x).ravel()[-1])}" if x is not None and np.asarray(x).size else ""
         d.text((10, height - footer + 1), "   ".join([steps, *parts]), fill=MUTED, font=f)
+    status = meta.get("status")
+    if isinstance(status, str) and status:
+        chip = f" {status[:16]} "
+        tw = _text_width(d, chip, f)
+        colour = STATUS_COLOURS.get(status, MUTED)
+        d.rectangle((width - tw - 14, 4, width - 6, 6 + f.size if hasattr(f, "size") else 18), fill=colour)
+        d.text((width - tw - 10, 4), chip, fill=(10, 12, 18), font=f)
     return to_array(img)
+
+
+STATUS_COLOURS = {"running": (120, 220, 120), "paused": (250, 200, 80), "stopped": (240, 90, 110),
+                  "finished": (140, 148, 166), "failed": (240, 90, 110)}
+"""The chip colour of a run's status on its metrics panel."""
 
 
 # --- confusion matrix ---------------------------------------------------------------------

@@ -10,11 +10,14 @@ into the same inbox.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import math
 import queue
+import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,8 +25,9 @@ import numpy as np
 from deeproom.content import decode_content
 from deeproom.errors import DeepRoomError
 from deeproom.presence import PointerRay, Pose
-from deeproom.scenes import geometry
+from deeproom.scenes import geometry, painting
 from deeproom.scenes.avatars import AvatarView
+from deeproom.scenes.live_runs import LiveTable
 from deeproom.scenes.prepared import (
     ContentFailure,
     ContentRequest,
@@ -62,7 +66,30 @@ def blob_facts(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> dic
     image = arrays.get("image")
     if image is not None and image.ndim >= 2:
         facts["image_shape"] = (int(image.shape[0]), int(image.shape[1]))
+    if meta.get("kind", "metrics") == "metrics" and str(meta.get("x", "step")) == "step":
+        layers = painting.run_layers(meta, arrays)
+        if layers:
+            facts["layer_rows"] = layers  # a run's per-layer rows: a right-click there acts on that layer
     return facts
+
+
+@dataclass(frozen=True)
+class LiveContent(ContentReady):
+    """A live panel repainted with stream deltas on top of the blob it shows (same key)."""
+
+    step: float | None = None
+    """The newest step it draws."""
+
+
+@dataclass
+class _Live:
+    key: str
+    size: tuple[float, float]
+    table: LiveTable
+
+
+RECENT_DELTAS = 64
+"""Deltas kept per run, replayed onto a newer blob that arrives without them."""
 
 
 class ContentWorker:
@@ -73,6 +100,12 @@ class ContentWorker:
         self.session = session
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deeproom-content")
         self._closed = False
+        # Live panels (a run's metrics), touched only on the worker thread:
+        self._live: dict[str, _Live] = {}  # panel id -> the table its last blob became
+        self._runs: dict[str, str] = {}  # panel id -> run
+        self._recent: dict[str, collections.deque[dict[str, Any]]] = {}
+        self._dirty: set[str] = set()
+        self._repaint_queued = threading.Event()
 
     def submit(self, req: ContentRequest, key: str) -> None:
         if not self._closed:
@@ -94,9 +127,67 @@ class ContentWorker:
                     prepared = ContentFailure(f"content blob {req.sha[:12]}… could not be fetched: {exc}")
                 else:
                     prepared, facts = self._prepare(req, data)
+                    if req.kind == "metrics" and isinstance(req.source.get("run"), str) \
+                            and not isinstance(prepared, ContentFailure):
+                        prepared, facts = self._go_live(req, key, data, prepared, facts)
         except Exception as exc:  # a bug in a painter must not kill the worker
             prepared = ContentFailure(f"preparing content failed: {type(exc).__name__}: {exc}")
         self.session.inbox.put(ContentReady(req.panel_id, key, prepared, facts))
+
+    # --- live panels: stream deltas on top of the last blob -------------------------------------
+
+    def _go_live(self, req: ContentRequest, key: str, data: bytes, prepared: Prepared,
+                 facts: dict[str, Any] | None) -> tuple[Prepared, dict[str, Any] | None]:
+        """Keep a run's metrics blob as a live table; deltas newer than it are replayed at once."""
+        meta, arrays = decode_content(data)
+        table = LiveTable.of(meta, arrays)
+        run = str(req.source["run"])
+        self._live[req.panel_id] = _Live(key, tuple(req.size), table)  # type: ignore[arg-type]
+        self._runs[req.panel_id] = run
+        for event in self._recent.get(run, ()):
+            table.apply(event)
+        if not table.changed:
+            return prepared, facts
+        table.changed = False
+        return _prepare("metrics", table.meta, table.arrays, req.size), blob_facts(table.meta, table.arrays)
+
+    def live(self, run: str, event: dict[str, Any]) -> None:
+        """A stream delta of `run` (render thread: only queued here)."""
+        if not self._closed:
+            self._pool.submit(self._apply_live, run, event)
+
+    def _apply_live(self, run: str, event: dict[str, Any]) -> None:
+        recent = self._recent.setdefault(run, collections.deque(maxlen=RECENT_DELTAS))
+        recent.append(event)
+        for pid, live in self._live.items():
+            if self._runs.get(pid) == run:
+                live.table.apply(event)
+                if live.table.changed:
+                    self._dirty.add(pid)
+        if self._dirty and not self._repaint_queued.is_set():
+            self._repaint_queued.set()  # deltas queued meanwhile are applied before it paints
+            self._pool.submit(self._repaint)
+
+    def _repaint(self) -> None:
+        self._repaint_queued.clear()
+        dirty, self._dirty = self._dirty, set()
+        for pid in dirty:
+            live = self._live.get(pid)
+            if live is None:
+                continue
+            t = live.table
+            t.changed = False
+            try:
+                prepared: Prepared = _prepare("metrics", t.meta, t.arrays, live.size)
+            except (ValueError, TypeError, KeyError, IndexError, DeepRoomError) as exc:
+                prepared = ContentFailure(f"metrics content is not valid: {exc}")
+            self.session.inbox.put(LiveContent(pid, live.key, prepared, blob_facts(t.meta, t.arrays),
+                                               step=t.last_step if math.isfinite(t.last_step) else None))
+
+    def forget(self, panel_id: str) -> None:
+        """The panel went away (render thread: queued)."""
+        if not self._closed:
+            self._pool.submit(lambda: (self._live.pop(panel_id, None), self._runs.pop(panel_id, None)))
 
     @staticmethod
     def _prepare(req: ContentRequest, data: bytes) -> tuple[Prepared, dict[str, Any] | None]:
@@ -154,6 +245,7 @@ class FramePump:
                 dist = hit.distance if hit is not None else None
             av.tick(dt, dist, viewer)
         app.menus.tick(t0)
+        app.runs.tick()
         if t0 - self._last_pose >= POSE_INTERVAL:
             self._last_pose = t0
             self.publish_pose()
@@ -230,6 +322,7 @@ class FramePump:
                 app.panels.pop(pid).teardown()
                 self.pending_content.pop(pid, None)
                 app.blob_facts.pop(pid, None)
+                self.worker.forget(pid)
                 if app.selected == pid:
                     app.selected = None
                 if app.drag is not None and app.drag.panel_id == pid:
@@ -253,6 +346,7 @@ class FramePump:
                         view.preview = None
                 if view.sync(panel):
                     self.request_content(view)
+        app.runs.sync_sources()
         me = app.session.participant_id
         for pid in list(app.avatars):
             if pid not in room.participants:
@@ -282,6 +376,13 @@ class FramePump:
 
     def content(self, msg: ContentReady) -> None:
         view = self.app.panels.get(msg.panel_id)
+        if isinstance(msg, LiveContent):  # deltas on top of the blob the panel shows
+            if view is None or view.content_key != msg.key or msg.panel_id in self.pending_content:
+                return  # a newer blob is on its way (it gets the same deltas)
+            self.app.blob_facts[msg.panel_id] = dict(msg.meta or {})
+            view.show(msg.prepared, msg.key)
+            self.app.runs.shown(msg.panel_id, msg.step)
+            return
         if view is None or self.pending_content.get(msg.panel_id) != msg.key:
             return  # stale: the panel changed or went away meanwhile
         del self.pending_content[msg.panel_id]
@@ -310,7 +411,8 @@ class FramePump:
                                  float(yaw) if isinstance(yaw, int | float) and math.isfinite(yaw) else None)
                 app.notify(f"{app.name_of(msg.sender)} summoned you", error=False)
         elif msg.kind == "stream":
-            app.menus.on_stream(msg.sender, msg.payload)
+            if not app.runs.on_stream(msg.sender, msg.payload):
+                app.menus.on_stream(msg.sender, msg.payload)
         elif msg.kind == "notice":
             text = msg.payload.get("text")
             if isinstance(text, str):

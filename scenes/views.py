@@ -154,6 +154,9 @@ class GraphView(ContentView):
         self.half: np.ndarray = np.zeros((0, 3), np.float32)
         self.labels: list[tuple[int, Text]] = []
         """(node index, its label) for every label drawn."""
+        self.frozen_marked: set[str] = set()
+        """Layers drawn as frozen (a training run's; `mark_frozen`)."""
+        self._frozen_node: Any = None
 
     @property
     def face(self) -> tuple[float, float]:
@@ -219,9 +222,42 @@ class GraphView(ContentView):
             self.entities.append(t)
         self.outline = Entity(parent=self.parent, model="wireframe_cube", color=color.white, enabled=False)
         self.entities.append(self.outline)
+        self._frozen_node = None
+        if self.frozen_marked:
+            self.mark_frozen(self.frozen_marked)
         if self.selected_key is not None:
             keys = [nd.key for nd in lay.nodes]
             self.select(keys.index(self.selected_key) if self.selected_key in keys else None)
+
+    def frozen_nodes(self, frozen: set[str] | frozenset[str]) -> list[int]:
+        """The drawn boxes of layers that are frozen (or inside a frozen module)."""
+        if self.layout is None:
+            return []
+        return [i for i, nd in enumerate(self.layout.nodes)
+                if not nd.collapsed and any(nd.name == f or nd.name.startswith(f + ".") for f in frozen)]
+
+    def mark_frozen(self, frozen: set[str] | frozenset[str]) -> None:
+        """Draw an ice-blue shell over the boxes of frozen layers (one mesh); empty: none."""
+        from deeproom.scenes.live_runs import FROZEN_COLOUR
+
+        self.frozen_marked = set(frozen)
+        if self._frozen_node is not None:
+            self._frozen_node.remove_node()
+            if self._frozen_node in self.nodes:
+                self.nodes.remove(self._frozen_node)
+            self._frozen_node = None
+        idx = self.frozen_nodes(self.frozen_marked)
+        if not idx:
+            return
+        pos = self.world[idx].copy()
+        half = self.half[idx].copy()
+        half[:, 0] += 0.006
+        half[:, 1] += 0.006
+        pos[:, 2] -= 0.001  # a shell a little bigger than the box: in front of it, behind its label
+        node = batch.boxes("graph-frozen", pos, half, np.tile(np.array(FROZEN_COLOUR, np.uint8), (len(idx), 1)))
+        node.reparent_to(self.parent)
+        self.nodes.append(node)
+        self._frozen_node = node
 
     def rebuild(self) -> None:
         """Lay the graph out again (after the collapsed set changed) and redraw it."""
