@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,6 +30,10 @@ def _panel(pid: str, x: float, refs: list[str] | None = None, kind: str = "note"
 
 def _move(pid: str, x: float, y: float = 2.5) -> dict[str, Any]:
     return {"op": "move_panel", "panel_id": pid, "transform": {"position": [x, y, 4.0]}}
+
+
+def _positions(c: RoomClient) -> dict[str, tuple[float, float, float]]:
+    return {pid: p.transform.position for pid, p in c.room.panels.items()}
 
 
 def _places(c: RoomClient) -> dict[str, Transform]:
@@ -150,7 +155,7 @@ async def test_a_version_whose_content_is_gone_loads_the_rest_and_lists_it(relay
         assert "is a image now; the layout has a note" in skipped["swap"]
         want = {"loss": (0.0, 1.5, 2.0), "note": (2.0, 1.5, 2.0), "later": (4.0, 1.5, 2.0), "swap": (3.0, 1.5, 2.0)}
         for c in (host, pres, viewer):
-            await eventually(lambda c=c: {k: p.transform.position for k, p in c.room.panels.items()} == want)
+            await eventually(functools.partial(lambda c: _positions(c) == want, c))
         assert viewer.room.panels["note"].owner == "pres"  # re-added by whoever loaded it
         assert viewer.room.panels["loss"].content.refs == (kept,)
 
@@ -231,6 +236,8 @@ async def test_hostile_imports_are_refused_and_the_store_is_untouched(relay: Emb
         ):
             with pytest.raises((ValidationError, NotFound), match=message):
                 await pres._call("layout", msg)  # type: ignore[arg-type]
+        with pytest.raises(PermissionDenied):  # a viewer's import is refused before the file is read
+            await viewer._call("layout", {"action": "import", "name": "evil", "blob": huge})
         assert await pres.list_layouts() == before
         assert len(host.room.panels) == 1
 
