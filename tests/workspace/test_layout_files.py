@@ -110,3 +110,37 @@ def test_layout_ignores_participants() -> None:
     doc.apply({"op": "join", "participant_id": "m", "display_name": "M"}, "system")
     assert layout_of(doc.snapshot()) == before
     assert "participants" not in before.to_dict()
+
+
+def test_fit_layout_moves_what_is_there_and_lists_what_no_longer_fits() -> None:
+    from deeproom.layout import NotLoaded, fit_layout
+
+    gone, kept = "a" * 64, "b" * 64
+    doc = build_demo_room()
+    doc.apply({"op": "set_content", "panel_id": "image", "content": {"source": {"x": 1}, "refs": [gone]}}, "demo-host")
+    doc.apply({"op": "set_content", "panel_id": "note", "content": {"source": {"x": 2}, "refs": [kept]}}, "demo-host")
+    layout = layout_of(doc.snapshot())
+    doc.apply({"op": "move_panel", "panel_id": "metrics", "transform": {"position": [9, 9, 9]}}, "demo-host")
+    doc.apply({"op": "set_content", "panel_id": "metrics", "content": {"source": {"live": 1}, "refs": []}}, "demo-host")
+    for pid in ("image", "note", "filters"):
+        doc.apply({"op": "remove_panel", "panel_id": pid}, "demo-host")
+    doc.apply({"op": "add_panel", "panel_id": "filters", "kind": "note", "title": "now a note"}, "demo-host")
+    doc.apply({"op": "add_panel", "panel_id": "extra", "kind": "image", "title": "added later"}, "demo-host")
+    doc.apply({"op": "lock_layout", "locked": True}, "demo-host")
+
+    fit = fit_layout(doc.snapshot(), layout, {kept}.__contains__)
+    assert fit.not_loaded == (
+        NotLoaded("filters", "the room's panel 'filters' is a note now; the layout has a filters"),
+        NotLoaded("image", f"its content is gone: blob {gone[:12]} is not on the relay"),
+    )
+    assert [(o["op"], o["panel_id"]) for o in fit.operations] == [("move_panel", "metrics"), ("add_panel", "note")]
+    # the live panel keeps the content its engine publishes; the lock is not the layout's to change
+    for op in fit.operations:
+        doc.apply(op, "demo-host")
+    room = doc.snapshot()
+    assert room.panels["metrics"].transform == layout.panels[[p.id for p in layout.panels].index("metrics")].transform
+    assert room.panels["metrics"].content.source == {"live": 1}
+    assert room.panels["note"].content.refs == (kept,) and room.settings.layout_locked
+    assert "extra" in room.panels
+    pruned = fit_layout(room, layout, {kept}.__contains__, prune=True)
+    assert pruned.operations == [{"op": "remove_panel", "panel_id": "extra"}]
