@@ -46,6 +46,8 @@ def register(commands: Any, bench: Any) -> None:
     p.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted from [0,1] pixels")
     p.add_argument("--std", metavar="S[,S,S]", help="per-channel std the pixels are divided by")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (colour) input channels")
+    p.add_argument("--layout", metavar="FILE", help="a layout file (docs/layout-format.md): once the models' panels "
+                   "are in the room they go where the file has them; panels it has that the room lacks are listed")
     p.set_defaults(func=cmd_open)
 
     p = commands.add_parser("join", help="join a room: deeproom://host:port/room?invite=TOKEN or http://host:port/room")
@@ -156,15 +158,31 @@ def cmd_open(args: argparse.Namespace, config: Config) -> int:
     if data is not None and not data.exists():
         print(f"no such data: {args.data}")
         return 2
+    layout = None
+    if args.layout:
+        from deeproom.errors import LayoutFileError
+        from deeproom.net.open_layout import check_layout_file, load_when_published
+
+        try:
+            layout = check_layout_file(args.layout)
+        except LayoutFileError as exc:
+            print(exc)
+            return 2
     room = args.room or f"open-{secrets.token_hex(3)}"
     client = _client(args.server or config.server, room, args.name, config)
     print(f"room {room!r} on relay {client.url}")
     paths = [Path(m) for m in args.models]
     keep_freed_memory()
     pre = {"size": args.resize, "mean": args.mean, "std": args.std, "channels": args.channels}
-    return _run_room(args, run, client, "open", lambda s: ModelsEngine(
-        s, paths, link=_engine_link(client, room, config), data=data, preprocess=pre,
-        progress=lambda m: print(m, flush=True)))
+
+    def engine(s: Any) -> Any:
+        host = ModelsEngine(s, paths, link=_engine_link(client, room, config), data=data, preprocess=pre,
+                            progress=lambda m: print(m, flush=True))
+        if layout is not None:
+            load_when_published(client, layout, args.layout, host.ready, lambda m: print(m, flush=True))
+        return host
+
+    return _run_room(args, run, client, "open", engine)
 
 
 def parse_target(target: str) -> tuple[str, str, str | None]:

@@ -253,3 +253,37 @@ async def test_layouts_through_redis_on_two_nodes(tmp_path: Path, redis_url: str
         assert [p.transform for p in v1.panels] == [p.transform for p in v2.panels]
         with pytest.raises(PermissionDenied):
             await viewer.load_layout("lecture")
+
+
+async def test_open_with_a_layout_file_places_the_published_panels(relay: EmbeddedRelay, tmp_path: Path) -> None:
+    """`deeproom open --layout FILE`'s part after the room opens: once the engine is ready and its
+    panels are in, the file's places are loaded; a panel of the file the room lacks is listed."""
+    import asyncio
+    import threading
+
+    from deeproom.layout import Layout, write_layout_file
+    from deeproom.net import BackgroundClient
+    from deeproom.net.open_layout import load_when_published
+
+    async with RoomClient(relay.url, "opened", "Engine", participant_id="engine") as engine:
+        await engine.apply(_panel("graph-1", 0.0))
+        template = (await engine.export_layout()).panels[0]
+        moved = template.__class__.from_dict({**template.to_dict(), "transform": {"position": [4.0, 2.0, 1.0]}})
+        ghost = template.__class__.from_dict({**template.to_dict(), "id": "graph-2", "content": {"refs": ["c" * 64]}})
+        write_layout_file(Layout("opened", False, (moved, ghost)), tmp_path / "my layout.json")
+        layout = read_layout_file(tmp_path / "my layout.json")
+
+        user = BackgroundClient(relay.url, room="opened", name="User", participant_id="user")
+        try:
+            await asyncio.to_thread(user.wait_ready, 30)
+            await engine.set_role("user", "host")  # the engine made the room here; in `open` the user does
+            ready, said = threading.Event(), []
+            thread = load_when_published(user, layout, tmp_path / "my layout.json", ready, said.append)
+            await engine.apply(_panel("later", 1.0))
+            ready.set()
+            await asyncio.to_thread(thread.join, 30)
+            assert said[0] == f"layout {tmp_path / 'my layout.json'}: loaded as 'my layout' version 1 (1 changes)"
+            assert said[1].endswith("panel 'graph-2' not loaded: its content is gone: blob cccccccccccc is not on the relay")
+            await eventually(lambda: engine.room.panels["graph-1"].transform.position == (4.0, 2.0, 1.0))
+        finally:
+            await asyncio.to_thread(user.close)
