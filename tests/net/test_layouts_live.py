@@ -277,7 +277,7 @@ async def test_open_with_a_layout_file_places_the_published_panels(relay: Embedd
         try:
             await asyncio.to_thread(user.wait_ready, 30)
             await engine.set_role("user", "host")  # the engine made the room here; in `open` the user does
-            ready, said = threading.Event(), []
+            ready, said = threading.Event(), list[str]()
             thread = load_when_published(user, layout, tmp_path / "my layout.json", ready, said.append)
             await engine.apply(_panel("later", 1.0))
             ready.set()
