@@ -96,6 +96,10 @@ class Session(Protocol):
         """Push-to-talk pressed or released; False when this session carries no voice."""
         ...
 
+    def call(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """A relay call by name (kick, create_invite_link, save_layout, ...); a local room refuses."""
+        ...
+
     def translate(self, item: Any) -> list[SceneMessage]: ...
 
     def close(self) -> None: ...
@@ -164,6 +168,9 @@ class LocalSession:
 
     def press_to_talk(self, pressed: bool) -> bool:
         return False
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        return _done(exc=DeepRoomError(f"{method.replace('_', ' ')} needs a relay; this room is local"))
 
     def on_event(self, callback: Callable[[str, str, Mapping[str, Any]], None]) -> None:
         """Local listeners (e.g. the demo's engine) for events the user sends."""
@@ -253,6 +260,11 @@ class RelaySession:
             return fut
         except DeepRoomError as exc:
             return _done(exc=exc)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Any RoomClient call by name, run on the client's thread (kick, create_invite_link, layouts)."""
+        fut: concurrent.futures.Future[Any] = self.client.call(method, *args, **kwargs)
+        return fut
 
     def translate(self, item: Any) -> list[SceneMessage]:
         if isinstance(item, RoomUpdate | PosesUpdate | EventMessage | StatusUpdate | Notice | ContentReady):
