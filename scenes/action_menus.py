@@ -98,10 +98,21 @@ class ActionMenus:
     def geometry(self) -> MenuGeometry | None:
         return self.menu.geometry
 
-    def _open(self, title: str, rows: list[tuple[str, Any]], labels: list[str], enabled: list[bool]) -> None:
+    def _open(self, title: str, rows: list[tuple[str, Any]], labels: list[str], enabled: list[bool], *,
+              marks: list[tuple[float, float, float] | None] | None = None, keep_place: bool = False) -> None:
         head = self.app.rig.head() if self.app.rig is not None else ((0.0, 1.6, 0.0), (1.0, 0.0, 0.0, 0.0))
         self._rows = rows
-        self.menu.open(*head, parent=self.app.scene_root, items=labels, title=title, enabled=enabled)
+        self.menu.open(*head, parent=self.app.scene_root, items=labels, title=title, enabled=enabled,
+                       marks=marks or (), keep_place=keep_place)
+
+    def open_list(self, title: str, rows: list[tuple[str, Any]], labels: list[str], enabled: list[bool], *,
+                  marks: list[tuple[float, float, float] | None] | None = None, keep_place: bool = False) -> None:
+        """A menu of other parts' rows: ("do", fn) closes the menu and calls fn; ("open", fn) calls fn
+        (which opens the next menu); ("why", text) is a greyed row that says why."""
+        self.flow = None
+        self._picker = None
+        self._open(title, rows, labels, enabled, marks=marks, keep_place=keep_place and self.is_open)
+        self.mode = "list"
 
     def close(self) -> None:
         self.menu.close()
@@ -113,7 +124,9 @@ class ActionMenus:
     def open_add_panel(self) -> None:
         """The add-panel menu, a metre in front of the viewer's eyes, facing them."""
         kinds = [k.value for k in PanelKind]
-        self._open("Add a panel", [("add", k) for k in kinds], kinds, [True] * len(kinds))
+        rows: list[tuple[str, Any]] = [("add", k) for k in kinds]
+        rows.append(("open", self.app.people.open))  # XR has no P key: the class from this menu
+        self._open("Add a panel", rows, [*kinds, "People & class…"], [True] * len(rows))
         self.mode = "add"
 
     def press(self, origin: np.ndarray, direction: np.ndarray) -> None:
@@ -141,7 +154,12 @@ class ActionMenus:
             self.app.notify(str(arg) if what == "why" else "not available")
             return  # the menu stays: pick another row
         what, arg = self._rows[row]
-        if what == "add":
+        if what == "do":
+            self.close()
+            arg()
+        elif what == "open":
+            arg()
+        elif what == "add":
             self.close()
             self.app.room_actions.add_panel(arg)
         elif what == "action":

@@ -66,6 +66,7 @@ from deeproom.scenes.cloud_tools import CloudTools
 from deeproom.scenes.hud import Hud
 from deeproom.scenes.input import Drag, Input
 from deeproom.scenes.live_runs import LiveRuns
+from deeproom.scenes.participants import Participants
 from deeproom.scenes.pump import FramePump
 from deeproom.scenes.room_actions import RoomActions
 from deeproom.scenes.search import LayerSearch
@@ -175,6 +176,9 @@ class RoomApp:
         self.room_actions = RoomActions(self)
         self.search = LayerSearch(self)
         self.runs = LiveRuns(self)
+        self.people = Participants(self)
+        self._later: list[Callable[[], None]] = []  # callbacks for the render thread (answers of relay calls)
+        self._later_lock = threading.Lock()
         self.pump = FramePump(self)
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -360,6 +364,34 @@ class RoomApp:
 
         fut.add_done_callback(done)
         return fut
+
+    def later(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the render thread at the next frame (any thread may call this)."""
+        with self._later_lock:
+            self._later.append(fn)
+
+    def run_later(self) -> None:
+        """The pump runs what `later` queued (bounded per frame)."""
+        with self._later_lock:
+            todo, self._later = self._later[:50], self._later[50:]
+        for fn in todo:
+            try:
+                fn()
+            except Exception as exc:  # one bad callback must not stop the room
+                self.notify(f"could not apply an answer: {type(exc).__name__}: {exc}")
+
+    def in_background(self, fn: Callable[[], Any], then: Callable[[Any], None], what: str) -> None:
+        """Run `fn` off the render thread (file listings); `then(result)` on it."""
+        def work() -> None:
+            try:
+                result = fn()
+            except Exception as exc:
+                message = f"{what} failed: {exc}"
+                self.later(lambda: self.notify(message))
+                return
+            self.later(lambda: then(result))
+
+        start_worker_thread(work, f"deeproom-{what[:20].replace(' ', '-')}")
 
     def pick(self, origin: np.ndarray, direction: np.ndarray) -> Hit | None:
         """The nearest panel hit by a ray (a views.Hit), or None."""

@@ -104,6 +104,16 @@ class AvatarView:
             for side in ("left", "right")
         }
         self.laser = Laser(self.parent, c)
+        # A raised hand: a yellow hand (palm and raised arm) above the name tag, seen from anywhere.
+        self.hand_up = Entity(parent=self.root, y=0.62, billboard=True, enabled=False)
+        Entity(parent=self.hand_up, model="quad", scale=(0.16, 0.2), color=color.rgb(1.0, 0.82, 0.15))
+        Entity(parent=self.hand_up, model="quad", scale=(0.05, 0.16), y=-0.17, color=color.rgb(1.0, 0.82, 0.15))
+        self.hand_raised = False
+
+    def set_hand(self, raised: bool) -> None:
+        if raised != self.hand_raised:
+            self.hand_raised = raised
+            self.hand_up.enabled = raised
 
     def sync(self, pose: Pose | None, name: str, colour: str) -> None:
         if name != self.name:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from deeproom.scenes.app import RoomApp
 
 HELP = ("WASD walk · right-drag look · drag title bar: move · Q/E rotate · +/- scale · corner: resize · "
-        "Tab: add panel · / find layer · T teleport · F follow me · G summon")
+        "Tab: add panel · / find layer · T teleport · F follow me · G summon · P people · H hand")
 NOTICE_SECONDS = 6.0
 
 
@@ -29,6 +29,7 @@ class Hud:
         self.follow = Text("", parent=ui, origin=(0, 0.5), scale=1.0, color=color.rgb(1, 0.85, 0.4))
         self.notice = Text("", parent=ui, origin=(-0.5, -0.5), scale=0.85)
         self.search = Text("", parent=ui, origin=(0, 0.5), scale=1.0, color=color.rgb(0.95, 0.95, 0.7))
+        self.invite = Text("", parent=ui, origin=(0, 0.5), scale=0.8, color=color.rgb(0.6, 0.9, 1.0))
         self.help = Text(HELP, parent=ui, origin=(0, -0.5), scale=0.7, color=color.rgb(0.6, 0.64, 0.72))
         self.layout()
 
@@ -40,6 +41,7 @@ class Hud:
         self.banner.position = (0, 0.45)
         self.follow.position = (0, 0.40)
         self.search.position = (0, 0.36)
+        self.invite.position = (0, 0.32)
         self.notice.position = (-a / 2 + 0.015, -0.44)
         self.help.position = (0, -0.495)
 
@@ -61,6 +63,7 @@ class Hud:
             self._set("banner", self.banner, f"Connection lost — reconnecting…  {app.status_text}"[:120])
         self._set("follow", self.follow, f"Following {app.name_of(app.following)}" if app.following else "")
         self._set("search", self.search, app.search.hud_text())
+        self._set("invite", self.invite, app.people.invite or "")
         live = [(t, s, e) for t, s, e in app.notices if now - t < NOTICE_SECONDS]
         text = "\n".join(s for _, s, _ in live[-3:])
         self._set("notice", self.notice, text)

@@ -235,6 +235,10 @@ class Input:
             ra.toggle_follow()
         elif name == "g":
             ra.summon()
+        elif name == "p":
+            app.people.open()
+        elif name in ("h", "hand"):  # desktop H; an XR rig maps a controller button to "hand"
+            app.people.toggle_hand()
         elif name == "m":
             ra.toggle_mute()
         elif name in ("space", "space up"):

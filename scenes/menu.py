@@ -25,6 +25,8 @@ DROP = 0.1  # a little below eye level, where a hand-held menu would be
 TITLE = "Add a panel"
 
 
+MARK = 0.032
+"""Side of a row's mark (metres)."""
 CHAR = 0.021  # metres per character of a row's text at its scale (for the menu's width)
 MAX_WIDTH = 1.4
 
@@ -42,7 +44,7 @@ class MenuGeometry:
 
     @property
     def width(self) -> float:
-        longest = max([len(self.title), *(len(i) + 3 for i in self.items)])
+        longest = max([len(self.title), *(len(i) + 5 for i in self.items)])
         return float(min(max(WIDTH, 0.04 + CHAR * longest), MAX_WIDTH))
 
     @property
@@ -91,13 +93,22 @@ class WorldMenu:
         return self.geometry is not None
 
     def open(self, head_position: Sequence[float], head_rotation: Sequence[float], parent: Any = None,
-             items: Sequence[str] | None = None, *, title: str = TITLE, enabled: Sequence[bool] = ()) -> MenuGeometry:
-        """Show the menu (the panel kinds unless `items` are given) in front of a head."""
+             items: Sequence[str] | None = None, *, title: str = TITLE, enabled: Sequence[bool] = (),
+             marks: Sequence[tuple[float, float, float] | None] = (), keep_place: bool = False) -> MenuGeometry:
+        """Show the menu (the panel kinds unless `items` are given) in front of a head; `marks`
+        draws a coloured square at the right end of rows (a raised hand); `keep_place` opens it
+        where the open one stands (a submenu, a refresh)."""
+        from dataclasses import replace
+
         from panda3d.core import Quat
         from ursina import Entity, Text, color
 
+        old = self.geometry
         self.close()
         g = in_front_of(head_position, head_rotation, items, title=title, enabled=enabled)
+        if keep_place and old is not None:
+            top = old.position[1] + old.size[1] / 2  # the top edge stays where it was
+            g = replace(g, position=(old.position[0], top - g.size[1] / 2, old.position[2]), rotation=old.rotation)
         w, h = g.size
         self.root = Entity(name="world-menu", position=g.position, **({"parent": parent} if parent is not None else {}))
         self.root.set_quat(Quat(*g.rotation))
@@ -115,6 +126,10 @@ class WorldMenu:
             Text(f"{number}{kind.replace('_', ' ')}", parent=self.root, origin=(-0.5, 0), scale=1.7,
                  position=(-w / 2 + 0.02, y, -0.001),
                  color=color.rgb(0.85, 0.88, 0.95) if on else color.rgb(0.45, 0.47, 0.52))
+            mark = marks[i] if i < len(marks) else None
+            if mark is not None:
+                Entity(parent=self.root, model="quad", scale=(MARK, MARK), position=(w / 2 - MARK, y, -0.002),
+                       color=color.rgb(*mark))
         self.geometry = g
         return g
 

@@ -223,6 +223,7 @@ class FramePump:
         dt = min(t0 - self._last_frame, 0.25)
         self._last_frame = t0
         self.drain()
+        app.run_later()
         for pid, since in list(app.previews.items()):
             if t0 - since > PREVIEW_TIMEOUT:  # the room never confirmed: show what it says
                 app.previews.pop(pid)
@@ -246,6 +247,7 @@ class FramePump:
             av.tick(dt, dist, viewer)
         app.menus.tick(t0)
         app.runs.tick()
+        app.people.tick()
         if t0 - self._last_pose >= POSE_INTERVAL:
             self._last_pose = t0
             self.publish_pose()
@@ -360,6 +362,7 @@ class FramePump:
                 av.build()
                 app.avatars[pid] = av
             av.sync(app.poses.get(pid), part.name, part.colour)
+            av.set_hand(part.hand_raised)
 
     def request_content(self, view: PanelView) -> None:
         p = view.panel
