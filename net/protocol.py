@@ -20,6 +20,8 @@ event name, Socket.IO's reserved ones included, is refused with an error):
 - `blob_begin` {sha, size} -> {ok, have}; `blob_chunk` {sha, offset, data} -> {ok};
   `blob_end` {sha} -> {ok}; `blob_get` {sha, offset, length} -> {ok, size, data}.
 - `invite` {role, ttl} -> {ok, token}; `kick` {participant_id}; `set_password` {password}.
+- `layout` {action: save|list|load|export|import, ...} -> {ok, ...}: the room's saved layouts
+  (docs/protocol.md §12a; `deeproom.net.relay.layouts`).
 Relay to client: `update` bytes, `poses` bytes (a presence batch), `event`
 {kind, sender, payload}, `error` {type, message}, `kicked` {message}.
 A refusal is an ack {ok: false, error: {type, message}}.

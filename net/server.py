@@ -12,6 +12,7 @@ part raises into a refusal ack for that client only. The parts live in
 - `admission` (`Admission`): joins, room creation, invites, kicks, passwords, leaving, and the
   per-address quotas on them;
 - `events`: signalling, training streams, steering, summons;
+- `layouts` (`LayoutService`): saved layout versions per room, loaded into the live room at once;
 - `wire` (`RelaySocketServer`): only the relay's own event names reach a handler.
 
 With a Redis URL several relays serve the same rooms: rooms live in Redis

@@ -7,6 +7,7 @@
 - `blobs`: `BlobService`, uploads and fetches with per-address quotas;
 - `admission`: `Admission`, joins, room creation, invites, kicks, passwords, leaving;
 - `events`: forwarding signal/stream/steer/summon;
+- `layouts`: `LayoutService`, saved layout versions and loading them into a live room;
 - `wire`: `RelaySocketServer`, which lets only the relay's own event names reach a handler.
 """
 
