@@ -1,0 +1,410 @@
+// The page: what is missing (no WebGL 2 or WebRTC: a clear page), the landing form,
+// and the room — joined through RoomConnection, drawn by RoomScene, with raise hand,
+// drag to move (when the role allows), follow-me, summon, voice and Enter VR.
+// `window.deeproom` exposes the page's state to the tests and the benchmark.
+
+import { RoomConnection, identity } from './room.js';
+import { RoomScene, fromThreePos } from './scene.js';
+import { BrowserVoice } from './voice.js';
+import * as THREE from 'three';
+
+const EDIT_ROLES = new Set(['host', 'presenter', 'member']);
+const LEADS = new Set(['host', 'presenter']);
+const ID_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
+
+export function missingFeatures() {
+  const missing = [];
+  let gl = null;
+  try { gl = document.createElement('canvas').getContext('webgl2'); } catch (_e) { gl = null; }
+  if (!gl) missing.push('WebGL 2 (to draw the room in 3D)');
+  if (typeof RTCPeerConnection !== 'function') missing.push('WebRTC (to talk with the others)');
+  if (typeof WebSocket !== 'function') missing.push('WebSocket (to reach the relay)');
+  return missing;
+}
+
+function $(sel) { return document.querySelector(sel); }
+
+function showMissing(missing) {
+  document.body.innerHTML = '';
+  const box = document.createElement('div');
+  box.id = 'missing';
+  box.className = 'card';
+  const h = document.createElement('h1');
+  h.textContent = 'This browser cannot open a DeepRoom room';
+  const p = document.createElement('p');
+  p.textContent = 'It lacks:';
+  const ul = document.createElement('ul');
+  for (const m of missing) { const li = document.createElement('li'); li.textContent = m; ul.appendChild(li); }
+  const tip = document.createElement('p');
+  tip.textContent = 'Use a current Chrome, Edge, Firefox or Safari with hardware acceleration on, or the DeepRoom app (pip install deeproom).';
+  box.append(h, p, ul, tip);
+  document.body.appendChild(box);
+  window.deeproom = { missing };
+}
+
+/** deeproom://HOST:PORT/ROOM?invite=T (or an http link) → the page's own /r/ROOM?invite=T */
+export function pageLink(link) {
+  const m = /^(?:deeproom|https?):\/\/[^/]+\/(?:r\/)?([A-Za-z0-9_.:-]{1,64})(\?.*)?$/.exec(String(link).trim());
+  if (!m) return null;
+  return `/r/${m[1]}${m[2] || ''}`;
+}
+
+function showLanding() {
+  $('#landing').hidden = false;
+  $('#landing form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const v = $('#landing input[name=room]').value.trim();
+    const target = ID_RE.test(v) ? `/r/${v}` : pageLink(v);
+    if (target) window.location.href = target;
+    else $('#landing .error').textContent = 'A room name is 1–64 letters, digits, _ . : -; or paste a deeproom:// invite link.';
+  });
+}
+
+function randomColour() {
+  const a = new Uint8Array(3); crypto.getRandomValues(a);
+  return `#${Array.from(a, (x) => (64 + (x % 160)).toString(16).padStart(2, '0')).join('')}`;
+}
+
+class Page {
+  constructor(roomId, params) {
+    this.roomId = roomId;
+    this.params = params;
+    const relay = window.location.origin;
+    const wanted = params.get('id');
+    const who = identity(relay, roomId, wanted && ID_RE.test(wanted) ? wanted : null);
+    let name = params.get('name') || localStorage.getItem('deeproom:name') || `Guest ${who.pid.slice(-4)}`;
+    name = name.replace(/[\u0000-\u001f\u007f]/g, ' ').trim().slice(0, 64) || 'Guest';
+    this.invited = params.has('invite');
+    this.conn = new RoomConnection({
+      url: relay, room: roomId, name, pid: who.pid, key: who.key,
+      colour: localStorage.getItem('deeproom:colour') || randomColour(),
+      invite: params.get('invite'), password: params.get('password'),
+    });
+    this.scene = new RoomScene($('#stage'));
+    this.drawn = new Map(); // panel id → key of what is drawn
+    this.dirty = true;
+    this.drag = null;
+    this.voice = null;
+    this.keys = new Set();
+    this.stats = { joinedAt: null, started: performance.now(), allDrawnAt: null, fpsFrames: 0 };
+    this.moveSeen = new Map(); // panel id → performance.now() when its transform last changed
+  }
+
+  start() {
+    const c = this.conn;
+    c.addEventListener('status', (e) => this.onStatus(e.detail));
+    c.addEventListener('final', (e) => this.banner(`Cannot join: ${e.detail.message}`, true));
+    c.addEventListener('refused', (e) => this.toast(e.detail && e.detail.message ? e.detail.message : 'refused'));
+    c.addEventListener('poses', () => { this.dirtyAvatars = true; });
+    c.addEventListener('event', (e) => this.onEvent(e.detail));
+    c.doc.on('update', () => { this.dirty = true; });
+    c.start();
+    this.bindInput();
+    this.bindButtons();
+    this.scene.renderer.setAnimationLoop(() => this.frame());
+    setInterval(() => this.sendPose(), 33);
+  }
+
+  role() { return this.conn.role; }
+
+  canEdit() {
+    const role = this.role();
+    if (!EDIT_ROLES.has(role)) return false;
+    if (role === 'member' && !this.invited && this.params.get('edit') !== '1') return false; // viewer by default
+    const locked = this.conn.doc.getMap('settings').get('layout_locked');
+    return !locked || LEADS.has(role);
+  }
+
+  onStatus(s) {
+    if (s.connected) {
+      if (!this.stats.joinedAt) this.stats.joinedAt = performance.now();
+      this.banner(null);
+      $('#role').textContent = `${this.role()}${this.role() === 'member' && !this.canEdit() ? ' (view only)' : ''}`;
+      this.dirty = true;
+      if (this.params.get('voice') === '1' && !this.voice) this.startVoice();
+    } else if (!this.conn.final) {
+      this.banner(`Connection to the relay lost (${s.reason || 'gone'}); reconnecting…`, false);
+    }
+  }
+
+  banner(text, final) {
+    const b = $('#banner');
+    b.hidden = !text;
+    b.textContent = text || '';
+    b.className = final ? 'final' : '';
+  }
+
+  toast(text) {
+    const t = $('#toast');
+    t.textContent = String(text).slice(0, 300);
+    t.hidden = false;
+    clearTimeout(this.toastTimer);
+    this.toastTimer = setTimeout(() => { t.hidden = true; }, 5000);
+  }
+
+  onEvent(ev) {
+    if (!ev || typeof ev !== 'object') return;
+    if (ev.kind === 'summon') {
+      const p = ev.payload || {};
+      const pos = p.position;
+      if (Array.isArray(pos) && pos.length === 3 && pos.every((v) => typeof v === 'number' && Number.isFinite(v) && Math.abs(v) < 1000)) {
+        this.scene.teleport(pos, typeof p.yaw === 'number' && Number.isFinite(p.yaw) ? p.yaw : undefined);
+        this.toast(`${this.nameOf(ev.sender)} summoned you`);
+      }
+    }
+  }
+
+  nameOf(pid) {
+    const p = this.conn.doc.getMap('participants').get(pid);
+    return (p && p.get && p.get('name')) || pid;
+  }
+
+  // --- the room → the scene ---------------------------------------------------------------
+
+  syncPanels() {
+    const panels = this.conn.doc.getMap('panels');
+    const now = performance.timeOrigin + performance.now(); // epoch ms: comparable with the sender's clock
+    for (const [id, p] of panels) {
+      if (!p || typeof p.get !== 'function') continue;
+      const view = this.scene.panel(id);
+      const kind = String(p.get('kind') || '');
+      view.kind = kind;
+      const size = Array.isArray(p.get('size')) && p.get('size').length === 2 ? p.get('size').map(Number) : [1, 0.75];
+      const content = p.get('content') || {};
+      const refs = Array.isArray(content.refs) ? content.refs : [];
+      const source = content.source && typeof content.source === 'object' ? content.source : {};
+      const transform = p.get('transform');
+      const tkey = JSON.stringify(transform);
+      if (view.tkey !== tkey) { view.tkey = tkey; this.moveSeen.set(id, now); }
+      if (!(this.drag && this.drag.id === id)) view.place(transform);
+      const title = String(p.get('title') || id);
+      const key = JSON.stringify([kind, size, refs[0] || null, source.text ?? null]);
+      if (view.key !== key) {
+        view.key = key;
+        view.size = size;
+        view.setTitle(title);
+        if (refs.length) {
+          this.scene.drawContent(view, kind, size, null, null);
+          this.conn.blob(refs[0]).then(
+            (bytes) => { if (view.key === key) this.scene.drawContent(view, kind, size, bytes, null); },
+            (err) => { if (view.key === key) this.scene.drawContent(view, kind, size, new Uint8Array(0), `${err.message}`); },
+          );
+        } else {
+          this.scene.drawContent(view, kind, size, null, source.text);
+        }
+      } else if (view.titleText !== title) {
+        view.setTitle(title);
+      }
+      view.titleText = title;
+    }
+    for (const id of [...this.scene.panels.keys()]) if (!panels.has(id)) this.scene.removePanel(id);
+    this.syncPeople();
+  }
+
+  syncPeople() {
+    const parts = this.conn.doc.getMap('participants');
+    const me = parts.get(this.conn.pid);
+    const raised = !!(me && me.get('hand_raised'));
+    $('#hand').textContent = raised ? 'Lower hand' : 'Raise hand';
+    $('#hand').classList.toggle('on', raised);
+    if (this.conn.joined) this.conn.role = me && me.get('role') ? me.get('role') : this.conn.role;
+    const list = $('#people');
+    list.innerHTML = '';
+    for (const [pid, p] of parts) {
+      if (!p || typeof p.get !== 'function') continue;
+      const li = document.createElement('li');
+      li.textContent = `${p.get('name') || pid} · ${p.get('role') || ''}${p.get('hand_raised') ? ' ✋' : ''}${pid === this.conn.pid ? ' (you)' : ''}`;
+      list.appendChild(li);
+    }
+    const settings = this.conn.doc.getMap('settings');
+    $('#roomname').textContent = String(settings.get('name') || this.roomId);
+    if (this.voice) this.voice.setPeers([...parts.keys()]);
+  }
+
+  syncAvatars() {
+    const parts = this.conn.doc.getMap('participants');
+    for (const [pid, { pose }] of this.conn.poses) {
+      const p = parts.get(pid);
+      this.scene.updateAvatar(pid, pose, {
+        name: p && p.get ? p.get('name') : pid, colour: p && p.get ? p.get('colour') : '#888888',
+        handRaised: !!(p && p.get && p.get('hand_raised')),
+      });
+    }
+    for (const pid of [...this.scene.avatars.keys()]) if (!this.conn.poses.has(pid)) this.scene.removeAvatar(pid);
+  }
+
+  followPresenter() {
+    const s = this.conn.doc.getMap('settings');
+    if (s.get('follow') !== 'presenter') { this.following = null; return; }
+    const who = s.get('presenter');
+    if (!who || who === this.conn.pid) { this.following = null; return; }
+    const p = this.conn.poses.get(who);
+    this.following = who;
+    if (p) this.scene.follow(p.pose.head);
+  }
+
+  frame() {
+    if (this.dirty) { this.dirty = false; this.syncPanels(); }
+    if (this.dirtyAvatars) { this.dirtyAvatars = false; this.syncAvatars(); }
+    this.walk();
+    this.followPresenter();
+    this.scene.render();
+    if (!this.stats.allDrawnAt && this.conn.joined) {
+      const views = [...this.scene.panels.values()];
+      if (views.length && views.every((v) => v.status !== 'waiting')) this.stats.allDrawnAt = performance.now();
+    }
+  }
+
+  walk() {
+    if (!this.keys.size || this.following) return;
+    const step = 0.05, r = this.scene.rig;
+    const fwd = new THREE.Vector3(0, 0, -1).applyQuaternion(r.quaternion), right = new THREE.Vector3(1, 0, 0).applyQuaternion(r.quaternion);
+    if (this.keys.has('w')) r.position.addScaledVector(fwd, step);
+    if (this.keys.has('s')) r.position.addScaledVector(fwd, -step);
+    if (this.keys.has('d')) r.position.addScaledVector(right, step);
+    if (this.keys.has('a')) r.position.addScaledVector(right, -step);
+  }
+
+  sendPose() {
+    if (!this.conn.joined) return;
+    const head = this.scene.headPose();
+    let pointer = null;
+    if (this.pointerRay) pointer = this.pointerRay;
+    this.conn.sendPose(head, pointer, false);
+  }
+
+  // --- input ---------------------------------------------------------------------------------
+
+  ndc(e) {
+    const r = this.scene.renderer.domElement.getBoundingClientRect();
+    return new THREE.Vector2(((e.clientX - r.left) / r.width) * 2 - 1, -((e.clientY - r.top) / r.height) * 2 + 1);
+  }
+
+  bindInput() {
+    const el = this.scene.renderer.domElement;
+    el.addEventListener('pointerdown', (e) => {
+      const hit = this.scene.pick(this.ndc(e));
+      if (hit && this.canEdit()) {
+        const view = this.scene.panels.get(hit.id);
+        const normal = new THREE.Vector3();
+        this.scene.camera.getWorldDirection(normal);
+        this.drag = { id: hit.id, plane: new THREE.Plane().setFromNormalAndCoplanarPoint(normal, hit.point),
+          offset: view.group.position.clone().sub(hit.point), lastSent: 0 };
+        el.setPointerCapture(e.pointerId);
+      } else if (hit) {
+        this.toast(this.role() === 'viewer' || !this.canEdit() ? 'You are viewing this room: ask the host to let you move panels.' : '');
+        this.look = { x: e.clientX, y: e.clientY, yaw: this.scene.yaw, pitch: this.scene.pitch };
+      } else {
+        this.look = { x: e.clientX, y: e.clientY, yaw: this.scene.yaw, pitch: this.scene.pitch };
+      }
+    });
+    el.addEventListener('pointermove', (e) => {
+      const ray = new THREE.Raycaster();
+      ray.setFromCamera(this.ndc(e), this.scene.camera);
+      this.pointerRay = [...fromThreePos(ray.ray.origin), ...fromThreePos(ray.ray.direction)];
+      if (this.drag) {
+        const p = new THREE.Vector3();
+        if (!ray.ray.intersectPlane(this.drag.plane, p)) return;
+        const view = this.scene.panels.get(this.drag.id);
+        if (!view) return;
+        view.group.position.copy(p.add(this.drag.offset));
+        const now = performance.now();
+        if (now - this.drag.lastSent > 100) { this.drag.lastSent = now; this.sendMove(this.drag.id); }
+      } else if (this.look) {
+        this.scene.look(this.look.yaw + (e.clientX - this.look.x) * 0.2, this.look.pitch - (e.clientY - this.look.y) * 0.2);
+      }
+    });
+    const up = () => {
+      if (this.drag) { const id = this.drag.id; this.drag = null; this.sendMove(id).then(() => { this.dirty = true; }); }
+      this.look = null;
+    };
+    el.addEventListener('pointerup', up);
+    el.addEventListener('pointercancel', up);
+    window.addEventListener('keydown', (e) => { if (!e.target.closest || !e.target.closest('input')) this.keys.add(e.key.toLowerCase()); });
+    window.addEventListener('keyup', (e) => this.keys.delete(e.key.toLowerCase()));
+  }
+
+  sendMove(id) {
+    const view = this.scene.panels.get(id);
+    const p = this.conn.doc.getMap('panels').get(id);
+    if (!view || !p) return Promise.resolve(null);
+    const old = p.get('transform') || {};
+    const transform = { position: fromThreePos(view.group.position).map((v) => Math.round(v * 1000) / 1000) };
+    if (Array.isArray(old.rotation)) transform.rotation = old.rotation;
+    if (Array.isArray(old.scale)) transform.scale = old.scale;
+    return this.conn.op({ op: 'move_panel', panel_id: id, transform });
+  }
+
+  bindButtons() {
+    $('#hand').addEventListener('click', () => {
+      const me = this.conn.doc.getMap('participants').get(this.conn.pid);
+      const raised = !!(me && me.get('hand_raised'));
+      this.conn.op({ op: 'raise_hand', participant_id: this.conn.pid, raised: !raised });
+    });
+    $('#voice').addEventListener('click', () => {
+      if (this.voice) { this.voice.setMuted(!this.voice.muted); $('#voice').textContent = this.voice.muted ? 'Unmute' : 'Mute'; }
+      else this.startVoice();
+    });
+    if (navigator.xr && navigator.xr.isSessionSupported) {
+      navigator.xr.isSessionSupported('immersive-vr').then((ok) => {
+        if (!ok) return;
+        const b = $('#vr');
+        b.hidden = false;
+        b.addEventListener('click', async () => {
+          try {
+            const session = await navigator.xr.requestSession('immersive-vr', { optionalFeatures: ['local-floor'] });
+            await this.scene.renderer.xr.setSession(session);
+          } catch (err) { this.toast(`Cannot enter VR: ${err.message}`); }
+        });
+      }).catch(() => {});
+    }
+  }
+
+  async startVoice() {
+    this.voice = new BrowserVoice(this.conn, { onState: (s) => { $('#voicestate').textContent = s; } });
+    try {
+      await this.voice.start();
+      $('#voice').textContent = 'Mute';
+      this.voice.setPeers([...this.conn.doc.getMap('participants').keys()]);
+    } catch (e) {
+      this.toast(`Voice could not start: ${e.message}`);
+      this.voice = null;
+    }
+  }
+
+  /** What the tests and the benchmark read. */
+  state() {
+    const panels = {};
+    for (const [id, v] of this.scene.panels) {
+      panels[id] = { kind: v.kind, status: v.status, message: v.message, position: fromThreePos(v.group.position),
+        movedAt: this.moveSeen.get(id) || null, rect: this.scene.screenRect(v) };
+    }
+    return {
+      joined: this.conn.joined, role: this.role(), canEdit: this.canEdit(), participant_id: this.conn.pid,
+      panels, avatars: [...this.scene.avatars.keys()], frames: this.scene.frames,
+      joinedAt: this.stats.joinedAt, allDrawnAt: this.stats.allDrawnAt, banner: $('#banner').hidden ? null : $('#banner').textContent,
+      toast: $('#toast').hidden ? null : $('#toast').textContent, following: this.following || null,
+      camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
+      voice: this.voice ? { source: this.voice.source, links: [...this.voice.links].map(([pid, e]) => [pid, e.pc.connectionState]) } : null,
+    };
+  }
+}
+
+function boot() {
+  const missing = missingFeatures();
+  if (missing.length) { showMissing(missing); return; }
+  const m = /^\/r\/([A-Za-z0-9_.:-]{1,64})\/?$/.exec(window.location.pathname);
+  if (!m) { showLanding(); window.deeproom = { landing: true }; return; }
+  $('#room').hidden = false;
+  const page = new Page(m[1], new URLSearchParams(window.location.search));
+  window.deeproom = {
+    page, state: () => page.state(), THREE,
+    peak: (pid) => (page.voice ? page.voice.peak(pid) : null),
+    level: (pid) => (page.voice ? page.voice.level(pid) : 0),
+    op: (op) => page.conn.op(op),
+  };
+  page.start();
+}
+
+if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
+else boot();
