@@ -48,6 +48,7 @@ from deeproom.net.relay.rooms import RoomHub, is_fatal
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
 from deeproom.net.relay.wire import RelaySocketServer
+from deeproom.net.web_serve import register_web
 
 __all__ = ["RelayServer", "RelaySettings", "serve_forever"]
 
@@ -134,6 +135,7 @@ class RelayServer:
         app = web.Application(client_max_size=P.MAX_MESSAGE_BYTES)
         self.sio.attach(app)
         app.router.add_get("/health", self._health)
+        register_web(app)  # the browser client: /, /r/{room}, /web/deeproom.js
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET, socket.SOCK_STREAM)
