@@ -102,14 +102,20 @@ class LayoutService:
         pid = sess.participant_id
         assert pid is not None
         layout, version = await self.backend.load_layout(room.id, name, version)
-        # Which content blobs are still here, asked before taking the lock (Redis may be asked).
-        refs = {ref for p in layout.panels for ref in p.content.refs}
+        # Only panels the room lacks need their blobs; asked before taking the lock (Redis may
+        # be asked). A panel that went missing meanwhile is looked up on this node's disk.
+        in_room = set(room.doc.snapshot().panels)
+        refs = {ref for p in layout.panels if p.id not in in_room for ref in p.content.refs}
         present = {ref for ref in refs if await self.blobs.have(ref)}
+
+        def has_blob(ref: str) -> bool:
+            return ref in present or self.blobs.store.has(ref)
+
         async with room.lock:
             if not self.hub.is_live(room) or sess.room_id != room.id:
                 raise NetError(f"room {room.id!r} was reloaded; join again and load the layout again")
             _require_runs_room(room, pid, "load")  # the role may have changed while we read the store
-            fit = fit_layout(room.doc.snapshot(), layout, present.__contains__, prune=prune)
+            fit = fit_layout(room.doc.snapshot(), layout, has_blob, prune=prune)
             update = b""
             if fit.operations:
                 # Every operation is checked by the core on a scratch copy first: one refused
