@@ -1,12 +1,13 @@
 """A watched training run steered from the room, through a real relay.
 
-One app process starts a relay (embedded, 127.0.0.1) and joins it as the room's host; a `watch()` run in the same
+A relay (embedded, 127.0.0.1) started by the room's host, an app process joined as a member; a `watch()` run in the same
 process (its own relay participant, its engine hosting the run's panels) trains a small CNN on a
 thread. The curves move with the run's 0.5 s stream deltas (pixels within a second of a delta
-arriving, no blob fetched), the host freezes `conv1` by a rendered right-click on the graph and a
+arriving, no blob fetched), the member freezes `conv1` by a rendered right-click on the graph and a
 rendered click on the menu row, the weights stop changing, the graph tints the layer and the
 metrics panel's `conv1` row says frozen; a layer that does not exist is refused on the panel and
-training goes on; the metrics panel's `conv2` row offers the same freeze.
+training goes on; the metrics panel's `conv2` row offers the same freeze; made a viewer, the
+app greys the run's actions (a click says why) and a steer sent anyway is refused and shown.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from deeproom.models.training import watch
 from deeproom.scenes import geometry, painting
 from deeproom.scenes.session import RelaySession
 from deeproom.scenes.live_runs import FROZEN_COLOUR
-client = BackgroundClient(None, room="lab", name="Host", data_dir="data").wait_ready(60)  # an embedded relay
-URL = client.url
+host = BackgroundClient(None, room="lab", name="Host", data_dir="data-host").wait_ready(60)  # an embedded relay
+URL = host.url
+client = BackgroundClient(URL, room="lab", name="Ann", data_dir="data").wait_ready(60)  # a member
 app = RoomApp(RelaySession(client), options=AppOptions(offscreen=True, size=(480, 360), start_position=(0.0, 1.6, 0.0)))
 app.start()
 torch.manual_seed(0)
@@ -163,9 +165,30 @@ out["refusal"] = next((r.message for r in app.menus.reports if r.failed), None)
 out["strip"] = app.menus._strips.get("run.graph").state if "run.graph" in app.menus._strips else None
 wait(lambda: run.step > step0 + 5, 20)
 out["training_went_on"] = run.step > step0 + 5
+# --- made a viewer, Ann's steering is refused and she is told
+host.apply({"op": "set_role", "participant_id": client.participant_id, "role": "viewer"}).result(30)
+wait(lambda: app.menus.role() == "viewer", 20)
+face("run.metrics")
+app.notices.clear()
+app.pointer_context(*app.screen_ray(*app.world_to_screen(mv.frame().centre)))
+app.step(2)
+greyed = [i for i, (what, _) in enumerate(app.menus.rows) if what == "why"]
+out["viewer_menu_greyed"] = len(greyed)
+out["viewer_menu_enabled"] = sum(1 for what, _ in app.menus.rows if what == "action")
+g2 = app.menus.geometry
+u, v = g2.row_centre(greyed[0])
+app.pointer_press(*app.screen_ray(*app.world_to_screen(g2.frame().world(u - g2.size[0] * 0.3, v)))); app.pointer_release()
+app.step(2)
+out["viewer_told"] = app.hud.notice.text
+app.menus.close()
+spec = next(a for a in act.parse_actions(mv.panel.content.source)[0] if a.name == "pause")
+app.menus.send(act.ActionFlow("run.metrics", mv.panel.content.source["engine"], spec, {}))
+out["viewer_refused"] = wait(lambda: any(r.state == "refused" and r.panel_id == "run.metrics" for r in app.menus.reports), 20)
+out["viewer_refusal"] = app.hud.notice.text
+out["still_running"] = run.status == "running"
 app.save_snapshot("run.png")
 stop.set(); t.join(10)
-run.close(); app.close(); client.close()
+run.close(); app.close(); client.close(); host.close()
 done(out)
 '''
 
@@ -184,7 +207,7 @@ def test_run_steered_from_the_room(tmp_path: Path) -> None:
     assert len(out["weights_after_freeze"]) == 1, out["weights_after_freeze"]  # conv1's weights stand still
     assert out["graph_px_after"] != out["graph_px_before"]
     assert all(abs(a - b * s) < 40 for a, b, s in zip(out["graph_px_after"], out["frozen_colour"], (0.9, 0.9, 0.9), strict=True)), out
-    assert "freeze conv1" in out["badge"] and "Host" in out["badge"], out["badge"]
+    assert "freeze conv1" in out["badge"] and "Ann" in out["badge"], out["badge"]
     assert all(abs(a - b) < 16 for a, b in zip(out["row_px"], out["row_tint"], strict=True)), out
     # the metrics panel's conv2 row: the graph's layer actions with conv2 filled
     assert {"freeze", "unfreeze"} <= set(out["row_menu"]), out
@@ -193,3 +216,8 @@ def test_run_steered_from_the_room(tmp_path: Path) -> None:
     assert out["refused"] and "no_such_layer" in (out["refusal"] or ""), out
     assert out["strip"] is not None and out["strip"][2], out
     assert out["training_went_on"]
+    # a viewer: the run's actions greyed (a click says why), a steer sent anyway refused by the relay, shown
+    assert out["viewer_menu_enabled"] == 0 and out["viewer_menu_greyed"] >= 3, out
+    assert "member" in out["viewer_told"], out
+    assert out["viewer_refused"] and "refused" in out["viewer_refusal"], out
+    assert out["still_running"]
