@@ -267,7 +267,7 @@ class ActionMenus:
         view = self.target(view, on)
         source = view.panel.content.source
         search = isinstance(shown_on.content, GraphView)  # XR has no keyboard: find a layer from a list
-        if not ok and not greyed and not search:
+        if not ok and not greyed and not search and not isinstance(shown_on.content, CloudView):
             self.app.notify(f"{view.panel.title}: no actions here")
             return False
         engine = source.get("engine") if isinstance(source.get("engine"), str) else view.panel.owner
@@ -281,6 +281,10 @@ class ActionMenus:
             ok_count = len(ok) + 1
         else:
             ok_count = len(ok)
+        if isinstance(shown_on.content, CloudView):  # the app's own: open the cloud around you (O)
+            rows.insert(ok_count, ("do", lambda: self.app.clouds.toggle_room_scale(shown_on)))
+            labels.insert(ok_count, "Back to a panel" if shown_on.room_scale else "Open at room scale")
+            ok_count += 1
         where = f" · {context['layer']}" if on == "layer" else f" · {len(context['ids'])} points" if on == "selection" else ""
         self._open(f"{shown_on.panel.title}{where}"[:60], rows, labels, [True] * ok_count + [False] * len(greyed))
         self.mode = "actions"

@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from deeproom.scenes.app import RoomApp
 
 SELECTED = "points selected — digits label, R retrain, I images, right-click for actions"
+ROOM_WIDTH = 4.0
+"""Metres across a latent cloud opened at room scale."""
+ROOM_REACH = 1.0
+"""At room scale a click places the selection sphere this far along the pointer."""
+ROOM_RADIUS = 0.25
+"""The selection sphere's radius at room scale, in metres (the wheel scales it)."""
 COLOUR_MODES = ("label", "prediction", "confidence")
 
 
@@ -168,6 +174,48 @@ class CloudTools:
                            "content": {"source": {"from": view.panel.id}, "refs": [f2.result()]}})
 
         fut.add_done_callback(placed)
+
+    # --- room scale (Kath et al.: the cloud around the people labeling it) -----------------------
+
+    def room_cloud(self) -> PanelView | None:
+        """The room-scale cloud around the viewer (else the nearest one), if any."""
+        app = self.app
+        rooms = [v for v in app.panels.values() if v.room_scale and isinstance(v.content, CloudView)]
+        if not rooms or app.rig is None:
+            return None
+        head = np.asarray(app.rig.head()[0], float)
+        return min(rooms, key=lambda v: float(np.linalg.norm(v.frame().centre - head)))
+
+    def toggle_room_scale(self, view: PanelView | None = None) -> None:
+        """Open a latent cloud at room scale around you (ROOM_WIDTH across, its frame gone), or put a
+        room-scale one back as a panel in front of you. A move of the panel: everyone sees it."""
+        app = self.app
+        if view is None:
+            sel = self.selected_cloud()
+            view = sel[0] if sel is not None else self.room_cloud()
+        if view is None or view.panel.kind.value != "latent_cloud":
+            app.notify("select a latent cloud first (click it), then O")
+            return
+        _, rot, _ = view.transform
+        w, h = view.size
+        if view.room_scale:
+            t = app.room_actions.in_front((w, h), 1.6)
+            app.room_actions.move(view, tuple(t["position"]), tuple(t["rotation"]), (1.0, 1.0, 1.0))
+            app.notify("the cloud is a panel again", error=False)
+            return
+        k = ROOM_WIDTH / max(w, 0.1)
+        head = np.asarray(app.rig.head()[0] if app.rig is not None else (0.0, 1.6, 0.0), float)
+        centre = np.array([head[0], 1.4, head[2]])
+        depth = min(w, h) * 0.9 * 0.5 + 0.02  # where CloudView puts the middle of the cloud (local -z)
+        position = centre + geometry.quat_matrix(rot) @ np.array([0.0, 0.0, depth * k])
+        app.room_actions.move(view, tuple(float(c) for c in position), rot, (k, k, k))
+        app.input.select(None)
+        app.notify("the cloud is around you: click to place the sphere, O to put it back", error=False)
+
+    def place_sphere(self, origin: np.ndarray, direction: np.ndarray) -> int | None:
+        """At room scale: the selection sphere ROOM_REACH along the pointer (a hand in XR: its ray)."""
+        centre = np.asarray(origin, float) + np.asarray(direction, float) * ROOM_REACH
+        return self.select_sphere_at(centre, ROOM_RADIUS * self.radius / 0.08)
 
     def toggle_tool(self) -> None:
         self.tool = "box" if self.tool == "sphere" else "sphere"

@@ -49,6 +49,9 @@ class Input:
             app.menus.press(origin, direction)
             return None
         hit = app.pick(origin, direction)
+        if app.clouds.room_cloud() is not None and (hit is None or hit.distance > 1.5):
+            app.clouds.place_sphere(origin, direction)  # inside a room-scale cloud: the sphere, not a panel
+            return None
         self.select(hit.panel_id if hit is not None else None)
         if hit is None:
             return None
@@ -237,6 +240,8 @@ class Input:
             ra.summon()
         elif name == "p":
             app.people.open()
+        elif name == "o":
+            clouds.toggle_room_scale()
         elif name in ("h", "hand"):  # desktop H; an XR rig maps a controller button to "hand"
             app.people.toggle_hand()
         elif name == "m":

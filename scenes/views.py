@@ -344,6 +344,8 @@ class GraphView(ContentView):
         return f"layer:{nd.name}"  # the layer's name: a module path (torch) or node name (ONNX)
 
 
+ROOM_SCALE = 2.5
+"""A latent cloud panel scaled at least this much is a room-scale cloud (drawn without its frame)."""
 TEXT_LINE = 0.025
 """Line height of an Ursina Text of scale 1, in its parent's units (`Text.size`)."""
 
@@ -658,6 +660,19 @@ class PanelView:
         self.root.position = pos
         self.root.set_quat(Quat(*rot))
         self.root.scale = scale
+        framed = not self.room_scale  # a room-scale cloud has no frame: people stand inside it
+        for e in self._frame:
+            if e is not self.outline and e is not self.lock:
+                e.enabled = framed
+        if not framed:
+            self.outline.enabled = self.lock.enabled = False
+
+    @property
+    def room_scale(self) -> bool:
+        """A latent cloud opened at room scale (several metres across, Kath et al.): no frame, not picked
+        as a panel; clicks inside it place the selection sphere (`cloud_tools.CloudTools.place_sphere`)."""
+        _, _, scale = self.transform
+        return self.panel.kind.value == "latent_cloud" and min(scale[0], scale[1]) >= ROOM_SCALE
 
     def set_preview(self, pos: tuple[float, float, float], rot: tuple[float, float, float, float],
                     scale: tuple[float, float, float]) -> None:
@@ -671,7 +686,7 @@ class PanelView:
 
     def set_selected(self, on: bool) -> None:
         self.selected = on
-        self.outline.enabled = on
+        self.outline.enabled = on and not self.room_scale
 
     def show(self, prepared: Prepared, key: str) -> None:
         """Replace the content view with one for `prepared` (render thread; builds meshes only)."""
@@ -712,6 +727,8 @@ class PanelView:
         return geometry.PanelFrame.of(pos, rot, scale, (w, h + 2 * TITLE_BAR))
 
     def hit(self, origin: np.ndarray, direction: np.ndarray) -> Hit | None:
+        if self.room_scale:
+            return None
         f = self.frame()
         res = geometry.ray_panel(origin, direction, f)
         if res is None:
