@@ -56,6 +56,9 @@ MAX_MESSAGES_PER_FRAME = 200
 """A burst of messages is spread over frames rather than stalling one."""
 PREVIEW_TIMEOUT = 3.0
 """Seconds a keyed move is shown before the room confirms it (a refused one snaps back)."""
+GLIDE_TOGETHER = 2
+"""Panels moved by one room change that glide rather than jump (a layout loaded moves many; one
+drag moves one, already in small steps)."""
 META_KEYS = ("classes", "tiles", "target", "kind")
 """The parts of a blob's meta the app acts on (pickers, tile clicks, titles)."""
 
@@ -236,6 +239,7 @@ class FramePump:
         self.follow(dt)
         viewer = np.array(app.rig.head()[0]) if app.rig is not None else None
         for view in app.panels.values():
+            view.ease(dt)
             if view.content is not None and viewer is not None:
                 view.content.sync(view.to_local(viewer), t0)
         for pid, av in app.avatars.items():
@@ -330,6 +334,11 @@ class FramePump:
                 if app.drag is not None and app.drag.panel_id == pid:
                     app.drag = None
                 app.menus.panel_removed(pid)
+        moved = [v for pid, v in app.panels.items() if pid in room.panels and v.preview is None
+                 and room.panels[pid].transform != v.panel.transform]
+        if len(moved) >= GLIDE_TOGETHER:  # a layout loaded: everyone sees the panels glide to their places
+            for v in moved:
+                v.glide()
         for pid, panel in room.panels.items():
             view = app.panels.get(pid)
             if view is None:

@@ -65,7 +65,7 @@ def content_settled(app: RoomApp) -> bool:
     """Every panel shows its content (or its error), none is waiting for a blob."""
     if app.room is None or len(app.panels) != len(app.room.panels):
         return False  # an empty room is settled once it is known
-    return not app.pump.pending_content and all(v.content is not None for v in app.panels.values())
+    return not app.pump.pending_content and all(v.content is not None and v.gliding is None for v in app.panels.values())
 
 
 def overview_pose(app: RoomApp) -> None:

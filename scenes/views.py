@@ -344,6 +344,8 @@ class GraphView(ContentView):
         return f"layer:{nd.name}"  # the layer's name: a module path (torch) or node name (ONNX)
 
 
+GLIDE_RATE = 9.0
+"""How fast a gliding panel reaches its place (1/s): ~95% within a third of a second."""
 ROOM_SCALE = 2.5
 """A latent cloud panel scaled at least this much is a room-scale cloud (drawn without its frame)."""
 TEXT_LINE = 0.025
@@ -560,6 +562,8 @@ class PanelView:
         self.preview_size: tuple[float, float] | None = None
         self.graph_collapsed: set[str] | None = None
         self._frame: list[Entity] = []
+        self.gliding: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        """Where the panel is drawn while it glides to the room's place (position, rotation, scale)."""
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -644,7 +648,7 @@ class PanelView:
                 self.show(self.prepared, self.content_key or "")
         if old.lock_holder != panel.lock_holder:
             self._sync_lock()
-        if self.preview is None:
+        if self.preview is None and self.gliding is None:
             self._place()
         return old.content != panel.content or old.size != panel.size
 
@@ -673,6 +677,39 @@ class PanelView:
         as a panel; clicks inside it place the selection sphere (`cloud_tools.CloudTools.place_sphere`)."""
         _, _, scale = self.transform
         return self.panel.kind.value == "latent_cloud" and min(scale[0], scale[1]) >= ROOM_SCALE
+
+    def glide(self) -> None:
+        """Draw the next move as a glide from where the panel is drawn now (a layout loaded)."""
+        if self.gliding is None and self.preview is None:
+            q = self.root.get_quat()
+            self.gliding = (np.array(tuple(self.root.position), float), np.array([q[0], q[1], q[2], q[3]], float),
+                            np.array(tuple(self.root.scale), float))
+
+    def ease(self, dt: float) -> None:
+        """Per frame while gliding: move toward the room's transform (plain arithmetic)."""
+        if self.gliding is None:
+            return
+        if self.preview is not None:
+            self.gliding = None
+            return
+        t = 1.0 - float(np.exp(-GLIDE_RATE * max(dt, 0.0)))
+        pos, rot, scale = self.gliding
+        target = self.panel.transform
+        tp, tr, ts = np.array(target.position), np.array(target.rotation, float), np.array(target.scale)
+        if float(rot @ tr) < 0:
+            tr = -tr
+        pos = pos + (tp - pos) * t
+        rot = rot + (tr - rot) * t
+        rot /= np.linalg.norm(rot) or 1.0
+        scale = scale + (ts - scale) * t
+        if np.abs(pos - tp).max() < 1e-3 and np.abs(scale - ts).max() < 1e-3 and np.abs(rot - tr).max() < 1e-3:
+            self.gliding = None
+            self._place()
+            return
+        self.gliding = (pos, rot, scale)
+        self.root.position = tuple(float(c) for c in pos)
+        self.root.set_quat(Quat(*(float(c) for c in rot)))
+        self.root.scale = tuple(float(c) for c in scale)
 
     def set_preview(self, pos: tuple[float, float, float], rot: tuple[float, float, float, float],
                     scale: tuple[float, float, float]) -> None:

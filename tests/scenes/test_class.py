@@ -61,6 +61,9 @@ app.start()
 app.session.apply({"op": "add_panel", "panel_id": "board", "kind": "note", "title": "Board",
                    "transform": {"position": [-1.6, 1.5, 2.0]}, "size": [0.6, 0.4],
                    "content": {"source": {"text": "today: CNNs"}, "refs": []}}).result(30)
+app.session.apply({"op": "add_panel", "panel_id": "notes", "kind": "note", "title": "Notes",
+                   "transform": {"position": [1.6, 1.5, 2.0]}, "size": [0.6, 0.4],
+                   "content": {"source": {"text": "homework"}, "refs": []}}).result(30)
 (SHARED / "url.txt").write_text(client.url)
 out = {}
 me = client.participant_id
@@ -97,6 +100,8 @@ open_people(app); click_row(app, "Layouts"); click_row(app, "Save this layout")
 wait(app, lambda: app.menus.geometry is not None and app.menus.geometry.title == "Save the layout as", 30)
 click_row(app, "new: ")
 out["saved"] = wait(app, lambda: any("layout saved" in n[1] for n in app.notices), 30)
+app.apply({"op": "move_panel", "panel_id": "notes", "transform": {"position": [1.2, 1.0, 2.4]}})
+wait(app, lambda: list(app.room.panels["notes"].transform.position) == [1.2, 1.0, 2.4], 30)
 mark("h_promoted")
 wait_mark(app, "v_moved")
 out["moved_by_student"] = list(app.room.panels["board"].transform.position) != start
@@ -165,6 +170,7 @@ def drag_board():
     return hit.region if hit else None
 wait_mark(app, "h_demoted")
 start = list(app.room.panels["board"].transform.position)
+out["start_board"] = start
 out["viewer_region"] = drag_board()
 out["viewer_refused"] = wait(app, lambda: any("refused" in n[1] for n in app.notices), 30)
 out["viewer_notice"] = app.hud.notice.text
@@ -175,8 +181,17 @@ app.notices.clear()
 drag_board()
 out["member_moved"] = wait(app, lambda: list(app.room.panels["board"].transform.position) != start, 30)
 mark("v_moved")
-wait_mark(app, "h_loaded")
-out["back_after_load"] = wait(app, lambda: np.allclose(app.room.panels["board"].transform.position, start, atol=1e-4), 30)
+end = time.monotonic() + 120
+out["back_after_load"] = False
+while time.monotonic() < end:  # the frame the loaded layout arrives in: both panels start to glide
+    app.step()
+    if np.allclose(app.room.panels["board"].transform.position, start, atol=1e-4):
+        out["back_after_load"] = True
+        break
+    time.sleep(0.02)
+out["glided"] = [app.panels[p].gliding is not None for p in ("board", "notes")]
+out["glide_ended"] = wait(app, lambda: all(app.panels[p].gliding is None for p in ("board", "notes")), 10)
+out["drawn_at"] = list(app.panels["board"].root.position)
 wait_mark(app, "h_locked")
 app.notices.clear()
 drag_board()
@@ -237,6 +252,8 @@ def test_host_runs_the_class_from_the_participants_panel(tmp_path: Path) -> None
     assert h["promoted"] and s["member_moved"] and h["moved_by_student"], (h, s)
     # a saved layout version loaded again: both see the old place
     assert h["saved"] and h["loaded"] and s["back_after_load"], (h, s)
+    assert s["glided"] == [True, True] and s["glide_ended"], s  # both panels glided to their places
+    assert np.allclose(s["drawn_at"], s["start_board"], atol=1e-3), s
     # a locked layout refuses a member's move, visibly
     assert h["locked"] and s["locked_refused"] and "refused" in s["locked_notice"] and s["locked_stayed"], s
     # F: the student's camera follows the host; G and summon-to-panel move it
