@@ -67,6 +67,15 @@ def register(commands: Any, bench: Any) -> None:
                         "join storms and upload hoarding; compares p99 and counts stored-state changes")
     b.set_defaults(func=cmd_bench_relay)
 
+    w = bench.add_parser("web", help="the browser client in headless Chromium: join, moves, fps, voice from aiortc")
+    w.add_argument("--moves", type=int, default=200, help="panel moves by the Python host (default 200)")
+    w.add_argument("--move-hz", type=float, default=20.0, help="moves per second (default 20)")
+    w.add_argument("--fps-seconds", type=float, default=5.0, help="seconds of frame counting (default 5)")
+    w.add_argument("--voice-seconds", type=float, default=8.0, help="seconds of 440 Hz bursts (default 8)")
+    w.add_argument("--width", type=int, default=1280, help="page width in pixels (default 1280)")
+    w.add_argument("--height", type=int, default=720, help="page height in pixels (default 720)")
+    w.set_defaults(func=cmd_bench_web)
+
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import asyncio
@@ -145,6 +154,12 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_bench_relay(args: argparse.Namespace, config: Config) -> int:
     from deeproom.net.bench_relay import run_bench
+
+    return run_bench(args, config)
+
+
+def cmd_bench_web(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.net.bench_web import run_bench
 
     return run_bench(args, config)
 

@@ -86,8 +86,12 @@ class Page {
     this.drag = null;
     this.voice = null;
     this.keys = new Set();
+    this.continuous = params.get('continuous') === '1'; // draw every frame (the benchmark's fps)
+    this.redraw = true;
+    this.drawReasons = { continuous: 0, content: 0, room: 0, poses: 0, input: 0, follow: 0 };
     this.stats = { joinedAt: null, started: performance.now(), allDrawnAt: null, fpsFrames: 0 };
-    this.moveSeen = new Map(); // panel id → performance.now() when its transform last changed
+    this.moveSeen = new Map(); // panel id → epoch ms when its drawn transform last changed
+    this.moveLog = []; // [panel id, x, epoch ms] per drawn change (the benchmark matches its moves)
   }
 
   start() {
@@ -175,7 +179,12 @@ class Page {
       const source = content.source && typeof content.source === 'object' ? content.source : {};
       const transform = p.get('transform');
       const tkey = JSON.stringify(transform);
-      if (view.tkey !== tkey) { view.tkey = tkey; this.moveSeen.set(id, now); }
+      if (view.tkey !== tkey) {
+        view.tkey = tkey;
+        this.moveSeen.set(id, now);
+        const pos = transform && Array.isArray(transform.position) ? transform.position : null;
+        if (pos) { this.moveLog.push([id, pos[0], now]); if (this.moveLog.length > 2000) this.moveLog.splice(0, 1000); }
+      }
       if (!(this.drag && this.drag.id === id)) view.place(transform);
       const title = String(p.get('title') || id);
       const key = JSON.stringify([kind, size, refs[0] || null, source.text ?? null]);
@@ -186,8 +195,8 @@ class Page {
         if (refs.length) {
           this.scene.drawContent(view, kind, size, null, null);
           this.conn.blob(refs[0]).then(
-            (bytes) => { if (view.key === key) this.scene.drawContent(view, kind, size, bytes, null); },
-            (err) => { if (view.key === key) this.scene.drawContent(view, kind, size, new Uint8Array(0), `${err.message}`); },
+            (bytes) => { if (view.key === key) { this.scene.drawContent(view, kind, size, bytes, null); this.redraw = true; } },
+            (err) => { if (view.key === key) { this.scene.drawError(view, size, `content could not be fetched: ${err.message}`); this.redraw = true; } },
           );
         } else {
           this.scene.drawContent(view, kind, size, null, source.text);
@@ -235,19 +244,25 @@ class Page {
 
   followPresenter() {
     const s = this.conn.doc.getMap('settings');
-    if (s.get('follow') !== 'presenter') { this.following = null; return; }
+    if (s.get('follow') !== 'presenter') { this.following = null; return false; }
     const who = s.get('presenter');
-    if (!who || who === this.conn.pid) { this.following = null; return; }
+    if (!who || who === this.conn.pid) { this.following = null; return false; }
     const p = this.conn.poses.get(who);
     this.following = who;
     if (p) this.scene.follow(p.pose.head);
+    return !!p;
   }
 
   frame() {
-    if (this.dirty) { this.dirty = false; this.syncPanels(); }
-    if (this.dirtyAvatars) { this.dirtyAvatars = false; this.syncAvatars(); }
-    this.walk();
-    this.followPresenter();
+    const why = this.drawReasons;
+    let draw = false;
+    if (this.continuous || this.scene.renderer.xr.isPresenting) { draw = true; why.continuous += 1; }
+    if (this.redraw) { this.redraw = false; draw = true; why.content += 1; }
+    if (this.dirty) { this.dirty = false; this.syncPanels(); draw = true; why.room += 1; }
+    if (this.dirtyAvatars) { this.dirtyAvatars = false; this.syncAvatars(); draw = true; why.poses += 1; }
+    if (this.keys.size || this.drag || this.look) { this.walk(); draw = true; why.input += 1; }
+    if (this.followPresenter()) { draw = true; why.follow += 1; }
+    if (!draw) return; // nothing changed: no frame (a still room costs no CPU)
     this.scene.render();
     if (!this.stats.allDrawnAt && this.conn.joined) {
       const views = [...this.scene.panels.values()];
@@ -382,9 +397,9 @@ class Page {
     return {
       joined: this.conn.joined, role: this.role(), canEdit: this.canEdit(), participant_id: this.conn.pid,
       panels, avatars: [...this.scene.avatars.keys()], frames: this.scene.frames,
-      joinedAt: this.stats.joinedAt, allDrawnAt: this.stats.allDrawnAt, banner: $('#banner').hidden ? null : $('#banner').textContent,
+      timeOrigin: performance.timeOrigin, joinedAt: this.stats.joinedAt, allDrawnAt: this.stats.allDrawnAt, banner: $('#banner').hidden ? null : $('#banner').textContent,
       toast: $('#toast').hidden ? null : $('#toast').textContent, following: this.following || null,
-      camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
+      drawReasons: { ...this.drawReasons }, camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
       voice: this.voice ? { source: this.voice.source, links: [...this.voice.links].map(([pid, e]) => [pid, e.pc.connectionState]) } : null,
     };
   }
@@ -402,6 +417,10 @@ function boot() {
     peak: (pid) => (page.voice ? page.voice.peak(pid) : null),
     level: (pid) => (page.voice ? page.voice.level(pid) : 0),
     op: (op) => page.conn.op(op),
+    moves: () => page.moveLog.splice(0),
+    continuous: (on) => { page.continuous = !!on; page.redraw = true; },
+    watchOnsets: (pid, threshold) => (page.voice ? page.voice.watchOnsets(pid, threshold) : false),
+    onsets: (pid) => (page.voice ? page.voice.onsets(pid) : []),
   };
   page.start();
 }

@@ -220,6 +220,7 @@ export class RoomScene {
       this.camera.aspect = container.clientWidth / container.clientHeight;
       this.camera.updateProjectionMatrix();
       this.renderer.setSize(container.clientWidth, container.clientHeight);
+      this.render();
     });
   }
 
@@ -289,6 +290,13 @@ export class RoomScene {
       const msg = String(e && e.message ? e.message : e).slice(0, 400);
       view.setFace(quad(paintMessage('Cannot show this panel', msg, W, H, true), size), 'error', msg);
     }
+  }
+
+  /** An error card on a panel (its content could not be fetched). */
+  drawError(view, size, message) {
+    const [W, H] = textureSize(size);
+    const msg = String(message).slice(0, 400);
+    view.setFace(quad(paintMessage('Cannot show this panel', msg, W, H, true), size), 'error', msg);
   }
 
   avatar(pid) {

@@ -207,6 +207,32 @@ export class BrowserVoice {
     return Math.sqrt(acc / 480);
   }
 
+  /** Note (epoch ms) each time a participant's audio turns loud after 100 ms of quiet. */
+  watchOnsets(pid, threshold = 0.05) {
+    this.onsetLog = this.onsetLog || new Map();
+    if (this.onsetLog.has(pid)) return true;
+    const log = [];
+    this.onsetLog.set(pid, log);
+    let quietSince = performance.now();
+    const s0 = setInterval(() => {
+      if (this.closed) { clearInterval(s0); return; }
+      const s = this.speakers.get(pid);
+      if (!s) return;
+      const t = new Float32Array(s.analyser.fftSize); // oldest first: the newest 5 ms are at the end
+      s.analyser.getFloatTimeDomainData(t);
+      let loud = 0;
+      for (let i = t.length - 256; i < t.length; i++) loud = Math.max(loud, Math.abs(t[i]));
+      const now = performance.now();
+      if (loud > threshold) {
+        if (quietSince !== null && now - quietSince >= 100) log.push(performance.timeOrigin + now);
+        quietSince = null;
+      } else if (quietSince === null) quietSince = now;
+    }, 4);
+    return true;
+  }
+
+  onsets(pid) { return this.onsetLog && this.onsetLog.has(pid) ? this.onsetLog.get(pid).splice(0) : []; }
+
   _watch() {
     const now = performance.now();
     for (const pid of [...this.peers].sort()) {

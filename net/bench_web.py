@@ -1,0 +1,280 @@
+"""`deeproom bench web`: the browser client in Debian's headless Chromium against a real relay.
+
+One run, in this process: a relay on 127.0.0.1, a Python host who fills a room with
+every panel kind, a Python observer (the baseline), and Chromium (driven by selenium
+with Debian's chromedriver) on the page the relay serves. Measured:
+
+- `browser_join_s`: from asking the browser for the page to every panel drawn;
+- `move_to_browser_p99_ms`: a panel move applied by the Python host to the frame in
+  which the browser draws it (both clocks are this machine's wall clock), beside
+  `move_to_python_p99_ms`, the same moves reaching the Python observer;
+- `browser_fps`: frames per second the page draws when it draws every frame (software GL
+  here: SwiftShader; otherwise the page draws only when something changed, and
+  `idle_frames_per_s` shows a still room costs no frames);
+- `browser_tone_hz`: the loudest frequency a WebAudio analyser in the page hears from
+  an aiortc peer sending 440 Hz bursts;
+- `browser_voice_ms`: mouth to ear, browser ← aiortc: from each burst's first sample
+  being "spoken" (paced like a microphone) to the page's analyser seeing it loud
+  (polled every 4 ms; the sound card's own buffer is not included);
+- `peak_rss_mb` (this process: relay and Python clients) and `browser_rss_mb` (Chromium).
+
+The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deeproom.config import Config
+from deeproom.content import encode_content
+
+SIZE = (1.3, 0.95)
+IMAGE_RGB = (220, 40, 40)
+
+
+def every_kind_blobs(seed: int = 0) -> dict[str, bytes]:
+    """One content blob per panel kind, as the engine writes them (docs/protocol.md §10)."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(50, dtype=np.int64)
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[:] = IMAGE_RGB
+    nodes = [{"id": f"n{i}", "name": f"layer{i}", "op": ["conv", "relu", "linear"][i % 3], "rank": i} for i in range(8)]
+    cloud = rng.normal(size=(600, 3)).astype(np.float32)
+    return {
+        "metrics": encode_content({"kind": "metrics", "series": ["loss", "acc"], "x": "step"},
+                                  {"step": steps, "loss": np.exp(-steps / 20).astype(np.float32),
+                                   "acc": (1 - np.exp(-steps / 15)).astype(np.float32)}),
+        "confusion_matrix": encode_content({"kind": "confusion_matrix", "labels": ["a", "b", "c"]},
+                                           {"matrix": np.array([[9, 1, 0], [2, 7, 1], [0, 0, 10]], np.int32)}),
+        "feature_maps": encode_content({"kind": "feature_maps", "layer": "conv1"},
+                                       {"maps": rng.normal(size=(8, 12, 12)).astype(np.float16)}),
+        "filters": encode_content({"kind": "filters", "layer": "conv1"},
+                                  {"filters": rng.normal(size=(16, 5, 5)).astype(np.float32)}),
+        "grad_cam": encode_content({"kind": "grad_cam", "layer": "conv2", "target": 3, "method": "Grad-CAM"},
+                                   {"image": (rng.random((28, 28)) * 255).astype(np.uint8),
+                                    "cam": rng.random((7, 7)).astype(np.float32)}),
+        "attention": encode_content({"kind": "attention", "layer": "attn0"},
+                                    {"attention": rng.random((4, 10, 10)).astype(np.float16)}),
+        "image": encode_content({"kind": "image"}, {"image": img}),
+        "note": encode_content({"kind": "note", "text": "Hello from Python"}, {}),
+        "model_graph": encode_content({"kind": "model_graph", "nodes": nodes,
+                                       "edges": [[f"n{i}", f"n{i + 1}"] for i in range(7)]}, {}),
+        "latent_cloud": encode_content({"kind": "latent_cloud", "classes": [str(i) for i in range(10)]},
+                                       {"positions": cloud, "labels": (np.arange(600) % 10).astype(np.int16)}),
+    }
+
+
+def slot(i: int) -> list[float]:
+    """Two rows of five panels, 3 m in front of a viewer at the origin."""
+    row, col = divmod(i, 5)
+    return [-2.9 + 1.45 * col, 2.2 - 1.2 * row, 3.0]
+
+
+async def fill_room(client: Any, blobs: dict[str, bytes] | None = None) -> dict[str, str]:
+    """Add one panel per kind (panel id = kind) showing its blob; returns panel id → sha."""
+    blobs = blobs if blobs is not None else every_kind_blobs()
+    shas = {}
+    for i, (kind, blob) in enumerate(blobs.items()):
+        sha = await client.put_blob(blob)
+        shas[kind] = sha
+        await client.apply({"op": "add_panel", "panel_id": kind, "kind": kind, "title": kind.replace("_", " "),
+                            "transform": {"position": slot(i)}, "size": list(SIZE),
+                            "content": {"source": {}, "refs": [sha]}})
+    return shas
+
+
+def browser_missing() -> str | None:
+    """Why the browser benchmark or tests cannot run here (None: they can)."""
+    from deeproom.net.web_serve import BUNDLE
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        return "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver fonts-liberation)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install selenium, or the project's test extra)"
+    if not BUNDLE.exists():
+        return f"the page's bundle {BUNDLE} is not built (make web: npm ci and esbuild)"
+    return None
+
+
+CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader",
+                 "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns",
+                 "--allow-loopback-in-peer-connection")
+"""Headless Chromium as the tests run it: root needs --no-sandbox; software WebGL 2 through
+SwiftShader; audio without a click; WebRTC host candidates on 127.0.0.1, not mDNS names."""
+
+
+def chrome(width: int, height: int, extra: tuple[str, ...] = ()) -> Any:
+    """Debian's chromium through Debian's chromedriver (no Selenium Manager, no downloads)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(shutil.which("chromium"))
+    for a in (*CHROMIUM_ARGS, f"--window-size={width},{height}", *extra):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(str(shutil.which("chromedriver"))), options=opts)
+    # --headless=new takes a simulated toolbar off the window size; this makes the page W x H
+    d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    d.set_script_timeout(30)
+    return d
+
+
+def _p99(values: list[float]) -> float:
+    return float(np.percentile(np.asarray(values), 99)) if values else float("nan")
+
+
+def _tree_rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return float("nan")
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    from deeproom.net import EmbeddedRelay, RoomClient
+    from deeproom.net.voice import ToneTrack, VoiceConfig
+    from deeproom.net.voice.room import RoomVoice
+
+    out: dict[str, Any] = {"moves": args.moves, "width": args.width, "height": args.height}
+    with tempfile.TemporaryDirectory(prefix="deeproom-bench-web-") as tmp:
+        async with EmbeddedRelay(data_dir=Path(tmp) / "relay") as relay, \
+                RoomClient(relay.url, room="bench-web", name="Host", participant_id="aa-host",
+                           participant_key="bench-host-key-0123") as host:
+            await fill_room(host)
+            tone = ToneTrack(440.0, amplitude=0.5, onset_s=1.0, burst_s=0.25, period_s=1.0)
+            d = await asyncio.to_thread(chrome, args.width, args.height)
+            try:
+                # join: page request to every panel drawn
+                t0 = time.time()
+                await asyncio.to_thread(d.get, f"{relay.url}/r/bench-web?id=zz-browser&name=Browser&voice=1")
+                state = await _until(d, "s.allDrawnAt !== null", 60)
+                out["browser_join_s"] = round((state["timeOrigin"] + state["allDrawnAt"]) / 1000 - t0, 3)
+                out["panels_drawn"] = sum(p["status"] == "drawn" for p in state["panels"].values())
+                out["panels_failed"] = sum(p["status"] == "error" for p in state["panels"].values())
+
+                # fps drawing every frame (the page draws only on changes otherwise, as in XR it draws all)
+                await asyncio.to_thread(d.execute_script, "window.deeproom.continuous(true)")
+                await asyncio.sleep(0.5)
+                state = await _state(d)
+                f0, c0 = state["frames"], time.monotonic()
+                await asyncio.sleep(args.fps_seconds)
+                state = await _state(d)
+                out["browser_fps"] = round((state["frames"] - f0) / (time.monotonic() - c0), 1)
+                await asyncio.to_thread(d.execute_script, "window.deeproom.continuous(false)")
+                await asyncio.sleep(0.3)
+                idle0 = (await _state(d))["frames"]
+                await asyncio.sleep(2.0)
+                out["idle_frames_per_s"] = ((await _state(d))["frames"] - idle0) / 2  # a still room draws nothing
+
+                # moves: host → browser (drawn), host → Python observer (baseline)
+                async with RoomClient(relay.url, room="bench-web", name="Observer") as observer:
+                    seen: dict[float, float] = {}
+
+                    def on_change(_change: Any) -> None:
+                        p = observer.room.panels.get("image")
+                        if p is not None:
+                            seen.setdefault(round(p.transform.position[0], 4), time.time())
+
+                    sub = observer.observe(on_change)
+                    await asyncio.to_thread(d.execute_script, "window.deeproom.moves()")
+                    sent: dict[float, float] = {}
+                    for i in range(args.moves):
+                        x = round(-2.9 + 0.0005 * (i + 1), 4)
+                        sent[x] = time.time()
+                        await host.apply({"op": "move_panel", "panel_id": "image",
+                                          "transform": {"position": [x, 2.2, 3.0]}})
+                        await asyncio.sleep(1 / args.move_hz)
+                    await asyncio.sleep(0.5)
+                    sub.unsubscribe()
+                    log = await asyncio.to_thread(d.execute_script, "return window.deeproom.moves()")
+                drawn = {round(x, 4): at / 1000 for pid, x, at in log if pid == "image"}
+                browser_ms = [(drawn[x] - t) * 1000 for x, t in sent.items() if x in drawn]
+                python_ms = [(seen[x] - t) * 1000 for x, t in sent.items() if x in seen]
+                out["moves_seen_by_browser"] = len(browser_ms)
+                out["move_to_browser_p50_ms"] = round(statistics.median(browser_ms), 1) if browser_ms else None
+                out["move_to_browser_p99_ms"] = round(_p99(browser_ms), 1)
+                out["move_to_python_p99_ms"] = round(_p99(python_ms), 1)
+
+                # voice: an aiortc peer sends 440 Hz bursts; the page listens
+                async with RoomClient(relay.url, room="bench-web", name="Tone", participant_id="aa-tone",
+                                      participant_key="bench-tone-key-0123") as tc, \
+                        RoomVoice(tc, tone, VoiceConfig()):
+                    await _until(d, "s.voice && s.voice.links.some(([p, st]) => p === 'aa-tone' && st === 'connected')", 30)
+                    await asyncio.to_thread(d.execute_script, "window.deeproom.watchOnsets('aa-tone', 0.05)")
+                    peaks: list[float] = []
+                    end = time.monotonic() + args.voice_seconds
+                    while time.monotonic() < end:
+                        p = await asyncio.to_thread(d.execute_script, "return window.deeproom.peak('aa-tone')")
+                        if p and p["db"] is not None and p["db"] > -50:  # -Infinity (silence) arrives as None
+                            peaks.append(float(p["hz"]))
+                        await asyncio.sleep(0.1)
+                    heard = await asyncio.to_thread(d.execute_script, "return window.deeproom.onsets('aa-tone')")
+                    offset = time.time() - time.perf_counter()  # the tone's clock → the wall clock
+                    spoken = [tone.sample_time(i) + offset for i in tone.onset_samples(tone.samples_sent)]
+                out["browser_tone_hz"] = round(statistics.median(peaks), 1) if peaks else None
+                lat = []
+                for h in heard:
+                    before = [s for s in spoken if s <= h / 1000]
+                    if before and h / 1000 - before[-1] < 0.5:
+                        lat.append((h / 1000 - before[-1]) * 1000)
+                out["bursts_heard"] = len(lat)
+                out["browser_voice_ms"] = round(statistics.median(lat), 1) if lat else None
+                out["browser_rss_mb"] = round(_tree_rss_mb(d.service.process.pid), 1)
+            finally:
+                await asyncio.to_thread(d.quit)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+async def _state(d: Any) -> dict[str, Any]:
+    return await asyncio.to_thread(d.execute_script, "return window.deeproom.state()")
+
+
+async def _until(d: Any, condition: str, timeout: float) -> dict[str, Any]:
+    """The page's state once `condition` (JS over `s`) holds."""
+    script = f"const s = window.deeproom && window.deeproom.state ? window.deeproom.state() : null; return s && ({condition}) ? s : null"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = await asyncio.to_thread(d.execute_script, script)
+        if s:
+            return dict(s)
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the page did not reach {condition!r} within {timeout:g} s")
+
+
+def run_bench(args: argparse.Namespace, config: Config) -> int:
+    why = browser_missing()
+    if why:
+        print(f"deeproom bench web: {why}")
+        print(json.dumps({"error": why}))
+        return 2
+    result = asyncio.run(_bench(args))
+    for k, v in result.items():
+        print(f"{k:>26}: {v}")
+    print(json.dumps(result))
+    return 0
