@@ -70,6 +70,17 @@ class _Hostile:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(self.address, 0)))
         sio = socketio.AsyncClient(reconnection=False, http_session=session, request_timeout=10)
         sio.on("poses", lambda data: None)  # never confirmed: the relay stops sending after a few
+        gone = asyncio.Event()
+        sio.on("disconnect", lambda *reason: gone.set())
+
+        def on_error(err: Any) -> None:
+            if isinstance(err, dict) and "refused messages" in str(err.get("message", "")):
+                self.count("relay", "expelled")  # out of strikes: disconnected, the address waits
+
+        sio.on("error", on_error)
+        sio._bench_gone = gone
+        refused: list[Any] = []
+        sio.on("connect_error", refused.append)
         try:
             await sio.connect(self.url, transports=["websocket"], wait_timeout=15)
             if join:
@@ -78,6 +89,8 @@ class _Hostile:
                 if not (isinstance(ack, dict) and ack.get("ok")):
                     raise RuntimeError(f"hostile member {self.pid} could not join: {ack}")
         except BaseException:
+            if refused:
+                self.count("relay", "connect_refused")
             await _close(sio, session)
             raise
         sio._bench_session = session
@@ -94,8 +107,18 @@ class _Hostile:
 
     async def ask(self, cls: str, sio: Any, event: str, data: Any, timeout: float = 3.0) -> Any:
         """Send one message that must be refused; count what came back."""
+        call = asyncio.ensure_future(sio.call(event, data, timeout=timeout))
+        gone = asyncio.ensure_future(sio._bench_gone.wait())
         try:
-            ack = await sio.call(event, data, timeout=timeout)
+            await asyncio.wait({call, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not call.done():  # the relay closed the connection: no answer will come
+            call.cancel()
+            self.count(cls, "dropped")
+            return None
+        try:
+            ack = call.result()
         except Exception as exc:  # timeouts, a connection the relay closed
             self.count(cls, "no_answer" if "Timeout" in type(exc).__name__ else "dropped")
             return None

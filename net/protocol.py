@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from deeproom.net.errors import ProtocolError, TooLarge
+from deeproom.state import check_json
 
 PROTOCOL_VERSION = 1
 
@@ -57,6 +58,11 @@ MAX_UPLOADS_PER_CLIENT = 4
 MAX_STATE_VECTOR = 64 * 1024
 MAX_DEPTH = 16
 """Deepest nesting of a payload (an op, an event's payload)."""
+MAX_TEXT_CHARS = {"op": 4 * MAX_OP_BYTES, "event": 4 * MAX_EVENT_BYTES["stream"], "pose": 4096, "pa": 4096}
+"""Longest text of one message by event name (other events: `MAX_TEXT_CHARS_OTHER`), checked
+before the JSON is decoded: four times the payload cap (numbers and escapes take more room as
+text than `payload_size` counts), so nothing under a payload cap is refused by it."""
+MAX_TEXT_CHARS_OTHER = 64 * 1024
 
 
 def decode_state_vector(data: bytes) -> dict[int, int]:
@@ -100,6 +106,7 @@ def require_str(data: Mapping[str, Any], key: str, what: str, max_len: int = 256
         raise ProtocolError(f"{what} must be a string; got {type(value).__name__}")
     if len(value) > max_len:
         raise TooLarge(f"{what} is at most {max_len} characters; got {len(value)}")
+    check_json(value, what)  # valid Unicode (no lone surrogates), no control characters but tab and newlines
     return value
 
 
@@ -154,13 +161,30 @@ def payload_size(value: Any, depth: int = 0) -> int:
 
 
 def check_payload(value: Any, max_bytes: int, what: str) -> dict[str, Any]:
-    """A dict payload no bigger than `max_bytes`."""
+    """A dict payload no bigger than `max_bytes`, whose text (keys included) is what the core
+    accepts in JSON: valid Unicode, no control characters but tab and newlines."""
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} payload must be an object; got {type(value).__name__}")
     size = payload_size(value)
     if size > max_bytes:
         raise TooLarge(f"{what} payload is at most {max_bytes} bytes; got about {size}")
+    check_payload_text(value, f"{what} payload")
     return value
+
+
+def check_payload_text(value: Any, what: str) -> None:
+    """Every string in a payload (keys too) checked by the core's JSON text rule (bytes pass)."""
+    stack: list[tuple[Any, str]] = [(value, what)]
+    while stack:
+        v, where = stack.pop()
+        if isinstance(v, str):
+            check_json(v, where)
+        elif isinstance(v, Mapping):
+            for k, item in v.items():
+                check_json(k, f"{where} key")
+                stack.append((item, f"{where}.{k[:40]}"))
+        elif isinstance(v, list | tuple):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(v))
 
 
 def pack_binary(data: bytes) -> str:

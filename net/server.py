@@ -37,7 +37,7 @@ from aiohttp import web
 from deeproom.errors import DeepRoomError, PermissionDenied
 from deeproom.net import protocol as P
 from deeproom.net.backend import RedisBackend, RoomBackend, SqliteBackend
-from deeproom.net.errors import ProtocolError, error_to_wire
+from deeproom.net.errors import ProtocolError, RateLimited, TooLarge, error_to_wire
 from deeproom.net.ratelimit import TokenBucket
 from deeproom.net.relay.admission import Admission
 from deeproom.net.relay.blobs import BlobService
@@ -93,7 +93,11 @@ class RelayServer:
             ping_interval=5,
             ping_timeout=10,
         )
-        self.sio.refuse = self._refuse_unknown
+        self.sio.refuse = self._refuse_early
+        self.sio.gate = self._gate
+        self._penalty: dict[str, float] = {}
+        """Addresses turned away until a monotonic time (a socket of theirs ran out of strikes)."""
+        self._expelling: set[asyncio.Task[None]] = set()
         self.stats = {"poses_in": 0, "batches_out": 0, "entries_scheduled": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0}
         self._secret = b""
         self.admission: Admission
@@ -234,6 +238,9 @@ class RelayServer:
         """The ack for a handler that raised: the refusal it meant, or a plain error for a bug."""
         if isinstance(exc, DeepRoomError):
             self.stats["refused"] += 1
+            sess = self.sessions.get(sid)
+            if sess is not None and not isinstance(exc, RateLimited):
+                self._strike(sess)
             return {"ok": False, "error": error_to_wire(exc)}
         # A bug (or a panic in a library) costs one refusal, not the relay.
         log.error("relay: %s from %s failed", name, sid, exc_info=exc)
@@ -261,18 +268,77 @@ class RelayServer:
 
         return self._guard(name, on_session)
 
-    async def _refuse_unknown(self, sid: str, wants_ack: bool, exc: DeepRoomError) -> dict[str, Any] | None:
+    async def _refuse_early(self, sid: str, wants_ack: bool, exc: DeepRoomError) -> dict[str, Any] | None:
+        """A message refused before dispatch (by `_gate`, an unknown name, unreadable JSON)."""
         self.stats["refused"] += 1
         sess = self.sessions.get(sid)
-        if sess is not None and not wants_ack:
-            await warn(self.sio, sess, exc)
+        if sess is not None:
+            if not isinstance(exc, RateLimited):  # over-rate messages are refused cheaply; no strike
+                self._strike(sess)
+            if not wants_ack:
+                await warn(self.sio, sess, exc)
         return {"ok": False, "error": error_to_wire(exc)}
+
+    def _gate(self, sid: str, event: str, length: int) -> DeepRoomError | None:
+        """Whether to decode a message at all, from its event name and text length: over the
+        text cap (`protocol.MAX_TEXT_CHARS`) or over the sender's rate is refused undecoded."""
+        cap = P.MAX_TEXT_CHARS.get(event, P.MAX_TEXT_CHARS_OTHER)
+        if length > cap:
+            return TooLarge(f"a {event} message is at most {cap} characters of text; got {length}")
+        sess = self.sessions.get(sid)
+        if sess is None:
+            return None
+        s = self.settings
+        if event == "pose":
+            if not sess.pose_bucket.take():
+                return RateLimited(f"too many poses: at most {s.pose_rate[0]:g}/s; extra poses are dropped")
+        elif event == "op":
+            if not sess.op_bucket.take():
+                return RateLimited(f"too many operations: at most {s.op_rate[0]:g}/s (bursts of {s.op_rate[1]:g})")
+        elif event == "event" and not sess.event_bucket.take():
+            return RateLimited(f"too many events: at most {s.event_rate[0]:g}/s")
+        return None
+
+    def _strike(self, sess: Session) -> None:
+        """One refused message (not counting rate limits: those cost the relay no decoding); too many
+        in the window and the socket is disconnected, its address turned away for `penalty_s`
+        (other addresses, and that address's other open sockets, are not affected)."""
+        limit, window = self.settings.strikes
+        now = time.monotonic()
+        if now - sess.strikes_since > window:
+            sess.strikes_since, sess.strikes = now, 0
+        sess.strikes += 1
+        if sess.strikes <= limit or sess.expelled:
+            return
+        sess.expelled = True
+        if len(self._penalty) > 10_000:
+            self._penalty = {a: t for a, t in self._penalty.items() if t > now}
+        self._penalty[sess.address] = now + self.settings.penalty_s
+        log.info("relay: %s (%s) sent %d refused messages in %g s; disconnected", sess.sid, sess.address, limit, window)
+        task = asyncio.create_task(self._expel(sess, limit, window))
+        self._expelling.add(task)
+        task.add_done_callback(self._expelling.discard)
+
+    async def _expel(self, sess: Session, limit: int, window: float) -> None:
+        message = (f"disconnected: more than {limit} refused messages within {window:g} s; "
+                   f"this address may connect again in {self.settings.penalty_s:g} s")
+        with contextlib.suppress(Exception):
+            await self.sio.emit("error", error_to_wire(RateLimited(message)), to=sess.sid, ignore_queue=True)
+            await self.sio.disconnect(sess.sid, ignore_queue=True)
 
     # --- connection -------------------------------------------------------------------
 
     async def _on_connect(self, sid: str, environ: Any, auth: Any = None) -> bool:
         s = self.settings
         address = _address(environ)
+        until = self._penalty.get(address)
+        if until is not None:
+            left = until - time.monotonic()
+            if left > 0:
+                raise socketio.exceptions.ConnectionRefusedError(
+                    f"a connection from your address sent too many refused messages; try again in {left:.0f} s"
+                )
+            del self._penalty[address]
         if self._connections[address] >= s.connections_per_address:
             raise socketio.exceptions.ConnectionRefusedError(
                 f"too many connections from your address (at most {s.connections_per_address})"

@@ -141,8 +141,22 @@ class BlobService:
         sha = check_blob_id(d.get("sha"))
         offset = P.require_int(d, "offset", "offset", 0, 1 << 40)
         length = P.require_int(d, "length", "length", 1, P.MAX_BLOB_CHUNK)
-        blob = await self.blob_bytes(sha)
-        return {"ok": True, "size": len(blob), "data": blob[offset : offset + length]}
+        cached = self.cache.get(sha)
+        if cached is not None:
+            return {"ok": True, "size": len(cached), "data": cached[offset : offset + length]}
+        try:
+            # Only the asked range is read (the file is hashed once, on its first range read).
+            chunk, size = await asyncio.to_thread(self.store.read_range, sha, offset, length)
+        except NotFound:
+            if not self.backend.shared:
+                raise
+            blob = await self.blob_bytes(sha)  # another node's blob: copied to this node's disk once
+            return {"ok": True, "size": len(blob), "data": blob[offset : offset + length]}
+        if size <= self.cache.max_item_bytes and offset == 0:
+            # a small blob: keep it whole in memory for the next readers
+            blob = await self.blob_bytes(sha)
+            return {"ok": True, "size": len(blob), "data": blob[offset : offset + length]}
+        return {"ok": True, "size": size, "data": chunk}
 
     def close(self, sessions: Any) -> None:
         for sess in sessions:

@@ -13,7 +13,7 @@ import socketio
 
 from deeproom.errors import NotFound, PermissionDenied
 from deeproom.net import protocol as P
-from deeproom.net.errors import ProtocolError, RateLimited
+from deeproom.net.errors import ProtocolError
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
 from deeproom.state import Role, check_participant_id
@@ -27,8 +27,6 @@ MAX_STREAM_BYTES_PER_ROOM = 8 * 1024 * 1024
 
 async def forward_event(settings: RelaySettings, sio: socketio.AsyncServer, sess: Session, room: LiveRoom,
                         data: Any) -> dict[str, Any]:
-    if not sess.event_bucket.take():
-        raise RateLimited(f"too many events: at most {settings.event_rate[0]:g}/s")
     d = P.require_mapping(data, "event")
     kind = P.require_str(d, "kind", "event kind", 32)
     if kind not in P.EVENT_KINDS:

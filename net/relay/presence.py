@@ -19,10 +19,11 @@ import socketio
 from deeproom.errors import DeepRoomError, ValidationError
 from deeproom.net import protocol as P
 from deeproom.net.backend import RoomBackend
-from deeproom.net.errors import RateLimited, error_to_wire
+from deeproom.net.errors import error_to_wire
 from deeproom.net.relay.rooms import RoomHub
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import Session
+from deeproom.net.relay.wire import RelaySocketServer
 from deeproom.presence import decode_pose, encode_batch, split_batch
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Presence:
     """Receives poses and sends the batches."""
 
     def __init__(self, settings: RelaySettings, hub: RoomHub, backend: RoomBackend,
-                 sio: socketio.AsyncServer, stats: dict[str, int]) -> None:
+                 sio: RelaySocketServer, stats: dict[str, int]) -> None:
         self.settings = settings
         self.hub = hub
         self.backend = backend
@@ -62,9 +63,6 @@ class Presence:
             self.ack_batches(sess, extra[0])
         room = self.hub.rooms.get(sess.room_id)
         if room is None:
-            return
-        if not sess.pose_bucket.take():
-            await warn(self.sio, sess, RateLimited(f"too many poses: at most {self.settings.pose_rate[0]:g}/s; extra poses are dropped"))
             return
         try:
             raw = P.unpack_binary(data, P.MAX_POSE_BYTES, "a pose (deeproom.presence encoding)")
@@ -142,7 +140,7 @@ class Presence:
             self.stats["skipped_backed_up"] += len(skip)
             batch = encode_batch(batch_poses, wall)
             self.stats["batches_out"] += len(room.sessions) - len(skip)
-            await self.sio.emit("poses", batch, room=room.id, skip_sid=skip or None, ignore_queue=True)
+            await self.sio.emit_local("poses", batch, room=room.id, skip_sid=skip)
 
     async def on_remote_message(self, channel: str, data: bytes) -> None:
         if channel != "poses":

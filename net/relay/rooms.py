@@ -16,15 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import socketio
-
 from deeproom.document import RoomDocument, WriteUndone
 from deeproom.errors import DeepRoomError, NotFound, PermissionDenied
 from deeproom.net import protocol as P
 from deeproom.net.backend import RoomBackend, RoomMeta, op_key
-from deeproom.net.errors import NetError, RateLimited, TooLarge
+from deeproom.net.errors import NetError, TooLarge
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
+from deeproom.net.relay.wire import RelaySocketServer
 from deeproom.ops import Join, Leave, Operation, parse_operation
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ def is_fatal(exc: BaseException) -> bool:
 class RoomHub:
     """The rooms this relay node holds live copies of."""
 
-    def __init__(self, settings: RelaySettings, backend: RoomBackend, sio: socketio.AsyncServer,
+    def __init__(self, settings: RelaySettings, backend: RoomBackend, sio: RelaySocketServer,
                  stats: dict[str, int], on_loaded: Callable[[LiveRoom], None]) -> None:
         self.settings = settings
         self.backend = backend
@@ -141,13 +140,10 @@ class RoomHub:
             room.recent_ops[key] = None
             while len(room.recent_ops) > RECENT_OPS:
                 room.recent_ops.popitem(last=False)
-        await self.sio.emit("update", update, room=room.id, skip_sid=skip_sid, ignore_queue=True)
+        await self.sio.emit_local("update", update, room=room.id, skip_sid=[skip_sid] if skip_sid else None)
 
     async def handle_op(self, sess: Session, room: LiveRoom, data: Any) -> dict[str, Any]:
         """One `op` message from a joined client."""
-        if not sess.op_bucket.take():
-            rate, burst = self.settings.op_rate
-            raise RateLimited(f"too many operations: at most {rate:g}/s (bursts of {burst:g})")
         d = P.require_mapping(data, "op message")
         op_id = P.require_str(d, "id", "operation id", 128)
         assert op_id is not None
@@ -192,7 +188,7 @@ class RoomHub:
     async def _merge_remote(self, room: LiveRoom, update: bytes) -> None:
         room.doc.apply_update(update)
         room.log_seen += 1
-        await self.sio.emit("update", update, room=room.id, ignore_queue=True)
+        await self.sio.emit_local("update", update, room=room.id)
 
     async def reconcile_loop(self) -> None:
         """Pub/sub may drop a message; every few seconds, read what the log has beyond what we saw."""

@@ -78,6 +78,13 @@ class RelaySettings:
     upload_bytes_per_address: tuple[float, float] = (1024.0 * 1024 * 1024, 1024.0 * 1024 * 1024)
     """Blob bytes one address may upload: per hour, and at once (announced sizes count)."""
 
+    strikes: tuple[int, float] = (100, 10.0)
+    """A socket whose messages are refused this many times within this many seconds (refusals
+    for being over a rate not counted) is disconnected, and its address is turned away for
+    `penalty_s` (other addresses are not)."""
+    penalty_s: float = 10.0
+    """How long an address whose socket ran out of strikes may not connect."""
+
     def __post_init__(self) -> None:
         if self.room_creation not in ROOM_CREATION:
             raise ValueError(f"room_creation is one of {', '.join(ROOM_CREATION)}; got {self.room_creation!r}")

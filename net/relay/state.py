@@ -34,6 +34,11 @@ class Session:
     upload_bytes: dict[str, int] = field(default_factory=dict)
     """Bytes each upload took from the address's byte quota (given back if it is abandoned)."""
     warned_at: float = 0.0
+    strikes: int = 0
+    """Messages of this socket refused since `strikes_since` (too many and it is disconnected)."""
+    strikes_since: float = 0.0
+    expelled: bool = False
+    """Out of strikes: being disconnected."""
     batches_sent: int = 0
     batches_acked: int = 0
 

@@ -13,16 +13,39 @@ Python converts) would fail inside python-socketio's packet decoding, where no a
 can be sent; `RelayPacket` decodes with a depth bound and, for a message it cannot
 read, hands the dispatcher an `Unreadable` marker instead, which is refused with a
 clear error.
+
+Before any of that, `RelaySocketServer` reads only the head of each text message (its
+packet type, ack id, attachment count and event name) and asks the relay's `gate`
+whether to decode it at all: an unknown name, a message longer than its kind allows
+(`protocol.MAX_TEXT_CHARS`) or one over the sender's rate is refused from the head
+alone, so a flood or an oversized message costs the relay a regular expression, not a
+JSON decode. The binary attachments of a refused message are swallowed, not decoded.
+Messages for a socket whose Socket.IO session is gone (nobody to answer) are dropped
+unread, and binary data no message announced is refused with an error event (in
+python-socketio both were tracebacks in the log, one per message).
+
+Sending: a Socket.IO message with bytes in it is several Engine.IO packets (a text
+head, then one packet per attachment). python-socketio queues them one by one, each
+after a ping-timeout check that may close the socket and wait for the relay's
+disconnect handler.
+Here every message is queued whole or not at all, without waiting in between
+(`RelaySocketServer.queue_message`), and a room broadcast is encoded once and queued
+to each recipient in one pass (no task per packet). A socket closed for a late pong
+has its websocket closed too (Engine.IO's own check left it open, so the client kept
+sending into a session that was gone).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
+from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from deeproom.errors import DeepRoomError
@@ -100,13 +123,67 @@ class RelayPacket(sio_packet.Packet):
 Refuser = Callable[[str, bool, DeepRoomError], Awaitable[dict[str, Any] | None]]
 """Called with (sid, whether the client waits for an ack, the refusal); returns the ack to send."""
 
+Gate = Callable[[str, str, int], DeepRoomError | None]
+"""Called with (sid, event name, length of the message's text) before the message is decoded;
+returns the refusal for a message the relay will not read, or None to decode it."""
+
+_HEAD = re.compile(r'([0-6])(?:(\d{1,10})-)?(/[^,]{0,64},)?(\d{1,18})?\s*(?:\[\s*"((?:[^"\\]|\\.){0,64})")?')
+"""A Socket.IO packet's head: type, attachment count, namespace, ack id, event name."""
+_EVENT, _BINARY_EVENT = sio_packet.EVENT, sio_packet.BINARY_EVENT
+
 
 class RelaySocketServer(socketio.AsyncServer):
-    """An AsyncServer that dispatches only `CLIENT_EVENTS` and refuses the rest with an error."""
+    """An AsyncServer that dispatches only `CLIENT_EVENTS`, asks `gate` before decoding a
+    message, refuses the rest with an error, and queues every outgoing message whole."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, serializer=RelayPacket, **kwargs)
         self.refuse: Refuser | None = None
+        self.gate: Gate | None = None
+        self._swallow: dict[str, int] = {}
+        """Attachments still to come of a binary message refused from its head, per Engine.IO socket."""
+        self._closing_tasks: set[asyncio.Task[Any]] = set()
+
+    # --- receiving ----------------------------------------------------------------------
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if isinstance(data, bytes | bytearray):
+            left = self._swallow.get(eio_sid)
+            if left:
+                if left > 1:
+                    self._swallow[eio_sid] = left - 1
+                else:
+                    del self._swallow[eio_sid]
+                return
+            if eio_sid not in self._binary_packet:
+                # python-socketio would fail on it deep inside (int(b"...")) and log a traceback
+                await self._answer(eio_sid, "/", None, ProtocolError("binary data that no message announced"))
+                return
+        elif isinstance(data, str) and eio_sid not in self._binary_packet:
+            head = _HEAD.match(data)
+            if head is not None and int(head.group(1)) in (_EVENT, _BINARY_EVENT):
+                namespace = head.group(3)[:-1] if head.group(3) else "/"
+                sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+                refusal = self._screen(sid, head.group(5), len(data))
+                if sid is None or not self.manager.is_connected(sid, namespace) or refusal is not None:
+                    # refused, or for a socket already disconnected (nobody to answer): not decoded,
+                    # and its binary attachments are dropped as they come
+                    if head.group(2):
+                        self._swallow[eio_sid] = int(head.group(2))
+                    if refusal is not None and sid is not None:
+                        await self._answer(eio_sid, namespace, int(head.group(4)) if head.group(4) else None, refusal)
+                    return
+        await super()._handle_eio_message(eio_sid, data)
+
+    def _screen(self, sid: str | None, name: str | None, length: int) -> DeepRoomError | None:
+        """The refusal of a message from its head alone, or None to decode it."""
+        if name is None or "\\" in name:
+            return None  # no plain name in the head: decode it, `_handle_event` checks what it is
+        if name not in CLIENT_EVENTS:
+            return ProtocolError(f"unknown event {name[:40]!r}; clients send {', '.join(sorted(CLIENT_EVENTS))}")
+        if sid is None or self.gate is None:
+            return None
+        return self.gate(sid, name, length)
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
         namespace = namespace or "/"
@@ -121,9 +198,70 @@ class RelaySocketServer(socketio.AsyncServer):
         if refusal is None:
             await super()._handle_event(eio_sid, namespace, id, data)
             return
+        await self._answer(eio_sid, namespace, id, refusal)
+
+    async def _answer(self, eio_sid: str, namespace: str, id: int | None, refusal: DeepRoomError) -> None:
+        """A refusal: the error ack if the client asked for one (otherwise `refuse` sends an error event)."""
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is None or not self.manager.is_connected(sid, namespace):
             return
         ack = await self.refuse(sid, id is not None, refusal) if self.refuse is not None else None
         if id is not None:
             await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=[ack]))
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        self._swallow.pop(eio_sid, None)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def queue_message(self, eio_sid: str, packets: list[eio_packet.Packet]) -> bool:
+        """Queue one message's Engine.IO packets on a socket, all or none, without waiting.
+
+        A socket that is closing gets nothing. One whose client has not answered a ping in
+        time gets nothing and is closed (`_close_late`)."""
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None or sock.closed or sock.closing:
+            return False
+        last_ping = sock.last_ping
+        if last_ping and time.time() - last_ping > self.eio.ping_timeout:
+            task = asyncio.ensure_future(self._close_late(sock))
+            self._closing_tasks.add(task)
+            task.add_done_callback(self._closing_tasks.discard)
+            return False
+        for p in packets:
+            sock.queue.put_nowait(p)
+        return True
+
+    async def _close_late(self, sock: Any) -> None:
+        """Close a socket whose pong did not come in time, websocket included.
+
+        (Engine.IO's own check drops its CLOSE packet for the same late ping, so the websocket
+        stayed open: the client went on sending, unaware, and every binary message it sent was
+        an error in python-socketio, "invalid literal for int() with base 10: b'\\x01'".)"""
+        await sock.close(wait=False, abort=True, reason=self.eio.reason.PING_TIMEOUT)
+        sock.queue.put_nowait(None)  # ends the writer, which closes the websocket
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        encoded = pkt.encode()
+        parts = encoded if isinstance(encoded, list) else [encoded]
+        self.queue_message(eio_sid, [eio_packet.Packet(eio_packet.MESSAGE, data=p) for p in parts])
+
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        # python-socketio's manager sends each packet of a broadcast from its own task; none of
+        # them waits here, so the packets of one message still reach each socket back to back.
+        self.queue_message(eio_sid, [eio_pkt])
+
+    async def emit_local(self, event: str, data: Any, *, room: str, skip_sid: list[str] | None = None,
+                         namespace: str = "/") -> int:
+        """`emit(..., ignore_queue=True)` for this node's sockets: encoded once, each message queued
+        whole to each recipient in one pass. Returns how many sockets it was queued to."""
+        pkt = self.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, data])
+        encoded = pkt.encode()
+        packets = [eio_packet.Packet(eio_packet.MESSAGE, data=p) for p in (encoded if isinstance(encoded, list) else [encoded])]
+        skip = set(skip_sid or ())
+        sent = 0
+        for sid, eio_sid in list(self.manager.get_participants(namespace, room)):
+            if sid not in skip and self.queue_message(eio_sid, packets):
+                sent += 1
+        return sent

@@ -58,7 +58,9 @@ class LoopThread:
 class Harness:
     def __init__(self, tmp: Path) -> None:
         self.lt = LoopThread()
-        self.relay = EmbeddedRelay(data_dir=tmp)
+        # Hypothesis sends thousands of refused messages through the same two sockets: without a
+        # higher strike limit the relay would disconnect them (that limit is tested in test_wire).
+        self.relay = EmbeddedRelay(data_dir=tmp, strikes=(10**9, 10.0))
         self.lt.run(self.relay.start())
         self.host = RoomClient(self.relay.url, room="fuzz", name="Host")
         self.lt.run(self.host.connect())

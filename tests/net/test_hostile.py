@@ -425,3 +425,46 @@ async def test_kept_stream_messages_are_bounded_per_room(relay: EmbeddedRelay) -
         from deeproom.net.protocol import payload_size
 
         assert room.stream_bytes == sum(payload_size(m["payload"]) for m in room.streams.values())
+
+
+# --- bad strings outside operations ------------------------------------------------------------
+
+async def test_lone_surrogates_and_control_characters_are_refused_in_every_message(
+    relay: EmbeddedRelay, raws: list[Raw], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Event payloads (values and keys), op ids, passwords and keys: the core's text rule, an error ack."""
+    import logging
+
+    caplog.set_level(logging.ERROR)
+    async with RoomClient(relay.url, room="strings", name="Host", password="pw-correct") as host:
+        got: list[Any] = []
+        host.on_event("signal", lambda sender, payload: got.append(payload))
+        r = await raw(relay.url, raws)
+        assert (await r.join("strings", "r1", key=KEY, password="pw-correct"))["ok"]
+        before = host.room
+        bad = [
+            ("event", {"kind": "signal", "payload": {"x": "\udc00"}, "to": host.participant_id}),
+            ("event", {"kind": "signal", "payload": {"\ud800": "key"}, "to": host.participant_id}),
+            ("event", {"kind": "stream", "payload": {"panel_id": "p", "channel": "c", "d": ["ok", {"e": "bell\x07"}]}}),
+            ("event", {"kind": "steer", "payload": {"layer": "\udfff"}, "to": host.participant_id}),
+            ("op", {"id": "lone\ud83d", "op": {"op": "raise_hand", "participant_id": "r1", "raised": True}}),
+            ("op", {"id": "nul\x00", "op": {"op": "raise_hand", "participant_id": "r1", "raised": True}}),
+        ]
+        for event, data in bad:
+            ack = await r.call(event, data)
+            assert ack["ok"] is False and ack["error"]["type"] in ("ValidationError", "ProtocolError"), (data, ack)
+            assert "surrogate" in ack["error"]["message"] or "control characters" in ack["error"]["message"], ack
+        other = await raw(relay.url, raws)
+        for password in ("\ud800", "pw\x00"):
+            ack = await other.join("strings", "r2", key=KEY, password=password)
+            assert ack["ok"] is False and ack["error"]["type"] == "ValidationError", ack
+        ack = await other.join("strings", "r2", key="k" * 20 + "\udc00", password="pw-correct")
+        assert ack["ok"] is False and "surrogate" in ack["error"]["message"], ack
+        # refused, not forwarded, nothing changed, nothing logged as a relay error
+        ok = await r.call("event", {"kind": "signal", "payload": {"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"},
+                                    "to": host.participant_id})
+        assert ok["ok"], ok
+        await eventually(lambda: got)
+        assert got == [{"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"}]
+        assert host.room == before
+        assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
