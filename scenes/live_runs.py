@@ -210,6 +210,7 @@ class LiveRuns:
         self.app = app
         self.runs: dict[str, RunState] = {}
         self.drawn: dict[str, tuple[float, float]] = {}  # panel id -> (newest step drawn, when it was shown)
+        self.arrived: dict[str, tuple[float, float]] = {}  # run -> (newest step a delta brought, when it was drained)
         self._badges: dict[str, tuple[Any, str]] = {}  # panel id -> (Text, what it says)
         self._marked: dict[str, tuple[int, int]] = {}  # graph panel id -> (run version, content id) marked
 
@@ -264,6 +265,7 @@ class LiveRuns:
             last = payload["rows"][-1]
             if isinstance(last, Mapping) and isinstance(last.get("step"), int | float):
                 st.step = int(last["step"])
+                self.arrived[run] = (float(last["step"]), time.monotonic())
         if kind in DELTA_TYPES:
             self.app.pump.worker.live(run, dict(payload))
         return True
