@@ -42,8 +42,10 @@ filters and Grad-CAM; click a grey group to expand it, C to collapse the selecte
 layer's group, / finds a layer by name (Enter goes there); click a tile of an input strip to compute on that input; in a latent
 cloud click to select a sphere (B for box mode, wheel for radius), digits label the
 selection, R retrains on it, I shows its images, V colours by label/prediction/
-confidence; Tab opens the add-panel menu; T teleports to where you point; F
-starts/stops following you (presenters), G summons everyone to you.
+confidence, O opens it at room scale around you; Tab opens the add-panel menu; T teleports
+to where you point; F starts/stops following you (presenters), G summons everyone to you;
+P opens the participants panel (`participants.Participants`), H raises or lowers your hand.
+A training run's panels follow its stream deltas (`live_runs.LiveRuns`).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ class ContentWorker:
                 else:
                     prepared, facts = self._prepare(req, data)
                     if req.kind == "metrics" and isinstance(req.source.get("run"), str) \
-                            and not isinstance(prepared, ContentFailure):
+                            and req.source.get("what", "metrics") == "metrics" and not isinstance(prepared, ContentFailure):
                         prepared, facts = self._go_live(req, key, data, prepared, facts)
         except Exception as exc:  # a bug in a painter must not kill the worker
             prepared = ContentFailure(f"preparing content failed: {type(exc).__name__}: {exc}")
@@ -143,6 +143,8 @@ class ContentWorker:
                  facts: dict[str, Any] | None) -> tuple[Prepared, dict[str, Any] | None]:
         """Keep a run's metrics blob as a live table; deltas newer than it are replayed at once."""
         meta, arrays = decode_content(data)
+        if str(meta.get("x", "step")) != "step":
+            return prepared, facts  # not curves over steps (a checkpoint difference): nothing to append
         table = LiveTable.of(meta, arrays)
         run = str(req.source["run"])
         self._live[req.panel_id] = _Live(key, tuple(req.size), table)  # type: ignore[arg-type]
