@@ -91,6 +91,7 @@ class Page {
     this.drawReasons = { continuous: 0, content: 0, room: 0, poses: 0, input: 0, follow: 0 };
     this.stats = { joinedAt: null, started: performance.now(), allDrawnAt: null, fpsFrames: 0 };
     this.moveSeen = new Map(); // panel id → epoch ms when its drawn transform last changed
+    this.docLog = []; // [panel id, x, epoch ms] per transform change applied to the document
     this.moveLog = []; // [panel id, x, epoch ms] per drawn change (the benchmark matches its moves)
   }
 
@@ -102,6 +103,15 @@ class Page {
     c.addEventListener('poses', () => { this.dirtyAvatars = true; });
     c.addEventListener('event', (e) => this.onEvent(e.detail));
     c.doc.on('update', () => { this.dirty = true; });
+    c.doc.getMap('panels').observeDeep((events) => { // when moves arrive (before any frame draws them)
+      const at = performance.timeOrigin + performance.now();
+      for (const ev of events) {
+        if (ev.path.length !== 1 || !ev.keysChanged || !ev.keysChanged.has('transform')) continue;
+        const t = ev.target.get('transform');
+        if (t && Array.isArray(t.position)) this.docLog.push([ev.path[0], t.position[0], at]);
+      }
+      if (this.docLog.length > 2000) this.docLog.splice(0, 1000);
+    });
     c.start();
     this.bindInput();
     this.bindButtons();
@@ -399,7 +409,7 @@ class Page {
       panels, avatars: [...this.scene.avatars.keys()], frames: this.scene.frames,
       timeOrigin: performance.timeOrigin, joinedAt: this.stats.joinedAt, allDrawnAt: this.stats.allDrawnAt, banner: $('#banner').hidden ? null : $('#banner').textContent,
       toast: $('#toast').hidden ? null : $('#toast').textContent, following: this.following || null,
-      drawReasons: { ...this.drawReasons }, camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
+      drawReasons: { ...this.drawReasons }, softwareGL: this.scene.software, camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
       voice: this.voice ? { source: this.voice.source, links: [...this.voice.links].map(([pid, e]) => [pid, e.pc.connectionState]) } : null,
     };
   }
@@ -418,6 +428,7 @@ function boot() {
     level: (pid) => (page.voice ? page.voice.level(pid) : 0),
     op: (op) => page.conn.op(op),
     moves: () => page.moveLog.splice(0),
+    applied: () => page.docLog.splice(0),
     continuous: (on) => { page.continuous = !!on; page.redraw = true; },
     watchOnsets: (pid, threshold) => (page.voice ? page.voice.watchOnsets(pid, threshold) : false),
     onsets: (pid) => (page.voice ? page.voice.onsets(pid) : []),

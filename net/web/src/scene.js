@@ -194,9 +194,22 @@ function cloudFace(meta, arrays, size) {
   return group;
 }
 
+/** True when WebGL runs on the CPU (SwiftShader, llvmpipe): drawing is then costly. */
+function softwareGL() {
+  try {
+    const gl = document.createElement('canvas').getContext('webgl2');
+    const ext = gl && gl.getExtension('WEBGL_debug_renderer_info');
+    const name = ext ? String(gl.getParameter(ext.UNMASKED_RENDERER_WEBGL)) : '';
+    if (gl) { const lose = gl.getExtension('WEBGL_lose_context'); if (lose) lose.loseContext(); }
+    return /swiftshader|llvmpipe|softpipe|software/i.test(name);
+  } catch (_e) { return false; }
+}
+
 export class RoomScene {
   constructor(container) {
-    this.renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
+    this.software = softwareGL();
+    // Multisampling in a software rasterizer costs more than the rest of the frame together.
+    this.renderer = new THREE.WebGLRenderer({ antialias: !this.software });
     this.renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
     this.renderer.setSize(container.clientWidth, container.clientHeight);
     this.renderer.xr.enabled = true;
