@@ -5,7 +5,8 @@
 
 import { RoomConnection, identity } from './room.js';
 import { RoomScene, fromThreePos } from './scene.js';
-import { BrowserVoice } from './voice.js';
+import { BrowserVoice, parseSignal } from './voice.js';
+import { decodeBatch, decodeContent, encodePose, seqNewer } from './wire.js';
 import * as THREE from 'three';
 
 const EDIT_ROLES = new Set(['host', 'presenter', 'member']);
@@ -415,7 +416,21 @@ class Page {
   }
 }
 
+// The pure parts, for the tests that check them against the Python implementation.
+const wire = {
+  decodeContent: (b64) => {
+    const { meta, arrays } = decodeContent(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)));
+    const out = {};
+    for (const [k, a] of Object.entries(arrays)) out[k] = { dtype: a.dtype, shape: a.shape, data: Array.from(a.data) };
+    return { meta, arrays: out };
+  },
+  decodeBatch: (b64) => decodeBatch(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))),
+  encodePose: (pose, sentAt) => btoa(String.fromCharCode(...encodePose(pose, sentAt))),
+  seqNewer, parseSignal, pageLink,
+};
+
 function boot() {
+  window.deeproomWire = wire;
   const missing = missingFeatures();
   if (missing.length) { showMissing(missing); return; }
   const m = /^\/r\/([A-Za-z0-9_.:-]{1,64})\/?$/.exec(window.location.pathname);

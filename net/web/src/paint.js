@@ -3,7 +3,9 @@
 // so a panel reads the same in the app and in the page. Each painter throws a
 // PaintError naming what the blob lacks; the caller shows it as an error card.
 
-export class PaintError extends Error {}
+export class PaintError extends Error {
+  constructor(message) { super(message); this.name = 'PaintError'; }
+}
 
 const VIRIDIS_ANCHORS = [[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
   [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37]];

@@ -2,7 +2,9 @@
 // content blobs (§10). Everything that comes from the network is checked here
 // before anything reads it; a bad blob or batch raises WireError with the reason.
 
-export class WireError extends Error {}
+export class WireError extends Error {
+  constructor(message) { super(message); this.name = 'WireError'; } // kept through minifying
+}
 
 // --- poses (§8) --------------------------------------------------------------------------
 
