@@ -141,6 +141,16 @@ function graphFace(meta, size) {
   });
   mesh.count = nodes.length;
   group.add(mesh);
+  if (nodes.length <= 48) { // labels are a draw each: only for graphs small enough to read
+    const textH = Math.min(box * 0.55, 0.05);
+    nodes.forEach((n, i) => {
+      const [x, y] = byId.get(String(n.id ?? i));
+      const name = String(n.name ?? n.id ?? i).split('.').pop().slice(0, 24);
+      const label = textSprite(name, '#e6eaf2', textH);
+      label.position.set(x, y - box * 0.5 - textH * 0.8 * (1 + (cells[i][0] % 2)), box + 0.02);
+      group.add(label);
+    });
+  }
   const pts = [];
   for (const e of Array.isArray(meta.edges) ? meta.edges.slice(0, 20000) : []) {
     if (!Array.isArray(e) || e.length !== 2) continue;
@@ -152,7 +162,6 @@ function graphFace(meta, size) {
     g.setAttribute('position', new THREE.Float32BufferAttribute(pts, 3));
     group.add(new THREE.LineSegments(g, new THREE.LineBasicMaterial({ color: 0x8c94a6 })));
   }
-  group.add(new THREE.AmbientLight(0xffffff, 0.0)); // lights live in the scene; kept for clarity
   return group;
 }
 
