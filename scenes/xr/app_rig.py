@@ -81,6 +81,7 @@ class AppXRRig:
         self._snap_armed = True
         self._teleport_armed = False
         self._menu_down = False
+        self._hand_down = False
         self._sphere: tuple[np.ndarray, float] | None = None  # the sphere last selected with, while held
         self.active_hand = "right"  # whose laser is the pointer: the hand that last pressed
         self.hands_seen: set[str] = set()  # hands whose laser was drawn at least once
@@ -208,6 +209,10 @@ class AppXRRig:
         if menu and not self._menu_down:
             self.app.key("menu")
         self._menu_down = menu
+        hand = right.hand or (left is not None and left.hand)
+        if hand and not self._hand_down:  # raise or lower your hand (the participants panel shows it)
+            self.app.key("hand")
+        self._hand_down = hand
         left_pose, right_pose = self.hands()
         holding = left is not None and left.grab > 0.5 and left_pose is not None and right_pose is not None
         if holding:

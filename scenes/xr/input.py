@@ -3,7 +3,9 @@ common controller profiles, and the per-frame state the interaction code reads.
 
 Actions (each with /user/hand/left and /user/hand/right as subaction paths):
 grip pose and aim pose (the laser starts at the aim pose), `grab` (squeeze),
-`select` (trigger), `stick` (thumbstick or trackpad), `menu`. Profiles without a
+`select` (trigger), `stick` (thumbstick or trackpad), `menu`, `hand` (raise or lower your
+hand: A/X on Touch, A on Index; the Vive wand and the simple controller have no spare
+button: there the participants panel's row does it). Profiles without a
 control simply leave that action unbound: the Khronos simple controller has no
 squeeze or stick, so there `menu` doubles as grab.
 """
@@ -33,6 +35,7 @@ BINDINGS: dict[str, dict[str, list[str]]] = {
         "grab": ["/user/hand/{h}/input/squeeze/value"],
         "stick": ["/user/hand/{h}/input/thumbstick"],
         "menu": ["/user/hand/left/input/menu/click", "/user/hand/right/input/b/click"],
+        "hand": ["/user/hand/left/input/x/click", "/user/hand/right/input/a/click"],
     },
     "/interaction_profiles/valve/index_controller": {
         "grip_pose": ["/user/hand/{h}/input/grip/pose"],
@@ -41,6 +44,7 @@ BINDINGS: dict[str, dict[str, list[str]]] = {
         "grab": ["/user/hand/{h}/input/squeeze/value"],
         "stick": ["/user/hand/{h}/input/thumbstick"],
         "menu": ["/user/hand/{h}/input/b/click"],
+        "hand": ["/user/hand/{h}/input/a/click"],
     },
     "/interaction_profiles/htc/vive_controller": {
         "grip_pose": ["/user/hand/{h}/input/grip/pose"],
@@ -59,6 +63,7 @@ ACTION_TYPES = {
     "grab": "FLOAT_INPUT",
     "stick": "VECTOR2F_INPUT",
     "menu": "BOOLEAN_INPUT",
+    "hand": "BOOLEAN_INPUT",
 }
 
 
@@ -84,6 +89,7 @@ class HandInput:
     grab: float = 0.0
     stick: tuple[float, float] = (0.0, 0.0)
     menu: bool = False
+    hand: bool = False
     active: bool = False
 
 
@@ -170,6 +176,7 @@ class Controllers:
             stick = xr.get_action_state_vector2f(self.session, info("stick")).current_state
             h.stick = (float(stick.x), float(stick.y))
             h.menu = bool(xr.get_action_state_boolean(self.session, info("menu")).current_state)
+            h.hand = bool(xr.get_action_state_boolean(self.session, info("hand")).current_state)
             h.active = bool(xr.get_action_state_pose(self.session, info("grip_pose")).is_active)
             for name, attr in (("grip_pose", "grip"), ("aim_pose", "aim")):
                 loc = xr.locate_space(self.spaces[(name, hand)], session.space, display_time)
