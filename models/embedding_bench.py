@@ -98,7 +98,8 @@ def embedding_bench(*, quick: bool = False, seed: int = 0, log: Callable[[str], 
     t0 = time.perf_counter()
     pos_big = embed(x, method="tsne", dims=2, seed=seed, ctx=ctx)
     out[f"embed_{lab}_s"] = time.perf_counter() - t0
-    out[f"embed_{lab}_method"] = f"tsne (openTSNE, {tsne_gradient(big, 2)} gradients, {tsne_neighbours(big)} neighbours)"
+    out[f"embed_{lab}_method"] = (f"tsne (openTSNE, {tsne_gradient(big, 2, 'early')}/{tsne_gradient(big, 2, 'late')} gradients, "
+                                      f"{tsne_neighbours(big)} neighbours)")
     out[f"embed_{lab}_progress_updates"] = len(updates)
     out[f"embed_{lab}_progress_final"] = updates[-1] if updates else 0.0
     out[f"embed_{lab}_knn"] = knn_preservation(x, pos_big, sample=5000, seed=seed)

@@ -82,14 +82,16 @@ def test_thumbnails_for_70k_points_stay_small() -> None:
 @pytest.mark.slow
 def test_large_tsne_reports_progress_and_cancels() -> None:
     n = FFT_ABOVE + 1000
-    assert tsne_gradient(n, 2) == "fft" and tsne_gradient(n, 3) == "bh" and tsne_gradient(2000, 2) == "bh"
+    assert tsne_gradient(n, 2, "early") == "fft" and tsne_gradient(n, 2, "late") == "bh"  # switches mid-run
+    assert tsne_gradient(n, 3, "early") == "bh" and tsne_gradient(2000, 2, "early") == "bh"
+    assert tsne_gradient(70_000, 2, "late") == "fft"
     x, y = bench_points(n, seed=0)
     seen: list[tuple[float, str]] = []
     ctx = JobContext(0, on_progress=lambda f, m: seen.append((f, m)))
     pos = embed(x, method="tsne", dims=2, seed=0, ctx=ctx, n_iter=300)
     assert pos.shape == (n, 2) and pos.dtype == np.float32
     fractions = [f for f, _ in seen]
-    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions) and len(fractions) > 10
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions) and len(fractions) == 10  # 450 iterations, 50 a chunk
     assert "neighbours" in seen[0][1] and f"{n:,} points" in seen[-1][1]
     assert knn_label_agreement(pos, y) > 0.9 and knn_preservation(x, pos, sample=2000) > 0.4
 
@@ -124,9 +126,10 @@ def test_activation_embedding_within_a_memory_cap() -> None:
     assert capped.positions.shape == (400, 2) and seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 5
     assert np.array_equal(capped.predictions, full.predictions)
     assert np.array_equal(capped.predictions, trained.model(test.x).argmax(1).numpy())
-    # a 64-d random projection of 2,048 features keeps the classes apart nearly as well
-    a, b = knn_label_agreement(full.positions, full.labels), knn_label_agreement(capped.positions, capped.labels)
-    assert b > a - 0.1, (a, b)
+    assert not np.allclose(np.abs(capped.positions), np.abs(full.positions), atol=1e-3)  # projected
+    # a 64-d random projection of 2,048 features keeps neighbourhoods: t-SNE still separates the classes
     t = ActivationEmbedding(trained.model, "conv2", method="tsne", max_feature_bytes=400 * 64 * 4).compute(
         test.x, test.y)
-    assert knn_label_agreement(t.positions, t.labels) > 0.9
+    t_full = ActivationEmbedding(trained.model, "conv2", method="tsne").compute(test.x, test.y)
+    a, b = knn_label_agreement(t_full.positions, t_full.labels), knn_label_agreement(t.positions, t.labels)
+    assert b > 0.85 and b > a - 0.05, (a, b)
