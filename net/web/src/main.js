@@ -218,6 +218,12 @@ class Page {
       view.titleText = title;
     }
     for (const id of [...this.scene.panels.keys()]) if (!panels.has(id)) this.scene.removePanel(id);
+    const wanted = new Set();
+    for (const [, p] of panels) {
+      const refs = p && p.get && p.get('content') && p.get('content').refs;
+      if (Array.isArray(refs) && refs.length) wanted.add(refs[0]);
+    }
+    this.conn.keepBlobs(wanted);
     this.syncPeople();
   }
 

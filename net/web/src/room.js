@@ -13,6 +13,7 @@ import { sha256hex } from './sha256.js';
 
 const CHUNK = 256 * 1024;
 const STALE_POSE_S = 2.0;
+const MAX_BLOB = 256 * 2 ** 20; // a browser tab's memory is not a relay's
 
 function randomTag(bytes) {
   const a = new Uint8Array(bytes);
@@ -186,6 +187,11 @@ export class RoomConnection extends EventTarget {
     return p;
   }
 
+  /** Forget cached blobs no panel refers to any more (a training run publishes new ones often). */
+  keepBlobs(shas) {
+    for (const sha of [...this.blobs.keys()]) if (!shas.has(sha)) this.blobs.delete(sha);
+  }
+
   async _fetchBlob(sha) {
     const parts = [];
     let offset = 0, size = null;
@@ -194,7 +200,8 @@ export class RoomConnection extends EventTarget {
       if (!ack || !ack.ok) throw new Error((ack && ack.error && ack.error.message) || 'blob fetch failed');
       const data = toU8(ack.data);
       size = ack.size;
-      if (typeof size !== 'number' || size < 0 || size > 1 << 30) throw new Error('blob size out of range');
+      if (typeof size !== 'number' || size < 0) throw new Error('blob size out of range');
+      if (size > MAX_BLOB) throw new Error(`blob of ${Math.round(size / 2 ** 20)} MiB is more than the page shows (${MAX_BLOB / 2 ** 20} MiB)`);
       if (!data.length && offset < size) throw new Error('blob ended early');
       parts.push(data);
       offset += data.length;
