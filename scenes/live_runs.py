@@ -33,6 +33,11 @@ RUN_TYPES = ("metrics", "layer_stats", "status", "steered", "error", "embedding"
 """The "type"s of a run's stream events (docs/training.md, "stream formats")."""
 DELTA_TYPES = ("metrics", "layer_stats", "status", "steered")
 """Those that change what a run's metrics panel draws."""
+FRAME_TYPES = {"embedding": ("latent_cloud", None), "latent_frame": ("latent_cloud", None),
+               "filter_embedding": ("filter_embedding",)}
+"""Stream events that move a run's cloud, and the source "what" of the clouds they move."""
+MAX_POINTS = 200_000
+TRAIL_FRAMES = 5
 MAX_FILTERS = 4096
 
 
@@ -163,6 +168,41 @@ class LiveTable:
                 self.set_meta("status", event["state"][:20])
 
 
+def decode_frame(event: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions float32 [n, dims] and predictions int16 [n] (or None) of an `embedding`,
+    `filter_embedding` or `latent_frame` event (base64 little-endian float16 / int16)."""
+    import base64
+
+    n, dims = event.get("n"), event.get("dims")
+    if not isinstance(n, int) or not isinstance(dims, int) or not 0 < n <= MAX_POINTS or dims not in (2, 3):
+        raise ValueError(f"a cloud frame needs 0 < n <= {MAX_POINTS} and dims 2 or 3; got n={n!r}, dims={dims!r}")
+    raw = base64.b64decode(str(event.get("positions", "")), validate=True)
+    if len(raw) != n * dims * 2:
+        raise ValueError(f"a cloud frame of {n}x{dims} needs {n * dims * 2} bytes of positions; got {len(raw)}")
+    pos = np.nan_to_num(np.frombuffer(raw, "<f2").reshape(n, dims).astype(np.float32))
+    preds = None
+    if isinstance(event.get("predictions"), str):
+        p = base64.b64decode(event["predictions"], validate=True)
+        if len(p) == n * 2:
+            preds = np.frombuffer(p, "<i2").astype(np.int16)
+    return pos, preds
+
+
+def moved_cloud(content: Any, event: Mapping[str, Any]) -> Any:
+    """A cloud's prepared content with a frame's positions (and predictions), its trail
+    extended (the last TRAIL_FRAMES positions); the same content when the frame does not fit."""
+    from dataclasses import replace
+
+    pos, preds = decode_frame(event)
+    if pos.shape != content.positions.shape:
+        return content  # another layer or probe size: the next blob brings it
+    old = content.trails if content.trails is not None and content.trails.shape[1:] == pos.shape else \
+        content.positions[None]
+    trails = np.concatenate([old, pos[None]])[-TRAIL_FRAMES:]
+    return replace(content, positions=pos, predictions=preds if preds is not None else content.predictions,
+                   trails=trails.astype(np.float32))
+
+
 @dataclass
 class RunState:
     """What the app knows of one run, from its panels' sources and its stream events."""
@@ -266,7 +306,7 @@ class LiveRuns:
             if isinstance(last, Mapping) and isinstance(last.get("step"), int | float):
                 st.step = int(last["step"])
                 self.arrived[run] = (float(last["step"]), time.monotonic())
-        if kind in DELTA_TYPES:
+        if kind in DELTA_TYPES or kind in FRAME_TYPES:
             self.app.pump.worker.live(run, dict(payload))
         return True
 

@@ -27,8 +27,9 @@ from deeproom.errors import DeepRoomError
 from deeproom.presence import PointerRay, Pose
 from deeproom.scenes import geometry, painting
 from deeproom.scenes.avatars import AvatarView
-from deeproom.scenes.live_runs import LiveTable
+from deeproom.scenes.live_runs import FRAME_TYPES, LiveTable, moved_cloud
 from deeproom.scenes.prepared import (
+    CloudContent,
     ContentFailure,
     ContentRequest,
     Prepared,
@@ -91,6 +92,15 @@ class _Live:
     table: LiveTable
 
 
+@dataclass
+class _LiveCloud:
+    key: str
+    what: str | None
+    content: CloudContent
+    facts: dict[str, Any] | None
+    moved: bool = False
+
+
 RECENT_DELTAS = 64
 """Deltas kept per run, replayed onto a newer blob that arrives without them."""
 
@@ -108,6 +118,7 @@ class ContentWorker:
         self._runs: dict[str, str] = {}  # panel id -> run
         self._recent: dict[str, collections.deque[dict[str, Any]]] = {}
         self._dirty: set[str] = set()
+        self._clouds: dict[str, _LiveCloud] = {}  # panel id -> the cloud a run's frames move
         self._repaint_queued = threading.Event()
 
     def submit(self, req: ContentRequest, key: str) -> None:
@@ -133,6 +144,11 @@ class ContentWorker:
                     if req.kind == "metrics" and isinstance(req.source.get("run"), str) \
                             and req.source.get("what", "metrics") == "metrics" and not isinstance(prepared, ContentFailure):
                         prepared, facts = self._go_live(req, key, data, prepared, facts)
+                    elif isinstance(prepared, CloudContent) and isinstance(req.source.get("run"), str):
+                        what = req.source.get("what")
+                        self._clouds[req.panel_id] = _LiveCloud(key, what if isinstance(what, str) else None,
+                                                                prepared, facts)
+                        self._runs[req.panel_id] = str(req.source["run"])
         except Exception as exc:  # a bug in a painter must not kill the worker
             prepared = ContentFailure(f"preparing content failed: {type(exc).__name__}: {exc}")
         self.session.inbox.put(ContentReady(req.panel_id, key, prepared, facts))
@@ -162,6 +178,24 @@ class ContentWorker:
             self._pool.submit(self._apply_live, run, event)
 
     def _apply_live(self, run: str, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind in FRAME_TYPES:  # a cloud moves: its newest frame is all that matters
+            for pid, cloud in self._clouds.items():
+                if self._runs.get(pid) == run and cloud.what in FRAME_TYPES[str(kind)]:
+                    try:
+                        moved = moved_cloud(cloud.content, event)
+                    except (ValueError, TypeError) as exc:  # a bad frame: a notice, the cloud stays
+                        from deeproom.scenes.session import Notice
+
+                        self.session.inbox.put(Notice(f"{run}: a cloud frame was refused: {exc}"))
+                        return
+                    if moved is not cloud.content:
+                        cloud.content, cloud.moved = moved, True
+                        self._dirty.add(pid)
+            if self._dirty and not self._repaint_queued.is_set():
+                self._repaint_queued.set()
+                self._pool.submit(self._repaint)
+            return
         recent = self._recent.setdefault(run, collections.deque(maxlen=RECENT_DELTAS))
         recent.append(event)
         for pid, live in self._live.items():
@@ -177,6 +211,10 @@ class ContentWorker:
         self._repaint_queued.clear()
         dirty, self._dirty = self._dirty, set()
         for pid in dirty:
+            cloud = self._clouds.get(pid)
+            if cloud is not None and cloud.moved:
+                cloud.moved = False
+                self.session.inbox.put(LiveContent(pid, cloud.key, cloud.content, cloud.facts))
             live = self._live.get(pid)
             if live is None:
                 continue
@@ -192,7 +230,8 @@ class ContentWorker:
     def forget(self, panel_id: str) -> None:
         """The panel went away (render thread: queued)."""
         if not self._closed:
-            self._pool.submit(lambda: (self._live.pop(panel_id, None), self._runs.pop(panel_id, None)))
+            self._pool.submit(lambda: (self._live.pop(panel_id, None), self._runs.pop(panel_id, None),
+                                       self._clouds.pop(panel_id, None)))
 
     @staticmethod
     def _prepare(req: ContentRequest, data: bytes) -> tuple[Prepared, dict[str, Any] | None]:

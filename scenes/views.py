@@ -726,7 +726,12 @@ class PanelView:
         self.outline.enabled = on and not self.room_scale
 
     def show(self, prepared: Prepared, key: str) -> None:
-        """Replace the content view with one for `prepared` (render thread; builds meshes only)."""
+        """Replace the content view with one for `prepared` (render thread; builds meshes only).
+        A cloud that only moved (same points) keeps its selection and colouring."""
+        keep: tuple[np.ndarray, str] | None = None
+        if isinstance(self.content, CloudView) and isinstance(prepared, CloudContent) \
+                and len(prepared.positions) == len(self.content.content.positions):
+            keep = (self.content.selection, self.content.colour_by)
         if self.content is not None:
             self.content.teardown()
         self.prepared = prepared
@@ -738,7 +743,7 @@ class PanelView:
         elif isinstance(prepared, GraphContent):
             view = GraphView(self.content_root, w, h, dict(prepared.meta), self.graph_collapsed)
         elif isinstance(prepared, CloudContent):
-            view = CloudView(self.content_root, w, h, prepared)
+            view = CloudView(self.content_root, w, h, prepared, keep[1] if keep is not None else "label")
         elif isinstance(prepared, WallContent):
             view = WallView(self.content_root, w, h, prepared)
         else:
@@ -751,6 +756,9 @@ class PanelView:
             view = FaceView(self.content_root, w, h, render_failure(ContentFailure(f"cannot draw: {exc}"), (w, h)))
             view.build()
         self.content = view
+        if keep is not None and isinstance(view, CloudView) and len(keep[0]):
+            view.selection = keep[0]
+            view._show_selection()
 
     @property
     def is_error(self) -> bool:

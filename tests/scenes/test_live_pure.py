@@ -75,3 +75,30 @@ def test_participant_rows() -> None:
     assert describe("Vic", "member", me=False, speaking=True, muted=False, hand=True) == \
         "Vic · member · speaking · hand raised"
     assert describe("Host", "host", me=True, speaking=False, muted=True, hand=False) == "Host · host · you · muted"
+
+
+def test_cloud_frames_move_the_points_and_grow_the_trail() -> None:
+    import base64
+
+    import pytest
+
+    from deeproom.scenes.live_runs import decode_frame, moved_cloud
+    from deeproom.scenes.prepared import CloudContent
+
+    pos = np.zeros((4, 2), np.float32)
+    content = CloudContent(pos, np.zeros(4, np.int16), np.zeros(4, np.int16), np.ones(4, np.float32), [])
+    new = np.arange(8, dtype=np.float32).reshape(4, 2)
+    event = {"type": "embedding", "n": 4, "dims": 2, "positions": base64.b64encode(new.astype("<f2").tobytes()).decode(),
+             "predictions": base64.b64encode(np.array([1, 2, 3, 0], "<i2").tobytes()).decode()}
+    moved = moved_cloud(content, event)
+    assert moved.positions.tolist() == new.tolist() and moved.predictions.tolist() == [1, 2, 3, 0]
+    assert moved.trails is not None and moved.trails.shape == (2, 4, 2)
+    for _ in range(6):
+        moved = moved_cloud(moved, event)
+    assert moved.trails.shape == (5, 4, 2)  # the last five frames
+    other = dict(event, n=2, positions=base64.b64encode(new[:2].astype("<f2").tobytes()).decode())
+    assert moved_cloud(moved, other) is moved  # another probe size: unchanged
+    with pytest.raises(ValueError):
+        decode_frame(dict(event, positions="AAAA"))
+    with pytest.raises(ValueError):
+        decode_frame(dict(event, dims=5))

@@ -46,7 +46,7 @@ model = Net()
 x = torch.randn(96, 1, 8, 8); y = torch.randint(0, 3, (96,))
 opt = torch.optim.SGD(model.parameters(), lr=0.05)
 run = watch(model, room="lab", server=URL, optimizer=opt, train_data=(x, y), val_data=(x[:32], y[:32]),
-            name="run", embed=False, stats_every=2, publish_every_s=3.0, data_dir="run-data")
+            name="run", stats_every=2, publish_every_s=3.0, data_dir="run-data", embed_layer="conv2")
 stop = threading.Event()
 weights = []
 def train():
@@ -108,6 +108,26 @@ for _ in range(4):
 out["delta_to_pixels_s"] = lat
 out["pixels_changed"] = changed
 out["fetched_during"] = len(fetches)
+# --- the embedding cloud moves with the run's embedding frames, keeping a selection
+out["cloud"] = wait(lambda: drawn("run.embedding"), 90)
+face("run.embedding")
+cv = app.panels["run.embedding"]
+app.select_sphere_at(cv.to_world(cv.content.pos.mean(axis=0)), 0.3, announce=False)
+picked = cv.content.selection.copy()
+frames = []
+def spy_frames(sender, payload):
+    if payload.get("type") == "embedding":
+        frames.append(time.monotonic())
+    return orig(sender, payload)
+app.runs.on_stream = spy_frames
+first = cv.content.content.positions.copy()
+n = len(frames)
+wait(lambda: len(frames) > n, 30)
+moved = wait(lambda: not np.array_equal(app.panels["run.embedding"].content.content.positions, first), 5)
+out["cloud_moved_s"] = (time.monotonic() - frames[-1]) if moved and frames else None
+cc = app.panels["run.embedding"].content
+out["cloud_trail"] = None if cc.content.trails is None else len(cc.content.trails)
+out["selection_kept"] = bool(len(picked)) and np.array_equal(cc.selection, picked)
 app.runs.on_stream = orig
 app.session.fetch_blob = orig_fetch
 # --- freeze conv1 from the graph: rendered right-click on its box, rendered click on the row
@@ -201,6 +221,9 @@ def test_run_steered_from_the_room(tmp_path: Path) -> None:
     # live curves: every delta drawn within a second of arriving, pixels changed, no blob fetched for it
     assert all(t is not None and t < 1.0 for t in out["delta_to_pixels_s"]), out["delta_to_pixels_s"]
     assert all(out["pixels_changed"]), out
+    # the embedding cloud moves with the run's frames (trails grow) and keeps a selection
+    assert out["cloud"] and out["cloud_moved_s"] is not None and out["cloud_moved_s"] < 1.0, out
+    assert out["cloud_trail"] >= 2 and out["selection_kept"], out
     # freeze from the graph's rendered menu
     assert "Freeze this layer" in out["menu"], out["menu"]
     assert "freeze" in out["sent"] and out["frozen_seen"], out
