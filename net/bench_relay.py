@@ -355,8 +355,25 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         "server_rss_growth_mb": round((rss_after - rss_before) / 2**20, 1),
         "server_peak_rss_mb": round(max(sampler.peak, rss_after) / 2**20, 1),
         "state_changes": _state_changes(state0, state1) if state0 is not None and state1 is not None else None,
+        **(_tick_figures(stats0, stats1) if stats0 else {}),
         "hostile_tally": tally,
         "normal_clients_dropped": disconnected,
+    }
+
+
+def _tick_figures(stats0: dict[str, Any], stats1: dict[str, Any]) -> dict[str, Any]:
+    """How late the relay's presence ticks started in the window (its loop busy, or no CPU for it)."""
+    ticks = stats1.get("ticks", 0) - stats0.get("ticks", 0)
+    if ticks <= 0:
+        return {}
+    return {
+        "relay_ticks": ticks,
+        "relay_tick_late_mean_ms": round((stats1["tick_late_total_ms"] - stats0["tick_late_total_ms"]) / ticks, 2),
+        "relay_ticks_late_10ms_pct": round(100.0 * (stats1["ticks_late_10ms"] - stats0["ticks_late_10ms"]) / ticks, 2),
+        "relay_ticks_late_50ms_pct": round(100.0 * (stats1["ticks_late_50ms"] - stats0["ticks_late_50ms"]) / ticks, 2),
+        "relay_expelled": stats1.get("expelled", 0) - stats0.get("expelled", 0),
+        "relay_connects_refused": stats1.get("connects_refused", 0) - stats0.get("connects_refused", 0),
+        "relay_refused": stats1.get("refused", 0) - stats0.get("refused", 0),
     }
 
 
@@ -519,6 +536,14 @@ def _hostile_figures(hostile: int, normal: dict[str, Any], hr: dict[str, Any]) -
         "hostile_normal_clients_cpu_pct": hr["clients_cpu_pct"],
         "hostile_process_cpu_pct": hr["hostile_cpu_pct"],
         "normal_state_changes": normal["state_changes"],
+        "normal_tick_late_mean_ms": normal.get("relay_tick_late_mean_ms"),
+        "hostile_tick_late_mean_ms": hr.get("relay_tick_late_mean_ms"),
+        "normal_ticks_late_10ms_pct": normal.get("relay_ticks_late_10ms_pct"),
+        "hostile_ticks_late_10ms_pct": hr.get("relay_ticks_late_10ms_pct"),
+        "hostile_ticks_late_50ms_pct": hr.get("relay_ticks_late_50ms_pct"),
+        "hostile_relay_refused": hr.get("relay_refused"),
+        "hostile_relay_expelled": hr.get("relay_expelled"),
+        "hostile_relay_connects_refused": hr.get("relay_connects_refused"),
         "hostile_tally": hr["hostile_tally"],
     }
 

@@ -98,7 +98,11 @@ class RelayServer:
         self._penalty: dict[str, float] = {}
         """Addresses turned away until a monotonic time (a socket of theirs ran out of strikes)."""
         self._expelling: set[asyncio.Task[None]] = set()
-        self.stats = {"poses_in": 0, "batches_out": 0, "entries_scheduled": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0}
+        self._tarpit: Counter[str] = Counter()
+        """Refused connections being held for half a second, per address."""
+        self.stats = {"poses_in": 0, "batches_out": 0, "entries_scheduled": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0,
+                      "ticks": 0, "ticks_late_10ms": 0, "ticks_late_50ms": 0, "tick_late_total_ms": 0, "expelled": 0,
+                      "connects_refused": 0}
         self._secret = b""
         self.admission: Admission
         self.hub = RoomHub(settings, self.backend, self.sio, self.stats, lambda room: self.admission.on_loaded(room))
@@ -139,7 +143,7 @@ class RelayServer:
         app = web.Application(client_max_size=P.MAX_MESSAGE_BYTES)
         self.sio.attach(app)
         app.router.add_get("/health", self._health)
-        register_web(app)  # the browser client: /, /r/{room}, /web/deeproom.js
+        register_web(app, self.settings.sfu_url)  # the browser client: /, /r/{room}, /web/deeproom.js
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET, socket.SOCK_STREAM)
@@ -311,6 +315,7 @@ class RelayServer:
         if sess.strikes <= limit or sess.expelled:
             return
         sess.expelled = True
+        self.stats["expelled"] += 1
         if len(self._penalty) > 10_000:
             self._penalty = {a: t for a, t in self._penalty.items() if t > now}
         self._penalty[sess.address] = now + self.settings.penalty_s
@@ -335,8 +340,20 @@ class RelayServer:
         if until is not None:
             left = until - time.monotonic()
             if left > 0:
+                self.stats["connects_refused"] += 1
+                if self._tarpit[address] < s.connections_per_address:
+                    # answered after half a second (costs the relay a sleeping coroutine): a client
+                    # retrying in a loop tries twice a second, not as fast as it can connect
+                    # (python-socketio clients wait 1 s for the answer by default)
+                    self._tarpit[address] += 1
+                    try:
+                        await asyncio.sleep(min(0.5, left))
+                    finally:
+                        self._tarpit[address] -= 1
+                        if self._tarpit[address] <= 0:
+                            del self._tarpit[address]
                 raise socketio.exceptions.ConnectionRefusedError(
-                    f"a connection from your address sent too many refused messages; try again in {left:.0f} s"
+                    f"a connection from your address sent too many refused messages; try again in {max(left - 0.5, 0):.0f} s"
                 )
             del self._penalty[address]
         if self._connections[address] >= s.connections_per_address:

@@ -92,6 +92,12 @@ class Presence:
                 await asyncio.sleep(delay)
             else:
                 next_tick = time.monotonic()  # fell behind: do not burst to catch up
+            late_ms = (time.monotonic() - next_tick) * 1000.0
+            # how late ticks start (the event loop busy, or the process waiting for a CPU)
+            self.stats["ticks"] += 1
+            self.stats["ticks_late_10ms"] += late_ms > 10
+            self.stats["ticks_late_50ms"] += late_ms > 50
+            self.stats["tick_late_total_ms"] += round(late_ms)
             try:
                 await self.tick()
             except asyncio.CancelledError:
