@@ -397,7 +397,8 @@ class CloudView(ContentView):
         self.points.reparent_to(self.parent)
         self.nodes.append(self.points)
         if self.content.atlas is not None:
-            self.atlas_tex = batch.texture(self.content.atlas, nearest=False, mipmap=True)
+            reuse = getattr(self, "atlas_tex", None)  # a cloud that only moved keeps its thumbnails' texture
+            self.atlas_tex = reuse if reuse is not None else batch.texture(self.content.atlas, nearest=False, mipmap=True)
         trails = self.content.trails
         if trails is not None and len(trails) > 1:
             t, n_pts, _ = trails.shape
@@ -729,9 +730,12 @@ class PanelView:
         """Replace the content view with one for `prepared` (render thread; builds meshes only).
         A cloud that only moved (same points) keeps its selection and colouring."""
         keep: tuple[np.ndarray, str] | None = None
+        atlas_tex = None
         if isinstance(self.content, CloudView) and isinstance(prepared, CloudContent) \
                 and len(prepared.positions) == len(self.content.content.positions):
             keep = (self.content.selection, self.content.colour_by)
+            if prepared.atlas is not None and prepared.atlas is self.content.content.atlas:
+                atlas_tex = getattr(self.content, "atlas_tex", None)
         if self.content is not None:
             self.content.teardown()
         self.prepared = prepared
@@ -744,6 +748,8 @@ class PanelView:
             view = GraphView(self.content_root, w, h, dict(prepared.meta), self.graph_collapsed)
         elif isinstance(prepared, CloudContent):
             view = CloudView(self.content_root, w, h, prepared, keep[1] if keep is not None else "label")
+            if atlas_tex is not None:
+                view.atlas_tex = atlas_tex
         elif isinstance(prepared, WallContent):
             view = WallView(self.content_root, w, h, prepared)
         else:

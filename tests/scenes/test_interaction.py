@@ -219,7 +219,8 @@ def test_the_menu_is_a_panel_in_the_world_picked_by_a_ray(seen: dict[str, Any]) 
     menu = seen["menu_world"]
     x, y, z = menu["position"]
     assert 0.9 < x < 1.1 and abs(z) < 0.05 and 1.45 < y < 1.55  # a metre ahead of eyes turned to +x
-    assert "note" in menu["items"] and len(menu["items"]) == 10
+    assert "note" in menu["items"] and len(menu["items"]) == 11  # the ten kinds, then the participants panel
+    assert menu["items"][-1] == "People & class…"
     # the row's background (odd rows are lighter) is drawn where the world says it is
     assert near(seen["menu_row_pixel"], MENU_ROW) or near(seen["menu_row_pixel"], MENU_BG), seen["menu_row_pixel"]
     assert near(seen["menu_bg_pixel"], MENU_ROW) or near(seen["menu_bg_pixel"], MENU_BG), seen["menu_bg_pixel"]
