@@ -350,7 +350,11 @@ class RoomApp:
         return participant_id
 
     def notify(self, text: str, *, error: bool = True) -> None:
-        self.notices.append((time.monotonic(), text, error))
+        now = time.monotonic()
+        said = text.rsplit(": ", 1)[-1]
+        if any(now - t < 2.0 and s.rsplit(": ", 1)[-1] == said for t, s, _ in self.notices[-3:]):
+            return  # the same refusal again (the client's and the room's, or each step of a drag)
+        self.notices.append((now, text, error))
         del self.notices[:-4]
 
     def apply(self, op: dict[str, Any]) -> concurrent.futures.Future[Any]:
