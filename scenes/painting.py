@@ -204,7 +204,8 @@ def paint_metrics(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], wid
     extra = [n for n in names if n in ("lr", "epoch_time")]
     f = font(max(10, height // 24))
     plots = [p for p in (rest, acc) if p]
-    footer = max(14, height // 14) if extra else 0
+    most_changed = xname == "layer" and isinstance(meta.get("top_filters"), list) and bool(meta.get("top_filters"))
+    footer = max(14, height // 14) if extra or most_changed else 0
     if not plots:
         d.text((10, 10), "no series yet", fill=MUTED, font=f)
         return to_array(img)
@@ -214,6 +215,7 @@ def paint_metrics(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], wid
         top = pi * ph
         box = (int(width * 0.1), top + ph // 8, width - 10, top + ph - ph // 8)
         d.rectangle(box, outline=GRID)
+        last_box = box
         series = [np.asarray(arrays[n], dtype=np.float64).ravel() for n in group]
         finite = np.concatenate([s[np.isfinite(s)] for s in series]) if series else np.zeros(0)
         lo, hi = (0.0, 1.0) if group is acc else ((float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0))
@@ -254,6 +256,15 @@ def paint_metrics(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], wid
             parts.append(f"{series_name} {_fmt(float(vals[-1])) if vals.size else '-'}")
         steps = f"{xname} {int(np.asarray(x).ravel()[-1])}" if x is not None and np.asarray(x).size else ""
         d.text((10, height - footer + 1), "   ".join([steps, *parts]), fill=MUTED, font=f)
+    layer_names = meta.get("layers")
+    if xname == "layer" and isinstance(layer_names, list) and layer_names:  # a checkpoint difference
+        _layer_ticks(d, [str(n) for n in layer_names], last_box, f)
+        changed = meta.get("top_filters")
+        if isinstance(changed, list) and changed and not extra:
+            most = [f"{t.get('layer')} #{t.get('filter')} {_fmt(float(t.get('change', 0.0)))}"
+                    for t in changed[:4] if isinstance(t, Mapping)]
+            d.text((10, height - footer + 1), "most changed: " + ", ".join(most),
+                   fill=MUTED, font=f)
     status = meta.get("status")
     if isinstance(status, str) and status:
         chip = f" {status[:16]} "
@@ -262,6 +273,19 @@ def paint_metrics(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], wid
         d.rectangle((width - tw - 14, 4, width - 6, 6 + f.size if hasattr(f, "size") else 18), fill=colour)
         d.text((width - tw - 10, 4), chip, fill=(10, 12, 18), font=f)
     return to_array(img)
+
+
+def _layer_ticks(d: ImageDraw.ImageDraw, names: list[str], box: tuple[int, int, int, int], f: FontT) -> None:
+    """Layer names under a plot whose x is the layer index (as many as fit, evenly spaced)."""
+    n = len(names)
+    x0, x1 = box[0], box[2]
+    step = max(1, math.ceil(n / max(1, (x1 - x0) // 60)))
+    for i in range(0, n, step):
+        x = x0 + (i / max(n - 1, 1)) * (x1 - x0)
+        label = names[i][-10:]
+        w = _text_width(d, label, f)
+        left = x0 if i == 0 else (x1 - w if i == n - 1 else x - w / 2)  # the ends stay inside the plot
+        d.text((left, box[3] + 1), label, fill=MUTED, font=f)
 
 
 STATUS_COLOURS = {"running": (120, 220, 120), "paused": (250, 200, 80), "stopped": (240, 90, 110),

@@ -102,3 +102,14 @@ def test_cloud_frames_move_the_points_and_grow_the_trail() -> None:
         decode_frame(dict(event, positions="AAAA"))
     with pytest.raises(ValueError):
         decode_frame(dict(event, dims=5))
+
+
+def test_checkpoint_difference_names_its_layers_and_the_most_changed_filters() -> None:
+    meta = {"kind": "metrics", "x": "layer", "series": ["relative_change"], "layers": ["conv1", "conv2", "fc"],
+            "top_filters": [{"layer": "conv2", "filter": 3, "change": 0.41}]}
+    arrays = {"layer": np.arange(3, dtype=np.float32), "relative_change": np.array([0, 0.2, 0.1], np.float32)}
+    plain = painting.paint_metrics({k: v for k, v in meta.items() if k not in ("layers", "top_filters")}, arrays, 480, 360)
+    named = painting.paint_metrics(meta, arrays, 480, 360)
+    bottom = slice(360 - 40, 360)
+    assert (named[bottom] != plain[bottom]).any()  # the layer names and "most changed" under the plot
+    assert painting.run_layers(meta, arrays) == []  # a difference over layers has no per-layer rows
