@@ -45,6 +45,7 @@ from deeproom.ops import (
     SetPanelContent,
     SetProfile,
     SetRole,
+    SetRecording,
     SetVoiceMode,
     UnlockPanel,
     parse_operation,
@@ -299,6 +300,8 @@ class RoomDocument:
                 setting("presenter", op.presenter if op.mode is FollowMode.PRESENTER else None)
             case MuteAll():
                 setting("muted_all", op.muted)
+            case SetRecording():
+                setting("recording", op.recording)
             case SetVoiceMode():
                 setting("voice", op.mode.value)
             case RenameRoom():

@@ -539,6 +539,22 @@ class MuteAll(Operation):
 
 @_register
 @dataclass(frozen=True, slots=True)
+class SetRecording(Operation):
+    """Start or stop the relay's recording of the room (the host's consent, visible to all)."""
+
+    name: ClassVar[str] = "set_recording"
+    recording: bool
+
+    @classmethod
+    def parse(cls, p: Mapping[str, Any]) -> SetRecording:
+        return cls(check_bool(p["recording"], "recording"))
+
+    def check(self, room: Room, actor: str) -> None:
+        _require(room, actor, (Role.HOST,), "start or stop recording")
+
+
+@_register
+@dataclass(frozen=True, slots=True)
 class SetVoiceMode(Operation):
     name: ClassVar[str] = "set_voice"
     mode: VoiceMode

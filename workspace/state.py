@@ -457,6 +457,8 @@ class RoomSettings:
     """How voice is carried."""
     muted_all: bool = False
     """Everyone but host and presenters muted."""
+    recording: bool = False
+    """The relay is recording the room (set by the host, or by a relay run with --record); shown to everyone."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -467,6 +469,7 @@ class RoomSettings:
             "presenter": self.presenter,
             "voice": self.voice.value,
             "muted_all": self.muted_all,
+            "recording": self.recording,
         }
 
     @classmethod
@@ -487,6 +490,7 @@ class RoomSettings:
             presenter=None if presenter is None else check_id(presenter, "presenter"),
             voice=parse_enum(VoiceMode, data.get("voice", d.voice.value), "voice mode"),
             muted_all=check_bool(data.get("muted_all", d.muted_all), "muted_all"),
+            recording=check_bool(data.get("recording", d.recording), "recording"),
         )
 
 
