@@ -65,10 +65,12 @@ class _Hostile:
 
     async def open(self, join: bool = True, *, pid: str | None = None) -> Any:
         import aiohttp
-        import socketio
+
+        from deeproom.net.sio_client import RelaySocketClient
 
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(self.address, 0)))
-        sio = socketio.AsyncClient(reconnection=False, http_session=session, request_timeout=10)
+        # python-socketio's client, minus its error on binary data of a connection it just left
+        sio = RelaySocketClient(reconnection=False, http_session=session, request_timeout=10)
         sio.on("poses", lambda data: None)  # never confirmed: the relay stops sending after a few
         gone = asyncio.Event()
         sio.on("disconnect", lambda *reason: gone.set())

@@ -147,8 +147,7 @@ class _FastTally:
 
 def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float, ready: Any, go: Any, times: Any,
                  results: Any, password: str | None = None) -> None:
-    import socketio
-
+    from deeproom.net.sio_client import RelaySocketClient
     from deeproom.presence import Pose, encode_pose
 
     async def main() -> None:
@@ -185,10 +184,10 @@ def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float,
                 import aiohttp
 
                 local = (f"127.0.2.{int(pid[1:]) % 250 + 1}", 0)
-                sio = socketio.AsyncClient(reconnection=False, http_session=aiohttp.ClientSession(
+                sio = RelaySocketClient(reconnection=False, http_session=aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(local_addr=local)))
             else:
-                sio = socketio.AsyncClient(reconnection=False)
+                sio = RelaySocketClient(reconnection=False)
             sio.on("poses" if mode == "relay" else "pose", make_handler(i, pid))
             await sio.connect(url, transports=["websocket"], wait_timeout=30)
             sio.index = i

@@ -58,6 +58,7 @@ from deeproom.net.errors import (
 from deeproom.net.layout_wire import info_from_wire, loaded_from_wire
 from deeproom.net.lru import ByteLRU
 from deeproom.net.ratelimit import TokenBucket
+from deeproom.net.sio_client import RelaySocketClient
 from deeproom.ops import parse_operation
 from deeproom.presence import Pose, decode_batch, encode_pose
 from deeproom.state import Role, Room, check_id
@@ -241,7 +242,7 @@ class RoomClient:
         delay = self._backoff[0]
         assert self._joined_once is not None and self._live is not None
         while not self._closed:
-            sio = socketio.AsyncClient(reconnection=False, request_timeout=10)
+            sio = RelaySocketClient(reconnection=False, request_timeout=10)
             self._sio = sio
             self._lost = asyncio.Event()
             self._batches_read = 0

@@ -25,14 +25,12 @@ unread, and binary data no message announced is refused with an error event (in
 python-socketio both were tracebacks in the log, one per message).
 
 Sending: a Socket.IO message with bytes in it is several Engine.IO packets (a text
-head, then one packet per attachment). python-socketio queues them one by one, each
-after a ping-timeout check that may close the socket and wait for the relay's
-disconnect handler.
-Here every message is queued whole or not at all, without waiting in between
-(`RelaySocketServer.queue_message`), and a room broadcast is encoded once and queued
-to each recipient in one pass (no task per packet). A socket closed for a late pong
-has its websocket closed too (Engine.IO's own check left it open, so the client kept
-sending into a session that was gone).
+head, then one packet per attachment), which python-socketio queues one by one, each
+after a ping-timeout check. Here every message is queued whole or not at all
+(`RelaySocketServer.queue_message`), and a room broadcast is encoded once and queued to
+each recipient in one pass (no task per packet). A socket dropped for a late pong has
+its websocket closed too: Engine.IO's own check discarded the CLOSE packet for the same
+late ping, so the client kept sending into a session that was gone.
 """
 
 from __future__ import annotations
