@@ -274,6 +274,8 @@ class LiveRuns:
         if not is_run_event(payload):
             return False
         run = str(payload["run"])[:64]
+        if sender not in self.speakers_for(run):
+            return True  # only the run itself speaks for its panels (anyone else's claims are dropped)
         st = self.state(run)
         kind = payload.get("type")
         if kind == "status" and isinstance(payload.get("state"), str):
@@ -309,6 +311,15 @@ class LiveRuns:
         if kind in DELTA_TYPES or kind in FRAME_TYPES:
             self.app.pump.worker.live(run, dict(payload))
         return True
+
+    def speakers_for(self, run: str) -> set[str]:
+        """Who may send a run's stream events: the owner and engine its panels' sources name."""
+        out: set[str] = set()
+        for v in self.app.panels.values():
+            src = v.panel.content.source
+            if src.get("run") == run:
+                out.update(x for x in (src.get("owner"), src.get("engine"), v.panel.owner) if isinstance(x, str))
+        return out
 
     def show_error(self, run: str, payload: Mapping[str, Any], message: str) -> None:
         """A command the run could not apply (or any run error): on the run's metrics panel (and

@@ -185,6 +185,12 @@ out["refusal"] = next((r.message for r in app.menus.reports if r.failed), None)
 out["strip"] = app.menus._strips.get("run.graph").state if "run.graph" in app.menus._strips else None
 wait(lambda: run.step > step0 + 5, 20)
 out["training_went_on"] = run.step > step0 + 5
+# --- someone else's claim to speak for the run is dropped
+host.send_event("stream", {"run": "run", "type": "steered", "cmd": "stop", "by": host.participant_id,
+                           "state": "stopped"}).result(30)
+t_claim = time.monotonic()
+wait(lambda: time.monotonic() - t_claim > 1.5, 5)
+out["spoofed"] = [app.runs.state("run").status, app.runs.badge("run.metrics")]
 # --- made a viewer, Ann's steering is refused and she is told
 host.apply({"op": "set_role", "participant_id": client.participant_id, "role": "viewer"}).result(30)
 wait(lambda: app.menus.role() == "viewer", 20)
@@ -244,3 +250,4 @@ def test_run_steered_from_the_room(tmp_path: Path) -> None:
     assert "member" in out["viewer_told"], out
     assert out["viewer_refused"] and "refused" in out["viewer_refusal"], out
     assert out["still_running"]
+    assert out["spoofed"][0] == "running" and "stop" not in out["spoofed"][1], out
