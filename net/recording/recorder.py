@@ -1,0 +1,197 @@
+"""One room being recorded: what the relay persisted, sent and forwarded, with times.
+
+Runs on the relay's event loop and does little per call: an update or event is one
+buffered append; poses are gathered for a second and written as one zlib-compressed
+presence chunk; the room is snapshotted every `snapshot_s` seconds (when it changed).
+Any OSError while writing (a full disk) stops the recorder: what was written stays
+readable, and `on_failed` tells the relay, which switches the room's setting off and
+tells the host. The room itself never notices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from deeproom.document import RoomDocument
+from deeproom.recording import (
+    BLOB,
+    CHAPTER,
+    END,
+    EVENT,
+    POSES,
+    SNAPSHOT,
+    UPDATE,
+    PresenceChunk,
+    TimelineWriter,
+    encode_snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_S = 20.0
+"""Seconds between snapshots (a seek applies at most this long a stretch of updates)."""
+CHUNK_S = 1.0
+"""Seconds of pose batches per presence chunk."""
+RECORDED_EVENTS = ("stream", "summon")
+
+
+def new_recording_id(room_id: str, wall: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall if wall is not None else time.time()))
+    return f"{room_id}-{stamp}"
+
+
+class RoomRecorder:
+    """Writes one room's timeline to `root/<recording id>/timeline.drrec`; blobs by hash to `root/blobs/`."""
+
+    def __init__(self, root: Path, room_id: str, doc: RoomDocument, *, blob_source: Path | None = None,
+                 by: str = "host", on_failed: Callable[[str], None] | None = None) -> None:
+        self.root = root
+        self.room_id = room_id
+        self.doc = doc
+        self.blob_source = blob_source
+        self.on_failed = on_failed
+        wall = time.time()
+        rid = new_recording_id(room_id, wall)
+        n = 1
+        while (root / rid).exists():
+            n += 1
+            rid = f"{new_recording_id(room_id, wall)}-{n}"
+        self.id = rid
+        self.dir = root / rid
+        self.started = time.monotonic()
+        self.failed: str | None = None
+        self._updates = 0
+        self._updates_at_snapshot = 0
+        self._last_snapshot = 0.0
+        self._chunk: PresenceChunk | None = None
+        self._latest: dict[str, bytes] = {}
+        self._blobs: set[str] = set()
+        self.writer = TimelineWriter(self.dir / "timeline.drrec",
+                                     {"room_id": room_id, "started_wall": wall, "started_by": by, "recording_id": rid})
+        self._write(lambda: self._snapshot(0.0))
+
+    @property
+    def active(self) -> bool:
+        return self.failed is None and not self.writer.closed
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def _write(self, action: Callable[[], None]) -> None:
+        if not self.active:
+            return
+        try:
+            action()
+        except OSError as exc:
+            self.fail(f"recording stopped: could not write {self.dir} ({exc.strerror or exc})")
+
+    def fail(self, reason: str) -> None:
+        if self.failed is not None:
+            return
+        self.failed = reason
+        log.warning("relay: room %s: %s", self.room_id, reason)
+        with contextlib.suppress(OSError):
+            self.writer.close()  # what was flushed stays readable
+        if self.on_failed is not None:
+            self.on_failed(reason)
+
+    # --- what the relay reports ------------------------------------------------------------
+
+    def update(self, update: bytes) -> None:
+        def write() -> None:
+            t = self.now()
+            self.writer.append(UPDATE, t, update)
+            self._updates += 1
+            if t - self._last_snapshot >= SNAPSHOT_S:
+                self._snapshot(t)
+
+        self._write(write)
+
+    def poses(self, batch: Mapping[str, bytes], live: Mapping[str, bytes]) -> None:
+        """One tick's batch (`batch`: what changed); `live`: every pose the relay holds."""
+        def write() -> None:
+            t = self.now()
+            self._latest.update(batch)
+            if self._chunk is None or t - self._chunk.t0 >= CHUNK_S:
+                self._flush_chunk()
+                self._latest = dict(live)
+                self._latest.update(batch)
+                self._chunk = PresenceChunk(t, self._latest)
+                if t - self._last_snapshot >= SNAPSHOT_S and self._updates > self._updates_at_snapshot:
+                    self._snapshot(t)
+            else:
+                self._chunk.add(t, batch)
+
+        self._write(write)
+
+    def event(self, kind: str, sender: str, payload: Mapping[str, Any]) -> None:
+        if kind not in RECORDED_EVENTS:
+            return
+
+        def write() -> None:
+            t = self.now()
+            self.writer.append(EVENT, t, json.dumps({"kind": kind, "sender": sender, "payload": payload}).encode())
+            if kind == "summon":
+                panel = payload.get("panel_id")
+                self.writer.append(CHAPTER, t, json.dumps({"title": f"summon to {panel}", "kind": "summon"}).encode())
+
+        self._write(write)
+
+    def chapter(self, title: str, kind: str) -> None:
+        self._write(lambda: self.writer.append(CHAPTER, self.now(), json.dumps({"title": title, "kind": kind}).encode()))
+
+    def stop(self, reason: str = "stopped by the host") -> None:
+        def write() -> None:
+            self._flush_chunk()
+            self._snapshot(self.now())
+            self.writer.append(END, self.now(), json.dumps({"reason": reason}).encode())
+            self.writer.close()
+
+        self._write(write)
+        with contextlib.suppress(OSError):
+            self.writer.close()
+
+    # --- inside ---------------------------------------------------------------------------
+
+    def _flush_chunk(self) -> None:
+        if self._chunk is not None:
+            self.writer.append(POSES, self._chunk.t0, self._chunk.encode())
+            self._chunk = None
+            self.writer.flush()  # at most a second of the recording waits in memory
+
+    def _snapshot(self, t: float) -> None:
+        self.writer.append(SNAPSHOT, t, encode_snapshot(self._updates, self.doc.update_since(None)))
+        self._last_snapshot = t
+        self._updates_at_snapshot = self._updates
+        self._keep_blobs(t)
+        self.writer.flush()
+
+    def _keep_blobs(self, t: float) -> None:
+        """Blobs the room's panels show, kept once by hash (a hard link to the relay's copy when it can)."""
+        if self.blob_source is None:
+            return
+        for panel in self.doc.snapshot().panels.values():
+            for sha in panel.content.refs:
+                if sha in self._blobs:
+                    continue
+                src = self.blob_source / sha[:2] / sha[2:]
+                if not src.is_file():
+                    continue  # not uploaded yet: the next snapshot looks again
+                dst = self.root / "blobs" / sha[:2] / sha[2:]
+                if not dst.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = dst.with_name(f".tmp-{sha[2:]}-{os.getpid()}")
+                    try:
+                        os.link(src, tmp)
+                    except OSError:
+                        tmp.write_bytes(src.read_bytes())
+                    os.replace(tmp, dst)
+                self._blobs.add(sha)
+                self.writer.append(BLOB, t, sha.encode("ascii"))
