@@ -38,6 +38,7 @@ from deeproom.errors import DeepRoomError, PermissionDenied
 from deeproom.net import protocol as P
 from deeproom.net.backend import RedisBackend, RoomBackend, SqliteBackend
 from deeproom.net.errors import ProtocolError, RateLimited, TooLarge, error_to_wire
+from deeproom.net.recording import hooks as recording_hooks
 from deeproom.net.ratelimit import TokenBucket
 from deeproom.net.relay.admission import Admission
 from deeproom.net.relay.blobs import BlobService
@@ -189,6 +190,7 @@ class RelayServer:
                 if mgr.thread is not None:
                     mgr.thread.cancel()
         self.admission.close()
+        recording_hooks.stop_all()
         await self.backend.close()
 
     async def __aenter__(self) -> RelayServer:

@@ -40,6 +40,7 @@ from deeproom.net.auth import (
 from deeproom.net.backend import RoomBackend, RoomMeta
 from deeproom.net.errors import JoinRefused, NetError, ProtocolError, RateLimited
 from deeproom.net.ratelimit import BucketsByKey
+from deeproom.net.recording import hooks as recording_hooks
 from deeproom.net.relay.rooms import RoomHub
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
@@ -170,6 +171,7 @@ class Admission:
             "sv": room.doc.state_vector(),
             "streams": list(room.streams.values()),
             "tick_hz": self.settings.tick_hz,
+            "recording": recording_hooks.join_notice(room, self.settings.record),
         }
         if self.settings.sfu_url:
             ack["sfu"] = self.settings.sfu_url  # teaching rooms' voice goes through it above the mesh limit

@@ -14,6 +14,7 @@ import socketio
 from deeproom.errors import NotFound, PermissionDenied
 from deeproom.net import protocol as P
 from deeproom.net.errors import ProtocolError
+from deeproom.net.recording import hooks as recording_hooks
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
 from deeproom.state import Role, check_participant_id
@@ -65,4 +66,5 @@ async def forward_event(settings: RelaySettings, sio: socketio.AsyncServer, sess
         if role not in RUNS_ROOM:
             raise PermissionDenied(f"only host or presenter may summon; {pid!r} is {role.value}")
         await sio.emit("event", message, room=room.id, skip_sid=sess.sid)
+    recording_hooks.on_event(room, kind, pid, payload)
     return {"ok": True}

@@ -39,6 +39,7 @@ from deeproom.net import protocol as P
 from deeproom.net.backend import RoomBackend
 from deeproom.net.errors import NetError, ProtocolError, RateLimited, TooLarge
 from deeproom.net.layout_wire import ACTIONS, MAX_VERSION, info_to_wire, loaded_to_wire
+from deeproom.net.recording import hooks as recording_hooks
 from deeproom.net.relay.blobs import BlobService
 from deeproom.net.relay.rooms import RoomHub
 from deeproom.net.relay.settings import RelaySettings
@@ -126,6 +127,7 @@ class LayoutService:
                 update = scratch.update_since(room.doc.state_vector())
                 room.doc.apply_update(update)
                 await self.hub._persist(room, update, None, sess.sid)  # one append, then one broadcast
+                recording_hooks.on_chapter(room, f"layout {name} loaded", "layout")
         return LayoutLoaded(name, version, len(fit.operations), fit.not_loaded), update
 
     async def export(self, room: LiveRoom, d: Any) -> dict[str, Any]:

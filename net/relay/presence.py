@@ -20,6 +20,7 @@ from deeproom.errors import DeepRoomError, ValidationError
 from deeproom.net import protocol as P
 from deeproom.net.backend import RoomBackend
 from deeproom.net.errors import error_to_wire
+from deeproom.net.recording import hooks as recording_hooks
 from deeproom.net.relay.rooms import RoomHub
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import Session
@@ -128,6 +129,7 @@ class Presence:
             else:
                 batch_poses = {pid: raw for pid, (raw, t) in room.remote_poses.items() if t >= now - 1.5 / self.settings.tick_hz}
                 batch_poses.update(local)
+            recording_hooks.on_poses(room, batch_poses)
             if not batch_poses or not room.sessions:
                 continue
             limit = self.settings.max_unacked_batches

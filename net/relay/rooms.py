@@ -21,6 +21,7 @@ from deeproom.errors import DeepRoomError, NotFound, PermissionDenied
 from deeproom.net import protocol as P
 from deeproom.net.backend import RoomBackend, RoomMeta, op_key
 from deeproom.net.errors import NetError, TooLarge
+from deeproom.net.recording import hooks as recording_hooks
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
 from deeproom.net.relay.wire import RelaySocketServer
@@ -136,6 +137,7 @@ class RoomHub:
             raise
         room.log_seen += 1
         self.stats["ops"] += 1
+        recording_hooks.on_update(self, room, update)
         if key is not None:
             room.recent_ops[key] = None
             while len(room.recent_ops) > RECENT_OPS:

@@ -56,6 +56,8 @@ class RelaySettings:
     sfu_url: str | None = None
     """The Janus SFU (its HTTP API, http://HOST:PORT/janus) this relay announces in every join
     ack, for teaching rooms' voice above the mesh limit; None: no SFU."""
+    record: bool = False
+    """Record every room (`deeproom serve --record`): the relay switches each room's `recording` setting on."""
 
     # --- policy for strangers (per client address) -------------------------------------
     connections_per_address: int = 256
