@@ -19,7 +19,7 @@ import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from deeproom.recording import FORMAT_VERSION, NewerFormat, RecordingError, Timeline, read_timeline
 
@@ -134,14 +134,19 @@ class RecordingStore:
         src = Path(src)
         damage: list[str] = []
         try:
-            tar = tarfile.open(src, "r|")  # noqa: SIM115 (closed by the with below)
+            raw = open(src, "rb")  # noqa: SIM115 (closed below)
+            try:
+                tar = tarfile.open(fileobj=raw, mode="r:")
+            except BaseException:
+                raw.close()
+                raise
         except (tarfile.TarError, OSError) as exc:
             raise RecordingError(f"{src} is not a DeepRoom recording archive ({exc})") from None
         manifest: dict[str, Any] | None = None
         target: Path | None = None
         seen: set[str] = set()
         try:
-            with tar:
+            with raw, tar:
                 for member in tar:
                     name = member.name
                     if manifest is None:
@@ -164,7 +169,7 @@ class RecordingStore:
                         continue
                     out.parent.mkdir(parents=True, exist_ok=True)
                     try:
-                        _copy_member(tar, member, out)
+                        _copy_member(raw, member, out)
                     except (tarfile.TarError, OSError, EOFError) as exc:
                         damage.append(f"{name}: cut off ({exc}); its whole part is kept")
                         seen.add(name)
@@ -263,15 +268,16 @@ class _Truncated(Exception):
     pass
 
 
-def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Path) -> None:
-    """Copy a member out as far as it goes (a cut-off member keeps its whole first part)."""
-    fh = tar.extractfile(member)
-    assert fh is not None
+def _copy_member(raw: BinaryIO, member: tarfile.TarInfo, out: Path) -> None:
+    """Copy a member out as far as the file goes (a cut-off member keeps its whole first part)."""
+    raw.seek(member.offset_data)
+    left = member.size
     with open(out, "wb") as dst:
-        while True:
-            chunk = fh.read(1 << 16)
+        while left > 0:
+            chunk = raw.read(min(left, 1 << 20))
             if not chunk:
                 break
             dst.write(chunk)
+            left -= len(chunk)
     if out.stat().st_size != member.size:
         raise EOFError(f"{out.stat().st_size} of {member.size} bytes")
