@@ -20,20 +20,30 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 BUNDLE = WEB_DIR / "dist" / "deeproom.js"
 INDEX = WEB_DIR / "index.html"
 _ROOM = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",  # invite tokens ride in the query string
-    # the page loads only its own script and talks only to this relay (ws and blob: URLs for audio)
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                               "img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
-                               "connect-src 'self' ws: wss:; frame-ancestors 'none'",
-}
+
+
+def headers(sfu_url: str | None = None) -> dict[str, str]:
+    """Response headers: the page loads only its own script and talks only to this relay
+    (and to the relay's SFU, the one place its voice may go besides direct WebRTC links)."""
+    connect = "'self' ws: wss:"
+    if sfu_url:
+        parts = urlsplit(sfu_url)
+        if parts.scheme in ("http", "https") and parts.netloc:
+            connect += f" {parts.scheme}://{parts.netloc}"
+    return {
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",  # invite tokens ride in the query string
+        "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                   "img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
+                                   f"connect-src {connect}; frame-ancestors 'none'",
+    }
 
 
 class WebAssets:
     """The page and its bundle, loaded once; missing ones answer 503 with what to do."""
 
-    def __init__(self, web_dir: Path = WEB_DIR) -> None:
+    def __init__(self, web_dir: Path = WEB_DIR, sfu_url: str | None = None) -> None:
+        self.headers = headers(sfu_url)
         self.index = _read(web_dir / "index.html")
         self.bundle = _read(web_dir / "dist" / "deeproom.js")
 
@@ -49,13 +59,13 @@ class WebAssets:
             return _missing()
         assert self.index is not None
         return web.Response(body=self.index, content_type="text/html", charset="utf-8",
-                            headers={**_HEADERS, "Cache-Control": "no-cache"})
+                            headers={**self.headers, "Cache-Control": "no-cache"})
 
     async def script(self, request: web.Request) -> web.Response:
         if self.bundle is None:
             return _missing()
         return web.Response(body=self.bundle, content_type="application/javascript", charset="utf-8",
-                            headers={**_HEADERS, "Cache-Control": "no-cache"})
+                            headers={**self.headers, "Cache-Control": "no-cache"})
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/", self.page)
@@ -78,9 +88,9 @@ def _missing() -> web.Response:
     )
 
 
-def register_web(app: web.Application) -> WebAssets:
-    """Add the page's routes to the relay's aiohttp application."""
-    assets = WebAssets()
+def register_web(app: web.Application, sfu_url: str | None = None) -> WebAssets:
+    """Add the page's routes to the relay's aiohttp application (`sfu_url`: the relay's SFU)."""
+    assets = WebAssets(sfu_url=sfu_url)
     assets.register(app)
     return assets
 

@@ -244,7 +244,7 @@ class Page {
     }
     const settings = this.conn.doc.getMap('settings');
     $('#roomname').textContent = String(settings.get('name') || this.roomId);
-    if (this.voice) this.voice.setPeers([...parts.keys()]);
+    if (this.voice) { this.voice.setPeers([...parts.keys()]); this.voice.follow(); }
   }
 
   syncAvatars() {
@@ -352,8 +352,17 @@ class Page {
     };
     el.addEventListener('pointerup', up);
     el.addEventListener('pointercancel', up);
-    window.addEventListener('keydown', (e) => { if (!e.target.closest || !e.target.closest('input')) this.keys.add(e.key.toLowerCase()); });
-    window.addEventListener('keyup', (e) => this.keys.delete(e.key.toLowerCase()));
+    window.addEventListener('keydown', (e) => {
+      if (e.target.closest && e.target.closest('input')) return;
+      const k = e.key.toLowerCase();
+      if (k === 't') { if (this.voice) this.voice.pressToTalk(true); return; } // hold T to talk (push-to-talk rooms)
+      this.keys.add(k);
+    });
+    window.addEventListener('keyup', (e) => {
+      const k = e.key.toLowerCase();
+      if (k === 't' && this.voice) this.voice.pressToTalk(false);
+      this.keys.delete(k);
+    });
   }
 
   sendMove(id) {
@@ -393,7 +402,17 @@ class Page {
   }
 
   async startVoice() {
-    this.voice = new BrowserVoice(this.conn, { onState: (s) => { $('#voicestate').textContent = s; } });
+    const parts = () => this.conn.doc.getMap('participants');
+    this.voice = new BrowserVoice(this.conn, {
+      onState: (s) => { $('#voicestate').textContent = s; },
+      room: {
+        roleOf: (pid) => { const p = parts().get(pid); return p && p.get ? p.get('role') : null; },
+        voice: () => String(this.conn.doc.getMap('settings').get('voice') || 'auto'),
+        ids: () => [...parts().keys()],
+        muted: (pid) => { const p = parts().get(pid); return !!(p && p.get && p.get('muted')); },
+        mutedAll: () => !!this.conn.doc.getMap('settings').get('muted_all'),
+      },
+    });
     try {
       await this.voice.start();
       $('#voice').textContent = 'Mute';
@@ -417,7 +436,9 @@ class Page {
       timeOrigin: performance.timeOrigin, joinedAt: this.stats.joinedAt, allDrawnAt: this.stats.allDrawnAt, banner: $('#banner').hidden ? null : $('#banner').textContent,
       toast: $('#toast').hidden ? null : $('#toast').textContent, following: this.following || null,
       drawReasons: { ...this.drawReasons }, softwareGL: this.scene.software, camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
-      voice: this.voice ? { source: this.voice.source, links: [...this.voice.links].map(([pid, e]) => [pid, e.pc.connectionState]) } : null,
+      voice: this.voice ? { source: this.voice.source, links: [...this.voice.links].map(([pid, e]) => [pid, e.pc.connectionState]),
+        sending: !!this.voice.sending, pushToTalk: !!this.voice.pushToTalk,
+        sfu: this.voice.sfu ? { url: this.voice.sfuAccess.url, feeds: [...this.voice.sfu.subs.values()].map((e) => e.display) } : null } : null,
     };
   }
 }

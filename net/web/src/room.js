@@ -40,6 +40,7 @@ export class RoomConnection extends EventTarget {
     this.colour = colour; this.invite = invite || null; this.password = password || null;
     this.doc = new Y.Doc();
     this.role = null;
+    this.sfuUrl = null;
     this.joined = false;
     this.final = null; // a refusal that ends retrying
     this.tickHz = 30;
@@ -98,6 +99,8 @@ export class RoomConnection extends EventTarget {
     if (!first) this._checkLost(ack.sv);
     this._apply(ack.update);
     this.role = ack.role;
+    // the relay's SFU (if it has one): the only SFU the page's voice will talk to
+    this.sfuUrl = typeof ack.sfu === 'string' && /^https?:\/\//.test(ack.sfu) && ack.sfu.length <= 2048 ? ack.sfu : null;
     this.tickHz = ack.tick_hz || 30;
     this.joined = true;
     for (const ev of ack.streams || []) this._emit('event', ev);

@@ -6,7 +6,11 @@
 // its peak frequency). Without a microphone the page sends silence, so peers do not
 // take the link for a dead one.
 
+import { SfuVoice } from './janus.js';
+
 const KINDS = new Set(['offer', 'answer', 'hello', 'bye', 'sfu', 'ask']);
+const LEADS = new Set(['host', 'presenter']);
+const MESH_LIMIT = 6;
 const MAX_SDP = 64 * 1024;
 const CONNECT_TIMEOUT_MS = 8000;
 
@@ -17,7 +21,24 @@ export function parseSignal(p) {
   if (p.voice === 'offer' || p.voice === 'answer') {
     if (typeof p.sdp !== 'string' || !p.sdp.startsWith('v=0') || p.sdp.length > MAX_SDP) return null;
   } else if (p.sdp !== undefined) return null;
+  if (p.voice === 'sfu' && p.sfu !== undefined && p.sfu !== null && !parseSfuAccess(p.sfu)) return null;
   return p;
+}
+
+/** SFU access {url, room, pin} checked as net/voice/signalling.py checks it, or null. */
+export function parseSfuAccess(a) {
+  if (!a || typeof a !== 'object') return null;
+  const { url, room, pin } = a;
+  if (typeof url !== 'string' || !/^https?:\/\//.test(url) || url.length > 512) return null;
+  if (!Number.isSafeInteger(room) || room <= 0) return null;
+  if (typeof pin !== 'string' || pin.length > 128) return null;
+  return { url, room, pin };
+}
+
+/** "off", "mesh" or "sfu" for the room as it is (net/voice/room.py wanted_mode). */
+export function wantedMode(voice, participants) {
+  if (voice === 'off' || voice === 'mesh' || voice === 'sfu') return voice;
+  return participants > MESH_LIMIT ? 'sfu' : 'mesh';
 }
 
 function waitGathered(pc) {
@@ -30,8 +51,12 @@ function waitGathered(pc) {
 }
 
 export class BrowserVoice {
-  constructor(conn, { onState } = {}) {
+  constructor(conn, { onState, room } = {}) {
     this.conn = conn;
+    this.room = room || { roleOf: () => null, voice: () => 'auto', ids: () => [], muted: () => false, mutedAll: () => false };
+    this.sfu = null; // SfuVoice while the room's voice goes through the SFU
+    this.sfuAccess = null;
+    this.lastAsk = 0;
     this.me = conn.pid;
     this.links = new Map(); // pid → {pc, link, made, connected}
     this.speakers = new Map(); // pid → {analyser, source, audio}
@@ -75,13 +100,25 @@ export class BrowserVoice {
     clearInterval(this.timer);
     this.conn.removeEventListener('event', this._onEvent);
     for (const pid of [...this.links.keys()]) this._drop(pid, true);
+    if (this.sfu) this.sfu.close();
     if (this.local) for (const t of this.local.getTracks()) t.stop();
     if (this.ctx) this.ctx.close();
   }
 
-  setMuted(m) {
-    this.muted = m;
-    if (this.local) for (const t of this.local.getAudioTracks()) t.enabled = !m;
+  setMuted(m) { this.muted = m; this._applyMic(); }
+
+  /** Push-to-talk (members in an SFU room, as the app does): talk while pressed. */
+  pressToTalk(on) { this.talkPressed = !!on; this._applyMic(); }
+
+  /** The microphone sends when the user has not muted it, the host has not, and (push-to-talk) talk is held. */
+  _applyMic() {
+    if (!this.local) return;
+    const me = this.me, lead = LEADS.has(this.room.roleOf(me));
+    const forced = this.room.muted(me) || (this.room.mutedAll() && !lead);
+    this.pushToTalk = wantedMode(this.room.voice(), this.room.ids().length) === 'sfu' && !lead;
+    const on = !this.muted && !forced && (!this.pushToTalk || !!this.talkPressed);
+    for (const t of this.local.getAudioTracks()) t.enabled = on;
+    this.sending = on;
   }
 
   /** Who else is in the room (call on every room change). */
@@ -91,7 +128,52 @@ export class BrowserVoice {
     for (const pid of this.peers) if (!now.has(pid)) { this._drop(pid, false); this._unplug(pid); }
     const came = [...now].filter((p) => !this.peers.has(p)).sort();
     this.peers = now;
+    if (this.sfu || wantedMode(this.room.voice(), now.size + 1) === 'off') return;
     for (const pid of came) this._greet(pid);
+  }
+
+  /** Follow the room's voice mode: off, mesh, or the SFU (asking its coordinator for access). */
+  async follow() {
+    if (this.closed || !this.local) return;
+    const ids = this.room.ids();
+    const mode = wantedMode(this.room.voice(), ids.length);
+    this._applyMic();
+    if (mode === 'off') {
+      for (const pid of [...this.links.keys()]) this._drop(pid, false);
+      await this.useSfu(null);
+      return;
+    }
+    if (mode === 'mesh' && this.sfu) { await this.useSfu(null); return; }
+    if (mode === 'sfu' && !this.sfu && performance.now() - this.lastAsk > 2000) {
+      const hosts = ids.filter((p) => this.room.roleOf(p) === 'host').sort();
+      if (hosts.length && hosts[0] !== this.me) { this.lastAsk = performance.now(); this._send(hosts[0], { voice: 'ask', link: 0 }); }
+    }
+  }
+
+  async useSfu(access) {
+    if (JSON.stringify(access) === JSON.stringify(this.sfuAccess) && (access === null) === (this.sfu === null)) return;
+    const old = this.sfu;
+    this.sfuAccess = access;
+    if (!access) {
+      this.sfu = null;
+      if (old) { old.close(); this.onState('voice on direct links'); }
+      for (const pid of [...this.peers].sort()) this._greet(pid);
+      return;
+    }
+    const sfu = new SfuVoice(access, this.me, this.local, {
+      plug: (pid, stream) => this._plug(pid, stream), unplug: (pid) => this._unplug(pid), onState: this.onState,
+    });
+    try {
+      await sfu.start();
+    } catch (e) {
+      sfu.close();
+      this.sfuAccess = null;
+      this.onState(`could not reach the SFU: ${e.message}`);
+      return;
+    }
+    this.sfu = sfu;
+    if (old) old.close();
+    for (const pid of [...this.links.keys()]) this._drop(pid, false); // make before break
   }
 
   _greet(pid) {
@@ -139,7 +221,8 @@ export class BrowserVoice {
     const msg = parseSignal(payload);
     if (!msg) return; // others may signal too; bad ones are ignored
     try {
-      if (msg.voice === 'offer') await this._answer(sender, msg);
+      if (this.sfu && (msg.voice === 'offer' || msg.voice === 'hello')) return; // no direct links in SFU mode
+    if (msg.voice === 'offer') await this._answer(sender, msg);
       else if (msg.voice === 'answer') {
         const e = this.links.get(sender);
         if (e && e.link === msg.link && e.pc.signalingState === 'have-local-offer') await e.pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
@@ -149,8 +232,15 @@ export class BrowserVoice {
         const e = this.links.get(sender);
         if (e && (e.link <= msg.link || msg.link === 0)) this._drop(sender, false);
       } else if (msg.voice === 'sfu') {
-        this.sfuAnnounced = payload.sfu || null;
-        if (this.sfuAnnounced) this.onState('this room moved its voice to the SFU; the page stays on direct links');
+        // only a host or presenter hands out SFU access, and only to the SFU the relay announced
+        if (!LEADS.has(this.room.roleOf(sender))) return;
+        const access = msg.sfu ? parseSfuAccess(msg.sfu) : null;
+        const trim = (u) => String(u || '').replace(/\/+$/, '');
+        if (access && trim(access.url) !== trim(this.conn.sfuUrl)) {
+          this.onState('ignored SFU access to a server this relay did not announce');
+          return;
+        }
+        await this.useSfu(access);
       }
     } catch (e) {
       this.onState(`voice: ${e.message}`);
@@ -234,6 +324,8 @@ export class BrowserVoice {
   onsets(pid) { return this.onsetLog && this.onsetLog.has(pid) ? this.onsetLog.get(pid).splice(0) : []; }
 
   _watch() {
+    this.follow();
+    if (this.sfu) return;
     const now = performance.now();
     for (const pid of [...this.peers].sort()) {
       const e = this.links.get(pid);
