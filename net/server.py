@@ -38,6 +38,7 @@ from deeproom.errors import DeepRoomError, PermissionDenied
 from deeproom.net import protocol as P
 from deeproom.net.backend import RedisBackend, RoomBackend, SqliteBackend
 from deeproom.net.errors import ProtocolError, RateLimited, TooLarge, error_to_wire
+from deeproom.net.recording import hooks as recording_hooks
 from deeproom.net.ratelimit import TokenBucket
 from deeproom.net.relay.admission import Admission
 from deeproom.net.relay.blobs import BlobService
@@ -98,7 +99,11 @@ class RelayServer:
         self._penalty: dict[str, float] = {}
         """Addresses turned away until a monotonic time (a socket of theirs ran out of strikes)."""
         self._expelling: set[asyncio.Task[None]] = set()
-        self.stats = {"poses_in": 0, "batches_out": 0, "entries_scheduled": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0}
+        self._tarpit: Counter[str] = Counter()
+        """Refused connections being held for half a second, per address."""
+        self.stats = {"poses_in": 0, "batches_out": 0, "entries_scheduled": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0,
+                      "ticks": 0, "ticks_late_10ms": 0, "ticks_late_50ms": 0, "tick_late_total_ms": 0, "expelled": 0,
+                      "connects_refused": 0}
         self._secret = b""
         self.admission: Admission
         self.hub = RoomHub(settings, self.backend, self.sio, self.stats, lambda room: self.admission.on_loaded(room))
@@ -185,6 +190,7 @@ class RelayServer:
                 if mgr.thread is not None:
                     mgr.thread.cancel()
         self.admission.close()
+        recording_hooks.stop_all()
         await self.backend.close()
 
     async def __aenter__(self) -> RelayServer:
@@ -311,6 +317,7 @@ class RelayServer:
         if sess.strikes <= limit or sess.expelled:
             return
         sess.expelled = True
+        self.stats["expelled"] += 1
         if len(self._penalty) > 10_000:
             self._penalty = {a: t for a, t in self._penalty.items() if t > now}
         self._penalty[sess.address] = now + self.settings.penalty_s
@@ -335,8 +342,20 @@ class RelayServer:
         if until is not None:
             left = until - time.monotonic()
             if left > 0:
+                self.stats["connects_refused"] += 1
+                if self._tarpit[address] < s.connections_per_address:
+                    # answered after half a second (costs the relay a sleeping coroutine): a client
+                    # retrying in a loop tries twice a second, not as fast as it can connect
+                    # (python-socketio clients wait 1 s for the answer by default)
+                    self._tarpit[address] += 1
+                    try:
+                        await asyncio.sleep(min(0.5, left))
+                    finally:
+                        self._tarpit[address] -= 1
+                        if self._tarpit[address] <= 0:
+                            del self._tarpit[address]
                 raise socketio.exceptions.ConnectionRefusedError(
-                    f"a connection from your address sent too many refused messages; try again in {left:.0f} s"
+                    f"a connection from your address sent too many refused messages; try again in {max(left - 0.5, 0):.0f} s"
                 )
             del self._penalty[address]
         if self._connections[address] >= s.connections_per_address:
