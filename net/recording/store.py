@@ -136,7 +136,7 @@ class RecordingStore:
         try:
             raw = open(src, "rb")  # noqa: SIM115 (closed below)
             try:
-                tar = tarfile.open(fileobj=raw, mode="r:")
+                tar = tarfile.open(fileobj=raw, mode="r:")  # noqa: SIM115 (closed below)
             except BaseException:
                 raw.close()
                 raise

@@ -14,7 +14,7 @@ from deeproom.errors import DeepRoomError, PermissionDenied
 from deeproom.net import EmbeddedRelay, RoomClient
 from deeproom.net.recording import RecordingStore, hooks
 from deeproom.net.recording.store import ARCHIVE_FORMAT
-from deeproom.presence import Pose, PointerRay
+from deeproom.presence import PointerRay, Pose
 from deeproom.recording import FORMAT_VERSION, NewerFormat, Player, RecordingError, read_timeline
 from tests.net.conftest import eventually
 
@@ -29,9 +29,10 @@ async def _record_session(data_dir: Path) -> dict[str, Any]:
     """Two clients: panel moves, poses with a laser, a summon. Returns what the observer saw live, timed
     on the recorder's clock."""
     live: dict[str, Any] = {"panels": [], "poses": []}
-    async with EmbeddedRelay(data_dir=data_dir, leave_grace_s=0.5) as relay:
-        async with RoomClient(relay.url, room="lecture", name="Host") as host, \
-                RoomClient(relay.url, room="lecture", name="Bo") as bo:
+    async with EmbeddedRelay(data_dir=data_dir, leave_grace_s=0.5) as relay, \
+            RoomClient(relay.url, room="lecture", name="Host") as host, \
+            RoomClient(relay.url, room="lecture", name="Bo") as bo:
+        if True:  # keeps the session's body at one indent
             await eventually(lambda: bo.participant_id in host.room.participants)
             await host.apply({"op": "add_panel", "panel_id": "p1", "kind": "metrics", "title": "Loss"})
             with pytest.raises(PermissionDenied):
@@ -131,8 +132,9 @@ def test_export_import_delete(recorded: tuple[Path, dict[str, Any]], tmp_path: P
 
 def test_delete_removes_unreferenced_blobs(tmp_path: Path) -> None:
     async def run() -> str:
-        async with EmbeddedRelay(data_dir=tmp_path / "relay", leave_grace_s=0.5) as relay:
-            async with RoomClient(relay.url, room="r", name="Host") as host:
+        async with EmbeddedRelay(data_dir=tmp_path / "relay", leave_grace_s=0.5) as relay, \
+                RoomClient(relay.url, room="r", name="Host") as host:
+            if True:
                 sha = await host.put_blob(b"panel content " * 100)
                 assert sha == hashlib.sha256(b"panel content " * 100).hexdigest()
                 await host.apply({"op": "add_panel", "panel_id": "p1", "kind": "image", "title": "img",
@@ -186,8 +188,9 @@ def test_disk_full_stops_recording_room_goes_on(tmp_path: Path) -> None:
         pytest.skip("needs /dev/full")
 
     async def run() -> None:
-        async with EmbeddedRelay(data_dir=tmp_path / "relay", leave_grace_s=0.5) as relay:
-            async with RoomClient(relay.url, room="r", name="Host") as host:
+        async with EmbeddedRelay(data_dir=tmp_path / "relay", leave_grace_s=0.5) as relay, \
+                RoomClient(relay.url, room="r", name="Host") as host:
+            if True:
                 errors: list[DeepRoomError] = []
                 host.on_error(errors.append)
                 await host.apply({"op": "add_panel", "panel_id": "p1", "kind": "metrics", "title": "Loss"})

@@ -1,0 +1,131 @@
+"""Command-line part of recording: `deeproom record list|export|import|delete`,
+`deeproom replay RECORDING` and `deeproom bench replay`.
+
+Light at import (argparse only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from deeproom.config import Config
+
+
+def register(commands: Any, bench: Any) -> None:
+    r = commands.add_parser("record", help="recordings the relay made (DATA_DIR/recordings): list, export, import, delete")
+    sub = r.add_subparsers(dest="record_command", metavar="ACTION", required=True)
+    sub.add_parser("list", help="recordings with their room, length, size and any damage").set_defaults(func=cmd_list)
+    e = sub.add_parser("export", help="write one recording as one archive file")
+    e.add_argument("recording")
+    e.add_argument("file", help="the archive to write (e.g. lecture.drrec.tar)")
+    e.set_defaults(func=cmd_export)
+    i = sub.add_parser("import", help="add an exported recording to this machine's recordings")
+    i.add_argument("file")
+    i.add_argument("--as", dest="as_id", metavar="ID", help="store it under this id (default: its own)")
+    i.set_defaults(func=cmd_import)
+    d = sub.add_parser("delete", help="remove a recording, its voice and the blobs no other recording uses")
+    d.add_argument("recording")
+    d.set_defaults(func=cmd_delete)
+
+    p = commands.add_parser("replay", help="play a recording back: the room at each moment, from --at, at --speed")
+    p.add_argument("recording", help="a recording id (see `deeproom record list`) or a timeline file")
+    p.add_argument("--at", default="0:00", metavar="MM:SS", help="start here (default 0:00)")
+    p.add_argument("--speed", type=float, default=1.0, help="playback speed (default 1)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="play this many recorded seconds, printing the room once a second (default: to the end)")
+    p.set_defaults(func=cmd_replay)
+
+    b = bench.add_parser("replay", help="recording cost on a real relay, seek time in a synthetic 60-minute recording")
+    b.add_argument("--clients", type=int, default=30, help="participants streaming poses (default 30)")
+    b.add_argument("--rate", type=float, default=30.0, help="poses per second per client (default 30)")
+    b.add_argument("--seconds", type=float, default=10.0, help="measured seconds per relay run (default 10)")
+    b.add_argument("--minutes", type=float, default=60.0, help="length of the synthetic recording (default 60)")
+    b.add_argument("--seeks", type=int, default=50, help="random seeks measured (default 50)")
+    b.add_argument("--no-relay", action="store_true", help="skip the relay CPU runs (seek and size only)")
+    b.set_defaults(func=cmd_bench_replay)
+
+
+def _store(config: Config) -> Any:
+    from deeproom.net.recording.store import RecordingStore
+
+    return RecordingStore(config.data_dir / "recordings")
+
+
+def cmd_list(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.recording import format_clock
+
+    infos = _store(config).all()
+    if not infos:
+        print(f"no recordings in {config.data_dir / 'recordings'}")
+    for i in infos:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.started_wall)) if i.started_wall else "?"
+        line = (f"{i.id}  room {i.room_id}  {started}  {format_clock(i.duration)}  {i.bytes / 1e6:.1f} MB  "
+                f"{i.chapters} chapters  {i.blobs} blobs")
+        if i.damage:
+            line += f"  DAMAGED: {i.damage}"
+        print(line)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    path = _store(config).export(args.recording, args.file)
+    print(f"exported {args.recording} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, config: Config) -> int:
+    result = _store(config).import_(args.file, args.as_id)
+    print(f"imported {args.file} as {result.id}")
+    for d in result.damage:
+        print(f"  damaged: {d}")
+    return 1 if result.damage else 0
+
+
+def cmd_delete(args: argparse.Namespace, config: Config) -> int:
+    removed = _store(config).delete(args.recording)
+    print(f"deleted {args.recording} and {len(removed)} blobs no other recording uses")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.recording import Player, format_clock, parse_clock, read_timeline
+
+    path = Path(args.recording)
+    tl = read_timeline(path) if path.is_file() else _store(config).open(args.recording)
+    if tl.damage:
+        print(f"damaged: {tl.damage}")
+    if args.speed <= 0 or args.speed > 64:
+        print(f"--speed must be in (0, 64]; got {args.speed:g}")
+        return 2
+    start = parse_clock(args.at)
+    player = Player(tl)
+    print(f"recording of room {tl.room_id!r}: {format_clock(tl.duration)}, chapters: "
+          + (", ".join(f"{format_clock(c.t)} {c.title}" for c in tl.chapters) or "none"))
+    end = tl.duration if args.seconds is None else min(tl.duration, start + args.seconds)
+    t = start
+    state = player.seek(t)
+    wall = time.monotonic()
+    while True:
+        room = state.room
+        print(f"{format_clock(t)}  {len(room.panels)} panels, {len(room.participants)} participants, "
+              f"{len(state.poses)} avatars" + ("  (recording)" if room.settings.recording else ""), flush=True)
+        if t >= end:
+            break
+        t = min(end, t + 1.0)
+        time.sleep(max(0.0, wall + (t - start) / args.speed - time.monotonic()))
+        state = player.advance(t)
+    player.close()
+    return 0
+
+
+def cmd_bench_replay(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.net.recording.bench import run_bench
+
+    result = run_bench(clients=args.clients, rate=args.rate, seconds=args.seconds, minutes=args.minutes,
+                       seeks=args.seeks, relay=not args.no_relay)
+    print(json.dumps(result))
+    return 0
