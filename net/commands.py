@@ -22,6 +22,8 @@ def register(commands: Any, bench: Any) -> None:
     p.add_argument("--leave-grace", type=float, default=10.0,
                    help="seconds a disconnected participant stays in the room (default 10)")
     p.add_argument("--capacity", type=int, default=32, help="capacity of rooms created on this relay (default 32)")
+    p.add_argument("--record", action="store_true",
+                   help="record every room (each room's 'recording' setting is switched on; DATA_DIR/recordings)")
     p.add_argument("--sfu", metavar="URL|auto",
                    help="the voice SFU announced to every client (teaching rooms above 6 voices use it): "
                         "a running Janus's URL (http://HOST:8088/janus), or 'auto' to start Janus here "
@@ -114,6 +116,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         uploads_per_address=args.uploads_per_address,
         upload_bytes_per_address=(upload_bytes, upload_bytes),
         sfu_url=sfu_url,
+        record=args.record,
     )
 
     async def main() -> None:

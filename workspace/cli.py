@@ -25,6 +25,7 @@ from deeproom.errors import DeepRoomError
 PARTS = (
     "deeproom.net.commands",
     "deeproom.net.voice_commands",
+    "deeproom.net.recording.commands",
     "deeproom.models.commands",
     "deeproom.models.training_commands",
     "deeproom.scenes.commands",
