@@ -1,9 +1,9 @@
 """From a logged step to pixels on another participant's screen (for `deeproom bench teach`).
 
-`step_to_pixels()` builds, in this process, what a class sees: an embedded relay (127.0.0.1),
-a `watch()` run training a small CNN on a thread (its own participant, streaming every
-`stream_every_s`), and an offscreen app of another participant looking at the run's metrics
-panel. Each time the app draws newer steps (`samples` times), it takes the time from the moment
+`step_to_pixels()` builds what a class sees: an embedded relay (127.0.0.1) and an offscreen app
+of a participant looking at the run's metrics panel in this process, and a training script in
+its own process — a `watch()` run training a small CNN, streaming every `stream_every_s` and
+printing when it logged each step (CLOCK_MONOTONIC: one clock for both processes). Each time the app draws newer steps (`samples` times), it takes the time from the moment
 the run logged the oldest of them (`run.log`; it waited longest) to the end of the first frame
 that draws it (the worker's repaint shown and rendered) — and, as `..._newest_ms`, the same for
 the newest, split into `..._to_app_ms` (logged until the app's frame drains the delta: the
@@ -20,6 +20,8 @@ measurement for an app and a run the caller already has.
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,10 +36,7 @@ def step_to_pixels(*, samples: int = 8, size: tuple[int, int] = (960, 540), stre
     "step_to_pixels_pixels_changed": share of samples whose frame changed}; the ms are None
     when nothing was drawn within `timeout` seconds."""
     import numpy as np
-    import torch
-    from torch import nn
 
-    from deeproom.models.training import watch
     from deeproom.net import BackgroundClient
     from deeproom.scenes.app import AppOptions, RoomApp
     from deeproom.scenes.session import RelaySession
@@ -47,31 +46,24 @@ def step_to_pixels(*, samples: int = 8, size: tuple[int, int] = (960, 540), stre
     viewer = BackgroundClient(host.url, room="teach", name="Student", data_dir=str(tmp / "student")).wait_ready(60)
     app = RoomApp(RelaySession(viewer), options=AppOptions(offscreen=True, size=size))
     app.start()
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
-    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    run = watch(model, room="teach", server=host.url, optimizer=opt, name="run", embed=False,
-                stream_every_s=stream_every_s, data_dir=str(tmp / "run"))
     logged: dict[float, float] = {}
-    stop = threading.Event()
+    script = TRAIN_SCRIPT.format(url=host.url, every=float(stream_every_s), data=str(tmp / "run"))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
 
-    def train() -> None:
-        i = 0
-        while not stop.is_set():
-            xb, yb = x[(i * 16) % 64:(i * 16) % 64 + 16], y[(i * 16) % 64:(i * 16) % 64 + 16]
-            loss = nn.functional.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            run.log(loss=loss)
-            logged[float(run.step)] = time.monotonic()
-            i += 1
-            time.sleep(0.02)
+    def read() -> None:  # "<step> <monotonic time>" per logged step (one clock for all processes)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            parts = line.split()
+            if len(parts) == 2:
+                try:
+                    logged[float(parts[0])] = float(parts[1])
+                except ValueError:
+                    continue
 
-    thread = threading.Thread(target=train, name="bench-train", daemon=True)
+    thread = threading.Thread(target=read, name="bench-steps", daemon=True)
     thread.start()
-    pid = f"{run.name}.metrics"
+    pid = "run.metrics"
     times: list[float] = []
     changed: list[bool] = []
     frame_s: list[float] = []
@@ -103,7 +95,7 @@ def step_to_pixels(*, samples: int = 8, size: tuple[int, int] = (960, 540), stre
                 now_img = app.screenshot()
                 changed.append(bool((np.abs(now_img[..., :3].astype(int) - before[..., :3].astype(int)) > 8).any()))
                 before = now_img
-                got = app.runs.arrived.get(run.name)
+                got = app.runs.arrived.get("run")
                 if got is not None and got[0] == last and at is not None:
                     to_app.append(got[1] - at)
                     in_app.append(rendered - got[1])
@@ -114,9 +106,13 @@ def step_to_pixels(*, samples: int = 8, size: tuple[int, int] = (960, 540), stre
                 prev = last
             time.sleep(0.002)
     finally:
-        stop.set()
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
         thread.join(10)
-        run.close()
         app.close()
         viewer.close()
         host.close()
@@ -132,6 +128,29 @@ def step_to_pixels(*, samples: int = 8, size: tuple[int, int] = (960, 540), stre
         "step_to_pixels_frame_ms": statistics.median(frame_s) * 1000.0 if frame_s else None,
         "step_to_pixels_stream_every_s": stream_every_s,
     }
+
+
+TRAIN_SCRIPT = """
+import sys, time, torch
+from torch import nn
+from deeproom.models.training import watch
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+run = watch(model, room="teach", server="{url}", optimizer=opt, name="run", embed=False,
+            stream_every_s={every}, data_dir="{data}")
+i = 0
+while True:
+    xb, yb = x[(i * 16) % 64:(i * 16) % 64 + 16], y[(i * 16) % 64:(i * 16) % 64 + 16]
+    loss = nn.functional.cross_entropy(model(xb), yb)
+    opt.zero_grad(); loss.backward(); opt.step()
+    run.log(loss=loss)
+    print(run.step, time.monotonic(), flush=True)
+    i += 1
+    time.sleep(0.02)
+"""
+"""The training script of the benchmark (its own process, as a user's script would be)."""
 
 
 if __name__ == "__main__":  # python -m deeproom.scenes.bench_live
