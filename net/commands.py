@@ -140,6 +140,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
             relay = await stack.enter_async_context(RelayServer(relay_settings))
             print(f"deeproom relay listening on {relay.url}" + (f", voice SFU {relay_settings.sfu_url}"
                                                                if relay_settings.sfu_url else ""), flush=True)
+            print(f"browsers join at {relay.url}/r/ROOM (or open {relay.url}/)", flush=True)
             await stop.wait()
         print("deeproom relay stopped", flush=True)
 
