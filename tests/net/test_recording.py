@@ -213,3 +213,21 @@ def test_disk_full_stops_recording_room_goes_on(tmp_path: Path) -> None:
 
     asyncio.run(run())
 
+
+
+def test_commands(recorded: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data, live = recorded
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "deeproom.cli", "--data-dir", str(data), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    out = cli("record", "list")
+    assert out.returncode == 0 and live["id"] in out.stdout and "1 chapters" in out.stdout, out
+    out = cli("replay", live["id"], "--at", "0:01", "--speed", "64", "--seconds", "2")
+    assert out.returncode == 0 and "summon to p1" in out.stdout and "1 panels" in out.stdout, out
+    out = cli("record", "export", live["id"], str(tmp_path / "x.tar"))
+    assert out.returncode == 0 and (tmp_path / "x.tar").is_file(), out
