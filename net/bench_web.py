@@ -132,6 +132,7 @@ def chrome(width: int, height: int, extra: tuple[str, ...] = ()) -> Any:
     d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                       {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
     d.set_script_timeout(30)
+    d.set_page_load_timeout(60)  # a page that never loads fails the run instead of hanging it
     return d
 
 
