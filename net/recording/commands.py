@@ -31,12 +31,18 @@ def register(commands: Any, bench: Any) -> None:
     d.add_argument("recording")
     d.set_defaults(func=cmd_delete)
 
-    p = commands.add_parser("replay", help="play a recording back: the room at each moment, from --at, at --speed")
+    p = commands.add_parser("replay", help="play a recording back as a read-only room with a timeline panel "
+                                           "(window, or an offscreen snapshot; --text prints it instead)")
     p.add_argument("recording", help="a recording id (see `deeproom record list`) or a timeline file")
     p.add_argument("--at", default="0:00", metavar="MM:SS", help="start here (default 0:00)")
     p.add_argument("--speed", type=float, default=1.0, help="playback speed (default 1)")
+    p.add_argument("--text", action="store_true", help="print the room once a recorded second instead of opening it")
     p.add_argument("--seconds", type=float, default=None,
-                   help="play this many recorded seconds, printing the room once a second (default: to the end)")
+                   help="print (as --text) this many recorded seconds (default: to the end)")
+    p.add_argument("--headless", action="store_true", help="render offscreen (EGL) and write a PNG snapshot")
+    p.add_argument("--frames", type=int, default=30, help="frames rendered before the snapshot (headless)")
+    p.add_argument("--snapshot", metavar="PNG", help="where the snapshot goes (headless; default snapshots/replay.png)")
+    p.add_argument("--size", default="1280x720", help="window or image size WxH (default 1280x720)")
     p.set_defaults(func=cmd_replay)
 
     b = bench.add_parser("replay", help="recording cost on a real relay, seek time in a synthetic 60-minute recording")
@@ -102,6 +108,17 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         print(f"--speed must be in (0, 64]; got {args.speed:g}")
         return 2
     start = parse_clock(args.at)
+    if not args.text and args.seconds is None:
+        # The room in the app; scenes (Ursina) load only here, never when net/ is imported.
+        from deeproom.scenes.commands import _size
+        from deeproom.scenes.replay import run_replay
+        from deeproom.scenes.runner import RunSettings, decide_headless
+
+        store_blobs = config.data_dir / "recordings" / "blobs"
+        run = RunSettings(headless=decide_headless(args.headless), frames=max(1, args.frames),
+                          snapshot=Path(args.snapshot) if args.snapshot else None, size=_size(args.size))
+        return int(run_replay(tl, at=start, speed=args.speed, run=run,
+                              blobs_dir=None if path.is_file() else store_blobs))
     player = Player(tl)
     print(f"recording of room {tl.room_id!r}: {format_clock(tl.duration)}, chapters: "
           + (", ".join(f"{format_clock(c.t)} {c.title}" for c in tl.chapters) or "none"))
