@@ -31,6 +31,10 @@ class Hud:
         self.search = Text("", parent=ui, origin=(0, 0.5), scale=1.0, color=color.rgb(0.95, 0.95, 0.7))
         self.invite = Text("", parent=ui, origin=(0, 0.5), scale=0.8, color=color.rgb(0.6, 0.9, 1.0))
         self.help = Text(HELP, parent=ui, origin=(0, -0.5), scale=0.7, color=color.rgb(0.6, 0.64, 0.72))
+        # "● recording", red, for everyone while the room's setting `recording` is on (not in a replay)
+        red = color.rgb(0.95, 0.15, 0.15)
+        self.rec_dot = Entity(parent=ui, model="circle", scale=0.018, color=red, enabled=False)
+        self.rec = Text("recording", parent=ui, origin=(0.5, 0.5), scale=0.9, color=red, enabled=False)
         self.layout()
 
     def layout(self) -> None:
@@ -44,6 +48,8 @@ class Hud:
         self.invite.position = (0, 0.32)
         self.notice.position = (-a / 2 + 0.015, -0.44)
         self.help.position = (0, -0.495)
+        self.rec.position = (a / 2 - 0.04, 0.49)
+        self.rec_dot.position = (a / 2 - 0.025, 0.475)
 
     def _set(self, name: str, entity: Text, text: str) -> None:
         if self._cache.get(name) != text:
@@ -57,6 +63,8 @@ class Hud:
         people = len(room.participants) if room is not None else 0
         conn = "connected" if app.connected else "offline"
         self._set("status", self.status, f"DeepRoom · {name} · {people} here · {conn}")
+        recording = room is not None and room.settings.recording and not getattr(app.session, "is_replay", False)
+        self.rec.enabled = self.rec_dot.enabled = recording
         lost = not app.connected
         self.banner.enabled = self.banner_bg.enabled = lost
         if lost:
