@@ -244,3 +244,37 @@ def test_recording_indicator_in_a_live_app(run_scene: Any) -> None:
     out = run_scene(INDICATOR, name="indicator")
     assert out["before"] == 0 and out["off"] == 0, out
     assert out["after"] > 20 and out["text"] == "recording", out
+
+
+def test_damaged_recording_plays_its_intact_part(recorded: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    import queue as queue_mod
+
+    from deeproom.scenes.replay import ReplayClock
+    from deeproom.scenes.session import Notice, RoomUpdate
+
+    data, live = recorded
+    raw = RecordingStore(data / "recordings").timeline_path(live["id"]).read_bytes()
+    cut = tmp_path / "cut" / "timeline.drrec"
+    cut.parent.mkdir()
+    cut.write_bytes(raw[: len(raw) * 2 // 3])
+    tl = read_timeline(cut)
+    assert tl.damage is not None
+    s = ReplaySession(tl, data / "recordings" / "blobs", at=tl.duration / 2, playing=False)
+    try:
+        got: list[Any] = []
+        while not any(isinstance(m, RoomUpdate) for m in got):
+            got.append(s.inbox.get(timeout=10))
+        assert any(isinstance(m, Notice) and "damaged" in m.text for m in got), got
+        room = next(m.room for m in got if isinstance(m, RoomUpdate))
+        assert "p1" in room.panels and "p2" in room.panels
+        s.seek(tl.duration + 100)  # past the intact part: the end of what plays
+        end = None
+        while end is None:
+            m = s.inbox.get(timeout=10)
+            if isinstance(m, ReplayClock) and m.t == tl.duration:
+                end = m
+        assert not end.playing
+    except queue_mod.Empty:
+        raise AssertionError(f"the replay posted nothing: {got}") from None
+    finally:
+        s.close()
