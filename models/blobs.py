@@ -92,16 +92,32 @@ def confusion_blob(evaluation: Any, labels: Sequence[str]) -> bytes:
 
 
 def latent_cloud_blob(embedding: Any, classes: Sequence[str], thumbnails: np.ndarray | None = None, *,
-                      color_by: str = "label") -> bytes:
+                      thumbnail_index: np.ndarray | None = None, color_by: str = "label") -> bytes:
     """Points with labels, predictions and confidence; `color_by` ("label", "prediction" or
-    "confidence") says which colours the points (meta "color_by")."""
+    "confidence") says which colours the points (meta "color_by").
+
+    Thumbnails: with `thumbnail_index` (int [N], −1 = none; `embeddings.thumbnail_plan`),
+    `thumbnails` holds only the rendered images ([T, h, w] or [T, h, w, 3], T ≤ N) and the blob
+    carries both arrays, "thumbnails" and "thumbnail_index" — a 70,000-point cloud carries 4,096
+    images. Without it, `thumbnails` is one image per sample and each point gets
+    `thumbnails[embedding.thumbnail_index]` (and "thumbnail_index" is 0…N−1)."""
     e = embedding
+    n = len(e.positions)
     arrays: dict[str, np.ndarray] = {
         "positions": e.positions.astype(np.float32), "labels": e.labels.astype(np.int16),
         "predictions": e.predictions.astype(np.int16), "confidence": e.confidence.astype(np.float16),
     }
     if thumbnails is not None:
-        arrays["thumbnails"] = np.ascontiguousarray(thumbnails[e.thumbnail_index]).astype(np.uint8)
+        t = np.asarray(thumbnails)
+        if thumbnail_index is None:
+            arrays["thumbnails"] = np.ascontiguousarray(t[e.thumbnail_index]).astype(np.uint8)
+            arrays["thumbnail_index"] = np.arange(n, dtype=np.int32)
+        else:
+            index = np.asarray(thumbnail_index, dtype=np.int32).reshape(-1)
+            if len(index) != n or (len(index) and (index.min() < -1 or index.max() >= len(t))):
+                raise ValueError(f"thumbnail_index must be {n} values in [-1, {len(t)}); got {len(index)}")
+            arrays["thumbnails"] = np.ascontiguousarray(t).astype(np.uint8)
+            arrays["thumbnail_index"] = index
     return encode_content({"kind": "latent_cloud", "classes": list(classes), "method": e.method, "layer": e.layer,
                            "dims": int(e.positions.shape[1]), "color_by": color_by}, arrays)
 

@@ -55,6 +55,15 @@ def _sample(dataset: Any, params: Mapping[str, Any]) -> torch.Tensor:
     return dataset.x[i : i + 1]  # type: ignore[no-any-return]
 
 
+def _shown(dataset: Any, params: Mapping[str, Any]) -> torch.Tensor:
+    """The chosen input as a person sees it: [C, H, W] in [0, 1], mean/std undone (`ds.x` is what
+    the model takes, which may be normalised)."""
+    i = int(params.get("index", 0))
+    if hasattr(dataset, "images01"):
+        return dataset.images01(i)  # type: ignore[no-any-return]
+    return dataset.x[i].clamp(0, 1)  # type: ignore[no-any-return]
+
+
 @_register("graph")
 def _graph(model: LoadedModel, params: Mapping[str, Any], dataset: Any, ctx: JobContext) -> bytes:
     from deeproom.models.graph import extract_graph, graph_blob
@@ -95,7 +104,7 @@ def _cam(method: str) -> Analysis:
         cam = cam_obj.compute(x, target, ctx) if method == "scorecam" else cam_obj.compute(x, target)
         if params.get("upsample", True):
             cam = upsample_cam(cam, tuple(x.shape[-2:]))
-        return grad_cam_blob(x[0], cam[0], layer=layer, target=int(target), method=method)
+        return grad_cam_blob(_shown(dataset, params), cam[0], layer=layer, target=int(target), method=method)
 
     return run
 
@@ -128,7 +137,8 @@ def _attribution(method: str) -> Analysis:
             kw["stride"] = max(1, kw["window"] // 2)
         attr = cls(model.module, **kw).compute(x, int(target))
         ctx.progress(1.0, 1.0, method)
-        return grad_cam_blob(x[0], attribution_map(attr)[0], layer="input", target=int(target), method=method)
+        return grad_cam_blob(_shown(dataset, params), attribution_map(attr)[0], layer="input", target=int(target),
+                             method=method)
 
     return run
 
@@ -158,10 +168,17 @@ def _confusion(model: LoadedModel, params: Mapping[str, Any], dataset: Any, ctx:
     return confusion_blob(ev, labels)
 
 
+EMBED_LIMIT = 70_000
+"""An activation embedding takes at most this many samples (the first ones; param "limit" lowers it)."""
+CLOUD_THUMBNAILS = 4096
+"""A cloud carries at most this many thumbnails (`embeddings.thumbnail_plan`), each at most 32×32."""
+
+
 @_register("latent_cloud")
 def _latent(model: LoadedModel, params: Mapping[str, Any], dataset: Any, ctx: JobContext) -> bytes:
     from deeproom.models.blobs import latent_cloud_blob
-    from deeproom.models.embeddings import ActivationEmbedding, FilterEmbedding
+    from deeproom.models.datasets import thumbnails
+    from deeproom.models.embeddings import ActivationEmbedding, FilterEmbedding, thumbnail_plan
 
     layer = _need(params, "layer")
     method, dims = params.get("method", "tsne"), int(params.get("dims", 2))
@@ -170,10 +187,13 @@ def _latent(model: LoadedModel, params: Mapping[str, Any], dataset: Any, ctx: Jo
         return latent_cloud_blob(emb, [], color_by="label")
     if dataset is None:
         raise AnalysisError("an activation embedding needs a dataset")
-    limit = int(params.get("limit", 2000))
-    ds = dataset.subset(range(min(limit, len(dataset))))
+    n = min(int(params.get("limit", EMBED_LIMIT)), EMBED_LIMIT, len(dataset))
+    ds = dataset if n == len(dataset) else dataset.subset(range(n))
     emb = ActivationEmbedding(model.module, layer, method=method, dims=dims).compute(ds.x, ds.y, ctx)
-    return latent_cloud_blob(emb, list(ds.classes), ds.thumbnails(size=32), color_by=str(params.get("color", "label")))
+    rows, index = thumbnail_plan(n, CLOUD_THUMBNAILS, ctx.seed)
+    size = min(32, max(ds.x.shape[-2:]))  # small images stay small
+    return latent_cloud_blob(emb, list(ds.classes), thumbnails(ds, size=size, indices=rows), thumbnail_index=index,
+                             color_by=str(params.get("color", "label")))
 
 
 ANALYSES["embedding"] = _latent

@@ -188,3 +188,75 @@ def test_feature_visualization_excites_the_channel_and_is_seeded() -> None:
     ctx.cancel()
     with pytest.raises(JobCancelled):
         fv.compute((1, 1, 8, 8), 0, ctx)
+
+
+class ColourNet(nn.Module):
+    """3 → 4 channels, then two classes: a spatial layer ("conv") and a feature layer ("pool")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.conv(x))))
+
+
+def test_overlays_show_the_input_as_it_was_not_as_the_model_takes_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With mean/std the model takes values far outside [0, 1]; every overlay's base image is
+    the un-normalised input, in [0, 1]."""
+    import numpy as np
+
+    from deeproom.content import decode_content
+    from deeproom.models.blobs import image_uint8
+    from deeproom.models.datasets import Preprocess, load_user_data
+    from deeproom.models.loading import load_model
+    from deeproom.models.tasks import run_analysis
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8), y=rng.integers(0, 2, 12))
+    norm = load_user_data(tmp_path / "d.npz", Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)))
+    plain = load_user_data(tmp_path / "d.npz", Preprocess())
+    assert norm.x.min() < -1 and norm.x.max() > 1.5  # normalised: not displayable as it is
+    torch.manual_seed(0)
+    loaded = load_model(ColourNet().eval(), input_shape=(1, 3, 16, 16))
+    want = image_uint8(plain.x[5])
+    assert want.shape == (16, 16, 3) and 0 < want.mean() < 255
+    for name, params in (("gradcam", {"layer": "conv"}), ("layercam", {"layer": "conv"}), ("saliency", {}),
+                         ("occlusion", {}), ("integrated_gradients", {})):
+        meta, arrays = decode_content(run_analysis(loaded, name, {**params, "index": 5}, dataset=norm))
+        assert meta["kind"] == "grad_cam"
+        got = arrays["image"]
+        # uint8 of [0, 1] values; undoing mean/std can differ from the plain load by float rounding only
+        assert got.shape == want.shape and int(np.abs(got.astype(int) - want.astype(int)).max()) <= 1, name
+        assert torch.allclose(norm.images01(5), plain.x[5], atol=1e-5)
+
+
+def test_a_large_cloud_carries_planned_thumbnails_and_a_small_one_one_per_point() -> None:
+    import numpy as np
+
+    from deeproom.content import decode_content
+    from deeproom.models.datasets import ImageDataset, thumbnails
+    from deeproom.models.loading import load_model
+    from deeproom.models.tasks import CLOUD_THUMBNAILS, run_analysis
+
+    torch.manual_seed(0)
+    n = 5000
+    x = torch.rand(n, 3, 16, 16)
+    ds = ImageDataset(x, torch.randint(0, 2, (n,)), ("a", "b"), "many")
+    loaded = load_model(ColourNet().eval(), input_shape=(1, 3, 16, 16))
+    meta, arrays = decode_content(run_analysis(loaded, "embedding", {"layer": "pool", "method": "pca"}, dataset=ds))
+    assert arrays["positions"].shape == (n, 2) and meta["kind"] == "latent_cloud"
+    th, index = arrays["thumbnails"], arrays["thumbnail_index"]
+    assert th.shape == (CLOUD_THUMBNAILS, 16, 16, 3) and th.dtype == np.uint8  # not one image per point
+    assert index.shape == (n,) and index.dtype == np.int32 and index.min() == -1 and index.max() == CLOUD_THUMBNAILS - 1
+    shown = np.flatnonzero(index >= 0)
+    assert len(shown) == CLOUD_THUMBNAILS and len(set(index[shown].tolist())) == CLOUD_THUMBNAILS
+    for i in shown[[0, 100, -1]]:  # each point's thumbnail is its own image
+        assert np.array_equal(th[index[i]], thumbnails(ds, size=16, indices=[int(i)])[0])
+    # a cloud of at most 4,096 points has one thumbnail per point, in point order (as views read it)
+    meta, arrays = decode_content(run_analysis(loaded, "embedding", {"layer": "pool", "method": "pca", "limit": 300},
+                                               dataset=ds))
+    assert arrays["thumbnails"].shape == (300, 16, 16, 3) and arrays["thumbnail_index"].tolist() == list(range(300))
+    assert np.array_equal(arrays["thumbnails"][7], thumbnails(ds, size=16, indices=[7])[0])
