@@ -373,6 +373,7 @@ def _tick_figures(stats0: dict[str, Any], stats1: dict[str, Any]) -> dict[str, A
         "relay_expelled": stats1.get("expelled", 0) - stats0.get("expelled", 0),
         "relay_connects_refused": stats1.get("connects_refused", 0) - stats0.get("connects_refused", 0),
         "relay_refused": stats1.get("refused", 0) - stats0.get("refused", 0),
+        "relay_dropped_ping_timeout": stats1.get("dropped_ping_timeout", 0) - stats0.get("dropped_ping_timeout", 0),
     }
 
 
@@ -602,6 +603,9 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
             result["memory_peak_rss_mb"] = mem["server_peak_rss_mb"]
             result["memory_p99_ms"] = mem["p99_ms"]
             result["memory_normal_clients_dropped"] = mem["normal_clients_dropped"]
+            result["memory_relay_dropped_ping_timeout"] = mem.get("relay_dropped_ping_timeout")
+            result["memory_tick_late_mean_ms"] = mem.get("relay_tick_late_mean_ms")
+            result["memory_load_avg_1min"] = mem["load_avg_1min"]
             if hostile:
                 result["memory_hostile_state_changes"] = mem["state_changes"]
                 result["memory_hostile_tally"] = mem["hostile_tally"]

@@ -38,8 +38,8 @@ from deeproom.errors import DeepRoomError, PermissionDenied
 from deeproom.net import protocol as P
 from deeproom.net.backend import RedisBackend, RoomBackend, SqliteBackend
 from deeproom.net.errors import ProtocolError, RateLimited, TooLarge, error_to_wire
-from deeproom.net.recording import hooks as recording_hooks
 from deeproom.net.ratelimit import TokenBucket
+from deeproom.net.recording import hooks as recording_hooks
 from deeproom.net.relay.admission import Admission
 from deeproom.net.relay.blobs import BlobService
 from deeproom.net.relay.events import forward_event
@@ -96,6 +96,7 @@ class RelayServer:
         )
         self.sio.refuse = self._refuse_early
         self.sio.gate = self._gate
+        self.sio.refusal_pause_s = settings.refusal_pause_s
         self._penalty: dict[str, float] = {}
         """Addresses turned away until a monotonic time (a socket of theirs ran out of strikes)."""
         self._expelling: set[asyncio.Task[None]] = set()
@@ -103,7 +104,7 @@ class RelayServer:
         """Refused connections being held for half a second, per address."""
         self.stats = {"poses_in": 0, "batches_out": 0, "entries_scheduled": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0,
                       "ticks": 0, "ticks_late_10ms": 0, "ticks_late_50ms": 0, "tick_late_total_ms": 0, "expelled": 0,
-                      "connects_refused": 0}
+                      "connects_refused": 0, "dropped_ping_timeout": 0}
         self._secret = b""
         self.admission: Admission
         self.hub = RoomHub(settings, self.backend, self.sio, self.stats, lambda room: self.admission.on_loaded(room))
@@ -264,7 +265,11 @@ class RelayServer:
             except BaseException as exc:
                 if is_fatal(exc):
                     raise
-                return self._refusal(name, sid, exc)
+                ack = self._refusal(name, sid, exc)
+                if self.settings.refusal_pause_s:
+                    # this socket's next message waits (its events run one after another)
+                    await asyncio.sleep(self.settings.refusal_pause_s)
+                return ack
 
         return guarded
 
@@ -329,6 +334,8 @@ class RelayServer:
     async def _expel(self, sess: Session, limit: int, window: float) -> None:
         message = (f"disconnected: more than {limit} refused messages within {window:g} s; "
                    f"this address may connect again in {self.settings.penalty_s:g} s")
+        # the refusal that ran out the strikes is answered first (its ack waits `refusal_pause_s`)
+        await asyncio.sleep(self.settings.refusal_pause_s + 0.05)
         with contextlib.suppress(Exception):
             await self.sio.emit("error", error_to_wire(RateLimited(message)), to=sess.sid, ignore_queue=True)
             await self.sio.disconnect(sess.sid, ignore_queue=True)
@@ -372,6 +379,11 @@ class RelayServer:
         sess = self.sessions.pop(sid, None)
         if sess is None:
             return
+        if reason and str(reason[0]) == str(self.sio.reason.PING_TIMEOUT) and sess.joined:
+            # a joined client whose pong came late (it, or this relay, was starved of CPU)
+            self.stats["dropped_ping_timeout"] += 1
+            log.info("relay: %s (%s, %s) dropped: no pong within %g s", sid, sess.address, sess.participant_id,
+                     self.sio.eio.ping_timeout)
         self._connections[sess.address] -= 1
         if self._connections[sess.address] <= 0:
             del self._connections[sess.address]

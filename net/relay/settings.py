@@ -86,6 +86,9 @@ class RelaySettings:
     `penalty_s` (other addresses are not)."""
     penalty_s: float = 10.0
     """How long an address whose socket ran out of strikes may not connect."""
+    refusal_pause_s: float = 0.01
+    """After a refused message, that socket's next message is read this much later (other
+    sockets are not delayed): a flood of refused messages is served at most ~100 a second."""
 
     def __post_init__(self) -> None:
         if self.room_creation not in ROOM_CREATION:
