@@ -306,3 +306,48 @@ def test_a_runs_three_panels_do_not_land_on_one_spot(room: dict[str, Any]) -> No
         assert overlapping(mo.client.room) == []
     finally:
         link.close()
+
+
+def test_a_large_embedding_reports_progress_through_the_room(room: dict[str, Any], assets: dict[str, Any]) -> None:
+    """An engine hosting 3,000 images: a t-SNE embedding asked for by steer streams running events
+    with progress strictly between 0 and 1 (forward passes, then t-SNE iterations) before done,
+    and the cloud it publishes has every point. (The 70,000-point run is embedding_bench's.)"""
+    n = 3000
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, n)
+    x = rng.integers(0, 64, (n, SIZE, SIZE, 3), dtype=np.uint8)
+    for i, label in enumerate(labels):  # the class's colour square somewhere on the noise
+        img, _ = _image(list(COLOURS.values())[int(label)], rng)
+        x[i] = (img * 255).astype(np.uint8)
+    data = assets["root"] / "big.npz"
+    np.savez(data, x=x, y=labels, classes=np.array(list(COLOURS)))
+    url = room["host"].url
+    owner = BackgroundClient(url, room="big", name="Bo", data_dir=assets["root"] / "bo")
+    owner.wait_ready(60)
+    link = ClientLink(url, "big", "engine", data_dir=assets["root"] / "engine-big")
+    engine = ModelsHost(link, [assets["model"]], data=data).start()
+    try:
+        assert engine.ready.wait(120) and engine.failed is None, engine.failed
+        assert len(engine.service.hosted["m1"].dataset) == n
+        bo = Peer(owner)
+        eid = link.participant_id
+        bo.wait(lambda: "graph-1" in bo.client.room.panels)
+        layer = _last_conv(engine)
+        bo.ask(eid, "embedding", "graph-1", {"layer": layer, "method": "tsne", "dims": 2}, "emb1").result(30)
+        end = bo.final("emb1", timeout=600)
+        assert end["state"] == "done", end
+        mine = [e for e in bo.events if e.get("request_id") == "emb1"]
+        assert mine[-1]["state"] == "done"
+        between = [e["progress"] for e in mine[:-1] if e["state"] == "running" and 0 < e["progress"] < 1]
+        assert len(between) >= 5, [(e["state"], e["progress"]) for e in mine]
+        assert between == sorted(between) and between[-1] > 0.5  # it went forward, well into t-SNE
+        assert any("t-SNE" in e.get("message", "") or "tsne" in e.get("message", "").lower() for e in mine), mine
+        result = end["result_panel"]
+        bo.wait(lambda: result in bo.client.room.panels and bo.client.room.panels[result].content.refs)
+        meta, arrays = decode_content(bo.client.get_blob(bo.client.room.panels[result].content.refs[0]).result(60))
+        assert meta["kind"] == "latent_cloud" and meta["method"] == "tsne"
+        assert arrays["positions"].shape == (n, 2) and arrays["thumbnail_index"].tolist() == list(range(n))
+        assert arrays["thumbnails"].shape == (n, SIZE, SIZE, 3)
+    finally:
+        engine.close()
+        owner.close()
