@@ -67,6 +67,12 @@ def register(commands: Any, bench: Any) -> None:
     b.add_argument("--quick", action="store_true", help="smaller embedding runs")
     b.set_defaults(func=cmd_bench_room)
 
+    b = bench.add_parser("teach", help="steering and a class from inside the room: a menu freeze to the first "
+                                       "step with frozen weights, a logged step to another participant's pixels, "
+                                       "30 participants joining, a 50-panel layout load")
+    b.add_argument("--quick", action="store_true", help="fewer repeats")
+    b.set_defaults(func=cmd_bench_teach)
+
 
 def _voice(args: argparse.Namespace) -> bool:
     """Voice in a window unless --no-voice; offscreen snapshots have no one to talk to."""
@@ -218,5 +224,11 @@ def cmd_bench_render(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_bench_room(args: argparse.Namespace, config: Config) -> int:
     from deeproom.scenes.bench_room import run_bench
+
+    return run_bench(quick=args.quick)
+
+
+def cmd_bench_teach(args: argparse.Namespace, config: Config) -> int:
+    from deeproom.scenes.bench_teach import run_bench
 
     return run_bench(quick=args.quick)
