@@ -41,8 +41,11 @@ def register(commands: Any, bench: Any) -> None:
     p.add_argument("--server", help="a relay URL (default: an embedded relay)")
     p.add_argument("--data", metavar="PATH", help="your data: an image folder with one sub-folder per class, "
                    ".npz (x, y[, classes]) or IDX files; without it analyses run on a built-in digit")
-    p.add_argument("--resize", metavar="HxW", help="resize images to this size (default: the model's input, "
-                   "or the sidecar MODEL.deeproom.json)")
+    p.add_argument("--resize", metavar="HxW", help="resize images to this size (default: the size in the sidecar "
+                   "NAME.deeproom.json beside NAME.onnx, else the model's input)")
+    p.add_argument("--resize-mode", choices=("stretch", "crop", "pad"), default=None,
+                   help="how images reach that size: stretch, crop (short side, centre crop) or pad (fit, "
+                   "black bars); default: the sidecar's, else stretch")
     p.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted from [0,1] pixels")
     p.add_argument("--std", metavar="S[,S,S]", help="per-channel std the pixels are divided by")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (colour) input channels")
@@ -179,7 +182,8 @@ def cmd_open(args: argparse.Namespace, config: Config) -> int:
     print(f"room {room!r} on relay {client.url}")
     paths = [Path(m) for m in args.models]
     keep_freed_memory()
-    pre = {"size": args.resize, "mean": args.mean, "std": args.std, "channels": args.channels}
+    pre = {"size": args.resize, "mean": args.mean, "std": args.std, "channels": args.channels,
+           "resize": args.resize_mode}
 
     def engine(s: Any) -> Any:
         host = ModelsEngine(s, paths, link=_engine_link(client, room, config), data=data, preprocess=pre,
