@@ -351,3 +351,20 @@ def test_a_large_embedding_reports_progress_through_the_room(room: dict[str, Any
     finally:
         engine.close()
         owner.close()
+
+
+def test_open_options_reach_the_data_resize_mode_included(assets: dict[str, Any]) -> None:
+    """`deeproom open --resize 8x16 --resize-mode pad|crop` as the host passes them (hosts.load_data_for)."""
+    from deeproom.models.engine.hosts import load_data_for
+    from deeproom.models.loading import load_model
+
+    loaded = load_model(assets["model"])
+    pad = load_data_for(assets["data"], assets["model"], loaded, {"size": "8x16", "resize": "pad", "channels": None})
+    crop = load_data_for(assets["data"], assets["model"], loaded, {"size": "8x16", "resize": "crop"})
+    assert tuple(pad.x.shape[1:]) == tuple(crop.x.shape[1:]) == (3, 8, 16)
+    assert float(pad.x[:, :, :, :4].abs().max()) == 0 and float(pad.x[:, :, :, 4:12].max()) > 0.5  # black bars
+    assert float(crop.x[:, :, :, :4].max()) > 0  # cropped: image to the edges
+    from deeproom.models.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="resize"):
+        load_data_for(assets["data"], assets["model"], loaded, {"resize": "squash"})
