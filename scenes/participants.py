@@ -6,10 +6,11 @@ muted, hand raised (a yellow mark on the row, and a yellow hand over their avata
 opens what you may do to that person; greyed rows say why not. Below the people, what
 you may do to the room: raise or lower your hand (also H), mute all, lock the layout,
 follow me, summon everyone here or to a panel, create an invite link (role, expiry: shown
-in the HUD and printed on stdout) and the live room's layouts (save a version, load one,
-export to a file, import one).
+in the HUD and printed on stdout), the class's voice modes (teaching mode: push-to-talk for
+students; presenter only: only host and presenters heard) and the live room's layouts (save a
+version, load one, export to a file, import one).
 
-Everything is a core operation (`set_role`, `mute_participant`, `mute_all`, `raise_hand`,
+Everything is a core operation (`set_role`, `mute_participant`, `mute_all`, `set_voice`, `raise_hand`,
 `lock_layout`, `set_follow`) or a relay call (`kick`, `create_invite_link`, the layout
 calls) through the session; the room checks every one and a refusal comes back as a notice.
 Calls that answer later hand their result to the render thread through `app.later`.
@@ -82,7 +83,15 @@ class Participants:
         people = tuple((p.id, p.name, p.role.value, p.muted, p.hand_raised, self._speaking(p.id))
                        for p in room.participants.values())
         s = room.settings
-        return people, s.muted_all, s.layout_locked, s.follow.value, s.presenter
+        return people, s.muted_all, s.layout_locked, s.follow.value, s.presenter, s.voice.value, self.voice_state()
+
+    def voice_state(self) -> tuple[str | None, str | None, str | None]:
+        """This app's voice now: (carried over "mesh" / "sfu", talk mode "open" / "push", the SFU's URL);
+        all None when the session carries no voice. Attribute reads only (safe per frame)."""
+        voice = getattr(self.app.session, "voice", None)
+        if voice is None:
+            return None, None, None
+        return voice.mode, voice.talk_mode, voice.sfu_url
 
     def _speaking(self, pid: str) -> bool:
         pose = self.app.poses.get(pid)
@@ -123,6 +132,8 @@ class Participants:
              app.room_actions.toggle_follow, RUNS_ROOM, "follow me"),
             ("Summon everyone here", app.room_actions.summon, RUNS_ROOM, "summoning"),
         ]
+        voice_bits = [b for b, on in (("teaching mode", settings.voice.value == "sfu"),
+                                      ("presenter only", settings.muted_all)) if on]
         for label, fn, roles, what in room_rows:
             ok, why = (True, "") if roles is None else self._allowed(roles, what)
             rows.append(("do", fn) if ok else ("why", why))
@@ -131,6 +142,7 @@ class Participants:
             enabled.append(ok)
         for label, fn, roles, what in [
             ("Summon everyone to a panel…", self.summon_to_panel_picker, RUNS_ROOM, "summoning"),
+            ("Voice for the class…" + (f" ({', '.join(voice_bits)})" if voice_bits else ""), self.voice_menu, None, ""),
             ("Invite link…", self.invite_picker, ("host",), "creating invite links"),
             ("Layouts…", self.layouts_menu, None, ""),
         ]:
@@ -145,9 +157,11 @@ class Participants:
         self._shown = self.signature()
 
     def tick(self) -> None:
-        """Per frame: the open panel follows the room (a hand raised, a role changed)."""
+        """Per frame: the open panel follows the room (a hand raised, a role changed, a voice mode)."""
         if self.is_open() and self.signature() != self._shown:
             self.open(keep_place=True)
+        elif self.app.menus.mode == "people_voice" and self.signature() != self._shown:
+            self.voice_menu()
 
     def row_of(self, participant_id: str) -> int | None:
         """The row of a participant on the open panel."""
@@ -157,6 +171,48 @@ class Participants:
         me = self.app.session.participant_id
         order = [p.id for p in sorted(room.participants.values(), key=lambda p: (p.id != me, p.name.lower()))]
         return order.index(participant_id) if participant_id in order else None
+
+    # --- voice for the class ----------------------------------------------------------------------
+
+    def voice_menu(self) -> None:
+        """The room's voice modes (host rows) and how this app's voice travels. The rows keep the menu
+        open and it follows the room, so a toggle shows its new state once the room has it."""
+        app = self.app
+        room = app.room
+        if room is None:
+            return
+        settings = room.settings
+        carried, talk, sfu = self.voice_state()
+        teaching = settings.voice.value == "sfu"
+        host_ok, host_why = self._allowed(("host",), "changing the voice mode")
+        if carried is None:
+            status = f"Room voice: {settings.voice.value} · this app has no voice"
+        else:
+            status = f"Room voice: {settings.voice.value} · yours: {carried}, {'push-to-talk' if talk == 'push' else 'open mic'}"
+        if sfu is None:
+            note = "students use push-to-talk over the mesh; start the relay with --sfu for more than six voices"
+        else:
+            note = f"SFU at {sfu[:48]}: more than six voices switch to it"
+        items: list[tuple[str, tuple[str, Any], bool]] = [
+            (status, ("why", status), True),
+            (f"Teaching mode (push-to-talk): {'on' if teaching else 'off'}",
+             ("open", self.toggle_teaching) if host_ok else ("why", host_why), host_ok),
+            (f"Presenter only: {'on' if settings.muted_all else 'off'}",
+             ("open", self.toggle_mute_all) if host_ok else ("why", host_why), host_ok),
+            (note, ("why", note), sfu is not None),  # greyed: there is no SFU to switch to
+        ]
+        rows: list[tuple[str, Any]] = [row for _, row, _ in items] + [("open", self.open)]
+        app.menus.open_list("Voice for the class", rows, [label for label, _, _ in items] + ["back"],
+                            [ok for _, _, ok in items] + [True], keep_place=app.menus.is_open)
+        app.menus.mode = "people_voice"
+        self._shown = self.signature()
+
+    def toggle_teaching(self) -> None:
+        """Teaching mode: students heard only while holding the talk key (`set_voice` "sfu": the SFU above
+        six voices when the relay has one, else the mesh); off goes back to "auto"."""
+        room = self.app.room
+        if room is not None:
+            self.app.apply({"op": "set_voice", "mode": "auto" if room.settings.voice.value == "sfu" else "sfu"})
 
     # --- one person ---------------------------------------------------------------------------
 
