@@ -6,7 +6,8 @@ the live model (the registry's, as for an opened model), so a layer click or a p
 action computes feature maps, filters, CAMs... there; the metrics panel declares pause,
 resume, stop, learning rate and checkpoints (save, restore, compare: the difference is a
 panel); the embedding cloud declares retraining on a selection; the graph declares
-freezing a layer. Every action is role-checked and answered with the service's "stream"
+freezing a layer (or, with an optional "filters" list, some of its filters), and a filters
+panel of the run declares freezing and unfreezing the clicked filter tile. Every action is role-checked and answered with the service's "stream"
 reports. Steering payloads with "cmd" (freeze, set_lr, ...) keep working as before.
 
 Thread safety: an analysis never touches the model being trained. When one is asked for,
@@ -74,7 +75,8 @@ class RunEngine:
 
         self.run = run
         self.link = link
-        self.service = EngineService(EngineLinkOver(link), seed=run.options.seed, notify=self._notify)
+        self.service = _run_service(EngineService)(EngineLinkOver(link), seed=run.options.seed, notify=self._notify)
+        self.service.filter_actions = self._filter_actions
         self.graph_panel = f"{run.name}.graph"
         self.key = run.name
         self._template = copy.deepcopy(run.model)  # the architecture; weights come from snapshots
@@ -168,6 +170,15 @@ class RunEngine:
             ],
         }
 
+    def _filter_actions(self, panel_id: str, layer: str) -> list[dict[str, Any]]:
+        """A filters panel of the run's layer `layer` (computed on the service's thread) offers freezing
+        and unfreezing the clicked filter tile: declared on that panel, the layer taken from it."""
+        decls = [_action(f"{verb}_filter", f"{verb.capitalize()} this filter", "Training",
+                         [{"name": "filter", "type": "tile"}], on="tile") for verb in ("freeze", "unfreeze")]
+        for decl in decls:
+            self.service.add_action(panel_id, decl, self._handler(decl["name"], layer))
+        return [copy.deepcopy(d) for d in decls]
+
     def declare(self, what: str) -> dict[str, Any]:
         """The source keys of the run's panel `what` ("metrics", "latent_cloud", ...): engine, actions
         and unavailable ones with the reason (checkpoint choices follow the checkpoints saved)."""
@@ -199,7 +210,8 @@ class RunEngine:
             out["unavailable"] = unavailable
         return out
 
-    def _handler(self, action: str) -> Callable[[Request], str | None]:
+    def _handler(self, action: str, layer: str | None = None) -> Callable[[Request], str | None]:
+        """`layer`: the layer of the panel the action is declared on (freeze_filter, unfreeze_filter)."""
         from deeproom.models.engine.service import DEFERRED, Refused
 
         def handle(req: Request) -> str | None:
@@ -209,6 +221,13 @@ class RunEngine:
             cmd: dict[str, Any] = {"cmd": action}
             if action in ("freeze", "unfreeze", "embed_layer"):
                 cmd["layer"] = p.get("layer")
+                if action != "embed_layer" and p.get("filters") is not None:
+                    cmd["filters"] = p.get("filters")  # optional: only these filters (output channels)
+            elif action in ("freeze_filter", "unfreeze_filter"):
+                index = p.get("filter")
+                if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                    raise Refused("filter must be the index of a filter (click a filter tile)")
+                cmd = {"cmd": action.removesuffix("_filter"), "layer": layer, "filters": [index]}
             elif action == "set_lr":
                 cmd["lr"] = p.get("lr")
             elif action == "save_checkpoint":
@@ -285,6 +304,23 @@ class LabelEngine:
     def close(self) -> None:
         self.link.route(None)
         self.service.close()
+
+
+def _run_service(base: type) -> type:
+    """The engine service of a run: a filters result panel's source also declares the run's own
+    freeze_filter / unfreeze_filter actions (`filter_actions(panel_id, layer)`, set by RunEngine)."""
+
+    class RunService(base):  # type: ignore[valid-type, misc]
+        filter_actions: Callable[[str, str], list[dict[str, Any]]] | None = None
+
+        def _result_source(self, req: Request) -> dict[str, Any]:
+            source: dict[str, Any] = super()._result_source(req)
+            layer = source.get("layer")
+            if req.action == "filters" and req.result_panel and isinstance(layer, str) and self.filter_actions:
+                source["actions"] = [*source.get("actions", []), *self.filter_actions(req.result_panel, layer)]
+            return source
+
+    return RunService
 
 
 def _data(run: Run) -> tuple[torch.Tensor | None, torch.Tensor | None]:
