@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 
-def step_to_pixels(*, samples: int = 8, size: tuple[int, int] = (960, 540), stream_every_s: float = 0.5,
+def step_to_pixels(*, samples: int = 8, size: tuple[int, int] = (960, 540), stream_every_s: float = 0.25,
                    timeout: float = 180.0) -> dict[str, Any]:
     """{"step_to_pixels_ms": median over the drawn batches' oldest steps, "step_to_pixels_ms_max",
     "step_to_pixels_newest_ms" (median over their newest steps), "step_to_pixels_samples",

@@ -51,7 +51,7 @@ class WatchOptions:
     """Run name: panel ids start with it (letters, digits, _ . : -)."""
     stats_every: int = 10
     """Sample per-filter activation and gradient magnitudes every this many steps."""
-    stream_every_s: float = 0.5
+    stream_every_s: float = 0.25
     """Send collected metric rows and statistics at most this often."""
     publish_every_s: float = 5.0
     """Publish full panel contents at most this often (and at each epoch end and close)."""
