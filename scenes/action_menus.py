@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deeproom.scenes import actions as act
+from deeproom.scenes import painting
 from deeproom.scenes.menu import MenuGeometry, WorldMenu
 from deeproom.scenes.panel_status import StatusStrip
 from deeproom.scenes.prepared import GraphContent, texture_size
@@ -285,7 +286,8 @@ class ActionMenus:
             rows.insert(ok_count, ("do", lambda: self.app.clouds.toggle_room_scale(shown_on)))
             labels.insert(ok_count, "Back to a panel" if shown_on.room_scale else "Open at room scale")
             ok_count += 1
-        where = f" · {context['layer']}" if on == "layer" else f" · {len(context['ids'])} points" if on == "selection" else ""
+        where = f" · {context['layer']}" if on == "layer" else f" · {len(context['ids'])} points" if on == "selection" \
+            else f" · {'filter' if self.filter_grid(shown_on) is not None else 'tile'} {context['index']}" if on == "tile" else ""
         self._open(f"{shown_on.panel.title}{where}"[:60], rows, labels, [True] * ok_count + [False] * len(greyed))
         self.mode = "actions"
         return True
@@ -481,8 +483,21 @@ class ActionMenus:
 
     # --- input strips -------------------------------------------------------------------------
 
+    def filter_grid(self, view: PanelView) -> painting.TileGrid | None:
+        """Where a filters panel's tiles are painted on its face (the painting's own `tile_grid`)."""
+        count = self.app.blob_facts.get(view.panel.id, {}).get("tile_count")
+        if view.panel.kind.value != "filters" or not isinstance(count, int) or count < 1:
+            return None
+        return painting.tile_grid(count, *texture_size(view.size), titled=True)
+
     def tile_of(self, view: PanelView, hit: Hit) -> int | None:
-        """The tile of an input strip (an image panel whose blob meta has "tiles") under a hit."""
+        """The tile under a hit: of an input strip (an image panel whose blob meta has "tiles"), or
+        the filter of a filters panel (a run's declares freeze_filter / unfreeze_filter on it)."""
+        w, h = view.size
+        grid = self.filter_grid(view)
+        if grid is not None:
+            tw, th = texture_size((w, h))
+            return grid.at((hit.u + w / 2) / w * tw, (h / 2 - hit.v) / h * th)
         facts = self.app.blob_facts.get(view.panel.id, {})
         tiles, shape = facts.get("tiles"), facts.get("image_shape")
         if view.panel.kind.value != "image" or not isinstance(tiles, Mapping) or shape is None:
@@ -497,20 +512,28 @@ class ActionMenus:
         """Face coordinates (u, v: unscaled metres from the centre) of tile `index`'s middle."""
         facts = self.app.blob_facts.get(view.panel.id, {})
         tiles, shape = facts.get("tiles"), facts.get("image_shape")
-        if not isinstance(tiles, Mapping) or shape is None:
-            return None
         w, h = view.size
         tw, th = texture_size((w, h))
-        at = act.tile_centre(tiles, shape, (tw, th), index)
+        grid = self.filter_grid(view)
+        at: tuple[float, float] | None
+        if grid is not None:
+            at = grid.centre(index) if 0 <= index < grid.count else None
+        elif not isinstance(tiles, Mapping) or shape is None:
+            return None
+        else:
+            at = act.tile_centre(tiles, shape, (tw, th), index)
         if at is None:
             return None
         return at[0] / tw * w - w / 2, h / 2 - at[1] / th * h
 
     def tile_click(self, view: PanelView, hit: Hit) -> bool:
-        """A click on a tile of an input strip sends the declared tile action with {"index": i}."""
+        """A click on a tile of an input strip sends the declared tile action with {"index": i}; on a
+        filter tile it opens the tile's action menu (freeze or unfreeze that filter: a choice to make)."""
         index = self.tile_of(view, hit)
         if index is None:
             return False
+        if self.filter_grid(view) is not None:
+            return self.has_actions(view, hit) and self.open_actions(view, hit)
         actions, _, _ = act.parse_actions(view.panel.content.source)
         tile_action = next((a for a in actions if a.param("tile") is not None), None)
         if tile_action is None:

@@ -160,7 +160,18 @@ class CloudTools:
         if thumbs is None:
             app.notify("this cloud has no images")
             return
-        grid, _, _ = thumbnail_atlas(np.asarray(thumbs)[np.asarray(idx[:256])])
+        ti = cloud.content.thumbnail_index
+        chosen = np.asarray(idx, dtype=np.int64)
+        sel = chosen if ti is None else ti[chosen]
+        without = int((sel < 0).sum())
+        sel = sel[sel >= 0][:256]
+        if not len(sel):
+            app.notify("none of these points has an image")
+            return
+        if without:
+            app.notify(f"{without} of {len(chosen)} selected points have no image", error=False)
+        grid, _, _ = thumbnail_atlas(np.asarray(thumbs)[sel])
+        title = f"{len(idx)} selected images" if not without else f"{len(sel)} images of {len(idx)} selected"
         blob = encode_content({"kind": "image"}, {"image": grid})
         size = (0.8, 0.8)
         transform = app.room_actions.beside(view, size)
@@ -169,7 +180,7 @@ class CloudTools:
 
         def placed(f2: concurrent.futures.Future[str]) -> None:
             if f2.exception() is None:
-                app.apply({"op": "add_panel", "panel_id": pid, "kind": "image", "title": f"{len(idx)} selected images",
+                app.apply({"op": "add_panel", "panel_id": pid, "kind": "image", "title": title,
                            "transform": transform, "size": list(size),
                            "content": {"source": {"from": view.panel.id}, "refs": [f2.result()]}})
 

@@ -153,6 +153,26 @@ def _strip(values: np.ndarray, frozen_filters: Sequence[int]) -> np.ndarray:
     return np.asarray(rgb, np.uint8).reshape(1, -1, 3)
 
 
+def _filter_count(arrays: Mapping[str, np.ndarray], layer: str) -> int | None:
+    """How many filters a run's layer has (its per-filter series), if the blob says."""
+    for prefix in ("filter_act:", "filter_grad:"):
+        a = arrays.get(prefix + layer)
+        if a is not None and np.asarray(a).size:
+            return int(np.asarray(a).size)
+    return None
+
+
+def frozen_filters_label(layer: str, frozen: Sequence[int], total: int | None) -> str:
+    """A layer row's label when some of its filters are frozen: "conv1 · 1 of 16 filters frozen"
+    ("conv1 · frozen" when all are; without a known total, "conv1 · 1 filter frozen")."""
+    k = len(set(frozen))
+    if total is not None and total > 0 and k >= total:
+        return f"{layer} · frozen"
+    if total is not None and total > 0:
+        return f"{layer} · {k} of {total} filters frozen"
+    return f"{layer} · {k} filter{'s' if k != 1 else ''} frozen"
+
+
 def _paint_layer_rows(img: Image.Image, d: ImageDraw.ImageDraw, meta: Mapping[str, Any],
                       arrays: Mapping[str, np.ndarray], layers: list[str], lay: RowsLayout, width: int) -> None:
     frozen, frozen_filters = frozen_layers(meta)
@@ -166,14 +186,19 @@ def _paint_layer_rows(img: Image.Image, d: ImageDraw.ImageDraw, meta: Mapping[st
     for i, layer in enumerate(layers[: lay.rows]):
         y0 = int(lay.top + i * lay.row_h)
         y1 = int(lay.top + (i + 1) * lay.row_h) - 2
-        whole = is_frozen(layer, frozen)
+        some = frozen_filters.get(layer, [])
+        label = f"{layer} · frozen" if is_frozen(layer, frozen) else layer
+        if some and label == layer:
+            label = frozen_filters_label(layer, some, _filter_count(arrays, layer))
+        whole = label.endswith(" · frozen")  # the layer, or every one of its filters
         if whole:
             d.rectangle((2, y0, width - 3, y1 + 1), fill=FROZEN_TINT)
-        label = f"{layer} · frozen" if whole else layer
-        some = frozen_filters.get(layer, [])
-        if some and not whole:
-            label = f"{layer} · {len(some)} frozen"
-        d.text((10, y0 + 1), label[:28], fill=(200, 235, 255) if whole or some else FOREGROUND, font=f)
+        lf = f
+        for size in range(int(getattr(f, "size", 9)), 7, -1):  # the label fits the name column
+            lf = font(size)
+            if d.textlength(label, font=lf) <= name_w - 12:
+                break
+        d.text((10, y0 + 1), label[:48], fill=(200, 235, 255) if whole or some else FOREGROUND, font=lf)
         for j, prefix in enumerate(("filter_act:", "filter_grad:")):
             values = arrays.get(prefix + layer)
             if values is None:
@@ -412,19 +437,59 @@ def grid_shape(n: int, aspect: float) -> tuple[int, int]:
     return rows, cols
 
 
+@dataclass(frozen=True, slots=True)
+class TileGrid:
+    """Where `tile_maps` paints n tiles on a width x height image (a title header on top): the one
+    geometry both the painting and a click's hit test use (filters, feature maps, attention)."""
+
+    count: int
+    header: int
+    rows: int
+    cols: int
+    cell_w: float
+    cell_h: float
+    pad: float
+
+    def rect(self, i: int) -> tuple[int, int, int, int]:
+        """(x0, y0, w, h) pixels of tile i as painted."""
+        r, c = divmod(i, self.cols)
+        x0, y0 = int(c * self.cell_w + self.pad), int(self.header + r * self.cell_h + self.pad)
+        return x0, y0, max(1, int(self.cell_w - 2 * self.pad)), max(1, int(self.cell_h - 2 * self.pad))
+
+    def centre(self, i: int) -> tuple[float, float]:
+        x0, y0, w, h = self.rect(i)
+        return x0 + w / 2, y0 + h / 2
+
+    def at(self, x: float, y: float) -> int | None:
+        """The tile whose cell holds image pixel (x, y) (from the top-left), or None."""
+        if self.count < 1 or x < 0 or y < self.header:
+            return None
+        c, r = int(x // self.cell_w), int((y - self.header) // self.cell_h)
+        if c >= self.cols or r >= self.rows:
+            return None
+        i = r * self.cols + c
+        return i if i < self.count else None
+
+
+def tile_grid(n: int, width: int, height: int, *, titled: bool = True) -> TileGrid:
+    """The grid `tile_maps` paints n tiles in (a header when there is a title)."""
+    header = max(14, height // 14) if titled else 0
+    rows, cols = grid_shape(max(n, 1), width / max(height - header, 1))
+    tw, th = width / cols, (height - header) / rows
+    return TileGrid(max(n, 0), header, rows, cols, tw, th, max(1.0, min(tw, th) * 0.06))
+
+
 def tile_maps(maps: np.ndarray, width: int, height: int, *, signed: bool = False, title: str = "") -> np.ndarray:
-    """Maps [N, H, W] (each normalised on its own) or RGB [N, H, W, 3] tiled onto one image."""
+    """Maps [N, H, W] (each normalised on its own) or RGB [N, H, W, 3] tiled onto one image
+    (where: `tile_grid`)."""
     arr = np.nan_to_num(np.asarray(maps, dtype=np.float32))
     img, d = canvas(width, height)
-    header = max(14, height // 14) if title else 0
-    if title:
-        d.text((6, 1), title, fill=FOREGROUND, font=font(max(10, header - 4)))
     n = int(arr.shape[0])
+    grid = tile_grid(n, width, height, titled=bool(title))
+    if title:
+        d.text((6, 1), title, fill=FOREGROUND, font=font(max(10, grid.header - 4)))
     if n == 0:
         return to_array(img)
-    rows, cols = grid_shape(n, width / max(height - header, 1))
-    tw, th = width / cols, (height - header) / rows
-    pad = max(1.0, min(tw, th) * 0.06)
     for i in range(n):
         m = arr[i]
         if m.ndim == 3:
@@ -433,9 +498,7 @@ def tile_maps(maps: np.ndarray, width: int, height: int, *, signed: bool = False
             rgb = colormap.diverging(m)
         else:
             rgb = colormap.sequential(colormap.normalise(m))
-        r, c = divmod(i, cols)
-        x0, y0 = int(c * tw + pad), int(header + r * th + pad)
-        w, h = max(1, int(tw - 2 * pad)), max(1, int(th - 2 * pad))
+        x0, y0, w, h = grid.rect(i)
         tile = Image.fromarray(np.ascontiguousarray(rgb), "RGB").resize((w, h), Image.Resampling.NEAREST)
         img.paste(tile, (x0, y0))
     return to_array(img)

@@ -47,6 +47,7 @@ class CloudContent:
     atlas_grid: tuple[int, int] = (1, 1)  # (cols, rows)
     thumbnails: np.ndarray | None = None  # the raw thumbnails (for "show images")
     trails: np.ndarray | None = None  # [T, N, D]
+    thumbnail_index: np.ndarray | None = None  # [N] int64: the thumbnail point i shows, -1 = none
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,25 @@ def _prepare(kind: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray
             if len(a) != n:
                 raise ValueError(f"{name} has {len(a)} entries for {n} points")
         thumbs = arrays.get("thumbnails")
+        tindex: np.ndarray | None = None
         atlas, grid = None, (1, 1)
         if thumbs is not None:
-            if thumbs.ndim not in (3, 4) or len(thumbs) != n:
-                raise ValueError(f"thumbnails must be [N, h, w] or [N, h, w, 3] for N={n}; got {list(thumbs.shape)}")
+            if thumbs.ndim not in (3, 4):
+                raise ValueError(f"thumbnails must be [T, h, w] or [T, h, w, 3]; got {list(thumbs.shape)}")
+            ti = arrays.get("thumbnail_index")
+            if ti is None:  # the older form: one thumbnail per point
+                if len(thumbs) != n:
+                    raise ValueError(f"thumbnails must be one per point (N={n}) without thumbnail_index; "
+                                     f"got {len(thumbs)}")
+                tindex = np.arange(n, dtype=np.int64)
+            else:
+                if not np.issubdtype(ti.dtype, np.integer):
+                    raise ValueError(f"thumbnail_index must be integers; got {ti.dtype}")
+                tindex = np.asarray(ti, np.int64).ravel()
+                if len(tindex) != n or (n and (int(tindex.min()) < -1 or int(tindex.max()) >= len(thumbs))):
+                    raise ValueError(f"thumbnail_index must be {n} values in [-1, {len(thumbs)}); "
+                                     f"got {len(tindex)} values"
+                                     + (f" in [{int(tindex.min())}, {int(tindex.max())}]" if len(tindex) else ""))
             atlas, cols, rows = painting.thumbnail_atlas(thumbs)
             grid = (cols, rows)
         trails = arrays.get("trails")
@@ -134,7 +150,7 @@ def _prepare(kind: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray
             trails = None  # trails are decoration; a mismatched one is dropped, not fatal
         classes = [str(c) for c in meta.get("classes", [])]
         return CloudContent(np.nan_to_num(pos), labels, preds, conf, classes, atlas, grid,
-                            thumbs, None if trails is None else np.asarray(trails, np.float32))
+                            thumbs, None if trails is None else np.asarray(trails, np.float32), tindex)
     if kind == "feature_maps":
         maps = np.asarray(_need(arrays, "maps", kind))
         if maps.ndim == 3 and maps.shape[0] > WALL_THRESHOLD:

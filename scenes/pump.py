@@ -70,6 +70,9 @@ def blob_facts(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> dic
     image = arrays.get("image")
     if image is not None and image.ndim >= 2:
         facts["image_shape"] = (int(image.shape[0]), int(image.shape[1]))
+    filters = arrays.get("filters")
+    if meta.get("kind") == "filters" and filters is not None and filters.ndim in (3, 4):
+        facts["tile_count"] = int(filters.shape[0])  # a filters panel's tiles: a click there is on a filter
     if meta.get("kind", "metrics") == "metrics" and str(meta.get("x", "step")) == "step":
         layers = painting.run_layers(meta, arrays)
         if layers:

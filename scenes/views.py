@@ -457,6 +457,10 @@ class CloudView(ContentView):
         """Level of detail: image quads for the nearest points, facing the viewer; dots elsewhere."""
         d2 = ((self.pos - viewer_local[None, :].astype(np.float32)) ** 2).sum(axis=1)
         near = np.flatnonzero(d2 < self.NEAR * self.NEAR)
+        ti = self.content.thumbnail_index
+        if ti is None:
+            ti = np.arange(len(self.pos), dtype=np.int64)
+        near = near[ti[near] >= 0]  # only points that have an image (a big cloud carries some)
         if len(near) > self.MAX_THUMBS:
             near = near[np.argpartition(d2[near], self.MAX_THUMBS)[: self.MAX_THUMBS]]
         if self._thumb_node is not None:
@@ -473,7 +477,7 @@ class CloudView(ContentView):
         up = np.cross(fwd, right)
         side = 0.01 if len(self.pos) > 5000 else 0.014
         cols, rows = self.content.atlas_grid
-        uv = painting.atlas_uv(near, cols, rows)
+        uv = painting.atlas_uv(ti[near], cols, rows)
         centres = self.pos[near] - fwd * 0.002
         tint = (self.colours()[near].astype(np.float32) * 0.6 + 102).clip(0, 255).astype(np.uint8)
         node = batch.quads("cloud-thumbs", centres, right * side, up * side, tint, uv)
