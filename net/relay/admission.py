@@ -69,6 +69,20 @@ def _background_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 15)
 
 
+_RANK = {r: i for i, r in enumerate(Role)}
+"""Roles by power: host 0, presenter 1, member 2, viewer 3."""
+
+
+def _asked_role(raw: Any) -> Role | None:
+    """The join's optional `role`: the role the joiner asks for (it can only lower theirs)."""
+    if raw is None:
+        return None
+    try:
+        return Role(raw)
+    except (ValueError, TypeError):
+        raise ValidationError(f"join role must be host, presenter, member or viewer; got {raw!r:.40}") from None
+
+
 class Admission:
     """Joins, leaves and the host's actions on one relay node."""
 
@@ -124,6 +138,7 @@ class Admission:
         invite = P.require_str(d, "invite", "invite", 2048, optional=True)
         create_token = P.require_str(d, "create_token", "room creation token", 256, optional=True)
         sv = P.require_bytes(d, "sv", "state vector", P.MAX_STATE_VECTOR, optional=True)
+        asked = _asked_role(d.get("role"))
         made_key = key is None
         if key is None:
             key = secrets.token_urlsafe(24)  # the id is bound to a key either way; the client gets this one back
@@ -147,7 +162,7 @@ class Admission:
             self._check_identity(room, pid, key)
             if not invite and room.meta.password is not record and self._needs_password(room, pid):
                 raise JoinRefused(f"the password of room {room.id!r} changed while you joined; join again")
-            await self._admit(room, pid, name, colour, key, granted)
+            await self._admit(room, pid, name, colour, key, granted, asked)
             sess.room_id = room.id
             sess.participant_id = pid
             room.sessions[sess.sid] = sess
@@ -252,8 +267,12 @@ class Admission:
         if not matched:
             raise JoinRefused(f"wrong password for room {room.id!r}")
 
-    async def _admit(self, room: LiveRoom, pid: str, name: str, colour: str, key: str, granted: Role) -> None:
-        """Apply the joiner's Join as the relay and bind their id to their key (caller holds room.lock)."""
+    async def _admit(self, room: LiveRoom, pid: str, name: str, colour: str, key: str, granted: Role,
+                     asked: Role | None = None) -> None:
+        """Apply the joiner's Join as the relay and bind their id to their key (caller holds room.lock).
+
+        `asked` (the join's optional `role`) may only lower what a newcomer is granted: a role
+        above it is refused; a returning participant (or the room's creator) keeps theirs."""
         meta = room.meta
         existing = room.doc.snapshot().participants.get(pid)
         if existing is not None:
@@ -262,6 +281,12 @@ class Admission:
             role = Role(meta.roles[pid])
         else:
             role = granted
+        if asked is not None:
+            if _RANK[asked] < _RANK[role]:
+                raise JoinRefused(f"this join grants role {role.value!r}, not {asked.value!r}: a join's role may only "
+                                  "lower it (a higher role comes with an invite or from the host)")
+            if existing is None and pid not in meta.roles:
+                role = asked
         try:
             if existing is None or existing.name != name or existing.colour != colour:
                 await self.hub.apply(room, Join(pid, name, colour, role), SYSTEM, None, None)
