@@ -19,7 +19,7 @@ from deeproom.presence import Pose, encode_pose
 from .conftest import eventually
 
 CLIENT_EVENTS = ["join", "op", "event", "blob_begin", "blob_chunk", "blob_end", "blob_get", "invite", "kick",
-                 "set_password", "sync", "pose", "pa"]
+                 "set_password", "sync", "pose", "pa", "layout"]
 RESERVED = ["connect", "disconnect", "connect_error", "message", "*", "update", "poses", "error", "kicked"]
 """Socket.IO's own event names, the catch-all and the relay's outgoing events: never dispatched from a client."""
 EVENTS = CLIENT_EVENTS + RESERVED
@@ -29,7 +29,8 @@ payloads = st.recursive(
     json_leaf,
     lambda children: st.lists(children, max_size=5) | st.dictionaries(
         st.sampled_from(["room", "name", "participant_id", "id", "op", "kind", "payload", "to", "sha", "size",
-                         "offset", "data", "length", "sv", "invite", "password", "panel_id", "transform", "x"])
+                         "offset", "data", "length", "sv", "invite", "password", "panel_id", "transform", "x",
+                         "action", "version", "prune", "blob", "role"])
         | st.text(max_size=8),
         children,
         max_size=6,
@@ -121,6 +122,12 @@ def _nested(depth: int) -> Any:
 @example(msg=("op", {"id": "deep", "op": {"op": "set_panel_content", "panel_id": "p1", "content": _nested(40)}}))
 @example(msg=("op", {"id": "lv", "op": {"op": "leave", "participant_id": "fz"}}))
 @example(msg=("op", {"id": "jn", "op": {"op": "join", "participant_id": "fz", "display_name": "F", "role": "host"}}))
+# layouts: a viewer lists and exports (answered ok, nothing changes); saving, loading, importing are refused
+@example(msg=("layout", {"action": "list"}))
+@example(msg=("layout", {"action": "export"}))
+@example(msg=("layout", {"action": "save", "name": "x"}))
+@example(msg=("layout", {"action": "load", "name": "x", "prune": True}))
+@example(msg=("layout", {"action": "nope"}))
 def test_fuzzed_messages_are_refused_and_change_nothing(harness: Harness, msg: tuple[str, Any]) -> None:
     event, data = msg
     before = harness.lt.run(_state(harness.host))
@@ -131,7 +138,10 @@ def test_fuzzed_messages_are_refused_and_change_nothing(harness: Harness, msg: t
             assert isinstance(ack, dict) and ack.get("ok") is False, (event, ack)
             assert ack["error"]["type"] == "ProtocolError" and "unknown event" in ack["error"]["message"], ack
         elif isinstance(ack, dict):
-            assert ack.get("ok") is False or event in ("sync", "blob_get"), ack
+            # sync, blob_get and layout list/export answer members and viewers; nothing else succeeds
+            assert ack.get("ok") is False or event in ("sync", "blob_get", "layout"), ack
+            if event == "layout" and ack.get("ok"):
+                assert isinstance(data, dict) and data.get("action") in ("list", "export") and client is harness.joined
     # the relay still serves: the host's own edit goes through and nothing else changed
     harness.lt.run(harness.host.apply({"op": "retitle_panel", "panel_id": "p1", "title": "t"}))
     assert harness.lt.run(_state(harness.host)) == before

@@ -80,6 +80,7 @@ class Page {
       url: relay, room: roomId, name, pid: who.pid, key: who.key,
       colour: localStorage.getItem('deeproom:colour') || randomColour(),
       invite: params.get('invite'), password: params.get('password'),
+      askRole: params.get('edit') === '1' ? null : undefined, // viewer unless invited or edit=1
     });
     this.scene = new RoomScene($('#stage'));
     this.drawn = new Map(); // panel id → key of what is drawn

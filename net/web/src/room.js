@@ -34,10 +34,12 @@ export function identity(relay, room, wantedId) {
 }
 
 export class RoomConnection extends EventTarget {
-  constructor({ url, room, name, pid, key, colour, invite, password }) {
+  constructor({ url, room, name, pid, key, colour, invite, password, askRole }) {
     super();
     this.url = url; this.room = room; this.name = name; this.pid = pid; this.key = key;
     this.colour = colour; this.invite = invite || null; this.password = password || null;
+    // without an invite, ask the relay for 'viewer' (a join's role can only lower, never raise)
+    this.askRole = askRole === undefined ? (this.invite ? null : 'viewer') : askRole;
     this.doc = new Y.Doc();
     this.role = null;
     this.sfuUrl = null;
@@ -87,6 +89,7 @@ export class RoomConnection extends EventTarget {
     const msg = { room: this.room, name: this.name, participant_id: this.pid, key: this.key, colour: this.colour };
     if (this.invite) msg.invite = this.invite;
     if (this.password) msg.password = this.password;
+    if (this.askRole) msg.role = this.askRole;
     const first = this.doc.store.clients.size === 0;
     if (!first) msg.sv = Y.encodeStateVector(this.doc);
     const ack = await this._ack('join', msg, 15000);
