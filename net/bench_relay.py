@@ -119,14 +119,17 @@ _ENTRY = np.dtype([("n", "u1"), ("pid", "u1", 4), ("ver", "u1"), ("flags", "u1")
 
 
 class _FastTally:
-    """Counts for every client of one process, indexed by sender number."""
+    """Counts for every client of one process, indexed by sender number. With several relay
+    nodes (client i on node i % nodes) the ages of poses from another node are also kept apart."""
 
-    def __init__(self, t0: float, t1: float, n_local: int, n_total: int) -> None:
+    def __init__(self, t0: float, t1: float, n_local: int, n_total: int, nodes: int = 1) -> None:
         self.t0, self.t1 = t0, t1
+        self.nodes = nodes
         self.last = np.full((n_local, n_total), -1, dtype=np.int64)
         self.delivered = 0
         self.batches: list[tuple[float, int]] = []
         self.latencies: list[np.ndarray] = []
+        self.cross: list[np.ndarray] = []
 
     def batch(self, me: int, own: int, data: bytes, now: float) -> None:
         server_time = _BATCH.unpack_from(data, 0)[1]
@@ -142,11 +145,15 @@ class _FastTally:
         sent_new = sent[new]
         self.delivered += int(((sent_new >= self.t0) & (sent_new <= self.t1)).sum())
         if self.t0 <= now <= self.t1:
-            self.latencies.append((now - sent_new).astype(np.float32))
+            ages = (now - sent_new).astype(np.float32)
+            self.latencies.append(ages)
+            if self.nodes > 1:
+                self.cross.append(ages[(idx[new] % self.nodes) != (own % self.nodes)])
 
 
-def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float, ready: Any, go: Any, times: Any,
-                 results: Any, password: str | None = None) -> None:
+def _client_proc(url: str | list[str], mode: str, ids: list[str], n_total: int, rate: float, ready: Any, go: Any,
+                 times: Any, results: Any, password: str | None = None) -> None:
+    """`url`: the relay, or one URL per node (client cNNN joins node NNN % nodes)."""
     from deeproom.net.sio_client import RelaySocketClient
     from deeproom.presence import Pose, encode_pose
 
@@ -189,7 +196,8 @@ def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float,
             else:
                 sio = RelaySocketClient(reconnection=False)
             sio.on("poses" if mode == "relay" else "pose", make_handler(i, pid))
-            await sio.connect(url, transports=["websocket"], wait_timeout=30)
+            node_url = url if isinstance(url, str) else url[int(pid[1:]) % len(url)]
+            await sio.connect(node_url, transports=["websocket"], wait_timeout=30)
             sio.index = i
             join: dict[str, Any] = {"room": ROOM, "name": pid, "participant_id": pid}
             if password is not None:  # the hostile bench: a room with a password, ids bound to keys
@@ -202,7 +210,7 @@ def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float,
         await asyncio.get_running_loop().run_in_executor(None, go.wait)
         start, t0, t1, end = times[0], times[1], times[2], times[3]
         tally = _Tally(t0, t1)
-        fast = _FastTally(t0, t1, len(ids), n_total)
+        fast = _FastTally(t0, t1, len(ids), n_total, 1 if isinstance(url, str) else len(url))
         sent = [0]
         dropped = [0]
         period = 1.0 / rate
@@ -229,11 +237,12 @@ def _client_proc(url: str, mode: str, ids: list[str], n_total: int, rate: float,
         await asyncio.sleep(0.5)  # let the last batches arrive
         if mode == "relay":
             lat = np.concatenate(fast.latencies) if fast.latencies else np.zeros(0, np.float32)
+            cross = np.concatenate(fast.cross) if fast.cross else np.zeros(0, np.float32)
             results.put((sent[0], fast.delivered, np.asarray(fast.batches, dtype=np.float64).tobytes(), lat.tobytes(),
-                         dropped[0]))
+                         dropped[0], cross.tobytes()))
         else:
             results.put((sent[0], tally.delivered, np.asarray(tally.batches, dtype=np.float64).tobytes(),
-                         np.asarray(tally.latencies, dtype=np.float32).tobytes(), dropped[0]))
+                         np.asarray(tally.latencies, dtype=np.float32).tobytes(), dropped[0], b""))
         for c in clients:
             with contextlib.suppress(Exception):
                 await c.disconnect()
@@ -253,7 +262,10 @@ def _key(pid: str) -> str:
 
 def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: int, server_pid: int,
               warmup: float = 2.0, password: str | None = None, hostile: int = 0,
-              data_dir: Path | None = None) -> dict[str, Any]:
+              data_dir: Path | None = None, more_nodes: tuple[tuple[str, int], ...] = (),
+              redis_pid: int | None = None) -> dict[str, Any]:
+    """One load. `more_nodes`: (url, pid) of further relay nodes sharing the room through Redis
+    (`redis_pid`); the clients are then split across all nodes."""
     import psutil
 
     from deeproom.net.bench_hostile import hostile_proc
@@ -264,7 +276,9 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
     times = ctx.Array("d", 4)
     ids = [f"c{i:03d}" for i in range(n)]
     groups = [ids[i::procs] for i in range(procs)]
-    workers = [ctx.Process(target=_client_proc, args=(url, mode, g, n, rate, ready, go, times, results, password),
+    urls = [url, *(u for u, _ in more_nodes)]
+    target: str | list[str] = url if not more_nodes else urls
+    workers = [ctx.Process(target=_client_proc, args=(target, mode, g, n, rate, ready, go, times, results, password),
                            daemon=True)
                for g in groups if g]
     hostiles = []
@@ -276,6 +290,8 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
     for w in workers + hostiles:
         w.start()
     server = psutil.Process(server_pid)
+    nodes_ps = [server, *(psutil.Process(pid) for _, pid in more_nodes)]
+    redis_ps = psutil.Process(redis_pid) if redis_pid is not None else None
     sampler = _RssSampler(server)
     try:
         _gather(ready, workers + hostiles, len(workers) + len(hostiles), 180, "join")
@@ -288,23 +304,30 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         go.set()
         time.sleep(max(0.0, times[1] - time.time()))
         cpu0 = sum(server.cpu_times()[:2])
+        ncpu0 = [sum(p.cpu_times()[:2]) for p in nodes_ps]
+        rcpu0 = sum(redis_ps.cpu_times()[:2]) if redis_ps is not None else 0.0
         procs_ps = [psutil.Process(w.pid) for w in workers]
         ccpu0 = sum(sum(p.cpu_times()[:2]) for p in procs_ps)
         hostile_ps = [psutil.Process(w.pid) for w in hostiles]
         hcpu0 = sum(sum(p.cpu_times()[:2]) for p in hostile_ps)
         stats0 = _stats(url) if mode == "relay" else {}
+        more0 = [_stats(u) for u in urls[1:]] if mode == "relay" else []
         rss0 = server.memory_info().rss
         wall0 = time.monotonic()
         time.sleep(max(0.0, times[2] - time.time()))
         cpu1 = sum(server.cpu_times()[:2])
+        ncpu1 = [sum(p.cpu_times()[:2]) for p in nodes_ps]
+        rcpu1 = sum(redis_ps.cpu_times()[:2]) if redis_ps is not None else 0.0
         ccpu1 = sum(sum(p.cpu_times()[:2]) for p in procs_ps)
         hcpu1 = sum(sum(p.cpu_times()[:2]) for p in hostile_ps)
         stats1 = _stats(url) if mode == "relay" else {}
+        more1 = [_stats(u) for u in urls[1:]] if mode == "relay" else []
         rss1 = server.memory_info().rss
         wall1 = time.monotonic()
         sent = delivered = entries = disconnected = 0
         lat: list[np.ndarray] = []
-        for s, d, b, raw, gone in _gather(results, workers, len(workers), 120, "report"):
+        cross_lat: list[np.ndarray] = []
+        for s, d, b, raw, gone, cross_raw in _gather(results, workers, len(workers), 120, "report"):
             sent += s
             delivered += d
             disconnected += gone
@@ -314,6 +337,7 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
                 inside = (batches[:, 0] > stats0["time"]) & (batches[:, 0] <= stats1["time"])
                 entries += int(batches[inside, 1].sum())
             lat.append(np.frombuffer(raw, dtype=np.float32))
+            cross_lat.append(np.frombuffer(cross_raw, dtype=np.float32))
         tally: dict[str, int] = {}
         if hostiles:
             tally = json.loads(_gather(hostile_results, hostiles, 1, 120, "report")[0][1])
@@ -330,11 +354,32 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
     if mode == "relay":
         # The relay sends each participant's latest pose once per tick; what it scheduled
         # for everyone (skipped, backed-up recipients included) is what was expected.
+        # (several nodes: their counts summed; batches are counted inside node 1's window)
         expected = stats1["entries_scheduled"] - stats0["entries_scheduled"]
+        expected += sum(b["entries_scheduled"] - a["entries_scheduled"] for a, b in zip(more0, more1, strict=True))
         received = entries
     else:
         expected, received = all_poses, delivered
     cpu = cpu1 - cpu0
+    wall = wall1 - wall0
+    multi: dict[str, Any] = {}
+    if more_nodes:
+        crossed = np.concatenate(cross_lat) * 1000.0 if cross_lat else np.zeros(0)
+        node_cpu = [b - a for a, b in zip(ncpu0, ncpu1, strict=True)]
+        ticks = (stats1.get("ticks", 0) - stats0.get("ticks", 0)
+                 + sum(b.get("ticks", 0) - a.get("ticks", 0) for a, b in zip(more0, more1, strict=True)))
+        multi = {
+            "nodes": len(urls),
+            "cross_node_p50_ms": round(float(np.percentile(crossed, 50)), 2) if crossed.size else None,
+            "cross_node_p99_ms": round(float(np.percentile(crossed, 99)), 2) if crossed.size else None,
+            "cross_node_samples": int(crossed.size),
+            "per_node_cpu_pct": [round(100.0 * c / wall, 1) for c in node_cpu],
+            "nodes_us_per_delivery": round(1e6 * sum(node_cpu) / received, 2) if received else None,
+            "redis_cpu_pct": round(100.0 * (rcpu1 - rcpu0) / wall, 1),
+            # each node publishes one batch per room per tick (its own clients' changed poses)
+            "redis_publishes_per_s": round(ticks / wall, 1),
+            "redis_us_per_publish": round(1e6 * (rcpu1 - rcpu0) / ticks, 1) if ticks else None,
+        }
     return {
         "expected": expected,
         "delivered": received,
@@ -357,6 +402,7 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         **(_tick_figures(stats0, stats1) if stats0 else {}),
         "hostile_tally": tally,
         "normal_clients_dropped": disconnected,
+        **multi,
     }
 
 
@@ -482,6 +528,70 @@ class _Server:
         self.log.close()
 
 
+class _Redis:
+    """A real redis-server on a free port (no persistence: a bench), stopped by PID."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import shutil
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise SystemExit("--nodes needs redis-server (listed in tools/system-packages.txt)")
+        self.port = _free_port()
+        self.log = open(data_dir / f"redis-{self.port}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(data_dir), "--protected-mode", "yes"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        _wait_port(self.port, self.proc)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+
+def _measure_nodes(n: int, nodes: int, rate: float, seconds: float, procs: int, workdir: Path,
+                   tick_hz: float = 30.0) -> dict[str, Any]:
+    """One load of n clients split across `nodes` relay processes sharing the room through a
+    real redis-server (client cNNN on node NNN % nodes)."""
+    data = workdir / f"nodes{nodes}-{n}-{time.monotonic_ns()}"
+    data.mkdir()
+    redis = _Redis(data)
+    servers: list[_Server] = []
+    try:
+        for i in range(nodes):
+            d = data / f"node{i}"
+            d.mkdir()
+            servers.append(_Server("relay", d, tick_hz, ("--redis", redis.url)))
+        first, rest = servers[0], servers[1:]
+        return _run_load(first.url, "relay", n, rate, seconds, max(procs, nodes), first.proc.pid,
+                         more_nodes=tuple((s.url, s.proc.pid) for s in rest), redis_pid=redis.proc.pid)
+    finally:
+        for srv in servers:
+            srv.stop()
+        redis.stop()
+
+
+SWEEP_SIZES = (10, 20, 30, 40, 50, 60, 70, 80, 100, 125, 150, 200, 250, 300)
+"""Room sizes the single-node sweep tries, in order, up to --sweep-max (it stops at the first that misses)."""
+
+
+def _projection(us_per_delivery: float | None, people: int, rate: float, tick_hz: float) -> dict[str, Any]:
+    """What `people` in one room cost at the measured per-delivery CPU: every receiver gets every
+    other participant's latest pose each tick (when poses come at least as often as ticks)."""
+    if not us_per_delivery:
+        return {}
+    per_s = people * (people - 1) * min(rate, tick_hz)
+    cores = us_per_delivery * per_s / 1e6
+    return {f"projected_{people}_deliveries_per_s": int(per_s), f"projected_{people}_relay_cores": round(cores, 2)}
+
+
 BENCH_PASSWORD = "bench-password"
 
 
@@ -578,20 +688,51 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
             })
             if base["p99_ms"] and main["p99_ms"]:
                 result["p99_vs_baseline"] = round(main["p99_ms"] / base["p99_ms"], 3)
+        nodes = int(getattr(args, "nodes", 1) or 1)
+        if nodes > 1:
+            # the same load (same room size, rate, seconds) split across nodes through Redis; the
+            # single-node figures are the main run's above, measured in this same invocation
+            mr = _measure_nodes(n, nodes, rate, seconds, procs, work, tick)
+            print(f"nodes={nodes} N={n}: {mr}", flush=True)
+            result.update({
+                "nodes": nodes,
+                "clients_per_node": n // nodes,
+                "cross_node_p50_ms": mr["cross_node_p50_ms"],
+                "cross_node_p99_ms": mr["cross_node_p99_ms"],
+                "cross_node_samples": mr["cross_node_samples"],
+                "multi_node_p99_ms": mr["p99_ms"],
+                "multi_node_delivered_ratio": mr["delivered_ratio"],
+                "per_node_cpu_pct": mr["per_node_cpu_pct"],
+                "nodes_us_per_delivery": mr["nodes_us_per_delivery"],
+                "redis_cpu_pct": mr["redis_cpu_pct"],
+                "redis_publishes_per_s": mr["redis_publishes_per_s"],
+                "redis_us_per_publish": mr["redis_us_per_publish"],
+                "multi_node_clients_dropped": mr["normal_clients_dropped"],
+                "single_node_p99_ms": main["p99_ms"],
+                "single_node_cpu_pct": main["server_cpu_pct"],
+            })
         if args.sweep:
             best = None
             sweep: list[dict[str, Any]] = []
-            for size in (10, 20, 30, 40, 50, 60, 70, 80, 100):
+            sweep_max = int(getattr(args, "sweep_max", 300) or 300)
+            for size in (x for x in SWEEP_SIZES if x <= sweep_max):
                 r = _measure("relay", size, rate, max(3.0, seconds / 2), procs, work, tick)
                 print(f"sweep   N={size}: {r}", flush=True)
                 sweep.append({"clients": size, "p99_ms": r["p99_ms"], "delivered_ratio": r["delivered_ratio"],
-                              "server_cpu_pct": r["server_cpu_pct"]})
+                              "server_cpu_pct": r["server_cpu_pct"], "us_per_delivery": r["us_per_delivery"],
+                              "clients_cpu_pct": r["clients_cpu_pct"], "load_avg_1min": r["load_avg_1min"]})
                 if r["p99_ms"] is not None and r["p99_ms"] <= 100.0 and r["delivered_ratio"] >= 0.95:
                     best = size
                 else:
                     break
             result["sweep"] = sweep
+            result["sweep_max"] = sweep_max
             result["max_clients_p99_le_100ms"] = best
+        # the projection uses the per-delivery cost of the largest room measured (fixed costs amortised)
+        measured = [(r["clients"], r["us_per_delivery"]) for r in result.get("sweep", []) if r["us_per_delivery"]]
+        basis = max(measured) if measured else (n, main["us_per_delivery"])
+        result["projection_basis_clients"] = basis[0]
+        result.update(_projection(basis[1], 300, rate, tick))
         if args.memory_seconds > 0:
             mem = _measure("relay", n, rate, float(args.memory_seconds), procs, work, tick, secure=hostile > 0,
                            hostile=hostile)

@@ -42,3 +42,21 @@ def test_bench_relay_hostile_changes_no_stored_state() -> None:
     assert not [k for k in tally if k.startswith(("join_storm.accepted", "flood.accepted", "reserved_names.accepted"))], tally
     assert result["normal_state_changes"] == 0
     assert result["hostile_state_changes"] == 0, tally
+
+
+@pytest.mark.slow
+def test_bench_relay_two_nodes_through_redis_reports_cross_node_figures() -> None:
+    """`--nodes 2`: the room split across two relay processes and a real redis-server; keys present."""
+    out = subprocess.run(
+        [sys.executable, "-m", "deeproom.cli", "bench", "relay", "--clients", "4", "--nodes", "2", "--seconds", "2",
+         "--procs", "2", "--no-baseline"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout.strip().splitlines()
+    result = json.loads(out[-1])
+    for key in ("nodes", "cross_node_p99_ms", "per_node_cpu_pct", "single_node_p99_ms", "redis_cpu_pct",
+                "projected_300_relay_cores", "peak_rss_mb"):
+        assert key in result, key
+    assert result["nodes"] == 2 and len(result["per_node_cpu_pct"]) == 2
+    # poses crossed between the nodes (through Redis), and none of the four clients was dropped
+    assert result["cross_node_samples"] > 0 and result["cross_node_p99_ms"] is not None
+    assert result["multi_node_clients_dropped"] == 0
