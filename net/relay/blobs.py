@@ -100,9 +100,14 @@ class BlobService:
         if offset != up.received:
             raise ValidationError(f"blob {sha[:12]}: expected the chunk at offset {up.received}, got {offset}")
         try:
-            up.write(chunk)
+            # hashing and writing 256 KiB takes about a millisecond: off the event loop
+            await asyncio.to_thread(up.write, chunk)
         except ValidationError:
             self._drop(sess, sha, refund=True)
+            raise
+        except (ValueError, AttributeError, OSError):
+            if sess.uploads.get(sha) is not up:  # abandoned (its client left) while the chunk was written
+                raise NotFound(f"the upload of blob {sha[:12]} was abandoned") from None
             raise
         return {"ok": True, "received": up.received}
 
