@@ -579,7 +579,8 @@ def _measure_nodes(n: int, nodes: int, rate: float, seconds: float, procs: int, 
 
 
 SWEEP_SIZES = (10, 20, 30, 40, 50, 60, 70, 80, 100, 125, 150, 200, 250, 300)
-"""Room sizes the single-node sweep tries, in order, up to --sweep-max (it stops at the first that misses)."""
+"""Room sizes the single-node sweep tries, in order, up to --sweep-max (it stops after two in a row miss
+p99 <= 100 ms with delivered >= 0.95; `max_clients_p99_le_100ms` is the largest size that met it)."""
 
 
 def _projection(us_per_delivery: float | None, people: int, rate: float, tick_hz: float) -> dict[str, Any]:
@@ -712,7 +713,7 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
                 "single_node_cpu_pct": main["server_cpu_pct"],
             })
         if args.sweep:
-            best = None
+            best, misses = None, 0
             sweep: list[dict[str, Any]] = []
             sweep_max = int(getattr(args, "sweep_max", 300) or 300)
             for size in (x for x in SWEEP_SIZES if x <= sweep_max):
@@ -722,9 +723,13 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
                               "server_cpu_pct": r["server_cpu_pct"], "us_per_delivery": r["us_per_delivery"],
                               "clients_cpu_pct": r["clients_cpu_pct"], "load_avg_1min": r["load_avg_1min"]})
                 if r["p99_ms"] is not None and r["p99_ms"] <= 100.0 and r["delivered_ratio"] >= 0.95:
-                    best = size
+                    best, misses = size, 0
                 else:
-                    break
+                    # on a shared machine one short window can miss by a moment's load: the
+                    # knee is where two sizes in a row miss
+                    misses += 1
+                    if misses >= 2:
+                        break
             result["sweep"] = sweep
             result["sweep_max"] = sweep_max
             result["max_clients_p99_le_100ms"] = best
