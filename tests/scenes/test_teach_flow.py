@@ -168,7 +168,7 @@ def test_host_freezes_a_scripts_layer_from_the_menu_and_a_viewer_cannot(tmp_path
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         h_out, h_err = hp.communicate(timeout=420)
         v_out, v_err = vp.communicate(timeout=60)
-        t_out, _ = train.communicate(timeout=60)
+        t_out, _ = train.communicate(timeout=180)  # its close() may wait out a publish of a loaded host
     finally:
         for p in (hp, vp, train):
             if p is not None and p.poll() is None:
