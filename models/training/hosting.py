@@ -167,6 +167,7 @@ class RunEngine:
                         [{"name": "ids", "type": "selection"},
                          {"name": "steps", "type": "int", "min": 1, "max": 1000, "default": 30}], on="selection"),
                 _action("retrain_misclassified", "Retrain on the misclassified points", "Selection"),
+                _action("retrain_low_confidence", "Retrain on the low-confidence points", "Selection"),
             ],
         }
 
@@ -238,8 +239,8 @@ class RunEngine:
                 cmd["a"], cmd["b"] = p.get("a"), p.get("b")
             elif action == "retrain":
                 cmd.update(select="ids", ids=p.get("ids"), steps=p.get("steps", 30))
-            elif action == "retrain_misclassified":
-                cmd = {"cmd": "retrain", "select": "misclassified"}
+            elif action in ("retrain_misclassified", "retrain_low_confidence"):
+                cmd = {"cmd": "retrain", "select": action.removeprefix("retrain_")}
             from deeproom.models.training.errors import SteerError
             from deeproom.models.training.steering import parse_steer
 

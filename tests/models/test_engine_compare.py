@@ -149,7 +149,7 @@ def test_a_watched_runs_graph_declares_analyses_and_a_member_gets_feature_maps(r
     assert mo.final("lr1")["state"] == "refused"  # refused at once, without waiting for a step
     assert overlapping(mo.client.room) == []
     names = {a["name"] for a in run.engine.declare("latent_cloud")["actions"]}
-    assert {"retrain", "retrain_misclassified"} <= names
+    assert {"retrain", "retrain_misclassified", "retrain_low_confidence"} <= names
     mo.ask(eid, "stop", "run.metrics", {}, "st1")
     assert mo.final("st1", between=step)["state"] == "done" and run.stopped
     mo.ask(eid, "pause", "run.metrics", {}, "p1")  # a stopped run would never get to it: refused, not queued
