@@ -6,9 +6,6 @@ service, and a labeling run's cloud labelled and retrained through the steer pat
 from __future__ import annotations
 
 import json
-import queue
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,65 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from deeproom.content import decode_content
 from deeproom.net import BackgroundClient
 from deeproom.placement import overlapping
+from tests.squares import COLOURS, SIZE, Peer, SmallResNet
 
 pytestmark = [pytest.mark.timeout(300)]
-
-SIZE = 16
-COLOURS = {"green": (0.1, 1.0, 0.1), "red": (1.0, 0.1, 0.1)}
-
-
-class Peer:
-    """A participant's BackgroundClient and the action reports it saw."""
-
-    def __init__(self, client: BackgroundClient) -> None:
-        self.client = client
-        self.events: list[dict[str, Any]] = []
-
-    def pump(self) -> None:
-        while True:
-            try:
-                item = self.client.inbox.get_nowait()
-            except queue.Empty:
-                return
-            data = getattr(item, "data", None)
-            if (getattr(item, "kind", None) == "event" and isinstance(data, tuple) and data[0] == "stream"
-                    and data[2].get("channel") == "action"):
-                self.events.append(dict(data[2]))
-
-    def wait(self, check: Callable[[], Any], timeout: float = 90.0, between: Callable[[], None] | None = None) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.pump()
-            v = check()
-            if v:
-                return v
-            if between is not None:
-                between()
-            else:
-                time.sleep(0.05)
-        raise AssertionError(f"not within {timeout} s; events: {self.events[-6:]}")
-
-    def final(self, rid: str, timeout: float = 90.0, between: Callable[[], None] | None = None) -> dict[str, Any]:
-        ends = ("done", "failed", "refused", "cancelled")
-
-        def end() -> dict[str, Any] | None:
-            return next((e for e in reversed(self.events) if e.get("request_id") == rid and e["state"] in ends), None)
-
-        return self.wait(end, timeout, between)  # type: ignore[no-any-return]
-
-    def ask(self, engine: str, action: str, panel: str, params: dict[str, Any], rid: str) -> None:
-        self.client.send_event("steer", {"action": action, "panel_id": panel, "params": params,
-                                         "request_id": rid}, to=engine).result(30)
-
-    def blob(self, panel: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        p = self.wait(lambda: self.client.room.panels.get(panel) if panel in self.client.room.panels
-                      and self.client.room.panels[panel].content.refs else None)
-        meta, arrays = decode_content(self.client.get_blob(p.content.refs[0]).result(30))
-        return dict(meta), dict(arrays)
-
 
 # --- a watched run: graph analyses, steering as actions, checkpoint difference as a panel --------
 
@@ -190,21 +133,6 @@ def test_checkpoint_difference_of_a_run_is_a_panel_zero_where_frozen(run_room: d
 
 
 # --- two opened models: the same analysis side by side, and their weight difference --------------
-
-
-class SmallResNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.conv3 = nn.Conv2d(8, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = torch.relu(self.conv1(x))
-        a = torch.relu(a + self.conv2(a))
-        a = torch.relu(self.conv3(a))
-        return self.fc(a.mean((2, 3)))
 
 
 @pytest.fixture(scope="module")

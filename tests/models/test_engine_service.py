@@ -4,9 +4,8 @@ residual ONNX model and a generated image folder; other participants ask for ana
 
 from __future__ import annotations
 
-import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,31 +19,7 @@ from deeproom.models.engine.hosts import ModelsHost
 from deeproom.models.tasks import applicable_analyses, model_facts
 from deeproom.net import BackgroundClient
 from deeproom.placement import overlapping
-
-SIZE = 16
-COLOURS = {"green": (0.1, 1.0, 0.1), "red": (1.0, 0.1, 0.1)}  # sorted: folder order = class index
-
-
-class SmallResNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.conv3 = nn.Conv2d(8, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = torch.relu(self.conv1(x))
-        a = torch.relu(a + self.conv2(a))  # the residual connection
-        a = torch.relu(self.conv3(a))
-        return self.fc(a.mean((2, 3)))
-
-
-def _image(colour: tuple[float, ...], rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int]]:
-    img = rng.uniform(0, 0.25, (SIZE, SIZE, 3)).astype(np.float32)
-    y, x = (int(v) for v in rng.integers(1, SIZE - 6, 2))
-    img[y : y + 5, x : x + 5] = colour
-    return img, (y, x)
+from tests.squares import COLOURS, SIZE, Peer, SmallResNet, square_image, train_on_squares
 
 
 @pytest.fixture(scope="module")
@@ -61,70 +36,20 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for name, colour in COLOURS.items():
         (root / "data" / name).mkdir(parents=True)
         for i in range(12):
-            img, _ = _image(colour, rng)
+            img, _ = square_image(colour, rng)
             Image.fromarray((img * 255).astype(np.uint8)).save(root / "data" / name / f"{i:02d}.png")
     for _ in range(256):
         label = int(rng.integers(0, 2))
-        img, _ = _image(list(COLOURS.values())[label], rng)
+        img, _ = square_image(list(COLOURS.values())[label], rng)
         xs.append(img.transpose(2, 0, 1))
         ys.append(label)
     x, y = torch.tensor(np.stack(xs)), torch.tensor(ys)
     torch.manual_seed(0)
-    model = SmallResNet()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    acc = float((model(x).argmax(1) == y).float().mean())
-    assert acc > 0.95, acc  # the test is about maps of a model that knows the squares
+    model = train_on_squares(SmallResNet(), x, y)
     (root / "resnet.onnx").write_bytes(export_onnx(model, torch.zeros(1, 3, SIZE, SIZE)))
     mlp = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
     (root / "mlp.onnx").write_bytes(export_onnx(mlp, torch.zeros(1, 20)))
     return {"root": root, "model": root / "resnet.onnx", "mlp": root / "mlp.onnx", "data": root / "data"}
-
-
-class Peer:
-    """A participant's BackgroundClient and the action stream events it saw."""
-
-    def __init__(self, client: BackgroundClient) -> None:
-        self.client = client
-        self.events: list[dict[str, Any]] = []
-
-    def pump(self) -> None:
-        while True:
-            try:
-                item = self.client.inbox.get_nowait()
-            except queue.Empty:
-                return
-            data = getattr(item, "data", None)
-            if (getattr(item, "kind", None) == "event" and isinstance(data, tuple) and data[0] == "stream"
-                    and data[2].get("channel") == "action"):
-                self.events.append(dict(data[2]))
-
-    def states(self, rid: str) -> list[str]:
-        self.pump()
-        return [e["state"] for e in self.events if e.get("request_id") == rid]
-
-    def wait(self, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.pump()
-            v = check()
-            if v:
-                return v
-            time.sleep(0.05)
-        raise AssertionError(f"not within {timeout} s; events: {self.events[-6:]}")
-
-    def final(self, rid: str, timeout: float = 60.0) -> dict[str, Any]:
-        ends = ("done", "failed", "refused", "cancelled")
-        self.wait(lambda: any(s in ends for s in self.states(rid)), timeout)
-        return next(e for e in reversed(self.events) if e.get("request_id") == rid and e["state"] in ends)
-
-    def ask(self, engine: str, action: str, panel: str, params: dict[str, Any], rid: str) -> Any:
-        return self.client.send_event("steer", {"action": action, "panel_id": panel, "params": params,
-                                                "request_id": rid}, to=engine)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +98,7 @@ def test_scorecam_by_steer_is_placed_streamed_and_on_the_object(room: dict[str, 
     layer = _last_conv(room["engine"])
     mo.wait(lambda: {"graph-1", "inputs-m1"} <= set(mo.client.room.panels))
     target = 0  # "green" sorts first: class 0 is green
-    mo.ask(eid, "scorecam", "graph-1", {"layer": layer, "target": target}, "sc1").result(30)
+    mo.ask(eid, "scorecam", "graph-1", {"layer": layer, "target": target}, "sc1")
     end = mo.final("sc1")
     assert end["state"] == "done", end
     states = mo.states("sc1")
@@ -193,7 +118,7 @@ def test_scorecam_by_steer_is_placed_streamed_and_on_the_object(room: dict[str, 
     labels = decode_content(mo.client.get_blob(strip.content.refs[0]).result(30))[0]["tiles"]["labels"]
     other = labels.index("red")
     before = mo.client.room.panels[result].content.refs
-    mo.ask(eid, "choose_input", "inputs-m1", {"index": other}, "in1").result(30)
+    mo.ask(eid, "choose_input", "inputs-m1", {"index": other}, "in1")
     assert mo.final("in1")["state"] == "done"
     mo.wait(lambda: mo.client.room.panels[result].content.refs != before)
     cam2, image2, source2 = _cam(mo, result)
@@ -201,7 +126,7 @@ def test_scorecam_by_steer_is_placed_streamed_and_on_the_object(room: dict[str, 
     assert not np.array_equal(cam, cam2) and not np.array_equal(image, image2)
     # the panel keeps its class (green); asked for red, the same panel shows the red square
     before = mo.client.room.panels[result].content.refs
-    mo.ask(eid, "scorecam", "graph-1", {"layer": layer, "target": 1}, "sc2").result(30)
+    mo.ask(eid, "scorecam", "graph-1", {"layer": layer, "target": 1}, "sc2")
     assert mo.final("sc2")["result_panel"] == result
     mo.wait(lambda: mo.client.room.panels[result].content.refs != before)
     cam3, image3, source3 = _cam(mo, result)
@@ -218,11 +143,11 @@ def test_viewer_is_refused_by_the_relay_and_member_by_the_engine(room: dict[str,
     with pytest.raises(PermissionDenied):
         room["viewer"].send_event("steer", {"action": "gradcam", "panel_id": "graph-1", "params": {},
                                             "request_id": "v1"}, to=eid).result(30)
-    mo.ask(eid, "close_model", "graph-1", {}, "cl1").result(30)
+    mo.ask(eid, "close_model", "graph-1", {}, "cl1")
     end = mo.final("cl1")
     assert end["state"] == "refused" and "host" in end["message"], end
     assert "graph-1" in mo.client.room.panels  # nothing changed
-    mo.ask(eid, "layercam", "graph-1", {"layer": "no-such-layer"}, "bad1").result(30)
+    mo.ask(eid, "layercam", "graph-1", {"layer": "no-such-layer"}, "bad1")
     assert mo.final("bad1")["state"] == "refused"
 
 
@@ -230,9 +155,9 @@ def test_cancel_mid_job_leaves_no_panel(room: dict[str, Any]) -> None:
     mo: Peer = room["member"]
     eid = room["engine_id"]
     layer = _last_conv(room["engine"])
-    mo.ask(eid, "feature_visualization", "graph-1", {"layer": layer, "channel": 3, "steps": 512}, "fv1").result(30)
+    mo.ask(eid, "feature_visualization", "graph-1", {"layer": layer, "channel": 3, "steps": 512}, "fv1")
     mo.wait(lambda: "running" in mo.states("fv1"))
-    mo.ask(eid, "cancel", "graph-1", {}, "fv1").result(30)
+    mo.ask(eid, "cancel", "graph-1", {}, "fv1")
     end = mo.final("fv1")
     assert end["state"] == "cancelled", end
     time.sleep(1.0)
@@ -248,7 +173,7 @@ def test_a_model_without_image_input_lists_image_analyses_as_unavailable(room: d
     for name in ("gradcam", "scorecam", "layercam", "saliency", "feature_maps", "confusion_matrix"):
         assert "no image input" in unavailable[name] and "(1, 20)" in unavailable[name], unavailable
     assert {a["name"] for a in src["actions"]} == {"filters", "filter_embedding", "close_model"}
-    mo.ask(room["engine_id"], "gradcam", "graph-2", {"layer": "x"}, "mlp1").result(30)
+    mo.ask(room["engine_id"], "gradcam", "graph-2", {"layer": "x"}, "mlp1")
     assert "no image input" in mo.final("mlp1")["message"]
 
 
@@ -280,7 +205,7 @@ def test_declared_actions_match_the_registry_for_a_cnn_and_a_vit(room: dict[str,
 
 def test_confusion_matrix_panel_carries_per_class_scores(room: dict[str, Any]) -> None:
     mo: Peer = room["member"]
-    mo.ask(room["engine_id"], "confusion_matrix", "graph-1", {}, "cm1").result(30)
+    mo.ask(room["engine_id"], "confusion_matrix", "graph-1", {}, "cm1")
     end = mo.final("cm1")
     assert end["state"] == "done", end
     mo.wait(lambda: end["result_panel"] in mo.client.room.panels)
@@ -317,7 +242,7 @@ def test_a_large_embedding_reports_progress_through_the_room(room: dict[str, Any
     labels = rng.integers(0, 2, n)
     x = rng.integers(0, 64, (n, SIZE, SIZE, 3), dtype=np.uint8)
     for i, label in enumerate(labels):  # the class's colour square somewhere on the noise
-        img, _ = _image(list(COLOURS.values())[int(label)], rng)
+        img, _ = square_image(list(COLOURS.values())[int(label)], rng)
         x[i] = (img * 255).astype(np.uint8)
     data = assets["root"] / "big.npz"
     np.savez(data, x=x, y=labels, classes=np.array(list(COLOURS)))
@@ -333,7 +258,7 @@ def test_a_large_embedding_reports_progress_through_the_room(room: dict[str, Any
         eid = link.participant_id
         bo.wait(lambda: "graph-1" in bo.client.room.panels)
         layer = _last_conv(engine)
-        bo.ask(eid, "embedding", "graph-1", {"layer": layer, "method": "tsne", "dims": 2}, "emb1").result(30)
+        bo.ask(eid, "embedding", "graph-1", {"layer": layer, "method": "tsne", "dims": 2}, "emb1")
         end = bo.final("emb1", timeout=600)
         assert end["state"] == "done", end
         mine = [e for e in bo.events if e.get("request_id") == "emb1"]

@@ -23,15 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-SIZE = 16
-COLOURS = {"green": (0.1, 1.0, 0.1), "red": (1.0, 0.1, 0.1)}  # sorted: folder order = class index
-
-
-def _image(colour: tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
-    img = rng.uniform(0, 0.25, (SIZE, SIZE, 3)).astype(np.float32)
-    y, x = (int(v) for v in rng.integers(1, SIZE - 6, 2))
-    img[y : y + 5, x : x + 5] = colour
-    return img
+from tests.squares import COLOURS, SIZE, SmallResNet, square_image, train_on_squares
 
 
 @pytest.fixture(scope="module")
@@ -40,42 +32,20 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     residual CNN trained on such images, exported to ONNX."""
     import torch
     from PIL import Image
-    from torch import nn
 
     from deeproom.models.bench import export_onnx
-
-    class SmallResNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-            self.conv3 = nn.Conv2d(8, 16, 3, padding=1)
-            self.fc = nn.Linear(16, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            a = torch.relu(self.conv1(x))
-            a = torch.relu(a + self.conv2(a))  # the residual connection
-            a = torch.relu(self.conv3(a))
-            return self.fc(a.mean((2, 3)))
 
     root = tmp_path_factory.mktemp("reach")
     rng = np.random.default_rng(0)
     for name, colour in COLOURS.items():
         (root / "data" / name).mkdir(parents=True)
         for i in range(8):
-            Image.fromarray((_image(colour, rng) * 255).astype(np.uint8)).save(root / "data" / name / f"{i:02d}.png")
+            Image.fromarray((square_image(colour, rng)[0] * 255).astype(np.uint8)).save(root / "data" / name / f"{i:02d}.png")
     labels = rng.integers(0, 2, 256)
-    x = torch.tensor(np.stack([_image(list(COLOURS.values())[int(k)], rng).transpose(2, 0, 1) for k in labels]))
+    x = torch.tensor(np.stack([square_image(list(COLOURS.values())[int(k)], rng)[0].transpose(2, 0, 1) for k in labels]))
     y = torch.tensor(labels)
     torch.manual_seed(0)
-    model = SmallResNet()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    assert float((model(x).argmax(1) == y).float().mean()) > 0.95  # maps of a model that knows the squares
+    model = train_on_squares(SmallResNet(), x, y)
     (root / "resnet.onnx").write_bytes(export_onnx(model, torch.zeros(1, 3, SIZE, SIZE)))
     return {"root": root, "model": root / "resnet.onnx", "data": root / "data"}
 
