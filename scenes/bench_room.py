@@ -12,7 +12,7 @@ Last line of output: one JSON object.
   opened) — null, with the reason in `missing`, until it is in the tree.
 - `readable_group_labels_ratio`: from `deeproom.scenes.graph_readability` (the graph
   view) — null with the reason until it is in the tree.
-- `tsne_*`, `embed_70k_s`: from `deeproom.models.embeddings.embedding_bench()` — null
+- `tsne_*`, `embed_70k_s`: from `deeproom.models.embedding_bench.embedding_bench()` — null
   with the reason until it is in the tree.
 - `peak_rss_mb`: this process's peak resident memory.
 """
@@ -324,7 +324,7 @@ def run_bench(*, quick: bool = False, log: Any = print) -> int:
     except Exception as exc:  # the JSON line still comes, saying why
         missing["room"] = f"{type(exc).__name__}: {exc}"
         log(traceback.format_exc())
-    embedding_bench, why = _optional("deeproom.models.embeddings", "embedding_bench")
+    embedding_bench, why = _optional("deeproom.models.embedding_bench", "embedding_bench")
     if embedding_bench is None:
         for key in EMBED_KEYS:
             out[key] = None
