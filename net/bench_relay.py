@@ -62,6 +62,18 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) 
     raise RuntimeError(f"relay did not listen on {port} within {timeout} s")
 
 
+def _stop_process(proc: subprocess.Popen[bytes], log: Any) -> None:
+    """Stop a process this bench started, by its PID (terminate, then kill), and close its log."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    log.close()
+
+
 # --- the naive relay (baseline) ----------------------------------------------------------
 
 
@@ -518,14 +530,7 @@ class _Server:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
+        _stop_process(self.proc, self.log)
 
 
 class _Redis:
@@ -546,14 +551,7 @@ class _Redis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
+        _stop_process(self.proc, self.log)
 
 
 def _measure_nodes(n: int, nodes: int, rate: float, seconds: float, procs: int, workdir: Path,
