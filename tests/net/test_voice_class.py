@@ -70,6 +70,12 @@ def test_the_wheel_ships_the_janus_templates_and_its_install_renders_the_config(
     names = set(zipfile.ZipFile(wheel).namelist())
     for t in TEMPLATES:
         assert f"deeproom/net/voice/janus_templates/{t}" in names, sorted(n for n in names if "janus" in n)
+    # every package of the tree is in the wheel (a subpackage missing from pyproject's list is not)
+    folders = {"workspace": "deeproom", "net": "deeproom/net", "models": "deeproom/models", "scenes": "deeproom/scenes"}
+    for top, dest in folders.items():
+        for init in (REPO / top).rglob("__init__.py"):
+            if "node_modules" not in init.parts:
+                assert f"{dest}/{init.relative_to(REPO / top).as_posix()}" in names, init
 
     site = tmp_path / "site"
     install = subprocess.run(
