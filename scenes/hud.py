@@ -11,8 +11,8 @@ from ursina import Entity, Text, camera, color, window
 if TYPE_CHECKING:
     from deeproom.scenes.app import RoomApp
 
-HELP = ("WASD walk · right-drag look · drag title bar: move · Q/E rotate · +/- scale · corner: resize · "
-        "Tab: add panel · / find layer · T teleport · F follow me · G summon · P people · H hand")
+HELP = ("WASD walk · right-drag look · right-click: actions · drag title bar: move · Q/E rotate · +/- scale · "
+        "corner: resize · Tab: add panel · / find layer · T teleport · F follow · G summon · P people · H hand")
 NOTICE_SECONDS = 6.0
 
 
