@@ -201,7 +201,7 @@ DEMO_SLOTS = [
 
 DEMO_NOTE = ("Welcome to DeepRoom.\n"
              "Drag a title bar to move a panel; the corner resizes it.\n"
-             "Click a layer in the graph to open its feature maps, filters and Grad-CAM.\n"
+             "Click a layer for its feature maps, filters and Grad-CAM; right-click for more.\n"
              "Click in the latent cloud to select points, then press a digit to label them or R to retrain.")
 
 
