@@ -313,6 +313,17 @@ def parse_progress(payload: Mapping[str, Any]) -> Progress | None:
                     result if isinstance(result, str) and 0 < len(result) <= 128 else None)
 
 
+def _fitted(image_shape: tuple[int, int], face_px: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
+    """Where an image drawn to fit a panel face (aspect kept, centred, `margin` pixels clear)
+    lands on it: (x0, y0, width, height) in face pixels from the top-left."""
+    ih, iw = image_shape
+    fw, fh = face_px
+    bw, bh = fw - 2 * margin, fh - 2 * margin
+    s = min(bw / max(iw, 1), bh / max(ih, 1))
+    w, h = max(1, int(iw * s)), max(1, int(ih * s))
+    return margin + (bw - w) // 2, margin + (bh - h) // 2, w, h
+
+
 def tile_at(tiles: Mapping[str, Any], image_shape: tuple[int, int], face_px: tuple[int, int],
             x: float, y: float, margin: int = 4) -> int | None:
     """Which tile of an input strip a point on the painted face is over.
@@ -329,11 +340,7 @@ def tile_at(tiles: Mapping[str, Any], image_shape: tuple[int, int], face_px: tup
     if rows < 1 or cols < 1 or count < 1:
         return None
     ih, iw = image_shape
-    fw, fh = face_px
-    bw, bh = fw - 2 * margin, fh - 2 * margin
-    s = min(bw / max(iw, 1), bh / max(ih, 1))
-    w, h = max(1, int(iw * s)), max(1, int(ih * s))
-    x0, y0 = margin + (bw - w) // 2, margin + (bh - h) // 2
+    x0, y0, w, h = _fitted(image_shape, face_px, margin)
     fx, fy = (x - x0) / w, (y - y0) / h
     if not (0 <= fx < 1 and 0 <= fy < 1):
         return None
@@ -364,11 +371,7 @@ def tile_centre(tiles: Mapping[str, Any], image_shape: tuple[int, int], face_px:
     if not 0 <= index < count or cols < 1 or rows < 1:
         return None
     ih, iw = image_shape
-    fw, fh = face_px
-    bw, bh = fw - 2 * margin, fh - 2 * margin
-    s = min(bw / max(iw, 1), bh / max(ih, 1))
-    w, h = max(1, int(iw * s)), max(1, int(ih * s))
-    x0, y0 = margin + (bw - w) // 2, margin + (bh - h) // 2
+    x0, y0, w, h = _fitted(image_shape, face_px, margin)
     row, col = divmod(index, cols)
     tile, pad = tiles.get("tile"), tiles.get("pad", 0)
     if isinstance(tile, list | tuple) and len(tile) == 2 and isinstance(pad, int):
