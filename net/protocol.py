@@ -40,14 +40,15 @@ from deeproom.state import check_json
 
 PROTOCOL_VERSION = 1
 
-EVENT_KINDS = ("signal", "stream", "steer", "summon")
+EVENT_KINDS = ("signal", "stream", "steer", "summon", "watch")
 """Kinds of `event` the relay forwards."""
 
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 """Engine.IO closes a connection that sends one message bigger than this."""
 MAX_OP_BYTES = 64 * 1024
 """An operation as JSON (content sources are capped at 16 KiB by the core)."""
-MAX_EVENT_BYTES = {"signal": 64 * 1024, "stream": 256 * 1024, "steer": 16 * 1024, "summon": 4 * 1024}
+MAX_EVENT_BYTES = {"signal": 64 * 1024, "stream": 256 * 1024, "steer": 16 * 1024, "summon": 4 * 1024,
+                   "watch": 1024}
 """Largest payload per event kind."""
 MAX_POSE_BYTES = 256
 """A pose (deeproom.presence encoding) is at most this many bytes."""

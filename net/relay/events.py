@@ -1,7 +1,9 @@
-"""Events between participants: WebRTC signalling, training streams, steering, summons.
+"""Events between participants: WebRTC signalling, training streams, steering, summons,
+a shared replay's timeline.
 
 The relay checks the sender's role and the payload's size, then forwards: "signal" and
-"steer" to one participant, "stream" and "summon" to the room. The latest "stream"
+"steer" to one participant, "stream", "summon" and "watch" to the room ("watch" only
+from a host or presenter, its fields checked by `deeproom.net.recording.watch`). The latest "stream"
 message per (panel, channel) is kept for late joiners.
 """
 
@@ -15,6 +17,7 @@ from deeproom.errors import NotFound, PermissionDenied
 from deeproom.net import protocol as P
 from deeproom.net.errors import ProtocolError
 from deeproom.net.recording import hooks as recording_hooks
+from deeproom.net.recording.watch import parse_watch
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
 from deeproom.state import Role, check_participant_id
@@ -62,6 +65,13 @@ async def forward_event(settings: RelaySettings, sio: socketio.AsyncServer, sess
                 _, dropped = room.streams.popitem(last=False)
                 room.stream_bytes -= P.payload_size(dropped["payload"])
         await sio.emit("event", message, room=room.id, skip_sid=sess.sid)
+    elif kind == "watch":
+        if role not in RUNS_ROOM:
+            raise PermissionDenied(f"only the host or a presenter drives a shared replay; {pid!r} is {role.value} "
+                                   "(the host hands control by making someone presenter)")
+        parse_watch(payload)
+        await sio.emit("event", message, room=room.id, skip_sid=sess.sid)
+        return {"ok": True}
     else:  # summon
         if role not in RUNS_ROOM:
             raise PermissionDenied(f"only host or presenter may summon; {pid!r} is {role.value}")
