@@ -7,11 +7,14 @@ import { RoomConnection, identity } from './room.js';
 import { RoomScene, fromThreePos } from './scene.js';
 import { BrowserVoice, parseSignal } from './voice.js';
 import { decodeBatch, decodeContent, encodePose, seqNewer } from './wire.js';
+import { DELTA_TYPES, FRAME_TYPES, LiveTable, RunState, decodeFrame, isRunEvent } from './live.js';
+import { frozenOf } from './paint.js';
 import * as THREE from 'three';
 
 const EDIT_ROLES = new Set(['host', 'presenter', 'member']);
 const LEADS = new Set(['host', 'presenter']);
 const ID_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
+const XR_FEATURES = ['local-floor', 'bounded-floor']; // optional: the session starts without them too
 
 export function missingFeatures() {
   const missing = [];
@@ -95,6 +98,10 @@ class Page {
     this.moveSeen = new Map(); // panel id → epoch ms when its drawn transform last changed
     this.docLog = []; // [panel id, x, epoch ms] per transform change applied to the document
     this.moveLog = []; // [panel id, x, epoch ms] per drawn change (the benchmark matches its moves)
+    this.runs = new Map(); // run name → RunState (live training, from "stream" events)
+    this.liveLog = []; // [panel id, step, arrived epoch ms, drawn epoch ms]: a run's delta on the pixels
+    this.pendingLive = []; // [panel id, step, arrived epoch ms] painted but not yet drawn
+    this.streamsDropped = 0; // stream events from someone who does not speak for the run
   }
 
   start() {
@@ -160,6 +167,7 @@ class Page {
 
   onEvent(ev) {
     if (!ev || typeof ev !== 'object') return;
+    if (ev.kind === 'stream' && isRunEvent(ev.payload)) { this.onStream(String(ev.sender), ev.payload); return; }
     if (ev.kind === 'summon') {
       const p = ev.payload || {};
       const pos = p.position;
@@ -168,6 +176,88 @@ class Page {
         this.toast(`${this.nameOf(ev.sender)} summoned you`);
       }
     }
+  }
+
+  // --- training runs, live (scenes/live_runs.py) -------------------------------------------
+
+  /** Panels whose source names `run`: [id, Y.Map] pairs. */
+  panelsOf(run) {
+    const out = [];
+    for (const [id, p] of this.conn.doc.getMap('panels')) {
+      const src = p && p.get && p.get('content') && p.get('content').source;
+      if (src && src.run === run) out.push([id, p]);
+    }
+    return out;
+  }
+
+  /** Who may send a run's stream events: the owner and engine its panels' sources name. */
+  speakersFor(run) {
+    const out = new Set();
+    for (const [, p] of this.panelsOf(run)) {
+      const src = p.get('content').source;
+      for (const x of [src.owner, src.engine, p.get('owner')]) if (typeof x === 'string') out.add(x);
+    }
+    return out;
+  }
+
+  run(name) {
+    let st = this.runs.get(name);
+    if (!st) { st = new RunState(name); this.runs.set(name, st); }
+    return st;
+  }
+
+  onStream(sender, ev) {
+    const name = ev.run.slice(0, 64);
+    if (!this.speakersFor(name).has(sender)) { this.streamsDropped += 1; return; } // only the run speaks for its panels
+    const st = this.run(name);
+    const version = st.version;
+    st.take(ev, sender);
+    const arrived = performance.timeOrigin + performance.now();
+    if (DELTA_TYPES.has(ev.type)) {
+      for (const [id] of this.panelsOf(name)) {
+        const view = this.scene.panels.get(id);
+        if (!view || !view.table || !view.table.apply(ev)) continue;
+        this.scene.repaint(view, 'metrics', view.table.meta, view.table.arrays);
+        if (ev.type === 'metrics') this.pendingLive.push([id, view.table.lastStep, arrived]);
+        this.redraw = true;
+      }
+    }
+    if (FRAME_TYPES.has(ev.type)) {
+      let frame;
+      try { frame = decodeFrame(ev); } catch (e) { console.warn(`run ${name}: ${e.message}`); return; }
+      const what = ev.type === 'filter_embedding' ? ['filter_embedding'] : ['latent_cloud', undefined, null];
+      for (const [id, p] of this.panelsOf(name)) {
+        const view = this.scene.panels.get(id);
+        if (view && view.cloud && what.includes(p.get('content').source.what) && view.cloud.moveTo(frame)) this.redraw = true;
+      }
+    }
+    if (st.version !== version) this.syncRuns();
+  }
+
+  /** Badges on every run's panels, frozen layers on its graph; status and frozen from the sources. */
+  syncRuns() {
+    for (const [id, p] of this.conn.doc.getMap('panels')) {
+      const src = p && p.get && p.get('content') && p.get('content').source;
+      const view = this.scene.panels.get(id);
+      if (!view) continue;
+      if (!src || typeof src.run !== 'string') { if (view.setBadge('')) this.redraw = true; continue; }
+      const st = this.run(src.run.slice(0, 64));
+      if (src.kind === 'live_training' && 'frozen' in src && st.steeredBy === null) st.frozen = src.frozen;
+      if (src.kind === 'live_training' && typeof src.status === 'string' && !st.status) st.status = src.status.slice(0, 20);
+      if (view.setBadge(st.badge((pid) => this.nameOf(pid)))) this.redraw = true;
+      if (view.graph && view.graph.markFrozen(frozenOf(st.frozen)[0])) this.redraw = true;
+    }
+  }
+
+  /** A painted kind's blob was drawn: a run's metrics panel becomes a live table, with the deltas
+   * that came since replayed onto it. */
+  contentDrawn(view, kind, source) {
+    view.table = null;
+    if (kind !== 'metrics' || !view.decoded || typeof source.run !== 'string') return;
+    view.table = new LiveTable(view.decoded.meta, view.decoded.arrays);
+    let changed = false;
+    for (const ev of this.run(source.run.slice(0, 64)).deltas) changed = view.table.apply(ev) || changed;
+    if (changed) this.scene.repaint(view, 'metrics', view.table.meta, view.table.arrays);
   }
 
   nameOf(pid) {
@@ -207,7 +297,13 @@ class Page {
         if (refs.length) {
           this.scene.drawContent(view, kind, size, null, null);
           this.conn.blob(refs[0]).then(
-            (bytes) => { if (view.key === key) { this.scene.drawContent(view, kind, size, bytes, null); this.redraw = true; } },
+            (bytes) => {
+              if (view.key !== key) return;
+              this.scene.drawContent(view, kind, size, bytes, null);
+              this.contentDrawn(view, kind, source);
+              this.syncRuns();
+              this.redraw = true;
+            },
             (err) => { if (view.key === key) { this.scene.drawError(view, size, `content could not be fetched: ${err.message}`); this.redraw = true; } },
           );
         } else {
@@ -226,6 +322,7 @@ class Page {
     }
     this.conn.keepBlobs(wanted);
     this.syncPeople();
+    this.syncRuns();
   }
 
   syncPeople() {
@@ -280,8 +377,17 @@ class Page {
     if (this.dirtyAvatars) { this.dirtyAvatars = false; this.syncAvatars(); draw = true; why.poses += 1; }
     if (this.keys.size || this.drag || this.look) { this.walk(); draw = true; why.input += 1; }
     if (this.followPresenter()) { draw = true; why.follow += 1; }
+    const now = performance.now();
+    for (const v of this.scene.panels.values()) {
+      if (v.cloud && v.cloud.atlas && v.cloud.updateThumbnails(this.scene.viewerIn(v), now)) { draw = true; why.content += 1; }
+    }
     if (!draw) return; // nothing changed: no frame (a still room costs no CPU)
     this.scene.render();
+    if (this.pendingLive.length) {
+      const at = performance.timeOrigin + performance.now();
+      for (const [id, step, arrived] of this.pendingLive.splice(0)) this.liveLog.push([id, step, arrived, at]);
+      if (this.liveLog.length > 2000) this.liveLog.splice(0, 1000);
+    }
     if (!this.stats.allDrawnAt && this.conn.joined) {
       const views = [...this.scene.panels.values()];
       if (views.length && views.every((v) => v.status !== 'waiting')) this.stats.allDrawnAt = performance.now();
@@ -317,6 +423,7 @@ class Page {
     const el = this.scene.renderer.domElement;
     el.addEventListener('pointerdown', (e) => {
       const hit = this.scene.pick(this.ndc(e));
+      this.press = { x: e.clientX, y: e.clientY, hit, ndc: this.ndc(e) };
       if (hit && this.canEdit()) {
         const view = this.scene.panels.get(hit.id);
         const normal = new THREE.Vector3();
@@ -325,7 +432,6 @@ class Page {
           offset: view.group.position.clone().sub(hit.point), lastSent: 0 };
         el.setPointerCapture(e.pointerId);
       } else if (hit) {
-        this.toast(this.role() === 'viewer' || !this.canEdit() ? 'You are viewing this room: ask the host to let you move panels.' : '');
         this.look = { x: e.clientX, y: e.clientY, yaw: this.scene.yaw, pitch: this.scene.pitch };
       } else {
         this.look = { x: e.clientX, y: e.clientY, yaw: this.scene.yaw, pitch: this.scene.pitch };
@@ -335,7 +441,10 @@ class Page {
       const ray = new THREE.Raycaster();
       ray.setFromCamera(this.ndc(e), this.scene.camera);
       this.pointerRay = [...fromThreePos(ray.ray.origin), ...fromThreePos(ray.ray.direction)];
+      const moved = this.press && Math.hypot(e.clientX - this.press.x, e.clientY - this.press.y) > 4;
+      if (this.press && moved) this.press.moved = true;
       if (this.drag) {
+        if (!this.press || !this.press.moved) return; // a click, not yet a drag
         const p = new THREE.Vector3();
         if (!ray.ray.intersectPlane(this.drag.plane, p)) return;
         const view = this.scene.panels.get(this.drag.id);
@@ -348,8 +457,15 @@ class Page {
       }
     });
     const up = () => {
-      if (this.drag) { const id = this.drag.id; this.drag = null; this.sendMove(id).then(() => { this.dirty = true; }); }
+      const press = this.press;
+      this.press = null;
+      if (this.drag) {
+        const id = this.drag.id;
+        this.drag = null;
+        if (press && press.moved) this.sendMove(id).then(() => { this.dirty = true; });
+      }
       this.look = null;
+      if (press && !press.moved && press.hit) this.click(press.hit, press.ndc);
     };
     el.addEventListener('pointerup', up);
     el.addEventListener('pointercancel', up);
@@ -364,6 +480,18 @@ class Page {
       if (k === 't' && this.voice) this.voice.pressToTalk(false);
       this.keys.delete(k);
     });
+  }
+
+  /** A click on a panel (no drag): a graph expands or collapses the group there; a viewer is
+   * told why panels do not move for them. */
+  click(hit, ndc) {
+    const view = this.scene.panels.get(hit.id);
+    if (view && view.graph) {
+      const local = this.scene.facePoint(view, ndc); // on the face plane, as the app's click(u, v)
+      const done = local && view.graph.click(local.x, local.y);
+      if (done) { this.redraw = true; view.collapsed = new Set(view.graph.collapsed); return; }
+    }
+    if (!this.canEdit()) this.toast('You are viewing this room: ask the host to let you move panels.');
   }
 
   sendMove(id) {
@@ -392,14 +520,24 @@ class Page {
         if (!ok) return;
         const b = $('#vr');
         b.hidden = false;
-        b.addEventListener('click', async () => {
-          try {
-            const session = await navigator.xr.requestSession('immersive-vr', { optionalFeatures: ['local-floor'] });
-            await this.scene.renderer.xr.setSession(session);
-          } catch (err) { this.toast(`Cannot enter VR: ${err.message}`); }
-        });
+        b.addEventListener('click', () => this.enterVR());
       }).catch(() => {});
     }
+  }
+
+  /** Start an immersive session; three.js's WebXRManager then drives the frame loop (every
+   * frame drawn, both eyes) until the session ends. */
+  async enterVR() {
+    const xr = this.scene.renderer.xr;
+    if (xr.isPresenting) { const s = xr.getSession(); if (s) await s.end(); return; }
+    try {
+      const session = await navigator.xr.requestSession('immersive-vr', { optionalFeatures: XR_FEATURES });
+      xr.setReferenceSpaceType(session.enabledFeatures && !session.enabledFeatures.includes('local-floor') ? 'local' : 'local-floor');
+      await xr.setSession(session);
+      $('#vr').textContent = 'Exit VR';
+      this.xrSessions = (this.xrSessions || 0) + 1;
+      session.addEventListener('end', () => { $('#vr').textContent = 'Enter VR'; this.redraw = true; });
+    } catch (err) { this.toast(`Cannot enter VR: ${err.message}`); }
   }
 
   async startVoice() {
@@ -429,14 +567,17 @@ class Page {
     const panels = {};
     for (const [id, v] of this.scene.panels) {
       panels[id] = { kind: v.kind, status: v.status, message: v.message, position: fromThreePos(v.group.position),
-        movedAt: this.moveSeen.get(id) || null, rect: this.scene.screenRect(v) };
+        movedAt: this.moveSeen.get(id) || null, rect: this.scene.screenRect(v), badge: v.badgeText || null,
+        graph: v.graph ? v.graph.summary() : null, cloud: v.cloud ? v.cloud.summary() : null,
+        live: v.table ? { step: v.table.lastStep, rows: v.table.arrays.step ? v.table.arrays.step.data.length : 0, status: v.table.meta.status ?? null } : null };
     }
     return {
       joined: this.conn.joined, role: this.role(), canEdit: this.canEdit(), participant_id: this.conn.pid,
       panels, avatars: [...this.scene.avatars.keys()], frames: this.scene.frames,
       timeOrigin: performance.timeOrigin, joinedAt: this.stats.joinedAt, allDrawnAt: this.stats.allDrawnAt, banner: $('#banner').hidden ? null : $('#banner').textContent,
       toast: $('#toast').hidden ? null : $('#toast').textContent, following: this.following || null,
-      drawReasons: { ...this.drawReasons }, softwareGL: this.scene.software, camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
+      drawReasons: { ...this.drawReasons }, streamsDropped: this.streamsDropped,
+      xr: { button: !$('#vr').hidden, presenting: this.scene.renderer.xr.isPresenting, sessions: this.xrSessions || 0 }, softwareGL: this.scene.software, camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
       voice: this.voice ? { source: this.voice.source, links: [...this.voice.links].map(([pid, e]) => [pid, e.pc.connectionState]),
         sending: !!this.voice.sending, pushToTalk: !!this.voice.pushToTalk,
         sfu: this.voice.sfu ? { url: this.voice.sfuAccess.url, feeds: [...this.voice.sfu.subs.values()].map((e) => e.display) } : null } : null,
@@ -471,6 +612,10 @@ function boot() {
     level: (pid) => (page.voice ? page.voice.level(pid) : 0),
     op: (op) => page.conn.op(op),
     moves: () => page.moveLog.splice(0),
+    live: () => page.liveLog.splice(0),
+    /** Panel-local point (x, y) of panel id → where it is on the screen (CSS px): for clicks in tests. */
+    screenPoint: (id, x, y) => page.scene.screenPoint(id, x, y),
+    face: (id, dist) => { const ok = page.scene.facePanel(id, dist); page.redraw = true; return ok; },
     applied: () => page.docLog.splice(0),
     continuous: (on) => { page.continuous = !!on; page.redraw = true; },
     watchOnsets: (pid, threshold) => (page.voice ? page.voice.watchOnsets(pid, threshold) : false),

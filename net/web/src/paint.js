@@ -102,51 +102,179 @@ function drawImageData(g, img, x, y, w, h) {
 
 // --- kinds -------------------------------------------------------------------------------------
 
+// --- metrics (a run's: curves, per-layer rows, status chip; scenes/painting.paint_metrics) -------
+
+export const LAYER_STAT_PREFIXES = ['act:', 'grad:', 'filter_act:', 'filter_grad:'];
+const MAX_LAYER_ROWS = 12;
+const FROZEN_TINT = 'rgb(40,78,110)';
+export const FROZEN_COLOUR = [150, 225, 255];
+const STATUS_COLOURS = { running: [120, 220, 120], paused: [250, 200, 80], stopped: [240, 90, 110], finished: [140, 148, 166], failed: [240, 90, 110] };
+
+/** The layers a run's metrics blob has per-layer statistics for (its rows, at most 12). */
+export function runLayers(meta, arrays) {
+  const out = [];
+  for (const k of [...Object.keys(arrays), ...(Array.isArray(meta.series) ? meta.series.map(String) : [])]) {
+    for (const prefix of LAYER_STAT_PREFIXES) {
+      if (k.startsWith(prefix)) { const name = k.slice(prefix.length); if (name && !out.includes(name)) out.push(name); }
+    }
+  }
+  return out.slice(0, MAX_LAYER_ROWS);
+}
+
+/** A run's `frozen` ({layers, filters}) as [Set of layers, {layer: [filter, ...]}]; malformed = nothing. */
+export function frozenOf(frozen) {
+  const layers = new Set(), filters = {};
+  if (!frozen || typeof frozen !== 'object' || Array.isArray(frozen)) return [layers, filters];
+  if (Array.isArray(frozen.layers)) for (const n of frozen.layers) if (typeof n === 'string') layers.add(n);
+  if (frozen.filters && typeof frozen.filters === 'object' && !Array.isArray(frozen.filters)) {
+    for (const [k, v] of Object.entries(frozen.filters)) if (Array.isArray(v)) filters[k] = v.filter((i) => Number.isInteger(i));
+  }
+  return [layers, filters];
+}
+
+export function isFrozen(layer, frozen) {
+  for (const f of frozen) if (layer === f || layer.startsWith(`${f}.`)) return true;
+  return false;
+}
+
+function rowsLayout(nLayers, height) {
+  const n = Math.min(nLayers, MAX_LAYER_ROWS);
+  if (!n) return { curvesBottom: height, top: height, rowH: 0, rows: 0 };
+  const part = Math.floor(height * 0.45);
+  const rowH = Math.min(part / (n + 1), height / 12);
+  const top = Math.floor(height - rowH * n - 4);
+  return { curvesBottom: Math.floor(top - rowH), top, rowH, rows: n };
+}
+
+function paintLayerRows(g, meta, arrays, layers, lay, width) {
+  const [frozen, frozenFilters] = frozenOf(meta.frozen);
+  const nameW = Math.floor(width * 0.3), half = Math.floor((width - nameW - 20) / 2);
+  g.textBaseline = 'top';
+  font(g, lay.rowH * 0.5); g.fillStyle = MUTED;
+  g.fillText('layer', 10, lay.curvesBottom + 2);
+  g.fillText('activation per filter', nameW + 6, lay.curvesBottom + 2);
+  g.fillText('gradient per filter', nameW + 12 + half, lay.curvesBottom + 2);
+  layers.slice(0, lay.rows).forEach((layer, i) => {
+    const y0 = Math.floor(lay.top + i * lay.rowH), y1 = Math.floor(lay.top + (i + 1) * lay.rowH) - 2;
+    const some = frozenFilters[layer] || [];
+    let label = isFrozen(layer, frozen) ? `${layer} · frozen` : layer;
+    if (some.length && label === layer) {
+      const a = arrays[`filter_act:${layer}`] || arrays[`filter_grad:${layer}`];
+      const total = a && a.data.length ? a.data.length : null, k = new Set(some).size;
+      label = total && k >= total ? `${layer} · frozen` : total ? `${layer} · ${k} of ${total} filters frozen` : `${layer} · ${k} filter${k !== 1 ? 's' : ''} frozen`;
+    }
+    const whole = label.endsWith(' · frozen');
+    if (whole) { g.fillStyle = FROZEN_TINT; g.fillRect(2, y0, width - 5, y1 - y0 + 2); }
+    let size = Math.max(9, lay.rowH * 0.55);
+    font(g, size);
+    while (size > 8 && g.measureText(label).width > nameW - 12) { size -= 1; font(g, size); }
+    g.fillStyle = whole || some.length ? 'rgb(200,235,255)' : FOREGROUND;
+    g.fillText(label.slice(0, 48), 10, y0 + 1);
+    ['filter_act:', 'filter_grad:'].forEach((prefix, j) => {
+      let values = arrays[prefix + layer] ? arrays[prefix + layer].data : null;
+      if (!values) { const mean = arrays[(j ? 'grad:' : 'act:') + layer]; values = mean && mean.data.length ? mean.data.subarray(mean.data.length - 1) : null; }
+      if (!values || !values.length) return;
+      let hi = 0;
+      for (const v of values) if (Number.isFinite(v) && Math.abs(v) > hi) hi = Math.abs(v);
+      const x0 = nameW + 6 + j * (half + 6), cw = half / values.length;
+      for (let f = 0; f < values.length; f++) {
+        const v = Number.isFinite(values[f]) ? Math.abs(values[f]) : 0;
+        const k = Math.min(255, Math.max(0, Math.round((hi > 0 ? v / hi : v) * 255))) * 3;
+        g.fillStyle = some.includes(f) ? `rgb(${FROZEN_COLOUR})` : `rgb(${VIRIDIS[k]},${VIRIDIS[k + 1]},${VIRIDIS[k + 2]})`;
+        g.fillRect(x0 + Math.floor(f * cw), y0, Math.ceil(cw), Math.max(y1 - y0, 1));
+      }
+    });
+  });
+}
+
 function paintMetrics(meta, arrays, W, H) {
   const [c, g] = canvasFor(W, H);
   const xname = String(meta.x || 'step');
   const listed = Array.isArray(meta.series) ? meta.series.map(String) : Object.keys(arrays);
-  const names = listed.filter((n) => arrays[n] && n !== xname && n !== 'lr' && n !== 'epoch_time');
-  font(g, H / 24);
-  if (!names.length) { g.fillStyle = MUTED; g.fillText('no series yet', 10, 24); return c; }
-  const acc = names.filter((n) => n.includes('acc')), rest = names.filter((n) => !n.includes('acc'));
+  let names = listed.filter((n) => arrays[n] && n !== xname);
+  const layers = xname === 'step' ? runLayers(meta, arrays) : [];
+  let height = H;
+  if (layers.length) {
+    const lay = rowsLayout(layers.length, H);
+    names = names.filter((n) => !LAYER_STAT_PREFIXES.some((p) => n.startsWith(p)));
+    paintLayerRows(g, meta, arrays, layers, lay, W);
+    height = lay.curvesBottom; // the curves and their footer fit above the rows
+  }
+  const acc = names.filter((n) => n.includes('acc')), rest = names.filter((n) => !n.includes('acc') && n !== 'lr' && n !== 'epoch_time');
+  const extra = names.filter((n) => n === 'lr' || n === 'epoch_time');
+  const fpx = Math.max(10, Math.floor(height / 24));
+  font(g, fpx);
+  g.textBaseline = 'alphabetic';
   const plots = [rest, acc].filter((p) => p.length);
-  const ph = H / plots.length;
+  if (!plots.length) { g.fillStyle = MUTED; g.fillText('no series yet', 10, 24); return c; }
+  const footer = extra.length ? Math.max(14, Math.floor(height / 14)) : 0;
+  const ph = (height - footer) / plots.length;
+  const xs = arrays[xname] ? arrays[xname].data : null;
   let ci = 0;
   plots.forEach((group, pi) => {
     const box = [W * 0.1, pi * ph + ph / 8, W - 10, pi * ph + ph - ph / 8];
     g.strokeStyle = GRID; g.lineWidth = 1;
     g.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
+    for (let k = 1; k < 4; k++) { const yy = box[1] + ((box[3] - box[1]) * k) / 4; g.beginPath(); g.moveTo(box[0], yy); g.lineTo(box[2], yy); g.stroke(); }
     let lo = 0, hi = 1;
     if (group !== acc) {
       lo = Infinity; hi = -Infinity;
       for (const n of group) { const [a, b] = range(arrays[n].data); lo = Math.min(lo, a); hi = Math.max(hi, b); }
     }
     g.fillStyle = MUTED;
-    g.fillText(fmt(hi), 4, box[1] + 10); g.fillText(fmt(lo), 4, box[3]);
+    g.fillText(fmt(hi), 4, box[1] + fpx - 2); g.fillText(fmt(lo), 4, box[3]);
     let legendX = box[0] + 6;
     for (const n of group) {
       const s = arrays[n].data, colour = SERIES[ci++ % SERIES.length];
-      const xs = arrays[xname] && arrays[xname].data.length >= s.length ? arrays[xname].data : null;
-      const [x0, x1r] = xs ? range(xs.subarray(0, s.length)) : [0, Math.max(1, s.length - 1)];
+      const x = xs && xs.length >= s.length ? xs : null;
+      const [x0, x1r] = x ? range(x.subarray(0, s.length)) : [0, Math.max(1, s.length - 1)];
       const x1 = x1r > x0 ? x1r : x0 + 1;
       g.strokeStyle = colour; g.lineWidth = Math.max(2, H / 160);
       g.beginPath();
-      let started = false;
+      let started = false, last = null;
       for (let i = 0; i < s.length; i++) {
         if (!Number.isFinite(s[i])) continue;
-        const xv = xs ? xs[i] : i;
+        last = s[i];
+        const xv = x ? x[i] : i;
         const px = box[0] + ((xv - x0) / (x1 - x0)) * (box[2] - box[0]);
         const py = box[3] - ((Math.min(hi, Math.max(lo, s[i])) - lo) / (hi - lo || 1)) * (box[3] - box[1]);
         if (started) g.lineTo(px, py); else { g.moveTo(px, py); started = true; }
       }
       g.stroke();
-      const label = `${n} ${s.length ? fmt(s[s.length - 1]) : '-'}`;
-      g.fillStyle = colour; g.fillText(label, legendX, box[1] + 14);
+      const label = `${n} ${last === null ? '-' : fmt(last)}`;
+      g.fillStyle = colour; g.fillText(label, legendX, box[1] + fpx + 2);
       legendX += g.measureText(label).width + 12;
     }
   });
+  if (extra.length) {
+    const parts = extra.map((n) => { const v = arrays[n].data; return `${n} ${v.length ? fmt(v[v.length - 1]) : '-'}`; });
+    const steps = xs && xs.length ? `${xname} ${Math.round(xs[xs.length - 1])}` : '';
+    g.fillStyle = MUTED; g.fillText([steps, ...parts].join('   '), 10, height - 3);
+  }
+  const status = meta.status;
+  if (typeof status === 'string' && status) {
+    const chip = ` ${status.slice(0, 16)} `, tw = g.measureText(chip).width;
+    g.fillStyle = `rgb(${STATUS_COLOURS[status] || [140, 148, 166]})`;
+    g.fillRect(W - tw - 14, 4, tw + 8, fpx + 4);
+    g.fillStyle = 'rgb(10,12,18)'; g.textBaseline = 'top'; g.fillText(chip, W - tw - 10, 5);
+  }
   return c;
+}
+
+/** [C][3] precision, recall, F1 from the blob's arrays (or its meta lists), or null. */
+function classScores(meta, arrays, n) {
+  const cols = [];
+  for (const name of ['precision', 'recall', 'f1']) {
+    const a = arrays[name] ? arrays[name].data : Array.isArray(meta[name]) ? meta[name] : null;
+    if (!a || a.length !== n) return null;
+    cols.push(Array.from(a, (v) => (Number.isFinite(Number(v)) ? Math.min(1, Math.max(0, Number(v))) : 0)));
+  }
+  return cols;
+}
+
+function viridisOf(t) {
+  const idx = Math.min(255, Math.max(0, Math.round(t * 255))) * 3;
+  return [VIRIDIS[idx], VIRIDIS[idx + 1], VIRIDIS[idx + 2]];
 }
 
 function paintConfusion(meta, arrays, W, H) {
@@ -154,30 +282,59 @@ function paintConfusion(meta, arrays, W, H) {
   if (m.shape.length !== 2 || m.shape[0] !== m.shape[1]) throw new PaintError(`confusion matrix must be square [C, C]; got [${m.shape}]`);
   const n = m.shape[0];
   const [c, g] = canvasFor(W, H);
-  const left = W * 0.16, top = H * 0.16, cw = (W * 0.98 - left) / Math.max(n, 1), chh = (H * 0.98 - top) / Math.max(n, 1);
-  let maxv = 0;
-  for (const x of m.data) if (x > maxv) maxv = x;
+  const scores = classScores(meta, arrays, n);
+  const left = W * 0.16, top = H * 0.16, right = W * (scores ? 0.68 : 0.98);
+  const cw = (right - left) / Math.max(n, 1), chh = (H * 0.98 - top) / Math.max(n, 1);
+  let maxv = 0, diag = 0, total = 0;
+  for (const x of m.data) { if (x > maxv) maxv = x; total += Number(x); }
+  for (let i = 0; i < n; i++) diag += Number(m.data[i * n + i]);
   font(g, Math.min(cw, chh) * 0.36);
   const names = Array.isArray(meta.labels) ? meta.labels : Array.isArray(meta.classes) ? meta.classes : [];
+  g.textAlign = 'center'; g.textBaseline = 'middle';
   for (let r = 0; r < n; r++) {
     for (let k = 0; k < n; k++) {
       const v = Number(m.data[r * n + k]);
-      const idx = Math.min(255, Math.max(0, Math.round((maxv > 0 ? v / maxv : 0) * 255))) * 3;
-      const col = [VIRIDIS[idx], VIRIDIS[idx + 1], VIRIDIS[idx + 2]];
+      const col = viridisOf(maxv > 0 ? v / maxv : 0);
       g.fillStyle = `rgb(${col})`;
       g.fillRect(left + k * cw, top + r * chh, cw - 1, chh - 1);
       if (n <= 30) {
         const lum = 0.3 * col[0] + 0.59 * col[1] + 0.11 * col[2];
         g.fillStyle = lum > 140 ? '#141414' : '#f0f0f0';
-        g.textAlign = 'center'; g.textBaseline = 'middle';
         g.fillText(String(Math.round(v)), left + (k + 0.5) * cw, top + (r + 0.5) * chh);
       }
     }
   }
-  g.textAlign = 'right'; g.fillStyle = FOREGROUND;
-  if (n <= 40) for (let i = 0; i < n; i++) g.fillText(String(names[i] ?? i).slice(0, 16), left - 6, top + (i + 0.5) * chh);
-  g.textAlign = 'left'; g.textBaseline = 'top'; g.fillStyle = MUTED; font(g, H * 0.04);
+  const lpx = Math.max(8, Math.min(chh, H * 0.06) * 0.6);
+  font(g, lpx);
+  g.fillStyle = FOREGROUND;
+  if (n <= 40) {
+    for (let i = 0; i < n; i++) {
+      const lab = String(names[i] ?? i).slice(0, 16);
+      g.textAlign = 'right'; g.fillText(lab, left - 6, top + (i + 0.5) * chh);
+      g.textAlign = 'center'; g.fillText(lab, left + (i + 0.5) * cw, top - lpx * 0.8);
+    }
+  }
+  if (scores) { // per-class precision, recall, F1: three coloured columns right of the matrix
+    const x0 = right + W * 0.02, sw = (W * 0.98 - x0) / 3;
+    font(g, Math.max(8, Math.min(chh * 0.5, H * 0.05)));
+    ['P', 'R', 'F1'].forEach((head, k) => {
+      g.fillStyle = FOREGROUND; g.textAlign = 'center';
+      g.fillText(head, x0 + (k + 0.5) * sw, top - lpx * 0.8);
+      for (let r = 0; r < n; r++) {
+        const v = scores[k][r], col = viridisOf(v);
+        g.fillStyle = `rgb(${col})`;
+        g.fillRect(x0 + k * sw + 1, top + r * chh, sw - 3, chh - 1);
+        if (n <= 30) {
+          const lum = 0.3 * col[0] + 0.59 * col[1] + 0.11 * col[2];
+          g.fillStyle = lum > 140 ? '#141414' : '#f0f0f0';
+          g.fillText(v.toFixed(2), x0 + (k + 0.5) * sw, top + (r + 0.5) * chh);
+        }
+      }
+    });
+  }
+  g.textAlign = 'left'; g.textBaseline = 'top'; g.fillStyle = MUTED; font(g, lpx);
   g.fillText('rows: true · columns: predicted', 4, 2);
+  g.fillText(`acc ${(diag / Math.max(total, 1)).toFixed(3)}`, 4, 2 + lpx * 1.3);
   return c;
 }
 

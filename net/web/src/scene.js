@@ -6,7 +6,8 @@
 
 import * as THREE from 'three';
 import { decodeContent } from './wire.js';
-import { LABEL_PALETTE, PAINTERS, UNLABELLED, VIRIDIS, paintMessage, paintNote } from './paint.js';
+import { PAINTERS, VIRIDIS, paintMessage, paintNote } from './paint.js';
+import { CloudFace, GraphFace, disposeTree } from './faces3d.js';
 
 const PIXELS_PER_METRE = 420, MAX_TEXTURE_SIDE = 720;
 
@@ -42,14 +43,6 @@ function textSprite(text, colour = '#ffffff', height = 0.12) {
   return sprite;
 }
 
-function disposeTree(obj) {
-  obj.traverse((o) => {
-    if (o.geometry) o.geometry.dispose();
-    const mats = Array.isArray(o.material) ? o.material : o.material ? [o.material] : [];
-    for (const m of mats) { if (m.map) m.map.dispose(); m.dispose(); }
-  });
-}
-
 /** One panel: a frame group placed by its transform, a face drawn from its content. */
 class PanelView {
   constructor(id) {
@@ -62,6 +55,12 @@ class PanelView {
     this.status = 'waiting';
     this.message = '';
     this.size = [1, 0.75];
+    this.badge = null;
+    this.badgeText = '';
+    this.graph = null; // a GraphFace (model_graph), kept while its content is the same
+    this.cloud = null; // a CloudFace (latent_cloud)
+    this.decoded = null; // {meta, arrays} of a painted kind's blob (a run's metrics panel grows from it)
+    this.collapsed = null; // the graph's collapsed groups, kept across a new blob
   }
 
   place(transform) {
@@ -87,6 +86,18 @@ class PanelView {
     this.title.position.set(0, this.size[1] / 2 + 0.06, 0);
     this.group.add(this.title);
   }
+
+  /** The tag above a run's panel ("running · Ann: freeze conv1"); empty: none. */
+  setBadge(text) {
+    if (text === this.badgeText) return false;
+    this.badgeText = text;
+    if (this.badge) { this.group.remove(this.badge); disposeTree(this.badge); this.badge = null; }
+    if (!text) return true;
+    this.badge = textSprite(text, '#ffdb73', 0.06);
+    this.badge.position.set(0, this.size[1] / 2 + 0.135, 0);
+    this.group.add(this.badge);
+    return true;
+  }
 }
 
 function quad(canvas, [w, h]) {
@@ -95,112 +106,6 @@ function quad(canvas, [w, h]) {
   tex.anisotropy = 4;
   const mesh = new THREE.Mesh(new THREE.PlaneGeometry(w, h), new THREE.MeshBasicMaterial({ map: tex, side: THREE.DoubleSide }));
   return mesh;
-}
-
-function backdrop([w, h]) {
-  return new THREE.Mesh(new THREE.PlaneGeometry(w, h),
-    new THREE.MeshBasicMaterial({ color: 0x181c28, side: THREE.DoubleSide, transparent: true, opacity: 0.85 }));
-}
-
-function opColour(op) {
-  let h = 0;
-  for (const ch of String(op)) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
-  return new THREE.Color().setHSL((h % 360) / 360, 0.55, 0.55);
-}
-
-/** A model graph in 3D: one box per layer (one instanced mesh), edges as one line set. */
-function graphFace(meta, size) {
-  const nodes = meta.nodes.filter((n) => n && typeof n === 'object').slice(0, 5000);
-  const [w, h] = size;
-  const group = new THREE.Group();
-  group.add(backdrop(size));
-  const byId = new Map();
-  const rankOf = nodes.map((n, i) => (Number.isFinite(n.rank) ? n.rank : i));
-  const ranks = [...new Set(rankOf)].sort((a, b) => a - b);
-  const col = new Map(ranks.map((r, i) => [r, i]));
-  const stack = new Map();
-  const cells = nodes.map((n, i) => {
-    const c = col.get(rankOf[i]);
-    const k = stack.get(c) || 0;
-    stack.set(c, k + 1);
-    return [c, k];
-  });
-  const maxStack = Math.max(1, ...stack.values());
-  const cw = (w * 0.9) / Math.max(ranks.length, 1), ch = (h * 0.8) / maxStack;
-  const box = Math.min(cw * 0.7, ch * 0.7, 0.12);
-  const mesh = new THREE.InstancedMesh(new THREE.BoxGeometry(box, box, box), new THREE.MeshLambertMaterial(), Math.max(nodes.length, 1));
-  const m = new THREE.Matrix4();
-  nodes.forEach((n, i) => {
-    const [c, k] = cells[i];
-    const count = stack.get(c);
-    const x = -w * 0.45 + cw * (c + 0.5), y = ch * ((count - 1) / 2 - k) - h * 0.05;
-    m.makeTranslation(x, y, box / 2 + 0.01);
-    mesh.setMatrixAt(i, m);
-    mesh.setColorAt(i, opColour(n.op));
-    byId.set(String(n.id ?? i), [x, y]);
-  });
-  mesh.count = nodes.length;
-  group.add(mesh);
-  if (nodes.length <= 48) { // labels are a draw each: only for graphs small enough to read
-    const textH = Math.min(box * 0.55, 0.05);
-    nodes.forEach((n, i) => {
-      const [x, y] = byId.get(String(n.id ?? i));
-      const name = String(n.name ?? n.id ?? i).split('.').pop().slice(0, 24);
-      const label = textSprite(name, '#e6eaf2', textH);
-      label.position.set(x, y - box * 0.5 - textH * 0.8 * (1 + (cells[i][0] % 2)), box + 0.02);
-      group.add(label);
-    });
-  }
-  const pts = [];
-  for (const e of Array.isArray(meta.edges) ? meta.edges.slice(0, 20000) : []) {
-    if (!Array.isArray(e) || e.length !== 2) continue;
-    const a = byId.get(String(e[0])), b = byId.get(String(e[1]));
-    if (a && b) pts.push(a[0], a[1], 0.02, b[0], b[1], 0.02);
-  }
-  if (pts.length) {
-    const g = new THREE.BufferGeometry();
-    g.setAttribute('position', new THREE.Float32BufferAttribute(pts, 3));
-    group.add(new THREE.LineSegments(g, new THREE.LineBasicMaterial({ color: 0x8c94a6 })));
-  }
-  return group;
-}
-
-/** A latent cloud in 3D: one Points object, coloured by label (grey unlabelled). */
-function cloudFace(meta, arrays, size) {
-  const pos = arrays.positions;
-  if (!pos || pos.shape.length !== 2 || (pos.shape[1] !== 2 && pos.shape[1] !== 3)) {
-    throw new Error(`a latent_cloud blob needs positions [N, 2] or [N, 3]; got ${pos ? `[${pos.shape}]` : 'none'}`);
-  }
-  const [n, d] = pos.shape;
-  const labels = arrays.labels ? arrays.labels.data : null;
-  if (labels && labels.length !== n) throw new Error(`labels has ${labels.length} entries for ${n} points`);
-  const lo = [Infinity, Infinity, Infinity], hi = [-Infinity, -Infinity, -Infinity];
-  for (let i = 0; i < n; i++) for (let k = 0; k < d; k++) {
-    const x = pos.data[i * d + k];
-    if (Number.isFinite(x)) { lo[k] = Math.min(lo[k], x); hi[k] = Math.max(hi[k], x); }
-  }
-  const side = Math.min(size[0], size[1]) * 0.9;
-  const xyz = new Float32Array(n * 3), rgb = new Float32Array(n * 3), tmp = new THREE.Color();
-  for (let i = 0; i < n; i++) {
-    for (let k = 0; k < 3; k++) {
-      const x = k < d ? pos.data[i * d + k] : 0;
-      const span = hi[k] > lo[k] ? hi[k] - lo[k] : 1;
-      const u = k < d && Number.isFinite(x) ? (x - lo[k]) / span - 0.5 : 0;
-      xyz[i * 3 + k] = k === 2 ? (u + 0.5) * side * 0.3 + 0.02 : u * side; // shallow: the cloud stays over its panel
-    }
-    const lab = labels ? labels[i] : -1;
-    const c = lab < 0 ? UNLABELLED : LABEL_PALETTE[((lab % 10) + 10) % 10];
-    tmp.setRGB(c[0] / 255, c[1] / 255, c[2] / 255, THREE.SRGBColorSpace); // palette colours are sRGB; three works linear
-    rgb[i * 3] = tmp.r; rgb[i * 3 + 1] = tmp.g; rgb[i * 3 + 2] = tmp.b;
-  }
-  const g = new THREE.BufferGeometry();
-  g.setAttribute('position', new THREE.BufferAttribute(xyz, 3));
-  g.setAttribute('color', new THREE.BufferAttribute(rgb, 3));
-  const group = new THREE.Group();
-  group.add(backdrop(size));
-  const pts = new THREE.Points(g, new THREE.PointsMaterial({ size: Math.max(0.015, side / 30), vertexColors: true }));
-  group.add(pts);
-  return group;
 }
 
 /** True when WebGL runs on the CPU (SwiftShader, llvmpipe): drawing is then costly. */
@@ -259,6 +164,22 @@ export class RoomScene {
     if (typeof yawDeg === 'number' && Number.isFinite(yawDeg)) this.look(yawDeg, 0);
   }
 
+  /** Stand `dist` metres in front of a panel, looking at its centre (the app's "face" a panel). */
+  facePanel(id, dist) {
+    const view = this.panels.get(id);
+    if (!view) return false;
+    view.group.updateMatrixWorld(true);
+    const centre = view.group.getWorldPosition(new THREE.Vector3());
+    const n = new THREE.Vector3(0, 0, 1).applyQuaternion(view.group.getWorldQuaternion(new THREE.Quaternion()));
+    n.y = 0;
+    if (n.lengthSq() < 1e-6) n.set(0, 0, 1);
+    n.normalize();
+    const spot = centre.clone().addScaledVector(n, dist);
+    this.rig.position.set(spot.x, spot.y - 1.6, spot.z);
+    this.look(THREE.MathUtils.radToDeg(-Math.atan2(n.x, n.z)), 0);
+    return true;
+  }
+
   /** Put the camera where a head is (follow-me): position and orientation, room coordinates. */
   follow(head) {
     const p = toThreePos(head.slice(0, 3));
@@ -298,20 +219,44 @@ export class RoomScene {
       try { decoded = decodeContent(blob); } catch (e) { throw new Error(`content blob is corrupt: ${e.message}`); }
       const { meta, arrays } = decoded;
       if (meta.kind !== undefined && meta.kind !== kind) throw new Error(`blob holds '${meta.kind}' content but the panel shows '${kind}'`);
+      view.graph = null; view.cloud = null; view.decoded = null;
       if (kind === 'model_graph') {
         if (!Array.isArray(meta.nodes)) throw new Error('a model_graph blob needs meta.nodes (a list)');
-        view.setFace(graphFace(meta, size), 'drawn');
+        const g = new GraphFace(meta, size, view.collapsed);
+        view.setFace(g.group, 'drawn');
+        view.graph = g;
       } else if (kind === 'latent_cloud') {
-        view.setFace(cloudFace(meta, arrays, size), 'drawn');
+        const c = new CloudFace(meta, arrays, size);
+        view.setFace(c.group, 'drawn');
+        view.cloud = c;
       } else {
         const painter = PAINTERS[kind];
         if (!painter) throw new Error(`no view for panel kind '${kind}'`);
         view.setFace(quad(painter(meta, arrays, W, H), size), 'drawn');
+        view.decoded = { meta, arrays };
       }
     } catch (e) {
       const msg = String(e && e.message ? e.message : e).slice(0, 400);
       view.setFace(quad(paintMessage('Cannot show this panel', msg, W, H, true), size), 'error', msg);
     }
+  }
+
+  /** Repaint a painted kind from content that grew (a run's metrics panel between blobs). */
+  repaint(view, kind, meta, arrays) {
+    const [W, H] = textureSize(view.size);
+    try {
+      view.setFace(quad(PAINTERS[kind](meta, arrays, W, H), view.size), 'drawn');
+    } catch (e) {
+      const msg = String(e && e.message ? e.message : e).slice(0, 400);
+      view.setFace(quad(paintMessage('Cannot show this panel', msg, W, H, true), view.size), 'error', msg);
+    }
+  }
+
+  /** Where the camera is in a panel's local frame (the cloud's level of detail). */
+  viewerIn(view) {
+    const p = new THREE.Vector3();
+    this.camera.getWorldPosition(p);
+    return view.group.worldToLocal(p);
   }
 
   /** An error card on a panel (its content could not be fetched). */
@@ -378,8 +323,34 @@ export class RoomScene {
     const ray = new THREE.Raycaster();
     ray.setFromCamera(ndc, this.camera);
     const hits = ray.intersectObjects([...this.panels.values()].map((v) => v.group), true);
-    for (const h of hits) if (h.object.userData.panelId) return { id: h.object.userData.panelId, point: h.point };
+    for (const h of hits) {
+      if (h.object.isLine || h.object.isPoints) continue; // their pick distance is loose (1 m): faces decide
+      let o = h.object;
+      while (o && !o.userData.panelId) o = o.parent; // faces rebuilt in place (a graph's groups) add children
+      if (o) return { id: o.userData.panelId, point: h.point };
+    }
     return null;
+  }
+
+  /** Where the ray through a screen point (NDC) meets a panel's face plane, panel-local (or null). */
+  facePoint(view, ndc) {
+    const ray = new THREE.Raycaster();
+    ray.setFromCamera(ndc, this.camera);
+    view.group.updateMatrixWorld(true);
+    const normal = new THREE.Vector3(0, 0, 1).applyQuaternion(view.group.getWorldQuaternion(new THREE.Quaternion()));
+    const plane = new THREE.Plane().setFromNormalAndCoplanarPoint(normal, view.group.getWorldPosition(new THREE.Vector3()));
+    const p = ray.ray.intersectPlane(plane, new THREE.Vector3());
+    return p ? view.group.worldToLocal(p) : null;
+  }
+
+  /** Where a panel-local point (x, y, z) is on the screen, in CSS pixels (null: no such panel). */
+  screenPoint(id, x, y, z = 0) {
+    const view = this.panels.get(id);
+    if (!view) return null;
+    view.group.updateMatrixWorld(true);
+    const v = view.group.localToWorld(new THREE.Vector3(x, y, z)).project(this.camera);
+    const el = this.renderer.domElement;
+    return [((v.x + 1) / 2) * el.clientWidth, ((1 - v.y) / 2) * el.clientHeight];
   }
 
   /** Where a panel's face is on the screen: [left, top, right, bottom] in CSS pixels. */
