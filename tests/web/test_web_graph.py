@@ -27,7 +27,9 @@ SIZE = (2.4, 1.1)
 
 def graph_meta() -> dict[str, Any]:
     """A stem, four blocks of 18 layers (conv, norm, relu) under one "features" group, a head."""
-    nodes: list[dict[str, Any]] = [{"id": "stem", "name": "features.conv0", "op": "conv", "group": "features", "params": 864}]
+    nodes: list[dict[str, Any]] = [
+        {"id": "stem", "name": "features.conv0", "op": "conv", "group": "features", "params": 864}
+    ]
     groups = [{"id": "features", "name": "features", "parent": None}]
     edges: list[list[str]] = []
     prev = "stem"
@@ -37,7 +39,15 @@ def graph_meta() -> dict[str, Any]:
         for k in range(18):
             nid = f"b{b}_{k}"
             op = ("conv", "norm", "relu")[k % 3]
-            nodes.append({"id": nid, "name": f"{gid}.{op}{k}", "op": op, "group": gid, "params": 9216 if op == "conv" else 64})
+            nodes.append(
+                {
+                    "id": nid,
+                    "name": f"{gid}.{op}{k}",
+                    "op": op,
+                    "group": gid,
+                    "params": 9216 if op == "conv" else 64,
+                }
+            )
             edges.append([prev, nid])
             if k % 6 == 5:
                 edges.append([f"b{b}_{k - 5}", nid])  # a residual skip
@@ -57,7 +67,10 @@ def python_layout(meta: dict[str, Any], collapsed: set[str]) -> graph_layout.Gra
 
 def assert_same_layout(page: dict[str, Any], meta: dict[str, Any], collapsed: set[str]) -> None:
     lay = python_layout(meta, collapsed)
-    want = {nd.key: (float(lay.positions[i, 0]), float(lay.positions[i, 1])) for i, nd in enumerate(lay.nodes)}
+    want = {
+        nd.key: (float(lay.positions[i, 0]), float(lay.positions[i, 1]))
+        for i, nd in enumerate(lay.nodes)
+    }
     assert page["plates"] == [p.group for p in lay.plates] and page["rows"] == lay.rows
     got = page["at"]
     assert set(got) == set(want)
@@ -77,18 +90,32 @@ async def click_at(b: Browsers, d: Any, xy: list[float]) -> None:
     def run() -> None:
         canvas = d.find_element("css selector", "canvas")
         w, h = canvas.size["width"], canvas.size["height"]
-        ActionChains(d).move_to_element_with_offset(canvas, int(xy[0] - w / 2), int(xy[1] - h / 2)).click().perform()
+        ActionChains(d).move_to_element_with_offset(
+            canvas, int(xy[0] - w / 2), int(xy[1] - h / 2)
+        ).click().perform()
 
     await asyncio.to_thread(run)
 
 
-async def test_graph_opens_collapsed_and_groups_expand_and_collapse_like_the_app(relay, browsers: Browsers) -> None:
+async def test_graph_opens_collapsed_and_groups_expand_and_collapse_like_the_app(
+    relay, browsers: Browsers
+) -> None:
     meta = graph_meta()
-    async with RoomClient(relay.url, room="graph", name="Alice", participant_id="alice", participant_key="k" * 20) as alice:
+    async with RoomClient(
+        relay.url, room="graph", name="Alice", participant_id="alice", participant_key="k" * 20
+    ) as alice:
         sha = await alice.put_blob(encode_content(meta, {}))
-        await alice.apply({"op": "add_panel", "panel_id": "g", "kind": "model_graph", "title": "a 74-layer graph",
-                           "transform": {"position": [0.0, 1.6, 3.0]}, "size": list(SIZE),
-                           "content": {"source": {}, "refs": [sha]}})
+        await alice.apply(
+            {
+                "op": "add_panel",
+                "panel_id": "g",
+                "kind": "model_graph",
+                "title": "a 74-layer graph",
+                "transform": {"position": [0.0, 1.6, 3.0]},
+                "size": list(SIZE),
+                "content": {"source": {}, "refs": [sha]},
+            }
+        )
         d = await browsers.open(page_url(relay.url, "graph", name="Browser"))
 
         async def graph() -> dict[str, Any] | None:
@@ -97,7 +124,12 @@ async def test_graph_opens_collapsed_and_groups_expand_and_collapse_like_the_app
 
         g = await eventually(graph, timeout=30)
         opened = graph_layout.default_collapsed(meta)
-        assert opened == {"features.block0", "features.block1", "features.block2", "features.block3"}
+        assert opened == {
+            "features.block0",
+            "features.block1",
+            "features.block2",
+            "features.block3",
+        }
         assert set(g["collapsed"]) == opened
         assert sorted(g["groups"]) == sorted(opened) and set(g["plates"]) == {"features"}
         assert_same_layout(g, meta, opened)
@@ -106,11 +138,15 @@ async def test_graph_opens_collapsed_and_groups_expand_and_collapse_like_the_app
         await asyncio.sleep(0.4)
         rect = (await browsers.state(d))["panels"]["g"]["rect"]
         shot = await browsers.screenshot(d)
-        face = shot[int(rect[1]):int(rect[3]), int(rect[0]):int(rect[2])]
+        face = shot[int(rect[1]) : int(rect[3]), int(rect[0]) : int(rect[2])]
         assert teal(face) > 400, "collapsed groups are teal boxes"
 
         # a click on block1's box expands it, in place
-        xy = await browsers.js(d, "return window.deeproom.screenPoint('g', ...arguments[0])", g["at"]["g:features.block1"])
+        xy = await browsers.js(
+            d,
+            "return window.deeproom.screenPoint('g', ...arguments[0])",
+            g["at"]["g:features.block1"],
+        )
         await click_at(browsers, d, xy)
         g2 = await eventually(lambda: _changed(browsers, d, g["boxes"]), timeout=5)
         assert set(g2["collapsed"]) == opened - {"features.block1"}
@@ -118,7 +154,9 @@ async def test_graph_opens_collapsed_and_groups_expand_and_collapse_like_the_app
         assert_same_layout(g2, meta, opened - {"features.block1"})
         await asyncio.sleep(0.3)
         shot2 = await browsers.screenshot(d)
-        assert teal(shot2[int(rect[1]):int(rect[3]), int(rect[0]):int(rect[2])]) < teal(face), "one teal box fewer"
+        assert teal(shot2[int(rect[1]) : int(rect[3]), int(rect[0]) : int(rect[2])]) < teal(face), (
+            "one teal box fewer"
+        )
 
         # a click on its plate's name strip collapses it again
         strip = g2["plateAt"]["features.block1"]
