@@ -1,16 +1,21 @@
-"""`deeproom bench relay`: poses from N real Socket.IO clients through a real relay.
+"""`deeproom bench relay`: poses from N participants through a real relay.
 
-The relay runs as its own process (`deeproom serve`), the clients in a few other
-processes (this machine has 2 cores: one process per client would measure the
-scheduler, not the relay). Each client joins the room, then sends poses at the
-given rate, each stamped with its send time and a sequence number; every client
-counts the new poses it receives from each peer and how old they are on arrival.
+The relay runs as its own process (`deeproom serve`), the participants in one or a few
+generator processes (`deeproom.net.bench_clients`: hundreds per process on one event
+loop, speaking the wire protocol over raw websockets, so that the relay, not the load
+generator, is what runs out of CPU). Each participant joins the room, then sends poses at
+the given rate, each stamped with its send time and a sequence number. Every participant
+counts the batches and entries it receives (and confirms them, as the protocol's flow
+control asks); a few probe participants also decode every batch and record how old each
+new pose is on arrival (p50/p99).
 
-expected = poses sent in the measured window x (N - 1) receivers; delivered = poses
-from that window that reached a receiver (the relay sends only each participant's
-latest pose per tick, so a pose overtaken within one tick is, by design, not
-delivered). The same load is then sent through a naive relay that forwards every
-pose to every peer at once (the baseline), in the same run.
+delivered_ratio = batch entries received in the window / entries the relay scheduled
+for every recipient (recipients it skipped for being backed up count as not delivered).
+pose_coverage = distinct poses the probes received / poses the others sent in the window
+(below 1 by design: a pose overtaken within one tick is never sent). The relay's CPU is
+reported next to the generator's and the whole machine's, and `limited_by` names what
+ran out (relay, generator, machine). The same load is then sent through a naive relay
+that forwards every pose to every peer at once (the baseline), in the same run.
 
 Also run as `python -m deeproom.net.bench_relay naive --port P` to start that
 naive relay.
@@ -24,9 +29,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import random
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -38,8 +41,6 @@ import numpy as np
 
 from deeproom.config import Config
 
-_BATCH = struct.Struct("<BdH")
-_POSE_HEAD = struct.Struct("<BBId")
 ROOM = "bench"
 
 
@@ -101,175 +102,13 @@ def naive_main(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-# --- client processes ---------------------------------------------------------------------
-
-
-class _Tally:
-    def __init__(self, t0: float, t1: float) -> None:
-        self.t0, self.t1 = t0, t1
-        self.last: dict[tuple[int, str], int] = {}
-        self.delivered = 0
-        self.batches: list[tuple[float, int]] = []
-        self.latencies: list[float] = []
-
-    def seen(self, me: int, pid: str, seq: int, sent_at: float, now: float) -> None:
-        key = (me, pid)
-        if seq <= self.last.get(key, -1):
-            return
-        self.last[key] = seq
-        if self.t0 <= sent_at <= self.t1:
-            self.delivered += 1
-        if self.t0 <= now <= self.t1:
-            # the age of what arrives during the window (a relay that falls behind shows it here)
-            self.latencies.append(now - sent_at)
-
-
-# Bench clients send head-only poses and are named c000..c999, so every batch entry is
-# 1 + 4 + 42 bytes: numpy reads a whole batch at once, leaving the CPU to the relay.
-_ENTRY = np.dtype([("n", "u1"), ("pid", "u1", 4), ("ver", "u1"), ("flags", "u1"), ("seq", "<u4"),
-                   ("t", "<f8"), ("head", "<f4", 7)])
-
-
-class _FastTally:
-    """Counts for every client of one process, indexed by sender number. With several relay
-    nodes (client i on node i % nodes) the ages of poses from another node are also kept apart."""
-
-    def __init__(self, t0: float, t1: float, n_local: int, n_total: int, nodes: int = 1) -> None:
-        self.t0, self.t1 = t0, t1
-        self.nodes = nodes
-        self.last = np.full((n_local, n_total), -1, dtype=np.int64)
-        self.delivered = 0
-        self.batches: list[tuple[float, int]] = []
-        self.latencies: list[np.ndarray] = []
-        self.cross: list[np.ndarray] = []
-
-    def batch(self, me: int, own: int, data: bytes, now: float) -> None:
-        server_time = _BATCH.unpack_from(data, 0)[1]
-        arr = np.frombuffer(data, dtype=_ENTRY, offset=_BATCH.size)
-        digits = arr["pid"][:, 1:].astype(np.int64) - 48
-        idx = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
-        keep = idx != own
-        idx, seq, sent = idx[keep], arr["seq"][keep].astype(np.int64), arr["t"][keep]
-        self.batches.append((server_time, int(idx.size)))
-        last = self.last[me]
-        new = seq > last[idx]
-        last[idx[new]] = seq[new]
-        sent_new = sent[new]
-        self.delivered += int(((sent_new >= self.t0) & (sent_new <= self.t1)).sum())
-        if self.t0 <= now <= self.t1:
-            ages = (now - sent_new).astype(np.float32)
-            self.latencies.append(ages)
-            if self.nodes > 1:
-                self.cross.append(ages[(idx[new] % self.nodes) != (own % self.nodes)])
-
-
-def _client_proc(url: str | list[str], mode: str, ids: list[str], n_total: int, rate: float, ready: Any, go: Any,
-                 times: Any, results: Any, password: str | None = None) -> None:
-    """`url`: the relay, or one URL per node (client cNNN joins node NNN % nodes)."""
-    from deeproom.net.sio_client import RelaySocketClient
-    from deeproom.presence import Pose, encode_pose
-
-    async def main() -> None:
-        clients: list[Any] = []
-        tally: _Tally | None = None
-        fast: _FastTally | None = None
-
-        read = [0] * len(ids)
-
-        def make_handler(me: int, own: str) -> Any:
-            own_index = int(own[1:])
-
-            def on_poses(data: bytes) -> None:
-                read[me] += 1
-                if fast is None:
-                    return
-                fast.batch(me, own_index, data, time.time())
-
-            def on_pose(data: bytes) -> None:
-                if tally is None:
-                    return
-                now = time.time()
-                n = data[0]
-                pid = data[1 : 1 + n].decode()
-                _, _, seq, sent_at = _POSE_HEAD.unpack_from(data, 1 + n)
-                tally.seen(me, pid, seq, sent_at, now)
-
-            return on_poses if mode == "relay" else on_pose
-
-        for i, pid in enumerate(ids):
-            if password is not None:
-                # Each its own loopback address, as users on their own machines: per-address
-                # limits then see the normal clients apart from each other and from the hostile ones.
-                import aiohttp
-
-                local = (f"127.0.2.{int(pid[1:]) % 250 + 1}", 0)
-                sio = RelaySocketClient(reconnection=False, http_session=aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(local_addr=local)))
-            else:
-                sio = RelaySocketClient(reconnection=False)
-            sio.on("poses" if mode == "relay" else "pose", make_handler(i, pid))
-            node_url = url if isinstance(url, str) else url[int(pid[1:]) % len(url)]
-            await sio.connect(node_url, transports=["websocket"], wait_timeout=30)
-            sio.index = i
-            join: dict[str, Any] = {"room": ROOM, "name": pid, "participant_id": pid}
-            if password is not None:  # the hostile bench: a room with a password, ids bound to keys
-                join.update(password=password, key=_key(pid))
-            ack = await sio.call("join", join, timeout=60)
-            if not ack.get("ok"):
-                raise RuntimeError(f"join refused: {ack}")
-            clients.append(sio)
-        ready.put(os.getpid())
-        await asyncio.get_running_loop().run_in_executor(None, go.wait)
-        start, t0, t1, end = times[0], times[1], times[2], times[3]
-        tally = _Tally(t0, t1)
-        fast = _FastTally(t0, t1, len(ids), n_total, 1 if isinstance(url, str) else len(url))
-        sent = [0]
-        dropped = [0]
-        period = 1.0 / rate
-
-        async def sender(sio: Any) -> None:
-            await asyncio.sleep(max(0.0, start - time.time()) + random.random() * period)
-            seq = 0
-            next_at = time.monotonic()
-            while time.time() < end:
-                now = time.time()
-                pose = encode_pose(Pose(seq=seq, sent_at=now))
-                if not sio.connected:  # the relay dropped this client: count it, the others go on
-                    dropped[0] += 1
-                    return
-                # the relay's flow control: each pose also says how many batches were read
-                await sio.emit("pose", (pose, read[sio.index]) if mode == "relay" else pose)
-                if t0 <= now <= t1:
-                    sent[0] += 1
-                seq += 1
-                next_at += period
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-
-        await asyncio.gather(*(sender(c) for c in clients))
-        await asyncio.sleep(0.5)  # let the last batches arrive
-        if mode == "relay":
-            lat = np.concatenate(fast.latencies) if fast.latencies else np.zeros(0, np.float32)
-            cross = np.concatenate(fast.cross) if fast.cross else np.zeros(0, np.float32)
-            results.put((sent[0], fast.delivered, np.asarray(fast.batches, dtype=np.float64).tobytes(), lat.tobytes(),
-                         dropped[0], cross.tobytes()))
-        else:
-            results.put((sent[0], tally.delivered, np.asarray(tally.batches, dtype=np.float64).tobytes(),
-                         np.asarray(tally.latencies, dtype=np.float32).tobytes(), dropped[0], b""))
-        for c in clients:
-            with contextlib.suppress(Exception):
-                await c.disconnect()
-            if password is not None:
-                with contextlib.suppress(Exception):
-                    await c.eio.http.close()
-
-    asyncio.run(main())
-
-
 # --- one run ---------------------------------------------------------------------------------
 
 
 def _key(pid: str) -> str:
-    return "bench-key-" + pid + "-0123456789abcdef"
+    from deeproom.net.bench_clients import bench_key
+
+    return bench_key(pid)
 
 
 def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: int, server_pid: int,
@@ -277,9 +116,11 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
               data_dir: Path | None = None, more_nodes: tuple[tuple[str, int], ...] = (),
               redis_pid: int | None = None) -> dict[str, Any]:
     """One load. `more_nodes`: (url, pid) of further relay nodes sharing the room through Redis
-    (`redis_pid`); the clients are then split across all nodes."""
+    (`redis_pid`); the clients are then split across all nodes. `procs`: generator processes
+    (participants of `deeproom.net.bench_clients`, many per process)."""
     import psutil
 
+    from deeproom.net.bench_clients import generator_proc, probe_ids
     from deeproom.net.bench_hostile import hostile_proc
 
     ctx = mp.get_context("spawn")
@@ -287,11 +128,13 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
     go = ctx.Event()
     times = ctx.Array("d", 4)
     ids = [f"c{i:03d}" for i in range(n)]
+    procs = max(1, min(procs, n))
     groups = [ids[i::procs] for i in range(procs)]
     urls = [url, *(u for u, _ in more_nodes)]
     target: str | list[str] = url if not more_nodes else urls
-    workers = [ctx.Process(target=_client_proc, args=(target, mode, g, n, rate, ready, go, times, results, password),
-                           daemon=True)
+    probes = probe_ids(n)
+    workers = [ctx.Process(target=generator_proc,
+                           args=(target, mode, g, n, rate, probes, ready, go, times, results, password), daemon=True)
                for g in groups if g]
     hostiles = []
     if hostile:
@@ -306,7 +149,7 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
     redis_ps = psutil.Process(redis_pid) if redis_pid is not None else None
     sampler = _RssSampler(server)
     try:
-        _gather(ready, workers + hostiles, len(workers) + len(hostiles), 180, "join")
+        _gather(ready, workers + hostiles, len(workers) + len(hostiles), 300, "join")
         state0 = _store_state(data_dir) if data_dir is not None else None
         rss_before = server.memory_info().rss
         now = time.time()
@@ -315,41 +158,50 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         sampler.start()
         go.set()
         time.sleep(max(0.0, times[1] - time.time()))
-        cpu0 = sum(server.cpu_times()[:2])
-        ncpu0 = [sum(p.cpu_times()[:2]) for p in nodes_ps]
-        rcpu0 = sum(redis_ps.cpu_times()[:2]) if redis_ps is not None else 0.0
         procs_ps = [psutil.Process(w.pid) for w in workers]
-        ccpu0 = sum(sum(p.cpu_times()[:2]) for p in procs_ps)
         hostile_ps = [psutil.Process(w.pid) for w in hostiles]
-        hcpu0 = sum(sum(p.cpu_times()[:2]) for p in hostile_ps)
+        cpu0 = _cpu(server)
+        ncpu0 = [_cpu(p) for p in nodes_ps]
+        rcpu0 = _cpu(redis_ps) if redis_ps is not None else 0.0
+        gcpu0 = [_cpu(p) for p in procs_ps]
+        hcpu0 = sum(_cpu(p) for p in hostile_ps)
+        machine0 = psutil.cpu_times()
         stats0 = _stats(url) if mode == "relay" else {}
         more0 = [_stats(u) for u in urls[1:]] if mode == "relay" else []
         rss0 = server.memory_info().rss
         wall0 = time.monotonic()
         time.sleep(max(0.0, times[2] - time.time()))
-        cpu1 = sum(server.cpu_times()[:2])
-        ncpu1 = [sum(p.cpu_times()[:2]) for p in nodes_ps]
-        rcpu1 = sum(redis_ps.cpu_times()[:2]) if redis_ps is not None else 0.0
-        ccpu1 = sum(sum(p.cpu_times()[:2]) for p in procs_ps)
-        hcpu1 = sum(sum(p.cpu_times()[:2]) for p in hostile_ps)
+        cpu1 = _cpu(server)
+        ncpu1 = [_cpu(p) for p in nodes_ps]
+        rcpu1 = _cpu(redis_ps) if redis_ps is not None else 0.0
+        gcpu1 = [_cpu(p) for p in procs_ps]
+        hcpu1 = sum(_cpu(p) for p in hostile_ps)
+        machine1 = psutil.cpu_times()
         stats1 = _stats(url) if mode == "relay" else {}
         more1 = [_stats(u) for u in urls[1:]] if mode == "relay" else []
         rss1 = server.memory_info().rss
         wall1 = time.monotonic()
-        sent = delivered = entries = disconnected = 0
+        sent = entries = batches_in = disconnected = probes_n = probe_sent = probe_delivered = skipped = errors = 0
         lat: list[np.ndarray] = []
         cross_lat: list[np.ndarray] = []
-        for s, d, b, raw, gone, cross_raw in _gather(results, workers, len(workers), 120, "report"):
-            sent += s
-            delivered += d
-            disconnected += gone
+        lags: list[np.ndarray] = []
+        for r in _gather(results, workers, len(workers), 120, "report"):
+            sent += r["sent"]
+            probes_n += r["probes"]
+            probe_sent += r["probe_sent"]
+            probe_delivered += r["probe_delivered"]
+            disconnected += r["dropped"]
+            skipped += r["slots_skipped"]
+            errors += r["errors"]
             if stats0:
                 # entries of the batches the relay made between the two snapshots
-                batches = np.frombuffer(b, dtype=np.float64).reshape(-1, 2)
+                batches = np.frombuffer(r["batches"], dtype=np.float64).reshape(-1, 2)
                 inside = (batches[:, 0] > stats0["time"]) & (batches[:, 0] <= stats1["time"])
                 entries += int(batches[inside, 1].sum())
-            lat.append(np.frombuffer(raw, dtype=np.float32))
-            cross_lat.append(np.frombuffer(cross_raw, dtype=np.float32))
+                batches_in += int(inside.sum())
+            lat.append(np.frombuffer(r["latencies"], dtype=np.float32))
+            cross_lat.append(np.frombuffer(r["cross"], dtype=np.float32))
+            lags.append(np.frombuffer(r["lag_ms"], dtype=np.float64))
         tally: dict[str, int] = {}
         if hostiles:
             tally = json.loads(_gather(hostile_results, hostiles, 1, 120, "report")[0][1])
@@ -362,7 +214,10 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
             if w.is_alive():
                 w.kill()
     latencies = np.concatenate(lat) * 1000.0 if lat else np.zeros(0)
+    lag = np.concatenate(lags) if lags else np.zeros(0)
     all_poses = sent * (n - 1)
+    # what the probes should have seen: every pose the others sent in the window
+    probe_expected = probes_n * sent - probe_sent
     if mode == "relay":
         # The relay sends each participant's latest pose once per tick; what it scheduled
         # for everyone (skipped, backed-up recipients included) is what was expected.
@@ -371,13 +226,15 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         expected += sum(b["entries_scheduled"] - a["entries_scheduled"] for a, b in zip(more0, more1, strict=True))
         received = entries
     else:
-        expected, received = all_poses, delivered
+        expected, received = probe_expected, probe_delivered
     cpu = cpu1 - cpu0
     wall = wall1 - wall0
+    gen_cpu = [b - a for a, b in zip(gcpu0, gcpu1, strict=True)]
+    node_cpu = [b - a for a, b in zip(ncpu0, ncpu1, strict=True)]
+    machine_busy = _busy(machine1) - _busy(machine0)
     multi: dict[str, Any] = {}
     if more_nodes:
         crossed = np.concatenate(cross_lat) * 1000.0 if cross_lat else np.zeros(0)
-        node_cpu = [b - a for a, b in zip(ncpu0, ncpu1, strict=True)]
         ticks = (stats1.get("ticks", 0) - stats0.get("ticks", 0)
                  + sum(b.get("ticks", 0) - a.get("ticks", 0) for a, b in zip(more0, more1, strict=True)))
         multi = {
@@ -387,24 +244,42 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
             "cross_node_samples": int(crossed.size),
             "per_node_cpu_pct": [round(100.0 * c / wall, 1) for c in node_cpu],
             "nodes_us_per_delivery": round(1e6 * sum(node_cpu) / received, 2) if received else None,
+            "nodes_us_per_batch": round(1e6 * sum(node_cpu) / batches_in, 1) if batches_in else None,
             "redis_cpu_pct": round(100.0 * (rcpu1 - rcpu0) / wall, 1),
             # each node publishes one batch per room per tick (its own clients' changed poses)
             "redis_publishes_per_s": round(ticks / wall, 1),
             "redis_us_per_publish": round(1e6 * (rcpu1 - rcpu0) / ticks, 1) if ticks else None,
         }
+    relay_pcts = [100.0 * c / wall for c in node_cpu]
+    gen_pcts = [100.0 * c / wall for c in gen_cpu]
+    lag_p99 = float(np.percentile(lag, 99)) if lag.size else None
+    machine_pct = 100.0 * machine_busy / wall
     return {
         "expected": expected,
         "delivered": received,
         "delivered_ratio": round(received / expected, 4) if expected else 0.0,
+        "batches_delivered": batches_in,
         "poses_sent_x_peers": all_poses,
-        "distinct_poses_delivered": delivered,
-        "pose_coverage": round(delivered / all_poses, 4) if all_poses else 0.0,
+        "distinct_poses_delivered": probe_delivered,
+        "pose_coverage": round(probe_delivered / probe_expected, 4) if probe_expected else 0.0,
+        "probes": probes_n,
+        "latency_samples": int(latencies.size),
         "p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies.size else None,
         "p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies.size else None,
-        "server_cpu_pct": round(100.0 * cpu / (wall1 - wall0), 1),
+        "server_cpu_pct": round(100.0 * cpu / wall, 1),
         "us_per_delivery": round(1e6 * cpu / received, 2) if received else None,
-        "clients_cpu_pct": round(100.0 * (ccpu1 - ccpu0) / (wall1 - wall0), 1),
-        "hostile_cpu_pct": round(100.0 * (hcpu1 - hcpu0) / (wall1 - wall0), 1),
+        "us_per_batch": round(1e6 * cpu / batches_in, 1) if batches_in else None,
+        "generator_procs": len(workers),
+        "generator_cpu_pct": round(sum(gen_pcts), 1),
+        "generator_busiest_proc_cpu_pct": round(max(gen_pcts), 1) if gen_pcts else None,
+        "generator_lag_p99_ms": round(lag_p99, 2) if lag_p99 is not None else None,
+        "generator_slots_skipped": skipped,
+        "clients_cpu_pct": round(sum(gen_pcts), 1),
+        "hostile_cpu_pct": round(100.0 * (hcpu1 - hcpu0) / wall, 1),
+        "machine_cpu_pct": round(machine_pct, 1),
+        "other_cpu_pct": round(max(0.0, machine_pct - sum(relay_pcts) - sum(gen_pcts)
+                                   - 100.0 * (hcpu1 - hcpu0 + rcpu1 - rcpu0) / wall), 1),
+        "limited_by": _limited_by(relay_pcts, gen_pcts, lag_p99, machine_pct, rate),
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "server_rss_start_mb": round(rss0 / 2**20, 1),
         "server_rss_end_mb": round(rss1 / 2**20, 1),
@@ -412,9 +287,50 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         "server_peak_rss_mb": round(max(sampler.peak, rss_after) / 2**20, 1),
         "state_changes": _state_changes(state0, state1) if state0 is not None and state1 is not None else None,
         **(_tick_figures(stats0, stats1) if stats0 else {}),
+        **(_relay_rates(stats0, stats1, wall) if stats0 else {}),
         "hostile_tally": tally,
         "normal_clients_dropped": disconnected,
+        "normal_clients_errors": errors,
         **multi,
+    }
+
+
+SATURATED_PCT = 85.0
+"""A process at or above this share of one core is taken as saturated (one event loop = one core)."""
+
+
+def _cpu(proc: Any) -> float:
+    """User + system CPU seconds of a process so far."""
+    t = proc.cpu_times()
+    return float(t[0] + t[1])
+
+
+def _busy(times: Any) -> float:
+    """CPU seconds the whole machine spent not idle (all cores)."""
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def _limited_by(relay_pcts: list[float], gen_pcts: list[float], lag_p99_ms: float | None, machine_pct: float,
+                rate: float) -> list[str]:
+    """What ran out during the window: "relay" (a relay process near a full core), "generator" (a
+    generator process near a full core, or its send timer more than a pose period late at p99),
+    "machine" (every core busy: whoever is measured got less CPU than it wanted). Empty: nothing."""
+    out = []
+    if any(p >= SATURATED_PCT for p in relay_pcts):
+        out.append("relay")
+    if any(p >= SATURATED_PCT for p in gen_pcts) or (lag_p99_ms is not None and lag_p99_ms > 1000.0 / rate):
+        out.append("generator")
+    if machine_pct >= SATURATED_PCT * (os.cpu_count() or 1):
+        out.append("machine")
+    return out
+
+
+def _relay_rates(stats0: dict[str, Any], stats1: dict[str, Any], wall: float) -> dict[str, Any]:
+    """The relay's own counts over the window, per second."""
+    return {
+        "relay_poses_in_per_s": round((stats1["poses_in"] - stats0["poses_in"]) / wall, 1),
+        "relay_batches_out_per_s": round((stats1["batches_out"] - stats0["batches_out"]) / wall, 1),
+        "relay_skipped_backed_up": stats1.get("skipped_backed_up", 0) - stats0.get("skipped_backed_up", 0),
     }
 
 

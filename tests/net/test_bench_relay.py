@@ -17,9 +17,14 @@ def test_bench_relay_prints_its_json_line() -> None:
     ).stdout.strip().splitlines()
     result = json.loads(out[-1])
     for key in ("clients", "rate_hz", "expected", "delivered", "delivered_ratio", "p50_ms", "p99_ms",
-                "server_cpu_pct", "us_per_delivery", "baseline_p99_ms", "peak_rss_mb"):
+                "server_cpu_pct", "us_per_delivery", "us_per_batch", "baseline_p99_ms", "peak_rss_mb",
+                "generator_cpu_pct", "generator_lag_p99_ms", "machine_cpu_pct", "limited_by"):
         assert key in result, key
     assert result["clients"] == 3 and result["delivered"] > 0
+    # the relay kept sending past the 7 batches it gives a client that never confirms: the
+    # generator's participants confirm what they read (3 clients x ~30 batches/s x 1 s)
+    assert result["batches_delivered"] > 3 * 7, result
+    assert result["normal_clients_dropped"] == 0 and result["baseline_delivered_ratio"] > 0
 
 
 @pytest.mark.slow
