@@ -59,6 +59,10 @@ MAX_UPLOADS_PER_CLIENT = 4
 MAX_STATE_VECTOR = 64 * 1024
 MAX_DEPTH = 16
 """Deepest nesting of a payload (an op, an event's payload)."""
+EVENT_KINDS = (*EVENT_KINDS, "voice_segment")
+"""`voice_segment` is not forwarded: the relay checks it and keeps it in the room's recording
+(`deeproom.net.recording.voice`)."""
+MAX_EVENT_BYTES["voice_segment"] = 1024
 MAX_TEXT_CHARS = {"op": 4 * MAX_OP_BYTES, "event": 4 * MAX_EVENT_BYTES["stream"], "pose": 4096, "pa": 4096}
 """Longest text of one message by event name (other events: `MAX_TEXT_CHARS_OTHER`), checked
 before the JSON is decoded: four times the payload cap (numbers and escapes take more room as

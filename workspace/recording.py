@@ -4,8 +4,9 @@ A recording's timeline is one append-only file of checksummed records, each stam
 with seconds since the recording started: room updates (the CRDT updates the relay
 persisted), presence chunks (about one second of the relay's pose batches, zlib
 compressed, each chunk opening with every live pose so it stands alone), events
-(stream, summon), periodic snapshots of the whole room, blob references, chapters
-and an end mark. Appending only means a recording cut short (disk full, a killed
+(stream, summon), periodic snapshots of the whole room, blob references, chapters,
+voice segments (one speaker's own audio, about ten seconds of Opus in Ogg kept as a
+blob) and an end mark. Appending only means a recording cut short (disk full, a killed
 relay) is still readable up to its last whole record, and a damaged record is
 found by its checksum: everything before it plays, and the reader says what is
 lost. The state at time T is the nearest snapshot before T plus the updates after
@@ -17,6 +18,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import re
 import struct
 import zlib
 from collections.abc import Iterator, Mapping
@@ -29,8 +31,10 @@ from deeproom.errors import DeepRoomError
 from deeproom.presence import Pose, decode_batch, encode_batch
 from deeproom.state import Room
 
-FORMAT_VERSION = 1
-"""The timeline format this code writes and the newest it reads."""
+FORMAT_VERSION = 2
+"""The timeline format this code writes and the newest it reads. Version 2 added voice segments
+(record kind 8): a version-1 reader would stop at the first one as damage, so it is told instead
+that it needs version 2. Version-1 files (no voice) are read as they are."""
 MAGIC = b"DRREC\x00"
 _FILE_HEADER = struct.Struct("<6sHI")  # magic, version, header JSON length
 _RECORD = struct.Struct("<BId")  # kind, payload length, seconds since start
@@ -38,10 +42,13 @@ _CRC = struct.Struct("<I")
 _BATCH = struct.Struct("<dI")  # time, batch length (inside a presence chunk)
 MAX_RECORD_BYTES = 64 << 20
 MAX_HEADER_BYTES = 1 << 20
+_SHA = re.compile(r"^[0-9a-f]{64}$")
 
-UPDATE, POSES, EVENT, SNAPSHOT, BLOB, CHAPTER, END = 1, 2, 3, 4, 5, 6, 7
+UPDATE, POSES, EVENT, SNAPSHOT, BLOB, CHAPTER, END, VOICE = 1, 2, 3, 4, 5, 6, 7, 8
 KIND_NAMES = {UPDATE: "room update", POSES: "presence chunk", EVENT: "event", SNAPSHOT: "snapshot",
-              BLOB: "blob reference", CHAPTER: "chapter", END: "end mark"}
+              BLOB: "blob reference", CHAPTER: "chapter", END: "end mark", VOICE: "voice segment"}
+MAX_VOICE_SEGMENT_S = 15.0
+"""The longest voice segment a timeline holds (clients cut theirs at 10 s)."""
 
 
 class RecordingError(DeepRoomError):
@@ -98,6 +105,22 @@ def encode_snapshot(update_count: int, state: bytes) -> bytes:
     return struct.pack("<I", update_count) + state
 
 
+def encode_voice_segment(segment: VoiceSegment) -> bytes:
+    """A voice-segment record's payload (JSON): who spoke, the blob, when and how long."""
+    return json.dumps({"participant": segment.participant, "sha": segment.sha, "start": segment.start,
+                       "duration": segment.duration, "bytes": segment.bytes}, sort_keys=True).encode()
+
+
+def decode_voice_segment(payload: bytes) -> VoiceSegment:
+    d = json.loads(payload)
+    seg = VoiceSegment(str(d["participant"]), str(d["sha"]), float(d["start"]), float(d["duration"]), int(d["bytes"]))
+    if not _SHA.match(seg.sha):
+        raise ValueError(f"voice segment blob {seg.sha[:70]!r} is not a sha256 id")
+    if not (math.isfinite(seg.start) and 0 < seg.duration <= MAX_VOICE_SEGMENT_S and seg.bytes > 0):
+        raise ValueError(f"voice segment at {seg.start} s lasting {seg.duration} s is impossible")
+    return seg
+
+
 class PresenceChunk:
     """Collects pose batches for one presence record: the first is every live pose."""
 
@@ -145,6 +168,27 @@ class RecordedEvent:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class VoiceSegment:
+    """One speaker's own audio for a stretch of the recording: Opus in Ogg, kept as a blob by hash."""
+
+    participant: str
+    """Who spoke (the relay checked it was the sender)."""
+    sha: str
+    """The blob holding the Ogg file (in the recording store's `blobs/`)."""
+    start: float
+    """Seconds since the recording started at the segment's first sample (may be a little
+    below 0 when the speaker began the segment just before the recorder started)."""
+    duration: float
+    """Seconds of audio it holds."""
+    bytes: int
+    """Size of the blob."""
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+
 @dataclass
 class Timeline:
     """What a timeline file holds, read once (presence chunks stay on disk, located by offset)."""
@@ -162,6 +206,8 @@ class Timeline:
     events: list[RecordedEvent] = field(default_factory=list)
     chapters: list[Chapter] = field(default_factory=list)
     blobs: list[str] = field(default_factory=list)
+    voice: list[VoiceSegment] = field(default_factory=list)
+    """Voice segments, in the order recorded (`Player.voice` sorts them by start)."""
     duration: float = 0.0
     ended: str | None = None
     """Why recording stopped (from the end mark), None when the file has none."""
@@ -263,6 +309,8 @@ def _take(tl: Timeline, kind: int, t: float, payload: bytes, offset: int) -> Non
         tl.blobs.append(payload.decode("ascii"))
     elif kind == END:
         tl.ended = str(json.loads(payload).get("reason", ""))
+    elif kind == VOICE:
+        tl.voice.append(decode_voice_segment(payload))
 
 
 @dataclass
@@ -287,6 +335,7 @@ class Player:
         self._fh: BinaryIO | None = None
         self._chunk_index = -1
         self._chunk: list[tuple[float, dict[str, Pose]]] = []
+        self._voice = sorted(timeline.voice, key=lambda s: (s.start, s.participant))
         self.state = self.seek(0.0)
 
     def _pose_file(self) -> BinaryIO:
@@ -351,6 +400,18 @@ class Player:
 
     def chapters(self) -> list[Chapter]:
         return list(self.timeline.chapters)
+
+    def voice(self) -> list[VoiceSegment]:
+        """Every voice segment, by start time."""
+        return list(self._voice)
+
+    def voice_between(self, t0: float, t1: float) -> list[VoiceSegment]:
+        """The voice segments that sound somewhere in [t0, t1), by start time."""
+        return [s for s in self._voice if s.start < t1 and s.end > t0]
+
+    def speakers(self) -> list[str]:
+        """Everyone with at least one voice segment."""
+        return sorted({s.participant for s in self.timeline.voice})
 
     def events_between(self, t0: float, t1: float) -> list[RecordedEvent]:
         """Events with t0 < t <= t1 (what a player fires while playing from t0 to t1)."""

@@ -70,7 +70,7 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
     for i in infos:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.started_wall)) if i.started_wall else "?"
         line = (f"{i.id}  room {i.room_id}  {started}  {format_clock(i.duration)}  {i.bytes / 1e6:.1f} MB  "
-                f"{i.chapters} chapters  {i.blobs} blobs")
+                f"{i.chapters} chapters  {i.blobs} blobs  {i.voice_segments} voice segments")
         if i.damage:
             line += f"  DAMAGED: {i.damage}"
         print(line)
@@ -93,7 +93,7 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_delete(args: argparse.Namespace, config: Config) -> int:
     removed = _store(config).delete(args.recording)
-    print(f"deleted {args.recording} and {len(removed)} blobs no other recording uses")
+    print(f"deleted {args.recording} and {len(removed)} blobs (content and voice) no other recording uses")
     return 0
 
 

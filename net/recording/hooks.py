@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from deeproom.net.errors import error_to_wire
-from deeproom.net.recording.recorder import RoomRecorder
+from deeproom.net.recording.recorder import RoomRecorder, end_draining
 from deeproom.ops import SYSTEM, SetRecording
 from deeproom.recording import RecordingError
 from deeproom.state import Role
@@ -130,4 +130,5 @@ def stop_all(reason: str = "the relay stopped") -> None:
     """Close every recorder (a relay shutting down)."""
     for room, rec in list(_recorders.items()):
         _recorders.pop(room, None)
-        rec.stop(reason)
+        rec.stop(reason, voice_grace_s=0)
+    end_draining()  # stopped recorders still waiting for late voice segments: their end marks now

@@ -3,13 +3,16 @@
 Runs on the relay's event loop and does little per call: an update or event is one
 buffered append; poses are gathered for a second and written as one zlib-compressed
 presence chunk; the room is snapshotted every `snapshot_s` seconds (when it changed).
-Any OSError while writing (a full disk) stops the recorder: what was written stays
+Voice segments (each speaker's own audio, uploaded as a blob and announced by the
+speaker, checked by `deeproom.net.recording.voice`) are kept by hash beside the other
+blobs and written as voice-segment records. Any OSError while writing (a full disk) stops the recorder: what was written stays
 readable, and `on_failed` tells the relay, which switches the room's setting off and
 tells the host. The room itself never notices.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from deeproom.document import RoomDocument
+from deeproom.errors import NotFound
 from deeproom.recording import (
     BLOB,
     CHAPTER,
@@ -28,9 +32,12 @@ from deeproom.recording import (
     POSES,
     SNAPSHOT,
     UPDATE,
+    VOICE,
     PresenceChunk,
     TimelineWriter,
+    VoiceSegment,
     encode_snapshot,
+    encode_voice_segment,
 )
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,24 @@ SNAPSHOT_S = 20.0
 CHUNK_S = 1.0
 """Seconds of pose batches per presence chunk."""
 RECORDED_EVENTS = ("stream", "summon")
+VOICE_GRACE_S = 10.0
+"""After recording stops, voice segments that began before the stop are still taken for this long
+(each speaker's client flushes its partial segment when it sees the setting turn off, then uploads
+it); then the end mark is written. Nothing else is recorded in that time."""
+
+_draining: dict[tuple[Path, str], RoomRecorder] = {}
+"""Stopped recorders still taking late voice segments, by (recordings root, room id)."""
+
+
+def draining_recorder(root: Path, room_id: str) -> RoomRecorder | None:
+    """The room's stopped recorder (under `root`) that still takes voice segments begun before its stop."""
+    return _draining.get((root, room_id))
+
+
+def end_draining() -> None:
+    """Write every stopped recorder's end mark now (a relay shutting down)."""
+    for rec in list(_draining.values()):
+        rec._end()
 
 
 def new_recording_id(room_id: str, wall: float | None = None) -> str:
@@ -73,6 +98,13 @@ class RoomRecorder:
         self._chunk: PresenceChunk | None = None
         self._latest: dict[str, bytes] = {}
         self._blobs: set[str] = set()
+        self.voice: dict[str, list[VoiceSegment]] = {}
+        """Voice segments written, per speaker (the relay's checks read the last one)."""
+        self.voice_count = 0
+        self.stopped_at: float | None = None
+        """The recording's time when it stopped (late voice segments are still taken, see VOICE_GRACE_S)."""
+        self._end_reason = ""
+        self._end_timer: asyncio.TimerHandle | None = None
         self.writer = TimelineWriter(self.dir / "timeline.drrec",
                                      {"room_id": room_id, "started_wall": wall, "started_by": by, "recording_id": rid})
         self._write(lambda: self._snapshot(0.0))
@@ -144,14 +176,63 @@ class RoomRecorder:
 
         self._write(write)
 
+    def voice_segment(self, segment: VoiceSegment) -> bool:
+        """Keep a voice segment (its blob by hash) and write its record; False when the recording is over
+        (or stopped and the segment began after the stop)."""
+        if self.stopped_at is not None and segment.start >= self.stopped_at:
+            return False
+
+        def write() -> None:
+            if not self._keep(segment.sha):  # not an OSError: a client's mistake must not stop the recording
+                raise NotFound(f"voice segment blob {segment.sha[:12]} is not on this relay; upload it first")
+            t = self.now() if self.stopped_at is None else self.stopped_at  # the length stays where it stopped
+            self.writer.append(VOICE, t, encode_voice_segment(segment))
+            self.voice.setdefault(segment.participant, []).append(segment)
+            self.voice_count += 1
+
+        if not self.active:
+            return False
+        self._write(write)
+        return self.active
+
     def chapter(self, title: str, kind: str) -> None:
         self._write(lambda: self.writer.append(CHAPTER, self.now(), json.dumps({"title": title, "kind": kind}).encode()))
 
-    def stop(self, reason: str = "stopped by the host") -> None:
+    def stop(self, reason: str = "stopped by the host", *, voice_grace_s: float | None = None) -> None:
+        """Stop recording: the last presence and a snapshot now; the end mark after `voice_grace_s`
+        (default VOICE_GRACE_S; 0 at once), meanwhile taking voice segments begun before now."""
+        if self.stopped_at is not None:
+            return
+        grace = VOICE_GRACE_S if voice_grace_s is None else voice_grace_s
+
         def write() -> None:
             self._flush_chunk()
             self._snapshot(self.now())
-            self.writer.append(END, self.now(), json.dumps({"reason": reason}).encode())
+
+        self._write(write)
+        self.stopped_at = self.now()
+        self._end_reason = reason
+        self.on_failed = None  # the room's setting is off already: a late failure tells nobody
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if grace <= 0 or loop is None or not self.active:
+            self._end()
+            return
+        _draining[(self.root, self.room_id)] = self
+        self._end_timer = loop.call_later(grace, self._end)
+
+    def _end(self) -> None:
+        if _draining.get((self.root, self.room_id)) is self:
+            del _draining[(self.root, self.room_id)]
+        if self._end_timer is not None:
+            self._end_timer.cancel()
+            self._end_timer = None
+        stopped = self.stopped_at if self.stopped_at is not None else self.now()
+
+        def write() -> None:
+            self.writer.append(END, stopped, json.dumps({"reason": self._end_reason}).encode())
             self.writer.close()
 
         self._write(write)
@@ -181,17 +262,25 @@ class RoomRecorder:
             for sha in panel.content.refs:
                 if sha in self._blobs:
                     continue
-                src = self.blob_source / sha[:2] / sha[2:]
-                if not src.is_file():
+                if not self._keep(sha):
                     continue  # not uploaded yet: the next snapshot looks again
-                dst = self.root / "blobs" / sha[:2] / sha[2:]
-                if not dst.exists():
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = dst.with_name(f".tmp-{sha[2:]}-{os.getpid()}")
-                    try:
-                        os.link(src, tmp)
-                    except OSError:
-                        tmp.write_bytes(src.read_bytes())
-                    os.replace(tmp, dst)
                 self._blobs.add(sha)
                 self.writer.append(BLOB, t, sha.encode("ascii"))
+
+    def _keep(self, sha: str) -> bool:
+        """Copy blob `sha` into the recordings' store (a hard link when it can); False when the relay lacks it."""
+        if self.blob_source is None:
+            return False
+        src = self.blob_source / sha[:2] / sha[2:]
+        if not src.is_file():
+            return False
+        dst = self.root / "blobs" / sha[:2] / sha[2:]
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".tmp-{sha[2:]}-{os.getpid()}")
+            try:
+                os.link(src, tmp)
+            except OSError:
+                tmp.write_bytes(src.read_bytes())
+            os.replace(tmp, dst)
+        return True

@@ -1,10 +1,11 @@
 """Recordings on disk: list, export to one archive file, import, delete.
 
-Layout under a data dir: `recordings/<id>/timeline.drrec` (and `voice/` beside it),
-`recordings/blobs/<aa>/<rest>` shared by all recordings, each blob stored once by its
-sha256. An exported recording is one uncompressed tar (its timeline's presence is
-compressed already): `manifest.json` first (format name and version, the recording's
-id, room, duration, blobs, voice files), then the timeline, then blobs and voice.
+Layout under a data dir: `recordings/<id>/timeline.drrec`, and `recordings/blobs/<aa>/<rest>`
+shared by all recordings, each blob stored once by its sha256: the blobs panels showed and
+the voice segments (Ogg Opus) speakers uploaded. An exported recording is one uncompressed
+tar (its timeline's presence is compressed already, its voice is Opus): `manifest.json`
+first (format name and version, the recording's id, room, duration, blobs, voice
+segments), then the timeline, then `blobs/<sha256>`, then `voice/<sha256>`.
 Tar is read front to back, so a cut-off archive still yields its manifest and the
 whole part of the timeline; the import names what is missing.
 """
@@ -40,6 +41,7 @@ class RecordingInfo:
     chapters: int
     damage: str | None
     ended: str | None
+    voice_segments: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,18 @@ class RecordingStore:
     def open(self, rid: str) -> Timeline:
         return read_timeline(self.timeline_path(rid))
 
+    @staticmethod
+    def referenced(tl: Timeline) -> set[str]:
+        """Every blob a timeline needs: what its panels showed and its voice segments."""
+        return set(tl.blobs) | {seg.sha for seg in tl.voice}
+
     def info(self, rid: str) -> RecordingInfo:
         d = self.path(rid)
         tl = self.open(rid)
         size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-        size += sum(self.blob_path(s).stat().st_size for s in set(tl.blobs) if self.blob_path(s).is_file())
+        size += sum(self.blob_path(s).stat().st_size for s in self.referenced(tl) if self.blob_path(s).is_file())
         return RecordingInfo(rid, tl.room_id, float(tl.header.get("started_wall", 0.0)), tl.duration, size,
-                             len(set(tl.blobs)), len(tl.chapters), tl.damage, tl.ended)
+                             len(set(tl.blobs)), len(tl.chapters), tl.damage, tl.ended, len(tl.voice))
 
     def all(self) -> list[RecordingInfo]:
         out = []
@@ -106,7 +113,7 @@ class RecordingStore:
         tl = self.open(rid)
         d = self.path(rid)
         blobs = [s for s in dict.fromkeys(tl.blobs) if self.blob_path(s).is_file()]
-        voice = sorted(p.name for p in (d / "voice").glob("*")) if (d / "voice").is_dir() else []
+        voice = [s for s in dict.fromkeys(seg.sha for seg in tl.voice) if self.blob_path(s).is_file()]
         manifest = {"format": ARCHIVE_FORMAT, "version": FORMAT_VERSION, "id": rid, "room_id": tl.room_id,
                     "duration": tl.duration, "started_wall": tl.header.get("started_wall"),
                     "timeline_bytes": (d / "timeline.drrec").stat().st_size, "blobs": blobs, "voice": voice}
@@ -120,8 +127,8 @@ class RecordingStore:
             tar.add(d / "timeline.drrec", "timeline.drrec")
             for sha in blobs:
                 tar.add(self.blob_path(sha), f"blobs/{sha}")
-            for name in voice:
-                tar.add(d / "voice" / name, f"voice/{name}")
+            for sha in voice:
+                tar.add(self.blob_path(sha), f"voice/{sha}")
         tmp.replace(dest)
         return dest
 
@@ -162,8 +169,8 @@ class RecordingStore:
                         out = target / "timeline.drrec"
                     elif name.startswith("blobs/") and _SHA.match(name[6:]):
                         out = target / f".blob-{name[6:]}"
-                    elif name.startswith("voice/") and _ID.match(name[6:]):
-                        out = target / "voice" / name[6:]
+                    elif name.startswith("voice/") and _SHA.match(name[6:]):
+                        out = target / f".voice-{name[6:]}"
                     else:
                         damage.append(f"{name}: not part of a recording, skipped")
                         continue
@@ -175,10 +182,11 @@ class RecordingStore:
                         seen.add(name)
                         raise _Truncated from None
                     seen.add(name)
-                    if name.startswith("blobs/"):
+                    if name.startswith(("blobs/", "voice/")):
                         sha = name[6:]
+                        what = "blob" if name.startswith("blobs/") else "voice segment"
                         if hashlib.sha256(out.read_bytes()).hexdigest() != sha:
-                            damage.append(f"blob {sha}: damaged (its bytes do not hash to its name), left out")
+                            damage.append(f"{what} {sha}: damaged (its bytes do not hash to its name), left out")
                             out.unlink()
                         else:
                             dst = self.blob_path(sha)
@@ -198,9 +206,9 @@ class RecordingStore:
         for sha in manifest.get("blobs", []):
             if f"blobs/{sha}" not in seen:
                 damage.append(f"blob {sha}: missing from the archive")
-        for name in manifest.get("voice", []):
-            if f"voice/{name}" not in seen:
-                damage.append(f"voice {name}: missing from the archive")
+        for sha in manifest.get("voice", []):
+            if f"voice/{sha}" not in seen:
+                damage.append(f"voice segment {sha}: missing from the archive")
         tl = read_timeline(target / "timeline.drrec")
         if tl.damage:
             damage.append(f"timeline: {tl.damage}")
@@ -223,9 +231,10 @@ class RecordingStore:
         if version > FORMAT_VERSION:
             raise NewerFormat(f"{src} is recording format version {version}; this DeepRoom reads up to version "
                               f"{FORMAT_VERSION} (open it with a DeepRoom that reads version {version})")
-        if not isinstance(manifest.get("blobs", []), list) or not all(
-                isinstance(s, str) and _SHA.match(s) for s in manifest.get("blobs", [])):
-            raise RecordingError(f"{src}: manifest.json lists blobs that are not sha256 ids")
+        for key in ("blobs", "voice"):
+            if not isinstance(manifest.get(key, []), list) or not all(
+                    isinstance(s, str) and _SHA.match(s) for s in manifest.get(key, [])):
+                raise RecordingError(f"{src}: manifest.json lists {key} that are not sha256 ids")
         return manifest
 
     def _fresh_dir(self, rid: str) -> Path:
@@ -238,20 +247,21 @@ class RecordingStore:
         return target
 
     def delete(self, rid: str) -> list[str]:
-        """Remove recording `rid`, its voice, and the blobs no other recording references; returns those blobs."""
+        """Remove recording `rid` and the blobs (panel content, voice segments) no other recording
+        references; returns those blobs."""
         d = self.path(rid)
         if not d.is_dir():
             raise RecordingError(f"no recording {rid!r} in {self.root}")
         mine: set[str] = set()
         try:
-            mine = set(self.open(rid).blobs)
+            mine = self.referenced(self.open(rid))
         except RecordingError:
             pass
         others: set[str] = set()
         for other in self.ids():
             if other != rid:
                 try:
-                    others.update(self.open(other).blobs)
+                    others.update(self.referenced(self.open(other)))
                 except RecordingError:
                     others.update(mine)  # unreadable: keep every blob it might reference
         shutil.rmtree(d)

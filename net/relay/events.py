@@ -42,6 +42,10 @@ async def forward_event(settings: RelaySettings, sio: socketio.AsyncServer, sess
     role = room.role_of(pid)
     if role is None:
         raise PermissionDenied(f"{pid!r} is not in room {room.id!r}")
+    if kind == "voice_segment":  # the sender's own voice, for the room's recording: forwarded to nobody
+        from deeproom.net.recording.voice import take_segment
+
+        return await take_segment(settings, sess, room, payload)
     message = {"kind": kind, "sender": pid, "payload": payload}
     if kind in ("signal", "steer"):
         target = check_participant_id(to, "event target (participant id)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -64,6 +65,7 @@ class LocalVoice:
         self.frames_sent = 0
         self._outputs: set[OutgoingTrack] = set()
         self._speaking_handlers: list[Callable[[bool], None]] = []
+        self._taps: list[Callable[[np.ndarray, float], None]] = []
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -78,9 +80,19 @@ class LocalVoice:
         """A new track for one more connection."""
         out = OutgoingTrack(self)
         self._outputs.add(out)
+        self._run_pump()
+        return out
+
+    def tap(self, handler: Callable[[np.ndarray, float], None]) -> None:
+        """`handler(samples, captured)` with every frame as sent (silence while not audible) and
+        the time.monotonic() it was captured; the source is read even with no connection open
+        (a recorded room hears a speaker who is alone in it)."""
+        self._taps.append(handler)
+        self._run_pump()
+
+    def _run_pump(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._pump(), name="voice-local-pump")
-        return out
 
     async def _pump(self) -> None:
         while True:
@@ -99,6 +111,10 @@ class LocalVoice:
             pts = frame.pts if frame.pts is not None else self.frames_sent * FRAME_SAMPLES
             for out in list(self._outputs):
                 out.offer(make_frame(samples, pts))
+            if self._taps:
+                now = time.monotonic()
+                for tap in list(self._taps):
+                    tap(samples, now)
             self.frames_sent += 1
 
     async def close(self) -> None:

@@ -30,6 +30,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from deeproom.net.voice.janus import ensure_room, new_pin, room_number
 from deeproom.net.voice.local import TalkMode
+from deeproom.net.voice.segments import SpeakerRecording
 from deeproom.net.voice.session import VoiceConfig, VoiceSession
 from deeproom.net.voice.signalling import RelaySignalling, VoiceSignal
 from deeproom.net.voice.spatial import SpatialMixer
@@ -87,6 +88,8 @@ class RoomVoice:
         self._closed = False
         self._waiting_sfu = 0  # sync rounds spent in SFU mode without access
         self._last_roster: frozenset[str] = frozenset()
+        self.recording = SpeakerRecording(client)
+        """Our own voice, uploaded in segments while the room's `recording` setting is on."""
         self.signal.on_signal(self._on_ask)
 
     @property
@@ -110,6 +113,8 @@ class RoomVoice:
         self._unsubs.append(sub.unsubscribe)
         self._unsubs.append(self.client.on_poses(self._on_poses))
         self.session.on_speaking(self._on_speaking)
+        if self.config.publish:
+            self.session.local.tap(self.recording.tap)
         self._dirty.set()
         self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop(), name="room-voice-sync")
 
@@ -124,6 +129,7 @@ class RoomVoice:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._sync_task
+        await self.recording.close()  # the partial segment goes up while the client is still connected
         await self.session.close()
 
     # -- the user's controls ---------------------------------------------------
@@ -199,6 +205,7 @@ class RoomVoice:
         me = room.participants.get(self.client.participant_id)
         if me is None:
             return
+        self.recording.set_on(room.settings.recording and self.config.publish)
         lead = me.role in _LEADS
         forced_mute = me.muted or (room.settings.muted_all and not lead)
         self.session.set_muted(self.user_muted or forced_mute)
