@@ -2,18 +2,27 @@
 
 - record_cpu_ratio: relay CPU with `serve --record` / without, the same load (bench relay's
   client processes: N clients at R Hz), both runs in this one invocation;
-- bytes_per_participant_minute: the recording's bytes (presence; no voice is recorded yet)
-  per participant per minute of that run;
+- bytes_per_participant_minute: presence and voice per participant per minute: the recorded
+  relay run's bytes (presence: bench relay's clients send no audio) per participant-minute,
+  plus the voice a speaker's client uploads per minute (measured below, real Opus of a tone)
+  times `speakers` / clients (3 of 30 speaking, as in the issue's load);
 - seek_ms: median of random seeks in a synthetic recording (`--minutes`, 30 participants at
   30 Hz, a panel move a second, a summon a minute);
 - replay_position_err_ticks: in the synthetic recording, how many ticks the replayed panel
   position lags the written one at random times (0 when every state is where it was written);
-- replay_tone_err_pct: null (voice is not recorded yet);
+- voice_bytes_per_speaker_minute: Ogg Opus bytes per minute of a speaker's turn (a pure tone,
+  which Opus codes at ~49 kb/s against ~32 kb/s for speech: an upper figure);
+- replay_tone_err_pct: two real aiortc voices on a real relay (in this process, 127.0.0.1)
+  speak a 440 Hz then a 660 Hz tone while the room records; the recording is replayed
+  (`ReplaySession` + `ReplayVoice`, its mixer pulled in real time) and the dominant
+  frequency in the middle of each speaker's part is measured: the worse relative error, %;
+  `replay_tone_side_ok`: each came from its speaker's side (avatar left / right);
 - peak_rss_mb: this process's peak RSS.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import resource
 import statistics
@@ -39,6 +48,9 @@ from deeproom.recording import (
 )
 
 SNAPSHOT_S = 20.0
+SPEAKERS = 3
+"""Of the relay run's clients, how many speak (the issue's load: 30 clients, 3 speaking)."""
+TONES = (440.0, 660.0)
 
 
 def synthetic_recording(path: Path, minutes: float, participants: int = 30, hz: float = 30.0, seed: int = 0) -> list[tuple[float, float]]:
@@ -127,6 +139,101 @@ def _relay_runs(clients: int, rate: float, seconds: float, workdir: Path) -> dic
     return out
 
 
+async def _record_voices(data_dir: Path, speak_s: float) -> dict[str, Any]:
+    """Two real voices (aiortc, loopback ICE) on a relay in this process: each speaks its tone in turn
+    while the room records; returns the recording's id and when each spoke (recording clock)."""
+    from deeproom.net import EmbeddedRelay, RoomClient
+    from deeproom.net.recording import hooks
+    from deeproom.net.voice import ToneTrack, VoiceConfig
+    from deeproom.net.voice.room import RoomVoice
+
+    out: dict[str, Any] = {"spoke": []}
+    sides = ((-2.0, 1.6, 2.0), (2.0, 1.6, 2.0))
+    async with EmbeddedRelay(data_dir=data_dir, leave_grace_s=0.5) as relay, \
+            RoomClient(relay.url, room="bench-voice", name="A") as a, \
+            RoomClient(relay.url, room="bench-voice", name="B") as b, \
+            RoomVoice(a, ToneTrack(TONES[0], amplitude=0.5), VoiceConfig()) as va, \
+            RoomVoice(b, ToneTrack(TONES[1], amplitude=0.5), VoiceConfig()) as vb:
+        voices = (va, vb)
+        for v in voices:
+            v.set_muted(True)
+            v.recording.segment_s = 2.0  # whole segments inside each speaker's turn: their bytes are speech's
+        for v, at in zip(voices, sides, strict=True):
+            v.publish_pose(Pose(head_position=at))
+        await _until(lambda: b.participant_id in a.room.participants and a.participant_id in b.room.participants)
+        await a.apply({"op": "set_recording", "recording": True})
+        await _until(lambda: va.recording.on and vb.recording.on)
+        rec = hooks.recorder_of(relay.server.rooms["bench-voice"])
+        assert rec is not None
+        for v, at in zip(voices, sides, strict=True):
+            for _ in range(3):
+                v.publish_pose(Pose(head_position=at))
+                await asyncio.sleep(0.1)
+            v.set_muted(False)
+            t0 = rec.now()
+            await asyncio.sleep(speak_s)
+            v.set_muted(True)
+            out["spoke"].append((v.client.participant_id, t0, rec.now(), at[0] < 0))
+            await asyncio.sleep(0.5)
+        await a.apply({"op": "set_recording", "recording": False})
+        await _until(lambda: not va.recording.on and not vb.recording.on)
+        await _until(lambda: va.recording.pending == 0 and vb.recording.pending == 0, 30.0)
+        out["id"] = rec.id
+        out["errors"] = va.recording.errors + vb.recording.errors
+    return out
+
+
+async def _until(check: Any, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise TimeoutError(f"bench replay: condition not met within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+def measure_voice(workdir: Path, speak_s: float = 4.0) -> dict[str, Any]:
+    """Record two real voices, replay them through the replay's mixer, measure the tones heard."""
+    import numpy as np
+
+    from deeproom.net.recording.store import RecordingStore
+    from deeproom.net.voice import dominant_hz, rms
+    from deeproom.net.voice.spatial import render_live
+
+    # the replay's own voice path (no Ursina is imported by these two modules)
+    from deeproom.scenes.replay import ReplaySession
+    from deeproom.scenes.replay_voice import attach_voice
+
+    data = workdir / "voice"
+    live = asyncio.run(_record_voices(data, speak_s))
+    store = RecordingStore(data / "recordings")
+    tl = store.open(live["id"])
+    errs, sides_ok = [], True
+    for (_pid, t0, t1, left), hz in zip(live["spoke"], TONES, strict=True):
+        session = ReplaySession(tl, data / "recordings" / "blobs", at=(t0 + t1) / 2 - 0.5, playing=True)
+        voice = attach_voice(session, speakers=False)
+        voice.listen((0.0, 1.6, 0.0), (1.0, 0.0, 0.0, 0.0))
+        try:
+            heard = asyncio.run(render_live(voice.mixer, 1.0))
+        finally:
+            session.close()
+        sound = heard[np.abs(heard).max(axis=1) > 1e-3]
+        if len(sound) < len(heard) // 2:
+            errs.append(100.0)
+            sides_ok = False
+            continue
+        errs.append(abs(dominant_hz(sound.mean(axis=1)) - hz) / hz * 100)
+        louder_left = rms(sound[:, 0]) > rms(sound[:, 1])
+        sides_ok = sides_ok and louder_left == left
+    # what a speaker uploads per minute of talking: the segments wholly inside a turn (no silence in them)
+    whole = [seg for seg in tl.voice for pid, t0, t1, _ in live["spoke"]
+             if seg.participant == pid and t0 - 0.05 <= seg.start and seg.end <= t1 + 0.05]
+    voice_bytes = sum(seg.bytes for seg in whole)
+    voice_s = sum(seg.duration for seg in whole)
+    return {"replay_tone_err_pct": round(max(errs), 3), "replay_tone_side_ok": sides_ok,
+            "voice_segments": len(tl.voice), "voice_upload_errors": len(live["errors"]),
+            "voice_bytes_per_speaker_minute": round(voice_bytes / (voice_s / 60.0)) if voice_s else None}
+
+
 def run_bench(*, clients: int, rate: float, seconds: float, minutes: float, seeks: int, relay: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"bench": "replay", "clients": clients, "rate": rate, "seconds": seconds, "minutes": minutes}
     with tempfile.TemporaryDirectory(prefix="deeproom-bench-replay-") as tmp:
@@ -139,17 +246,20 @@ def run_bench(*, clients: int, rate: float, seconds: float, minutes: float, seek
             result["record_cpu_ratio"] = round(rec / plain, 3) if plain else None
             result["p99_ms_plain"] = runs["plain"].get("p99_ms")
             result["p99_ms_record"] = runs["record"].get("p99_ms")
-            result["bytes_per_participant_minute"] = round(runs["record_bytes"] / (clients * seconds / 60.0))
+            result["presence_bytes_per_participant_minute"] = round(runs["record_bytes"] / (clients * seconds / 60.0))
         else:
             result["record_cpu_ratio"] = None
-            result["bytes_per_participant_minute"] = None
+            result["presence_bytes_per_participant_minute"] = None
         path = work / "synthetic.drrec"
         t0 = time.perf_counter()
         moves = synthetic_recording(path, minutes)
         result["synthetic_write_s"] = round(time.perf_counter() - t0, 1)
         result.update(measure_seeks(path, moves, seeks))
-        if result["bytes_per_participant_minute"] is None:
-            result["bytes_per_participant_minute"] = round(result["synthetic_bytes"] / (30 * minutes))
-    result["replay_tone_err_pct"] = None  # voice is not recorded yet
+        if result["presence_bytes_per_participant_minute"] is None:
+            result["presence_bytes_per_participant_minute"] = round(result["synthetic_bytes"] / (30 * minutes))
+        result.update(measure_voice(work))
+    per_speaker = result["voice_bytes_per_speaker_minute"] or 0
+    result["bytes_per_participant_minute"] = round(result["presence_bytes_per_participant_minute"]
+                                                   + per_speaker * min(SPEAKERS, clients) / clients)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result
