@@ -21,7 +21,11 @@ in the world below eye level in front of where the viewer starts: a play/pause
 button, speed buttons (0.5x 1x 2x 4x), the clock, and a bar with a mark per chapter
 (summons, layouts loaded). A click on the bar seeks there; a click on a chapter mark
 jumps to the chapter. Keys: space plays/pauses, 1-4 choose the speed, Tab brings the
-timeline in front of you.
+timeline in front of you, G turns off (and on) being moved by recorded summons.
+
+A recorded summon that names a place moves the viewer when playback passes it, as a live
+summon does (the app's `summon` event); seeking past one does not. `sync(SyncTo)` makes the
+session follow another player's timeline (a shared replay: `deeproom.scenes.replay_watch`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +45,7 @@ import numpy as np
 
 from deeproom.errors import DeepRoomError
 from deeproom.presence import Pose
-from deeproom.recording import Chapter, Player, Timeline, format_clock
+from deeproom.recording import Chapter, Player, RecordedEvent, Timeline, format_clock
 from deeproom.scenes import geometry
 from deeproom.scenes.session import (
     ContentReady,
@@ -60,6 +64,10 @@ if TYPE_CHECKING:
 SPEEDS = (0.5, 1.0, 2.0, 4.0)
 TICK_S = 0.05
 """Seconds between the worker's steps while playing (poses and clock 20 times a second)."""
+SYNC_TOLERANCE_S = 0.1
+"""A follower whose playhead is further than this from the driver's (two ticks) is brought to it."""
+CATCH_UP_S = 5.0
+"""A follower this far behind a playing driver plays forward to it (passing its summons); further, it seeks."""
 VIEWER_ID = "replay-viewer"
 """The viewer's participant id: never one of the recorded participants, so all of them show."""
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -67,6 +75,19 @@ _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 class ReadOnly(DeepRoomError):
     """An edit attempted in a replay."""
+
+
+@dataclass(frozen=True)
+class SyncTo:
+    """A shared replay's driver said where its playhead is (see `deeproom.scenes.replay_watch`)."""
+
+    t: float
+    playing: bool
+    speed: float
+    jump: bool
+    """The driver sought there (a follower seeks too: no summon on the way moves it)."""
+    received: float
+    """time.monotonic() when it arrived (a playing follower adds the time it waited)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,17 @@ class ReplayClock:
     speed: float
 
 
+def summon_spot(e: RecordedEvent) -> tuple[tuple[float, float, float], float | None] | None:
+    """Where a recorded summon sends people (position, yaw in degrees), if it says so (a summon sent by
+    a client that named only a panel moves nobody, live or replayed)."""
+    pos, yaw = e.payload.get("position"), e.payload.get("yaw")
+    if not (isinstance(pos, list | tuple) and len(pos) == 3
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1000 for v in pos)):
+        return None
+    ok_yaw = isinstance(yaw, int | float) and not isinstance(yaw, bool) and abs(yaw) < 1e6
+    return (float(pos[0]), float(pos[1]), float(pos[2])), float(yaw) if ok_yaw else None
+
+
 def _refused(what: str) -> concurrent.futures.Future[Any]:
     f: concurrent.futures.Future[Any] = concurrent.futures.Future()
     f.set_exception(ReadOnly(f"this is a replay (read-only): {what} is not kept"))
@@ -89,7 +121,7 @@ class ReplaySession:
     """A read-only room driven by a Player on its own thread (see the module docstring)."""
 
     def __init__(self, timeline: Timeline, blobs_dir: str | Path | None, *, at: float = 0.0, speed: float = 1.0,
-                 playing: bool = True, participant_id: str = VIEWER_ID) -> None:
+                 playing: bool = True, participant_id: str = VIEWER_ID, summons: bool = True) -> None:
         if not 0 < speed <= 64:
             raise DeepRoomError(f"replay speed must be in (0, 64]; got {speed:g}")
         self.timeline = timeline
@@ -97,14 +129,17 @@ class ReplaySession:
         self.participant_id = participant_id
         self.is_replay = True
         self.inbox: queue.Queue[Any] = queue.Queue()
+        self.summons = summons
+        """Whether a recorded summon moves the viewer when playback passes it (G toggles it)."""
+        self.on_state: Callable[[ReplayClock, bool, bool], None] | None = None
+        """Called on the worker's thread every tick with (clock, changed by a control here, jumped): a shared
+        replay's driver sends what changed to the others."""
         self.clock = ReplayClock(min(max(at, 0.0), timeline.duration), timeline.duration, playing, speed)
         """The newest clock the app has drained (render thread)."""
         self.room: Room | None = None
-        self._commands: queue.Queue[tuple[str, float]] = queue.Queue()
+        self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._closed = threading.Event()
         self._start = (self.clock.t, speed, playing)
-        self.voice: Any = None
-        """The recorded voices (`deeproom.scenes.replay_voice.attach_voice`), told the playhead; None: silent."""
         self.inbox.put(StatusUpdate(True, f"replay of {timeline.room_id} (read-only)"))
         if timeline.damage:
             self.inbox.put(Notice(f"recording damaged: {timeline.damage}"))
@@ -128,6 +163,16 @@ class ReplaySession:
     def set_speed(self, speed: float) -> None:
         self._commands.put(("speed", float(speed)))
 
+    def sync(self, to: SyncTo) -> None:
+        """Follow a shared replay's driver (drift correction: see SYNC_TOLERANCE_S, CATCH_UP_S)."""
+        self._commands.put(("sync", to))
+
+    def toggle_summons(self) -> bool:
+        self.summons = not self.summons
+        self.inbox.put(Notice("recorded summons move you" if self.summons else
+                              "recorded summons no longer move you (G turns them back on)", error=False))
+        return self.summons
+
     def chapters(self) -> list[Chapter]:
         return list(self.timeline.chapters)
 
@@ -148,13 +193,23 @@ class ReplaySession:
             last = time.monotonic()
             while not self._closed.is_set():
                 try:
-                    cmd: tuple[str, float] | None = self._commands.get(timeout=TICK_S)
+                    cmd: tuple[str, Any] | None = self._commands.get(timeout=TICK_S)
                 except queue.Empty:
                     cmd = None
-                sought, told = False, cmd is not None
+                sought, told, changed, ahead = False, cmd is not None, False, None
                 while cmd is not None:
                     name, value = cmd
-                    if name == "play":
+                    changed = changed or name != "sync"
+                    if name == "sync":
+                        target = value.t + ((time.monotonic() - value.received) * value.speed if value.playing else 0.0)
+                        target = min(max(target, 0.0), tl.duration)
+                        playing, speed = value.playing, value.speed
+                        err = target - t
+                        if value.jump or (abs(err) > SYNC_TOLERANCE_S and not (playing and 0 < err <= CATCH_UP_S)):
+                            t, sought, ahead = target, True, None
+                        elif abs(err) > SYNC_TOLERANCE_S:
+                            ahead = target  # behind a playing driver: play forward to it
+                    elif name == "play":
                         playing = True
                         if t >= tl.duration:  # play at the end starts over
                             t, sought = 0.0, True
@@ -177,9 +232,9 @@ class ReplaySession:
                     state = player.seek(t)
                     applied = bisect.bisect_right(tl.update_times, t)
                     self._post(state.room, state.poses, t, playing, speed)
-                elif playing:
+                elif playing or ahead is not None:
                     t0 = t
-                    t = min(tl.duration, t + (now - last) * speed)
+                    t = min(tl.duration, ahead if ahead is not None else t + (now - last) * speed)
                     state = player.advance(t)
                     n = bisect.bisect_right(tl.update_times, t)
                     self._passed(player, t0, t)
@@ -190,6 +245,8 @@ class ReplaySession:
                 elif told:  # paused: a speed change or a pause still shows
                     self.inbox.put(ReplayClock(t, tl.duration, playing, speed))
                 last = now
+                if self.on_state is not None:
+                    self.on_state(ReplayClock(t, tl.duration, playing, speed), changed, sought and changed)
         except Exception as exc:  # damage the reader did not catch: stop playing, say why
             self.inbox.put(Notice(f"replay stopped: {type(exc).__name__}: {exc}"))
         finally:
@@ -198,16 +255,18 @@ class ReplaySession:
     def _post(self, room: Room | None, poses: Mapping[str, Pose], t: float, playing: bool, speed: float) -> None:
         if room is not None:
             self.inbox.put(RoomUpdate(room))
-        if self.voice is not None:
-            self.voice.follow(t, playing, speed, poses)
         self.inbox.put(PosesUpdate(dict(poses)))
         self.inbox.put(ReplayClock(t, self.timeline.duration, playing, speed))
 
     def _passed(self, player: Player, t0: float, t1: float) -> None:
-        """What happened between t0 and t1 while playing: stream events, chapters."""
+        """What happened between t0 and t1 while playing: stream events, summons (unless the viewer
+        turned them off), chapters. Seeking passes nothing."""
         for e in player.events_between(t0, t1):
             if e.kind == "stream":
                 self.inbox.put(EventMessage("stream", e.sender, dict(e.payload)))
+            elif e.kind == "summon" and self.summons and summon_spot(e) is not None:
+                # the app moves the viewer as a live summon would (deeproom.scenes.pump: "summon")
+                self.inbox.put(EventMessage("summon", e.sender, dict(e.payload)))
         for c in self.timeline.chapters:
             if t0 < c.t <= t1:
                 self.inbox.put(Notice(f"{format_clock(c.t)} {c.title}", error=False))
@@ -221,9 +280,7 @@ class ReplaySession:
         return _refused(str(op.get("op", "the change")).replace("_", " "))
 
     def publish_pose(self, pose: Pose) -> None:
-        """The viewer is not in the recorded room: the pose goes nowhere (recorded voices are heard from it)."""
-        if self.voice is not None:
-            self.voice.listen(pose.head_position, pose.head_rotation)
+        """The viewer is not in the recorded room: the pose goes nowhere."""
 
     def fetch_blob(self, sha: str) -> bytes:
         """A panel's content from the recording's blob store (the content worker's thread)."""
@@ -266,8 +323,6 @@ class ReplaySession:
     def close(self) -> None:
         self._closed.set()
         self._thread.join(timeout=2.0)
-        if self.voice is not None:
-            self.voice.close()
 
 
 # --- the timeline panel ------------------------------------------------------------------------
@@ -461,6 +516,9 @@ def attach_timeline(app: RoomApp) -> TimelineView:
                 session.set_speed(SPEEDS[int(name) - 1])
             elif name == "tab" and app.rig is not None:
                 view.place(*app.rig.head())
+            elif name == "g":
+                # summoning is refused in a replay; G says whether recorded summons move you
+                session.toggle_summons()
             elif name != "space up":
                 super().key(name)
 
@@ -480,16 +538,14 @@ def blobs_dir_for(timeline_path: Path) -> Path:
     return timeline_path.parent.parent / "blobs"
 
 
-def run_replay(timeline: Timeline, *, at: float, speed: float, run: Any, blobs_dir: Path | None = None) -> int:
+def run_replay(timeline: Timeline, *, at: float, speed: float, run: Any, blobs_dir: Path | None = None,
+               summons: bool = True) -> int:
     """`deeproom replay`: the recording as a read-only room, in a window or offscreen (snapshot)."""
     from deeproom.scenes.app import AppOptions, RoomApp
     from deeproom.scenes.runner import content_settled, wait_for
 
     session = ReplaySession(timeline, blobs_dir if blobs_dir is not None else blobs_dir_for(timeline.path),
-                            at=at, speed=speed, playing=True)
-    from deeproom.scenes.replay_voice import attach_voice
-
-    attach_voice(session, speakers=not run.headless)  # each speaker's recorded voice, from their avatar
+                            at=at, speed=speed, playing=True, summons=summons)
     app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4),
                                               title=f"DeepRoom replay · {timeline.room_id}"))
     attach_timeline(app)
