@@ -140,6 +140,8 @@ class ReplaySession:
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._closed = threading.Event()
         self._start = (self.clock.t, speed, playing)
+        self.voice: Any = None
+        """The recorded voices (`deeproom.scenes.replay_voice.attach_voice`), told the playhead; None: silent."""
         self.inbox.put(StatusUpdate(True, f"replay of {timeline.room_id} (read-only)"))
         if timeline.damage:
             self.inbox.put(Notice(f"recording damaged: {timeline.damage}"))
@@ -255,6 +257,8 @@ class ReplaySession:
     def _post(self, room: Room | None, poses: Mapping[str, Pose], t: float, playing: bool, speed: float) -> None:
         if room is not None:
             self.inbox.put(RoomUpdate(room))
+        if self.voice is not None:
+            self.voice.follow(t, playing, speed, poses)
         self.inbox.put(PosesUpdate(dict(poses)))
         self.inbox.put(ReplayClock(t, self.timeline.duration, playing, speed))
 
@@ -280,7 +284,9 @@ class ReplaySession:
         return _refused(str(op.get("op", "the change")).replace("_", " "))
 
     def publish_pose(self, pose: Pose) -> None:
-        """The viewer is not in the recorded room: the pose goes nowhere."""
+        """The viewer is not in the recorded room: the pose goes nowhere (recorded voices are heard from it)."""
+        if self.voice is not None:
+            self.voice.listen(pose.head_position, pose.head_rotation)
 
     def fetch_blob(self, sha: str) -> bytes:
         """A panel's content from the recording's blob store (the content worker's thread)."""
@@ -323,6 +329,8 @@ class ReplaySession:
     def close(self) -> None:
         self._closed.set()
         self._thread.join(timeout=2.0)
+        if self.voice is not None:
+            self.voice.close()
 
 
 # --- the timeline panel ------------------------------------------------------------------------
@@ -546,6 +554,9 @@ def run_replay(timeline: Timeline, *, at: float, speed: float, run: Any, blobs_d
 
     session = ReplaySession(timeline, blobs_dir if blobs_dir is not None else blobs_dir_for(timeline.path),
                             at=at, speed=speed, playing=True, summons=summons)
+    from deeproom.scenes.replay_voice import attach_voice
+
+    attach_voice(session, speakers=not run.headless)  # each speaker's recorded voice, from their avatar
     app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4),
                                               title=f"DeepRoom replay · {timeline.room_id}"))
     attach_timeline(app)
