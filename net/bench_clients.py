@@ -265,9 +265,7 @@ class Participant(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        for fut in (self.connected, self.ack):
-            if not fut.done():
-                fut.set_exception(ConnectionError(f"{self.pid}: the relay closed the connection"))
+        self._fail("the relay closed the connection")
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -307,6 +305,7 @@ class Participant(asyncio.Protocol):
         for fut in (self.connected, self.ack):
             if not fut.done():
                 fut.set_exception(ConnectionError(f"{self.pid}: {why}"))
+                fut.exception()  # retrieved: whoever waits on it still gets it, nobody else logs it
         if self.transport is not None:
             self.transport.close()
 
@@ -466,20 +465,32 @@ def generator_proc(
 
         async def open_one(pid: str) -> Participant:
             i = int(pid[1:])
-            async with gate:
-                part = await connect(urls[i % len(urls)], i, pid, mode, pid in probes)
-                join: dict[str, Any] = {
-                    "room": ROOM,
-                    "name": pid,
-                    "participant_id": pid,
-                    "key": bench_key(pid),
-                }
-                if password is not None:
-                    join["password"] = password
-                ack = await part.join(join, 120)
-                if not ack.get("ok"):
+            join: dict[str, Any] = {
+                "room": ROOM,
+                "name": pid,
+                "participant_id": pid,
+                "key": bench_key(pid),
+            }
+            if password is not None:
+                join["password"] = password
+            for attempt in range(5):
+                async with gate:
+                    part = await connect(urls[i % len(urls)], i, pid, mode, pid in probes)
+                    try:
+                        ack = await part.join(join, 120)
+                    except ConnectionError:
+                        ack = {
+                            "ok": False,
+                            "error": {"type": "NetError", "message": "connection closed"},
+                        }
+                if ack.get("ok"):
+                    return part
+                part.close()
+                # "join again" (the room was being unloaded) or a connection lost on a loaded machine
+                if ack.get("error", {}).get("type") != "NetError" or attempt == 4:
                     raise RuntimeError(f"join of {pid} refused: {ack}")
-                return part
+                await asyncio.sleep(0.5)
+            raise AssertionError("unreachable")
 
         parts = list(await asyncio.gather(*(open_one(pid) for pid in ids)))
         ready.put(os.getpid())
