@@ -278,21 +278,25 @@ def open_watch(url: str, room: str, name: str, store: RecordingStore, recording:
         if recording is not None and role in DRIVES:
             say(f"sharing recording {recording} with room {room} (you are {role}: you drive the timeline)")
             sha, manifest = share_recording(store, recording, lambda data: client.put_blob(data).result(600))
-            say(f"shared: {manifest.archive_bytes / 1e6:.1f} MB in {len(manifest.pieces)} piece(s)")
+            say(f"shared: {_size(manifest.archive_bytes)} in {len(manifest.pieces)} piece(s)")
             return WatchSession(client, store.open(recording), store.root / "blobs", sha, at=at, speed=speed,
                                 playing=playing, summons=summons)
         if recording is not None:
             say(f"you are {role} in room {room}: you follow its driver (the host can hand you control)")
         state, received = _first_watch(client, room, wait_s)
         rid, manifest = fetch_recording(store, state.recording, lambda sha: client.get_blob(sha).result(600),
-                                        progress=lambda got, size: say(f"fetching the recording: {got / 1e6:.1f} of "
-                                                                       f"{size / 1e6:.1f} MB"))
+                                        progress=lambda got, size: say(f"fetching the recording: {_size(got)} of "
+                                                                       f"{_size(size)}"))
         say(f"following {format_clock(manifest.duration)} of room {manifest.room_id!r} (recording {rid})")
         return WatchSession(client, store.open(rid), store.root / "blobs", state.recording, start=state,
                             received=received, summons=summons)
     except BaseException:
         client.close()
         raise
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def _first_watch(client: Any, room: str, wait_s: float) -> tuple[WatchState, float]:
@@ -316,8 +320,10 @@ def run_watch(session: WatchSession, run: Any) -> int:
     """The watch party in the app: a window, or offscreen (one snapshot), like `run_replay`."""
     from deeproom.scenes.app import AppOptions, RoomApp
     from deeproom.scenes.replay import attach_timeline
+    from deeproom.scenes.replay_voice import attach_voice
     from deeproom.scenes.runner import content_settled, wait_for
 
+    attach_voice(session, speakers=not run.headless)  # the recorded voices, from this machine's copy
     app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4),
                                               title=f"DeepRoom replay · {session.timeline.room_id} · watching together"))
     attach_timeline(app)

@@ -32,8 +32,17 @@ def register(commands: Any, bench: Any) -> None:
     d.set_defaults(func=cmd_delete)
 
     p = commands.add_parser("replay", help="play a recording back as a read-only room with a timeline panel "
-                                           "(window, or an offscreen snapshot; --text prints it instead)")
-    p.add_argument("recording", help="a recording id (see `deeproom record list`) or a timeline file")
+                                           "(window, or an offscreen snapshot; --text prints it instead); "
+                                           "with --relay and --room, watch it together with others",
+                            description="Keys in the replay: space play/pause, 1-4 speed, Tab brings the timeline "
+                                        "in front of you, G turns off (and on) being moved by recorded summons. "
+                                        "Watching together: the host of a watch room runs `deeproom replay "
+                                        "RECORDING --relay URL --room ROOM` (the recording goes to the others "
+                                        "through the relay) and drives the timeline; everyone else runs `deeproom "
+                                        "replay --relay URL --room ROOM` and follows. The host hands control by "
+                                        "making someone presenter (People panel, P).")
+    p.add_argument("recording", nargs="?", help="a recording id (see `deeproom record list`) or a timeline file; "
+                                                "with --relay: the one to share (omit it to follow the room's)")
     p.add_argument("--at", default="0:00", metavar="MM:SS", help="start here (default 0:00)")
     p.add_argument("--speed", type=float, default=1.0, help="playback speed (default 1)")
     p.add_argument("--text", action="store_true", help="print the room once a recorded second instead of opening it")
@@ -43,6 +52,11 @@ def register(commands: Any, bench: Any) -> None:
     p.add_argument("--frames", type=int, default=30, help="frames rendered before the snapshot (headless)")
     p.add_argument("--snapshot", metavar="PNG", help="where the snapshot goes (headless; default snapshots/replay.png)")
     p.add_argument("--size", default="1280x720", help="window or image size WxH (default 1280x720)")
+    p.add_argument("--no-summons", action="store_true",
+                   help="recorded summons do not move you (by default playing past one moves you as it did live)")
+    p.add_argument("--relay", metavar="URL", help="watch together in a room on this relay (http://HOST:PORT)")
+    p.add_argument("--room", help="the watch room (with --relay); its host drives the timeline")
+    p.add_argument("--name", default="You", help="your name in the watch room (default You)")
     p.set_defaults(func=cmd_replay)
 
     b = bench.add_parser("replay", help="recording cost on a real relay, seek time in a synthetic 60-minute recording")
@@ -100,6 +114,11 @@ def cmd_delete(args: argparse.Namespace, config: Config) -> int:
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     from deeproom.recording import Player, format_clock, parse_clock, read_timeline
 
+    if args.relay or args.room:
+        return _watch_together(args, config)
+    if not args.recording:
+        print("deeproom replay: give a RECORDING (or --relay URL --room ROOM to follow a shared replay)")
+        return 2
     path = Path(args.recording)
     tl = read_timeline(path) if path.is_file() else _store(config).open(args.recording)
     if tl.damage:
@@ -118,7 +137,7 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         run = RunSettings(headless=decide_headless(args.headless), frames=max(1, args.frames),
                           snapshot=Path(args.snapshot) if args.snapshot else None, size=_size(args.size))
         return int(run_replay(tl, at=start, speed=args.speed, run=run,
-                              blobs_dir=None if path.is_file() else store_blobs))
+                              blobs_dir=None if path.is_file() else store_blobs, summons=not args.no_summons))
     player = Player(tl)
     print(f"recording of room {tl.room_id!r}: {format_clock(tl.duration)}, chapters: "
           + (", ".join(f"{format_clock(c.t)} {c.title}" for c in tl.chapters) or "none"))
@@ -137,6 +156,36 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         state = player.advance(t)
     player.close()
     return 0
+
+
+def _watch_together(args: argparse.Namespace, config: Config) -> int:
+    """`deeproom replay [RECORDING] --relay URL --room ROOM`: drive (share RECORDING) or follow."""
+    from deeproom.net.recording.store import RecordingStore
+    from deeproom.recording import parse_clock
+
+    if not (args.relay and args.room):
+        print("deeproom replay: watching together needs both --relay URL and --room ROOM")
+        return 2
+    if args.text or args.seconds is not None:
+        print("deeproom replay: --text prints a recording alone; it does not join a watch room")
+        return 2
+    if args.speed <= 0 or args.speed > 64:
+        print(f"--speed must be in (0, 64]; got {args.speed:g}")
+        return 2
+    store, rid = _store(config), args.recording
+    if rid is not None and Path(rid).is_file():  # a timeline file: its own store (recordings/<id>/timeline.drrec)
+        store, rid = RecordingStore(Path(rid).resolve().parent.parent), Path(rid).resolve().parent.name
+    if rid is not None:
+        store.timeline_path(rid)  # a clear error now, not after joining
+    from deeproom.scenes.commands import _size
+    from deeproom.scenes.replay_watch import open_watch, run_watch
+    from deeproom.scenes.runner import RunSettings, decide_headless
+
+    run = RunSettings(headless=decide_headless(args.headless), frames=max(1, args.frames),
+                      snapshot=Path(args.snapshot) if args.snapshot else None, size=_size(args.size))
+    session = open_watch(args.relay, args.room, args.name, store, rid, at=parse_clock(args.at), speed=args.speed,
+                         summons=not args.no_summons)
+    return int(run_watch(session, run))
 
 
 def cmd_bench_replay(args: argparse.Namespace, config: Config) -> int:

@@ -136,8 +136,26 @@ async def test_recording_travels_through_the_relay(recording: tuple[RecordingSto
         bad = WatchManifest("other", "lecture", manifest.duration, "cd" * 32, 10, manifest.archive_sha256,
                             manifest.archive_bytes, (manifest.pieces[0], manifest.pieces[0]))
         bad_sha = await host.put_blob(bad.encode())
-        with pytest.raises(RecordingError, match="more than|damaged"):
+        with pytest.raises(RecordingError, match=r"more than|damaged"):
             await asyncio.to_thread(fetch_recording, RecordingStore(tmp_path / "cy"), bad_sha, get)
         assert not (tmp_path / "cy").exists() or RecordingStore(tmp_path / "cy").ids() == []
         with pytest.raises(RecordingError, match="not a deeproom-watch manifest"):
             await asyncio.to_thread(fetch_recording, mine, await host.put_blob(b'{"format": "x"}'), get)
+
+
+def test_replay_command_says_what_watching_together_needs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "deeproom.cli", "--data-dir", str(tmp_path), "replay", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    p = run()
+    assert p.returncode == 2 and "give a RECORDING" in p.stdout, p
+    p = run("--relay", "http://127.0.0.1:9")
+    assert p.returncode == 2 and "needs both --relay URL and --room ROOM" in p.stdout, p
+    p = run("--relay", "http://127.0.0.1:9", "--room", "r", "--text")
+    assert p.returncode == 2 and "--text" in p.stdout, p
+    p = run("nope", "--relay", "http://127.0.0.1:9", "--room", "r")  # before joining: no such recording
+    assert p.returncode != 0 and "no recording 'nope'" in (p.stdout + p.stderr), p
