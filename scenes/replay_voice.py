@@ -38,7 +38,7 @@ from deeproom.net.voice.audio import SAMPLE_RATE
 from deeproom.net.voice.segments import decode_ogg_opus
 from deeproom.net.voice.spatial import SpatialMixer
 from deeproom.presence import Pose
-from deeproom.recording import Timeline, VoiceSegment, format_clock
+from deeproom.recording import MAX_VOICE_SEGMENT_S, Timeline, VoiceSegment, format_clock
 
 log = logging.getLogger("deeproom.replay.voice")
 
@@ -72,6 +72,9 @@ class ReplayVoice:
         self._by_speaker: dict[str, list[VoiceSegment]] = {p: [s for s in segments if s.participant == p]
                                                            for p in self.speakers}
         self._starts = {p: [s.start for s in segs] for p, segs in self._by_speaker.items()}
+        self._all = segments
+        self._all_starts = [s.start for s in segments]
+        self._by_sha = {s.sha: s for s in segments}
         self._lock = threading.Lock()
         self._clock: tuple[float, float, bool, float] = (0.0, time.monotonic(), False, 1.0)
         """(playhead, time.monotonic() when it was there, playing, speed)."""
@@ -198,13 +201,14 @@ class ReplayVoice:
         return fut
 
     def _prefetch(self, head: float) -> None:
-        for segs in self._by_speaker.values():
-            for seg in segs:
-                if seg.end > head and seg.start < head + PREFETCH_S and seg.sha not in self._decoded:
-                    self._submit(seg)
+        # only the segments near the playhead are looked at (a long recording has thousands)
+        lo = bisect.bisect_left(self._all_starts, head - MAX_VOICE_SEGMENT_S)
+        hi = bisect.bisect_right(self._all_starts, head + PREFETCH_S)
+        for seg in self._all[lo:hi]:
+            if seg.end > head and seg.sha not in self._decoded:
+                self._submit(seg)
         if len(self._decoded) > KEEP_DECODED:
-            where = {s.sha: s for segs in self._by_speaker.values() for s in segs}
-            far = sorted(self._decoded, key=lambda sha: -_distance(where[sha], head))
+            far = sorted(self._decoded, key=lambda sha: -_distance(self._by_sha[sha], head))
             for sha in far[: len(self._decoded) - KEEP_DECODED]:
                 del self._decoded[sha]
 
