@@ -69,6 +69,8 @@ class BackgroundVoice:
             track = SilenceTrack()
             config = replace(config, publish=False)
         self.voice = RoomVoice(self._bg._need(), track, config, sfu_url=sfu_url, mixer=self.mixer)
+        # a recorded room that could not take a segment of our voice: the user is told, once per segment
+        self.voice.recording.on_error = lambda msg: self._bg.inbox.put(self._Inbound("voice", msg))
         await self.voice.start()
 
     def _post(self, fn: Callable[..., Any], *args: Any) -> None:
