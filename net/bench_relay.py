@@ -270,6 +270,8 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         "server_cpu_pct": round(100.0 * cpu / wall, 1),
         "us_per_delivery": round(1e6 * cpu / received, 2) if received else None,
         "us_per_batch": round(1e6 * cpu / batches_in, 1) if batches_in else None,
+        "batches_per_s": round(batches_in / wall, 1),
+        "entries_per_s": round(received / wall, 1),
         "generator_procs": len(workers),
         "generator_cpu_pct": round(sum(gen_pcts), 1),
         "generator_busiest_proc_cpu_pct": round(max(gen_pcts), 1) if gen_pcts else None,
@@ -494,18 +496,68 @@ def _measure_nodes(n: int, nodes: int, rate: float, seconds: float, procs: int, 
 
 
 SWEEP_SIZES = (10, 20, 30, 40, 50, 60, 70, 80, 100, 125, 150, 200, 250, 300)
-"""Room sizes the single-node sweep tries, in order, up to --sweep-max (it stops after two in a row miss
-p99 <= 100 ms with delivered >= 0.95; `max_clients_p99_le_100ms` is the largest size that met it)."""
+"""Room sizes the single-node sweep tries, in order, up to --sweep-max (all of them);
+`max_clients_p99_le_100ms` is the largest size that met p99 <= 100 ms with delivered >= 0.95
+before two sizes in a row missed it."""
+
+SWEEP_KEYS = ("p50_ms", "p99_ms", "delivered_ratio", "server_cpu_pct", "us_per_delivery", "us_per_batch",
+              "batches_per_s", "entries_per_s", "generator_cpu_pct", "generator_busiest_proc_cpu_pct",
+              "generator_lag_p99_ms", "machine_cpu_pct", "other_cpu_pct", "limited_by", "load_avg_1min",
+              "relay_tick_late_mean_ms", "normal_clients_dropped")
+"""What each sweep point keeps of its run."""
 
 
 def _projection(us_per_delivery: float | None, people: int, rate: float, tick_hz: float) -> dict[str, Any]:
-    """What `people` in one room cost at the measured per-delivery CPU: every receiver gets every
-    other participant's latest pose each tick (when poses come at least as often as ticks)."""
+    """What `people` in one room cost at a per-delivery CPU (one point, no fit): every receiver gets
+    every other participant's latest pose each tick (when poses come at least as often as ticks)."""
     if not us_per_delivery:
         return {}
     per_s = people * (people - 1) * min(rate, tick_hz)
     cores = us_per_delivery * per_s / 1e6
     return {f"projected_{people}_deliveries_per_s": int(per_s), f"projected_{people}_relay_cores": round(cores, 2)}
+
+
+NODE_BUDGET = 0.6
+"""Share of a core a relay node is planned to use in the projections (headroom for bursts, joins, GC)."""
+
+
+def _cost_model(points: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Relay CPU (µs per second) = a × batches/s + b × entries/s, least squares through the origin over
+    the sweep runs that delivered ≥ 0.95 of what was scheduled (an overloaded relay skips recipients).
+    a: µs per client tick (its pose in, its batch out: per-message costs); b: µs per entry of a batch
+    (copying and encoding it). None with fewer than two usable runs."""
+    ok = [p for p in points if p.get("delivered_ratio", 0) >= 0.95 and p.get("batches_per_s")]
+    if len(ok) < 2:
+        return None
+    x = np.array([[p["batches_per_s"], p["entries_per_s"]] for p in ok], dtype=np.float64)
+    y = np.array([p["server_cpu_pct"] * 1e4 for p in ok], dtype=np.float64)  # % of a core -> µs per s
+    a, b = np.linalg.lstsq(x, y, rcond=None)[0]
+    if b < 0:  # noise: all of it per client tick
+        a, b = float(np.dot(x[:, 0], y) / np.dot(x[:, 0], x[:, 0])), 0.0
+    elif a < 0:
+        a, b = 0.0, float(np.dot(x[:, 1], y) / np.dot(x[:, 1], x[:, 1]))
+    return {"us_per_client_tick": round(float(a), 1), "us_per_entry": round(float(b), 3), "runs": len(ok)}
+
+
+def _fitted_projection(model: dict[str, float], people: int, rate: float, tick_hz: float) -> dict[str, Any]:
+    """Cores and nodes for one room of `people` from the fitted costs, and the largest room one relay
+    process holds within `NODE_BUDGET` of its core. Split over nodes, each node serves its share of
+    the clients, but each of their batches still carries every participant (b does not shrink), and
+    the cost of taking in the other nodes' poses (measured by --nodes) is left out."""
+    r = min(rate, tick_hz)
+    a, b = model["us_per_client_tick"], model["us_per_entry"]
+    total = (a * people * r + b * people * (people - 1) * r) / 1e6
+    # largest N with a·N·r + b·N·(N-1)·r <= NODE_BUDGET·1e6 (the quadratic's positive root)
+    qa, qb, qc = b * r, (a - b) * r, -NODE_BUDGET * 1e6
+    one_node = (-qb + (qb * qb - 4 * qa * qc) ** 0.5) / (2 * qa) if qa > 0 else -qc / qb
+    per_node = NODE_BUDGET * 1e6 / (r * (a + b * (people - 1)))
+    return {
+        f"projected_{people}_deliveries_per_s": int(people * (people - 1) * r),
+        f"projected_{people}_relay_cores": round(total, 2),
+        f"projected_{people}_clients_per_node": int(per_node),
+        f"projected_{people}_nodes": int(np.ceil(people / per_node)),
+        "projected_single_node_max_clients": int(one_node),
+    }
 
 
 BENCH_PASSWORD = "bench-password"
@@ -628,31 +680,41 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
                 "single_node_cpu_pct": main["server_cpu_pct"],
             })
         if args.sweep:
-            best, misses = None, 0
+            best, misses, knee_found = None, 0, False
             sweep: list[dict[str, Any]] = []
             sweep_max = int(getattr(args, "sweep_max", 300) or 300)
             for size in (x for x in SWEEP_SIZES if x <= sweep_max):
                 r = _measure("relay", size, rate, max(3.0, seconds / 2), procs, work, tick)
                 print(f"sweep   N={size}: {r}", flush=True)
-                sweep.append({"clients": size, "p99_ms": r["p99_ms"], "delivered_ratio": r["delivered_ratio"],
-                              "server_cpu_pct": r["server_cpu_pct"], "us_per_delivery": r["us_per_delivery"],
-                              "clients_cpu_pct": r["clients_cpu_pct"], "load_avg_1min": r["load_avg_1min"]})
+                sweep.append({k: r.get(k) for k in SWEEP_KEYS} | {"clients": size})
                 if r["p99_ms"] is not None and r["p99_ms"] <= 100.0 and r["delivered_ratio"] >= 0.95:
-                    best, misses = size, 0
+                    if not knee_found:
+                        best, misses = size, 0
                 else:
                     # on a shared machine one short window can miss by a moment's load: the
-                    # knee is where two sizes in a row miss
+                    # knee is where two sizes in a row miss; the sweep goes on to --sweep-max
+                    # (the larger rooms show how it degrades and what each client costs)
                     misses += 1
-                    if misses >= 2:
-                        break
+                    knee_found = knee_found or misses >= 2
             result["sweep"] = sweep
             result["sweep_max"] = sweep_max
             result["max_clients_p99_le_100ms"] = best
-        # the projection uses the per-delivery cost of the largest room measured (fixed costs amortised)
-        measured = [(r["clients"], r["us_per_delivery"]) for r in result.get("sweep", []) if r["us_per_delivery"]]
-        basis = max(measured) if measured else (n, main["us_per_delivery"])
-        result["projection_basis_clients"] = basis[0]
-        result.update(_projection(basis[1], 300, rate, tick))
+            after = [p for p in sweep if best is None or p["clients"] > best]
+            # what ran out just past the knee: the relay, the generator, or the machine (others' load)
+            result["knee_limited_by"] = sorted({x for p in after[:2] for x in p["limited_by"]})
+            result["sweep_generator_limited"] = any("generator" in p["limited_by"] for p in sweep)
+        model = _cost_model(result.get("sweep", []))
+        if model is not None:
+            result["cost_model"] = model
+            result["projection_basis"] = "fit"
+            result.update(_fitted_projection(model, 300, rate, tick))
+        else:
+            # one point: the per-delivery cost of the largest room measured (fixed costs amortised)
+            measured = [(r["clients"], r["us_per_delivery"]) for r in result.get("sweep", []) if r["us_per_delivery"]]
+            basis = max(measured) if measured else (n, main["us_per_delivery"])
+            result["projection_basis"] = "per_delivery"
+            result["projection_basis_clients"] = basis[0]
+            result.update(_projection(basis[1], 300, rate, tick))
         if args.memory_seconds > 0:
             mem = _measure("relay", n, rate, float(args.memory_seconds), procs, work, tick, secure=hostile > 0,
                            hostile=hostile)

@@ -59,7 +59,8 @@ def register(commands: Any, bench: Any) -> None:
     b.add_argument("--rate", type=float, default=30.0, help="poses per second per client (default 30)")
     b.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run (default 10)")
     b.add_argument("--sweep", action="store_true",
-                   help="also find the largest N holding p99 <= 100 ms (stops after two sizes in a row miss)")
+                   help="also run 10..--sweep-max clients on one node: the largest N holding p99 <= 100 ms "
+                        "before two sizes in a row miss, and the relay's cost per client tick and per entry")
     b.add_argument("--sweep-max", type=int, default=300, help="largest room size the sweep tries (default 300)")
     b.add_argument("--nodes", type=int, default=1,
                    help="also run the same load split across this many relay processes sharing the room through "

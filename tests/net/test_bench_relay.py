@@ -65,3 +65,26 @@ def test_bench_relay_two_nodes_through_redis_reports_cross_node_figures() -> Non
     # poses crossed between the nodes (through Redis), and none of the four clients was dropped
     assert result["cross_node_samples"] > 0 and result["cross_node_p99_ms"] is not None
     assert result["multi_node_clients_dropped"] == 0
+
+
+def test_cost_model_recovers_known_costs_and_projects_a_room() -> None:
+    """Runs made from a = 150 µs per client tick and b = 0.5 µs per entry give those back, and the
+    projection follows from them (300 × 30 × 150 µs + 300 × 299 × 30 × 0.5 µs = 2.70 cores)."""
+    from deeproom.net.bench_relay import _cost_model, _fitted_projection
+
+    def run(n: int, delivered: float = 1.0) -> dict[str, float]:
+        batches, entries = n * 30.0, n * (n - 1) * 30.0
+        return {"batches_per_s": batches, "entries_per_s": entries, "delivered_ratio": delivered,
+                "server_cpu_pct": (150.0 * batches + 0.5 * entries) / 1e4}
+
+    overloaded = run(300, delivered=0.2) | {"server_cpu_pct": 99.0}  # left out of the fit
+    model = _cost_model([run(10), run(50), run(100), overloaded])
+    assert model == {"us_per_client_tick": 150.0, "us_per_entry": 0.5, "runs": 3}
+    proj = _fitted_projection(model, 300, 30.0, 30.0)
+    assert proj["projected_300_relay_cores"] == 2.7
+    assert proj["projected_300_deliveries_per_s"] == 300 * 299 * 30
+    # one node at 60 % of a core: 0.6e6 / (30 × (150 + 0.5 × 299)) = 66 clients of the 300
+    assert proj["projected_300_clients_per_node"] == 66 and proj["projected_300_nodes"] == 5
+    # one room on one node: 30·150·N + 30·0.5·N(N-1) <= 0.6e6 -> N = 100 (598,500 µs/s)
+    assert proj["projected_single_node_max_clients"] == 100
+    assert _cost_model([run(10)]) is None
