@@ -67,6 +67,16 @@ def end_draining() -> None:
         rec._end()
 
 
+def summon_title(payload: Mapping[str, Any]) -> str:
+    """A summon's chapter title: the panel it names, else the place ("summon to (1.0, 1.6, -2.0)")."""
+    panel, pos = payload.get("panel_id"), payload.get("position")
+    if isinstance(panel, str) and panel:
+        return f"summon to {panel[:64]}"
+    if isinstance(pos, list) and len(pos) == 3 and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pos):
+        return "summon to ({:.1f}, {:.1f}, {:.1f})".format(*pos)
+    return "summon"
+
+
 def new_recording_id(room_id: str, wall: float | None = None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall if wall is not None else time.time()))
     return f"{room_id}-{stamp}"
@@ -171,8 +181,7 @@ class RoomRecorder:
             t = self.now()
             self.writer.append(EVENT, t, json.dumps({"kind": kind, "sender": sender, "payload": payload}).encode())
             if kind == "summon":
-                panel = payload.get("panel_id")
-                self.writer.append(CHAPTER, t, json.dumps({"title": f"summon to {panel}", "kind": "summon"}).encode())
+                self.writer.append(CHAPTER, t, json.dumps({"title": summon_title(payload), "kind": "summon"}).encode())
 
         self._write(write)
 

@@ -139,3 +139,11 @@ async def test_the_relay_takes_a_speakers_own_segment_and_refuses_the_rest(tmp_p
     tl = RecordingStore(data / "recordings").open(rid)
     assert tl.ended == "stopped by the host" and tl.damage is None
     assert len(tl.voice) == 1 + 4 + 2
+
+
+def test_a_summon_chapter_names_its_panel_or_its_place() -> None:
+    from deeproom.net.recording.recorder import summon_title
+
+    assert summon_title({"panel_id": "p1"}) == "summon to p1"
+    assert summon_title({"position": [1, 1.6, -2.04], "yaw": 90}) == "summon to (1.0, 1.6, -2.0)"
+    assert summon_title({"position": ["x", 1, 2]}) == "summon"
