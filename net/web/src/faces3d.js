@@ -146,7 +146,7 @@ export class GraphFace {
   summary() {
     const lay = this.layout;
     return { boxes: lay.nodes.length, groups: lay.nodes.filter((nd) => nd.collapsed).map((nd) => nd.group),
-      plates: lay.plates.map((p) => p.group), collapsed: [...this.collapsed], rows: lay.rows,
+      plates: lay.plates.map((p) => p.group), collapsed: [...this.collapsed], rows: lay.rows, frozen: [...this.frozen],
       at: Object.fromEntries(lay.nodes.map((nd, i) => [nd.key, lay.positions[i]])),
       plateAt: Object.fromEntries(lay.plates.map((p) => [p.group, [(p.lo[0] + p.hi[0]) / 2, p.hi[1] - (PLATE_HEADER * lay.textHeight) / 2]])) };
   }

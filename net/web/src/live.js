@@ -8,6 +8,7 @@
 // anyone but the owner or engine that the run's panels name is dropped. Pure: no three.js.
 
 import { WireError } from './wire.js';
+import { frozenOf } from './paint.js';
 
 export const RUN_TYPES = new Set(['metrics', 'layer_stats', 'status', 'steered', 'error', 'embedding',
   'filter_embedding', 'checkpoint_diff', 'latent_frame', 'labelled', 'label_accuracy']);
@@ -184,7 +185,14 @@ export class RunState {
       this.steeredBy = typeof ev.by === 'string' ? ev.by : sender;
       this.steered = steerText(ev);
       this.error = '';
-      if (ev.frozen && typeof ev.frozen === 'object') this.frozen = ev.frozen;
+      if (ev.frozen && typeof ev.frozen === 'object') {
+        // the event says what is frozen now, not what changed: the tag names what did
+        const marks = (f) => new Set([...frozenOf(f)[0], ...Object.entries(frozenOf(f)[1]).flatMap(([k, v]) => v.map((i) => `${k}[${i}]`))]);
+        const before = marks(this.frozen), after = marks(ev.frozen);
+        const changed = [...new Set([...before, ...after])].filter((m) => before.has(m) !== after.has(m)).sort();
+        if (changed.length && !('layer' in ev)) this.steered = `${this.steered} ${changed.join(', ').slice(0, 40)}`;
+        this.frozen = ev.frozen;
+      }
       if (typeof ev.state === 'string') this.status = ev.state.slice(0, 20);
       this.version += 1;
     } else if (ev.type === 'error') {
