@@ -107,9 +107,9 @@ def summon(a: dict[str, Any]) -> dict[str, Any]:
     p1_before = app.world_to_screen((p1x(app), 1.5, 2.0))
     # play through the summon: the camera goes where it sends people, turned as it says
     session.play()
-    out["moved"] = wait(app, lambda: head(app) != out["head_before"] and session.clock.t > a["t_summon"], 30, 10)
-    out["t_moved"] = session.clock.t
+    out["moved"] = wait(app, lambda: head(app) != out["head_before"] and session.clock.t > a["t_summon"], 30, 0)
     session.pause()
+    out["t_moved"] = session.clock.t
     wait(app, lambda: not session.clock.playing, 10, 10)
     out["head_after"] = head(app)
     out["yaw_after"] = float(app.rig.yaw)
