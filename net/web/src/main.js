@@ -124,7 +124,8 @@ class Page {
     c.start();
     this.bindInput();
     this.bindButtons();
-    this.scene.renderer.setAnimationLoop(() => this.frame());
+    // In XR, three.js drives this from XRSession.requestAnimationFrame and passes the XRFrame.
+    this.scene.renderer.setAnimationLoop((time, xrFrame) => { if (xrFrame) this.xrFrames = (this.xrFrames || 0) + 1; this.frame(); });
     setInterval(() => this.sendPose(), 33);
   }
 
@@ -517,11 +518,12 @@ class Page {
     });
     if (navigator.xr && navigator.xr.isSessionSupported) {
       navigator.xr.isSessionSupported('immersive-vr').then((ok) => {
+        this.xrSupported = !!ok;
         if (!ok) return;
         const b = $('#vr');
         b.hidden = false;
         b.addEventListener('click', () => this.enterVR());
-      }).catch(() => {});
+      }).catch(() => { this.xrSupported = false; });
     }
   }
 
@@ -577,7 +579,8 @@ class Page {
       timeOrigin: performance.timeOrigin, joinedAt: this.stats.joinedAt, allDrawnAt: this.stats.allDrawnAt, banner: $('#banner').hidden ? null : $('#banner').textContent,
       toast: $('#toast').hidden ? null : $('#toast').textContent, following: this.following || null,
       drawReasons: { ...this.drawReasons }, streamsDropped: this.streamsDropped,
-      xr: { button: !$('#vr').hidden, presenting: this.scene.renderer.xr.isPresenting, sessions: this.xrSessions || 0 }, softwareGL: this.scene.software, camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
+      xr: { button: !$('#vr').hidden, presenting: this.scene.renderer.xr.isPresenting, sessions: this.xrSessions || 0,
+        frames: this.xrFrames || 0, supported: this.xrSupported ?? null }, softwareGL: this.scene.software, camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
       voice: this.voice ? { source: this.voice.source, links: [...this.voice.links].map(([pid, e]) => [pid, e.pc.connectionState]),
         sending: !!this.voice.sending, pushToTalk: !!this.voice.pushToTalk,
         sfu: this.voice.sfu ? { url: this.voice.sfuAccess.url, feeds: [...this.voice.sfu.subs.values()].map((e) => e.display) } : null } : null,

@@ -6,8 +6,9 @@
 // Page.addScriptToEvaluateOnNewDocument); it is never served by the relay nor shipped.
 import { XRDevice, metaQuest3 } from 'iwer';
 
-const device = new XRDevice(metaQuest3);
-device.installRuntime();
+const device = new XRDevice(metaQuest3, { stereoEnabled: true }); // both eyes, side by side
+// Chromium has its own navigator.xr (with no device behind it on Linux): replace it.
+device.installRuntime({ forceInstall: true });
 window.__xrEmulation = {
   device,
   requests: [], // every requestSession(mode, init) the page made

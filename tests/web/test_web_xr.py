@@ -1,0 +1,147 @@
+"""Enter VR in the browser.
+
+Headless Chromium on Linux has no XR runtime, so two honest checks instead of a headset:
+
+- plain Chromium: `navigator.xr.isSessionSupported('immersive-vr')` says no and the page
+  offers no "Enter VR" button;
+- Chromium with IWER (Meta's Immersive Web Emulation Runtime, an npm package bundled into
+  net/web/dist/xr-emulation.js and injected before the page's own scripts): a complete WebXR
+  runtime in the page, so the page's code and three.js's WebXRManager run unchanged. The button
+  appears, a click asks for an immersive-vr session with the page's features, three.js takes
+  the session's frame loop (frames arrive with an XRFrame and keep coming with nothing
+  changing in the room) and draws both eyes: the panel straight ahead is on the left and on the
+  right half of the canvas. Ending the session (as a headset's own exit does) puts the page back
+to drawing only on change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deeproom.net import RoomClient
+from deeproom.net.bench_web import IMAGE_RGB, chrome
+from deeproom.net.web_serve import WEB_DIR
+
+from .conftest import HEIGHT, WIDTH, Browsers, eventually, every_kind_blobs, page_url
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+EMULATION = WEB_DIR / "dist" / "xr-emulation.js"
+
+
+def red(px: np.ndarray) -> np.ndarray:
+    """Where the image panel's red is (x, y of each pixel)."""
+    hit = np.abs(px.astype(int) - np.array(IMAGE_RGB)).max(axis=2) <= 30
+    ys, xs = np.nonzero(hit)
+    return np.stack([xs, ys], axis=1)
+
+
+async def room_with_an_image_ahead(url: str, room: str) -> RoomClient:
+    alice = RoomClient(
+        url, room=room, name="Alice", participant_id="alice", participant_key="k" * 20
+    )
+    await alice.connect()
+    sha = await alice.put_blob(every_kind_blobs()["image"])
+    await alice.apply(
+        {
+            "op": "add_panel",
+            "panel_id": "image",
+            "kind": "image",
+            "title": "ahead",
+            "transform": {"position": [0.0, 1.6, 2.5]},
+            "size": [1.3, 0.95],
+            "content": {"source": {}, "refs": [sha]},
+        }
+    )
+    return alice
+
+
+async def drawn(b: Browsers, d: Any) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        s = await b.state(d)
+        p = s.get("panels", {}).get("image")
+        return s if p and p["status"] == "drawn" and s["xr"]["supported"] is not None else None
+
+    return await eventually(check, timeout=30)
+
+
+async def test_no_xr_runtime_no_enter_vr_button(relay, browsers: Browsers) -> None:
+    alice = await room_with_an_image_ahead(relay.url, "xr1")
+    try:
+        d = await browsers.open(page_url(relay.url, "xr1"))
+        s = await drawn(browsers, d)
+        assert s["xr"] == {
+            "button": False,
+            "presenting": False,
+            "sessions": 0,
+            "frames": 0,
+            "supported": False,
+        }
+        assert await browsers.js(d, "return document.querySelector('#vr').hidden") is True
+    finally:
+        await alice.close()
+
+
+@pytest.mark.skipif(
+    not EMULATION.exists(), reason=f"{EMULATION} is not built (make web: npm ci and the build)"
+)
+async def test_enter_vr_with_an_emulated_headset(relay, browsers: Browsers) -> None:
+    alice = await room_with_an_image_ahead(relay.url, "xr2")
+    try:
+        d = await asyncio.to_thread(chrome, WIDTH, HEIGHT)
+        browsers.drivers.append(d)
+        await asyncio.to_thread(
+            d.execute_cdp_cmd,
+            "Page.addScriptToEvaluateOnNewDocument",
+            {"source": Path(EMULATION).read_text()},
+        )
+        await asyncio.to_thread(d.get, page_url(relay.url, "xr2"))
+        s = await drawn(browsers, d)
+        assert (
+            s["xr"]["supported"] is True and s["xr"]["button"] is True and not s["xr"]["presenting"]
+        )
+        flat = red(await browsers.screenshot(d))
+        assert len(flat) > 1000 and abs(flat[:, 0].mean() - WIDTH / 2) < 80, (
+            "one view: the panel in the middle"
+        )
+
+        await asyncio.to_thread(lambda: d.find_element("css selector", "#vr").click())
+        s = await eventually(lambda: _presenting(browsers, d, True), timeout=10)
+        asked = await browsers.js(d, "return window.__xrEmulation.requests")
+        assert asked == [
+            {"mode": "immersive-vr", "init": {"optionalFeatures": ["local-floor", "bounded-floor"]}}
+        ]
+        f0 = s["xr"]["frames"]
+        await asyncio.sleep(1.0)  # nothing changes in the room, yet XR draws every frame
+        s = await browsers.state(d)
+        assert s["xr"]["frames"] - f0 >= 5 and s["drawReasons"]["continuous"] >= 5
+        assert await browsers.js(d, "return document.querySelector('#vr').textContent") == "Exit VR"
+        stereo = red(await browsers.screenshot(d))
+        left, right = stereo[stereo[:, 0] < WIDTH / 2], stereo[stereo[:, 0] >= WIDTH / 2]
+        assert len(left) > 300 and len(right) > 300, "both eyes see the panel"
+        assert right[:, 0].mean() - left[:, 0].mean() > WIDTH / 4, "one view per half of the canvas"
+
+        # the headset's own exit (IWER shows the session over the page, as a headset takes the display)
+        await browsers.js(d, "window.deeproom.page.scene.renderer.xr.getSession().end()")
+        await eventually(lambda: _presenting(browsers, d, False), timeout=10)
+        assert (
+            await browsers.js(d, "return document.querySelector('#vr').textContent") == "Enter VR"
+        )
+        await asyncio.sleep(0.5)
+        f1 = (await browsers.state(d))["frames"]
+        await asyncio.sleep(1.0)
+        assert (await browsers.state(d))["frames"] == f1, (
+            "out of VR a still room draws nothing again"
+        )
+    finally:
+        await alice.close()
+
+
+async def _presenting(b: Browsers, d: Any, want: bool) -> dict[str, Any] | None:
+    s = await b.state(d)
+    return s if s["xr"]["presenting"] is want else None
