@@ -316,14 +316,17 @@ def _busy(times: Any) -> float:
 def _limited_by(relay_pcts: list[float], gen_pcts: list[float], lag_p99_ms: float | None, machine_pct: float,
                 rate: float) -> list[str]:
     """What ran out during the window: "relay" (a relay process near a full core), "generator" (a
-    generator process near a full core, or its send timer more than a pose period late at p99),
-    "machine" (every core busy: whoever is measured got less CPU than it wanted). Empty: nothing."""
+    generator process near a full core, or, with cores to spare, its send timer more than a pose
+    period late at p99), "machine" (every core busy: whoever is measured got less CPU than it
+    wanted, and a late timer is the machine's doing). Empty: nothing."""
     out = []
+    machine_full = machine_pct >= SATURATED_PCT * (os.cpu_count() or 1)
     if any(p >= SATURATED_PCT for p in relay_pcts):
         out.append("relay")
-    if any(p >= SATURATED_PCT for p in gen_pcts) or (lag_p99_ms is not None and lag_p99_ms > 1000.0 / rate):
+    late = lag_p99_ms is not None and lag_p99_ms > 1000.0 / rate
+    if any(p >= SATURATED_PCT for p in gen_pcts) or (late and not machine_full):
         out.append("generator")
-    if machine_pct >= SATURATED_PCT * (os.cpu_count() or 1):
+    if machine_full:
         out.append("machine")
     return out
 
