@@ -245,7 +245,7 @@ class _Hostile:
     async def oversized(self, until: float) -> None:
         while time.time() < until:
             sio = await self.ensure()
-            await self.ask("oversized", sio, "event", {"kind": "stream", "payload": {"x": "y" * 1_500_000}}, timeout=10)
+            await self.ask("oversized", sio, "event", {"kind": "stream", "payload": {"x": "y" * 1_100_000}}, timeout=10)
             await self.ask("oversized", sio, "event", {"kind": "summon", "payload": {"x": "y" * 10_000}})
             await self.ask("oversized", sio, "op", {"id": self.fresh("o"), "op": {
                 "op": "add_panel", "panel_id": self.fresh("o"), "kind": "note", "title": "t",

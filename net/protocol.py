@@ -43,8 +43,10 @@ PROTOCOL_VERSION = 1
 EVENT_KINDS = ("signal", "stream", "steer", "summon", "watch")
 """Kinds of `event` the relay forwards."""
 
-MAX_MESSAGE_BYTES = 2 * 1024 * 1024
-"""Engine.IO closes a connection that sends one message bigger than this."""
+MAX_MESSAGE_BYTES = 1280 * 1024
+"""Engine.IO closes a connection that sends one message bigger than this (read from the frame's
+header, so such a message is never assembled). Above every legitimate message: the largest text
+is an `event` of `MAX_TEXT_CHARS["event"]` (1 MiB), the largest binary a blob chunk (512 KiB)."""
 MAX_OP_BYTES = 64 * 1024
 """An operation as JSON (content sources are capped at 16 KiB by the core)."""
 MAX_EVENT_BYTES = {"signal": 64 * 1024, "stream": 256 * 1024, "steer": 16 * 1024, "summon": 4 * 1024,

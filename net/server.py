@@ -96,7 +96,7 @@ class RelayServer:
         )
         self.sio.refuse = self._refuse_early
         self.sio.gate = self._gate
-        self.sio.refusal_pause_s = settings.refusal_pause_s
+        self.sio.refusal_pause = self._refusal_pause
         self._penalty: dict[str, float] = {}
         """Addresses turned away until a monotonic time (a socket of theirs ran out of strikes)."""
         self._expelling: set[asyncio.Task[None]] = set()
@@ -244,10 +244,7 @@ class RelayServer:
     def _refusal(self, name: str, sid: str, exc: BaseException) -> dict[str, Any]:
         """The ack for a handler that raised: the refusal it meant, or a plain error for a bug."""
         if isinstance(exc, DeepRoomError):
-            self.stats["refused"] += 1
-            sess = self.sessions.get(sid)
-            if sess is not None and not isinstance(exc, RateLimited):
-                self._strike(sess)
+            self._refused(self.sessions.get(sid), exc)
             return {"ok": False, "error": error_to_wire(exc)}
         # A bug (or a panic in a library) costs one refusal, not the relay.
         log.error("relay: %s from %s failed", name, sid, exc_info=exc)
@@ -266,9 +263,8 @@ class RelayServer:
                 if is_fatal(exc):
                     raise
                 ack = self._refusal(name, sid, exc)
-                if self.settings.refusal_pause_s:
-                    # this socket's next message waits (its events run one after another)
-                    await asyncio.sleep(self.settings.refusal_pause_s)
+                # this socket's next message waits (its events run one after another)
+                await asyncio.sleep(self._refusal_pause(sid))
                 return ack
 
         return guarded
@@ -281,13 +277,10 @@ class RelayServer:
 
     async def _refuse_early(self, sid: str, wants_ack: bool, exc: DeepRoomError) -> dict[str, Any] | None:
         """A message refused before dispatch (by `_gate`, an unknown name, unreadable JSON)."""
-        self.stats["refused"] += 1
         sess = self.sessions.get(sid)
-        if sess is not None:
-            if not isinstance(exc, RateLimited):  # over-rate messages are refused cheaply; no strike
-                self._strike(sess)
-            if not wants_ack:
-                await warn(self.sio, sess, exc)
+        self._refused(sess, exc)
+        if sess is not None and not wants_ack:
+            await warn(self.sio, sess, exc)
         return {"ok": False, "error": error_to_wire(exc)}
 
     def _gate(self, sid: str, event: str, length: int) -> DeepRoomError | None:
@@ -309,6 +302,27 @@ class RelayServer:
         elif event == "event" and not sess.event_bucket.take():
             return RateLimited(f"too many events: at most {s.event_rate[0]:g}/s")
         return None
+
+    def _refused(self, sess: Session | None, exc: DeepRoomError) -> None:
+        """Count a refusal: relay-wide, towards the socket's pause, and (unless it was for being
+        over a rate: those cost the relay no decoding) as a strike."""
+        self.stats["refused"] += 1
+        if sess is None:
+            return
+        now = time.monotonic()
+        if now - sess.refused_since > self.settings.strikes[1]:
+            sess.refused_since, sess.refused = now, 0
+        sess.refused += 1
+        if not isinstance(exc, RateLimited):
+            self._strike(sess)
+
+    def _refusal_pause(self, sid: str) -> float:
+        """How long a socket's next message waits after a refusal: `refusal_pause_s`, one more per
+        10 refusals it had in the strike window, at most `refusal_pause_max_s`."""
+        s = self.settings
+        sess = self.sessions.get(sid)
+        recent = sess.refused if sess is not None else 0
+        return min(s.refusal_pause_max_s, s.refusal_pause_s * (1 + recent // 10))
 
     def _strike(self, sess: Session) -> None:
         """One refused message (not counting rate limits: those cost the relay no decoding); too many
@@ -334,8 +348,8 @@ class RelayServer:
     async def _expel(self, sess: Session, limit: int, window: float) -> None:
         message = (f"disconnected: more than {limit} refused messages within {window:g} s; "
                    f"this address may connect again in {self.settings.penalty_s:g} s")
-        # the refusal that ran out the strikes is answered first (its ack waits `refusal_pause_s`)
-        await asyncio.sleep(self.settings.refusal_pause_s + 0.05)
+        # the refusal that ran out the strikes is answered first (its ack waits the refusal pause)
+        await asyncio.sleep(self._refusal_pause(sess.sid) + 0.05)
         with contextlib.suppress(Exception):
             await self.sio.emit("error", error_to_wire(RateLimited(message)), to=sess.sid, ignore_queue=True)
             await self.sio.disconnect(sess.sid, ignore_queue=True)

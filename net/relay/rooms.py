@@ -22,6 +22,7 @@ from deeproom.net import protocol as P
 from deeproom.net.backend import RoomBackend, RoomMeta, op_key
 from deeproom.net.errors import NetError, TooLarge
 from deeproom.net.recording import hooks as recording_hooks
+from deeproom.net.relay import heap
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
 from deeproom.net.relay.wire import RelaySocketServer
@@ -29,6 +30,8 @@ from deeproom.ops import Join, Leave, Operation, parse_operation
 
 log = logging.getLogger(__name__)
 
+TRIM_EVERY_S = 30.0
+"""How often housekeeping hands freed heap memory back (`heap.trim`)."""
 RECENT_OPS = 4096
 """Op keys per room remembered in memory (older ones are looked up in the store)."""
 
@@ -240,10 +243,14 @@ class RoomHub:
 
     async def housekeeping_loop(self) -> None:
         period = max(0.5, min(10.0, self.settings.idle_room_s / 2))
+        trimmed = time.monotonic()
         while True:
             await asyncio.sleep(period)
             try:
                 await self.evict_idle()
+                if time.monotonic() - trimmed >= TRIM_EVERY_S:
+                    trimmed = time.monotonic()
+                    heap.trim()  # what bursts of large messages or password hashes freed goes back
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -88,7 +88,11 @@ class RelaySettings:
     """How long an address whose socket ran out of strikes may not connect."""
     refusal_pause_s: float = 0.01
     """After a refused message, that socket's next message is read this much later (other
-    sockets are not delayed): a flood of refused messages is served at most ~100 a second."""
+    sockets are not delayed): a flood of refused messages is served at most ~100 a second.
+    The pause grows with the refusals the socket had in the strike window (one more
+    `refusal_pause_s` per 10 of them, at most `refusal_pause_max_s`), over-rate ones included."""
+    refusal_pause_max_s: float = 0.25
+    """The longest pause after a refusal (a socket refused all the time is read 4 times a second)."""
 
     def __post_init__(self) -> None:
         if self.room_creation not in ROOM_CREATION:

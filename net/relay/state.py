@@ -37,6 +37,10 @@ class Session:
     strikes: int = 0
     """Messages of this socket refused since `strikes_since` (too many and it is disconnected)."""
     strikes_since: float = 0.0
+    refused: int = 0
+    """Messages of this socket refused since `refused_since`, over-rate ones included (the
+    pause before its next message is read grows with them)."""
+    refused_since: float = 0.0
     expelled: bool = False
     """Out of strikes: being disconnected."""
     batches_sent: int = 0

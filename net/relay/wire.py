@@ -138,9 +138,10 @@ class RelaySocketServer(socketio.AsyncServer):
         super().__init__(*args, serializer=RelayPacket, **kwargs)
         self.refuse: Refuser | None = None
         self.gate: Gate | None = None
-        self.refusal_pause_s = 0.0
-        """After refusing a message, wait this long before reading that socket's next one (only
-        that socket waits): a client that floods refused messages is served at the relay's pace."""
+        self.refusal_pause: Callable[[str], float] | None = None
+        """After refusing a message of socket `sid`, wait `refusal_pause(sid)` seconds before reading
+        that socket's next one (only that socket waits): a client that floods refused messages is
+        served at the relay's pace."""
         self._swallow: dict[str, int] = {}
         """Attachments still to come of a binary message refused from its head, per Engine.IO socket."""
         self._closing_tasks: set[asyncio.Task[Any]] = set()
@@ -173,8 +174,8 @@ class RelaySocketServer(socketio.AsyncServer):
                         self._swallow[eio_sid] = int(head.group(2))
                     if refusal is not None and sid is not None:
                         await self._answer(eio_sid, namespace, int(head.group(4)) if head.group(4) else None, refusal)
-                        if self.refusal_pause_s:
-                            await asyncio.sleep(self.refusal_pause_s)
+                        if self.refusal_pause is not None:
+                            await asyncio.sleep(self.refusal_pause(sid))
                     return
         await super()._handle_eio_message(eio_sid, data)
 

@@ -412,6 +412,31 @@ async def test_connections_per_address_are_bounded(tmp_path: Path, raws: list[Ra
         await raw(relay.url, raws)  # a closed one frees its place
 
 
+async def test_a_socket_refused_again_and_again_is_read_ever_more_slowly(relay: EmbeddedRelay, raws: list[Raw]) -> None:
+    """Over-rate poses cost no strike, but each refusal delays that socket's next read a little
+    more (10 ms, plus 10 ms per 10 refusals in the window): a flood is read a few times a second,
+    while another socket's operations go on."""
+    async with RoomClient(relay.url, room="pace", name="Host") as host:
+        await host.apply(panel("p"))
+        flooder = await raw(relay.url, raws)
+        assert (await flooder.join("pace", "f1", key=KEY))["ok"]
+        pose = bytes(122)
+        for i in range(600):  # 10 times the pose rate's burst, all at once
+            await flooder.sio.emit("pose", pose)
+        stats = relay.server.stats
+        await eventually(lambda: stats["refused"] >= 20)  # past the burst, refusals began
+        start, t0 = stats["refused"], time.monotonic()
+        for i in range(5):  # the host is served meanwhile
+            room = await host.apply({"op": "move_panel", "panel_id": "p", "transform": {"position": [i, 1.0, 2.0]}})
+            assert room.panels["p"].transform.position[0] == i
+        await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))
+        read = stats["refused"] - start
+        # at a fixed 10 ms pause the relay would have read ~200 in these 2 s; growing pauses allow ~50
+        assert 0 < read < 120, read
+        sess = next(s for s in relay.server.sessions.values() if s.participant_id == "f1")
+        assert not sess.expelled and flooder.sio.connected  # over-rate refusals are no strikes
+
+
 async def test_kept_stream_messages_are_bounded_per_room(relay: EmbeddedRelay) -> None:
     from deeproom.net.relay.events import MAX_STREAM_BYTES_PER_ROOM
 
