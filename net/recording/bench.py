@@ -1,11 +1,14 @@
 """`deeproom bench replay`: what recording costs the relay, what it costs on disk, how fast a seek is.
 
-- record_cpu_ratio: relay CPU with `serve --record` / without, the same load (bench relay's
-  client processes: N clients at R Hz), both runs in this one invocation;
-- bytes_per_participant_minute: presence and voice per participant per minute: the recorded
-  relay run's bytes (presence: bench relay's clients send no audio) per participant-minute,
-  plus the voice a speaker's client uploads per minute (measured below, real Opus of a tone)
-  times `speakers` / clients (3 of 30 speaking, as in the issue's load);
+- record_cpu_ratio: the relay's CPU with recording on / off, from one relay process under one
+  load (N clients at R Hz, 3 of them speaking: while the room records they upload Ogg Opus
+  segments as blobs and announce them with `voice_segment`), the host switching recording on
+  and off in alternating windows (`bench_load`); each window's figures, the load average and
+  the other processes' CPU are reported next to it;
+- bytes_per_participant_minute: presence and voice per participant per minute, as that run
+  recorded them (timelines; voice blobs kept by the recordings) over the minutes it recorded;
+  without the relay run, the synthetic recording's presence plus the voice a speaker's client
+  uploads per minute (measured below) times `speakers` / clients;
 - seek_ms: median of random seeks in a synthetic recording (`--minutes`, 30 participants at
   30 Hz, a panel move a second, a summon a minute);
 - replay_position_err_ticks: in the synthetic recording, how many ticks the replayed panel
@@ -32,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from deeproom.document import new_room
+from deeproom.net.recording.bench_load import WindowPlan, run_windows, summarize, voice_segment_s
+from deeproom.net.voice.segments import SEGMENT_S
 from deeproom.ops import SYSTEM
 from deeproom.presence import Pose, encode_pose
 from deeproom.recording import (
@@ -53,7 +58,9 @@ SPEAKERS = 3
 TONES = (440.0, 660.0)
 
 
-def synthetic_recording(path: Path, minutes: float, participants: int = 30, hz: float = 30.0, seed: int = 0) -> list[tuple[float, float]]:
+def synthetic_recording(
+    path: Path, minutes: float, participants: int = 30, hz: float = 30.0, seed: int = 0
+) -> list[tuple[float, float]]:
     """Write a synthetic recording; returns (t, x) of every panel move written."""
     rng = random.Random(seed)
     doc = new_room("synthetic", name="synthetic", host_id="host", host_name="Host")
@@ -70,18 +77,30 @@ def synthetic_recording(path: Path, minutes: float, participants: int = 30, hz: 
     chunk: PresenceChunk | None = None
     for k in range(n_ticks):
         t = k * period
-        poses = {pid: encode_pose(Pose(head_position=(rng.uniform(-3, 3), 1.6, rng.uniform(-3, 3)))) for pid in ids}
+        poses = {
+            pid: encode_pose(Pose(head_position=(rng.uniform(-3, 3), 1.6, rng.uniform(-3, 3))))
+            for pid in ids
+        }
         if chunk is None or t - chunk.t0 >= 1.0:
             if chunk is not None:
                 w.append(POSES, chunk.t0, chunk.encode())
             chunk = PresenceChunk(t, poses)
             # once a second: a panel move; once a minute: a summon
             x = round(rng.uniform(-5, 5), 3)
-            w.append(UPDATE, t, doc.apply({"op": "move_panel", "panel_id": "p1", "transform": {"position": [x, 1.5, 2]}}, SYSTEM))
+            w.append(
+                UPDATE,
+                t,
+                doc.apply(
+                    {"op": "move_panel", "panel_id": "p1", "transform": {"position": [x, 1.5, 2]}},
+                    SYSTEM,
+                ),
+            )
             updates += 1
             moves.append((t, x))
             if int(t) % 60 == 0:
-                w.append(EVENT, t, b'{"kind": "summon", "sender": "host", "payload": {"panel_id": "p1"}}')
+                w.append(
+                    EVENT, t, b'{"kind": "summon", "sender": "host", "payload": {"panel_id": "p1"}}'
+                )
                 w.append(CHAPTER, t, b'{"title": "summon to p1", "kind": "summon"}')
             if t - last_snap >= SNAPSHOT_S:
                 w.append(SNAPSHOT, t, encode_snapshot(updates, doc.update_since(None)))
@@ -94,7 +113,9 @@ def synthetic_recording(path: Path, minutes: float, participants: int = 30, hz: 
     return moves
 
 
-def measure_seeks(path: Path, moves: list[tuple[float, float]], seeks: int, seed: int = 1) -> dict[str, Any]:
+def measure_seeks(
+    path: Path, moves: list[tuple[float, float]], seeks: int, seed: int = 1
+) -> dict[str, Any]:
     rng = random.Random(seed)
     t0 = time.perf_counter()
     tl = read_timeline(path)
@@ -114,28 +135,44 @@ def measure_seeks(path: Path, moves: list[tuple[float, float]], seeks: int, seed
         x = state.room.panels["p1"].transform.position[0]
         i = bisect.bisect_right(move_times, t) - 1
         # ticks between the move that should be showing and the one that is
-        shown = max((j for j in range(max(0, i - 5), i + 1) if abs(moves[j][1] - x) < 1e-6), default=None)
-        lag_ticks.append(0 if shown == i else 30 * (t - moves[shown][0]) if shown is not None else 1e9)
+        shown = max(
+            (j for j in range(max(0, i - 5), i + 1) if abs(moves[j][1] - x) < 1e-6), default=None
+        )
+        lag_ticks.append(
+            0 if shown == i else 30 * (t - moves[shown][0]) if shown is not None else 1e9
+        )
     player.close()
-    return {"seek_ms": round(statistics.median(times), 2), "seek_p95_ms": round(sorted(times)[int(0.95 * len(times)) - 1], 2),
-            "open_ms": round(open_ms, 1), "replay_position_err_ticks": round(max(lag_ticks), 2),
-            "synthetic_bytes": path.stat().st_size}
+    return {
+        "seek_ms": round(statistics.median(times), 2),
+        "seek_p95_ms": round(sorted(times)[int(0.95 * len(times)) - 1], 2),
+        "open_ms": round(open_ms, 1),
+        "replay_position_err_ticks": round(max(lag_ticks), 2),
+        "synthetic_bytes": path.stat().st_size,
+    }
 
 
-def _relay_runs(clients: int, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
+def relay_windows(clients: int, rate: float, plan: WindowPlan, workdir: Path) -> dict[str, Any]:
+    """One relay process, recording switched on and off in windows (`bench_load`); what it recorded."""
     from deeproom.net import bench_relay as br
 
-    out: dict[str, Any] = {}
-    for label, extra in (("plain", ()), ("record", ("--record",))):
-        data = workdir / label
-        data.mkdir()
-        server = br._Server("relay", data, 30.0, extra)
-        try:
-            out[label] = br._run_load(server.url, "relay", clients, rate, seconds, 2, server.proc.pid)
-        finally:
-            server.stop()
-        rec_dir = data / "recordings"
-        out[f"{label}_bytes"] = sum(f.stat().st_size for f in rec_dir.rglob("*") if f.is_file()) if rec_dir.is_dir() else 0
+    data = workdir / "relay"
+    data.mkdir()
+    server = br._Server("relay", data, 30.0)
+    try:
+        out = run_windows(server.url, server.proc.pid, clients, rate, plan, SPEAKERS)
+    finally:
+        server.stop()
+    rec_dir = data / "recordings"
+    blobs = rec_dir / "blobs"
+    out["recordings"] = (
+        sum(1 for d in rec_dir.iterdir() if d.is_dir() and d != blobs) if rec_dir.is_dir() else 0
+    )
+    out["timeline_bytes"] = (
+        sum(f.stat().st_size for f in rec_dir.glob("*/timeline.drrec")) if rec_dir.is_dir() else 0
+    )
+    out["voice_bytes_kept"] = (
+        sum(f.stat().st_size for f in blobs.rglob("*") if f.is_file()) if blobs.is_dir() else 0
+    )
     return out
 
 
@@ -149,18 +186,25 @@ async def _record_voices(data_dir: Path, speak_s: float) -> dict[str, Any]:
 
     out: dict[str, Any] = {"spoke": []}
     sides = ((-2.0, 1.6, 2.0), (2.0, 1.6, 2.0))
-    async with EmbeddedRelay(data_dir=data_dir, leave_grace_s=0.5) as relay, \
-            RoomClient(relay.url, room="bench-voice", name="A") as a, \
-            RoomClient(relay.url, room="bench-voice", name="B") as b, \
-            RoomVoice(a, ToneTrack(TONES[0], amplitude=0.5), VoiceConfig()) as va, \
-            RoomVoice(b, ToneTrack(TONES[1], amplitude=0.5), VoiceConfig()) as vb:
+    async with (
+        EmbeddedRelay(data_dir=data_dir, leave_grace_s=0.5) as relay,
+        RoomClient(relay.url, room="bench-voice", name="A") as a,
+        RoomClient(relay.url, room="bench-voice", name="B") as b,
+        RoomVoice(a, ToneTrack(TONES[0], amplitude=0.5), VoiceConfig()) as va,
+        RoomVoice(b, ToneTrack(TONES[1], amplitude=0.5), VoiceConfig()) as vb,
+    ):
         voices = (va, vb)
         for v in voices:
             v.set_muted(True)
-            v.recording.segment_s = 2.0  # whole segments inside each speaker's turn: their bytes are speech's
+            # whole segments inside each speaker's turn: their bytes are speech's
+            v.recording.segment_s = 2.0
         for v, at in zip(voices, sides, strict=True):
             v.publish_pose(Pose(head_position=at))
-        await _until(lambda: b.participant_id in a.room.participants and a.participant_id in b.room.participants)
+        await _until(
+            lambda: (
+                b.participant_id in a.room.participants and a.participant_id in b.room.participants
+            )
+        )
         await a.apply({"op": "set_recording", "recording": True})
         await _until(lambda: va.recording.on and vb.recording.on)
         rec = hooks.recorder_of(relay.server.rooms["bench-voice"])
@@ -209,7 +253,9 @@ def measure_voice(workdir: Path, speak_s: float = 4.0) -> dict[str, Any]:
     tl = store.open(live["id"])
     errs, sides_ok = [], True
     for (_pid, t0, t1, left), hz in zip(live["spoke"], TONES, strict=True):
-        session = ReplaySession(tl, data / "recordings" / "blobs", at=(t0 + t1) / 2 - 0.5, playing=True)
+        session = ReplaySession(
+            tl, data / "recordings" / "blobs", at=(t0 + t1) / 2 - 0.5, playing=True
+        )
         voice = attach_voice(session, speakers=False)
         voice.listen((0.0, 1.6, 0.0), (1.0, 0.0, 0.0, 0.0))
         try:
@@ -225,41 +271,96 @@ def measure_voice(workdir: Path, speak_s: float = 4.0) -> dict[str, Any]:
         louder_left = rms(sound[:, 0]) > rms(sound[:, 1])
         sides_ok = sides_ok and louder_left == left
     # what a speaker uploads per minute of talking: the segments wholly inside a turn (no silence in them)
-    whole = [seg for seg in tl.voice for pid, t0, t1, _ in live["spoke"]
-             if seg.participant == pid and t0 - 0.05 <= seg.start and seg.end <= t1 + 0.05]
+    whole = [
+        seg
+        for seg in tl.voice
+        for pid, t0, t1, _ in live["spoke"]
+        if seg.participant == pid and t0 - 0.05 <= seg.start and seg.end <= t1 + 0.05
+    ]
     voice_bytes = sum(seg.bytes for seg in whole)
     voice_s = sum(seg.duration for seg in whole)
-    return {"replay_tone_err_pct": round(max(errs), 3), "replay_tone_side_ok": sides_ok,
-            "voice_segments": len(tl.voice), "voice_upload_errors": len(live["errors"]),
-            "voice_bytes_per_speaker_minute": round(voice_bytes / (voice_s / 60.0)) if voice_s else None}
+    return {
+        "replay_tone_err_pct": round(max(errs), 3),
+        "replay_tone_side_ok": sides_ok,
+        "voice_segments": len(tl.voice),
+        "voice_upload_errors": len(live["errors"]),
+        "voice_bytes_per_speaker_minute": round(voice_bytes / (voice_s / 60.0))
+        if voice_s
+        else None,
+    }
 
 
-def run_bench(*, clients: int, rate: float, seconds: float, minutes: float, seeks: int, relay: bool) -> dict[str, Any]:
-    result: dict[str, Any] = {"bench": "replay", "clients": clients, "rate": rate, "seconds": seconds, "minutes": minutes}
+def run_bench(
+    *,
+    clients: int,
+    rate: float,
+    seconds: float,
+    minutes: float,
+    seeks: int,
+    relay: bool,
+    windows: int = 9,
+    settle: float = 1.0,
+) -> dict[str, Any]:
+    """`seconds`: per window of the relay run (`windows` of them, the first `settle` s of each discarded)."""
+    plan = WindowPlan(windows, seconds, settle, voice_segment_s(seconds, SEGMENT_S))
+    if relay:
+        try:
+            plan.check(clients, SPEAKERS)
+        except ValueError as exc:
+            raise SystemExit(f"deeproom bench replay: {exc}") from None
+    result: dict[str, Any] = {
+        "bench": "replay",
+        "clients": clients,
+        "rate": rate,
+        "speakers": SPEAKERS,
+        "windows": windows,
+        "window_s": seconds,
+        "settle_s": settle,
+        "voice_segment_s": plan.segment_s,
+        "minutes": minutes,
+    }
     with tempfile.TemporaryDirectory(prefix="deeproom-bench-replay-") as tmp:
         work = Path(tmp)
         if relay:
-            runs = _relay_runs(clients, rate, seconds, work)
-            plain, rec = runs["plain"]["server_cpu_pct"], runs["record"]["server_cpu_pct"]
-            result["relay_cpu_pct_plain"] = plain
-            result["relay_cpu_pct_record"] = rec
-            result["record_cpu_ratio"] = round(rec / plain, 3) if plain else None
-            result["p99_ms_plain"] = runs["plain"].get("p99_ms")
-            result["p99_ms_record"] = runs["record"].get("p99_ms")
-            result["presence_bytes_per_participant_minute"] = round(runs["record_bytes"] / (clients * seconds / 60.0))
+            run = relay_windows(clients, rate, plan, work)
+            result.update(summarize(run["windows"]))
+            result["p99_ms"] = run["p99_ms"]
+            per_minute = clients * run["recorded_s"] / 60.0
+            result["recorded_s"] = run["recorded_s"]
+            result["recordings"] = run["recordings"]
+            result["voice_segments_sent"] = run["voice_segments_sent"]
+            result["voice_errors"] = run["voice_errors"]
+            result["clients_dropped"] = run["clients_dropped"]
+            result["presence_bytes_per_participant_minute"] = round(
+                run["timeline_bytes"] / per_minute
+            )
+            result["voice_bytes_per_participant_minute"] = round(
+                run["voice_bytes_kept"] / per_minute
+            )
+            result["window_figures"] = run["windows"]
         else:
             result["record_cpu_ratio"] = None
             result["presence_bytes_per_participant_minute"] = None
+            result["voice_bytes_per_participant_minute"] = None
         path = work / "synthetic.drrec"
         t0 = time.perf_counter()
         moves = synthetic_recording(path, minutes)
         result["synthetic_write_s"] = round(time.perf_counter() - t0, 1)
         result.update(measure_seeks(path, moves, seeks))
         if result["presence_bytes_per_participant_minute"] is None:
-            result["presence_bytes_per_participant_minute"] = round(result["synthetic_bytes"] / (30 * minutes))
+            result["presence_bytes_per_participant_minute"] = round(
+                result["synthetic_bytes"] / (30 * minutes)
+            )
         result.update(measure_voice(work))
-    per_speaker = result["voice_bytes_per_speaker_minute"] or 0
-    result["bytes_per_participant_minute"] = round(result["presence_bytes_per_participant_minute"]
-                                                   + per_speaker * min(SPEAKERS, clients) / clients)
+    if result["voice_bytes_per_participant_minute"] is None:
+        # no relay run: 3 of `clients` speaking all the time
+        per_speaker = result["voice_bytes_per_speaker_minute"] or 0
+        result["voice_bytes_per_participant_minute"] = round(
+            per_speaker * min(SPEAKERS, clients) / clients
+        )
+    result["bytes_per_participant_minute"] = (
+        result["presence_bytes_per_participant_minute"]
+        + result["voice_bytes_per_participant_minute"]
+    )
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result

@@ -62,10 +62,13 @@ def register(commands: Any, bench: Any) -> None:
     b = bench.add_parser("replay", help="recording cost on a real relay, seek time in a synthetic 60-minute recording")
     b.add_argument("--clients", type=int, default=30, help="participants streaming poses (default 30)")
     b.add_argument("--rate", type=float, default=30.0, help="poses per second per client (default 30)")
-    b.add_argument("--seconds", type=float, default=10.0, help="measured seconds per relay run (default 10)")
+    b.add_argument("--seconds", type=float, default=5.0,
+                   help="seconds per window of the relay run, recording off and on in turn (default 5)")
+    b.add_argument("--windows", type=int, default=9, help="windows in the relay run, odd: off first and last (default 9)")
+    b.add_argument("--settle", type=float, default=1.0, help="seconds discarded after each switch (default 1)")
     b.add_argument("--minutes", type=float, default=60.0, help="length of the synthetic recording (default 60)")
     b.add_argument("--seeks", type=int, default=50, help="random seeks measured (default 50)")
-    b.add_argument("--no-relay", action="store_true", help="skip the relay CPU runs (seek and size only)")
+    b.add_argument("--no-relay", action="store_true", help="skip the relay run (seek, size and voice only)")
     b.set_defaults(func=cmd_bench_replay)
 
 
@@ -192,6 +195,6 @@ def cmd_bench_replay(args: argparse.Namespace, config: Config) -> int:
     from deeproom.net.recording.bench import run_bench
 
     result = run_bench(clients=args.clients, rate=args.rate, seconds=args.seconds, minutes=args.minutes,
-                       seeks=args.seeks, relay=not args.no_relay)
+                       seeks=args.seeks, relay=not args.no_relay, windows=args.windows, settle=args.settle)
     print(json.dumps(result))
     return 0
