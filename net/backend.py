@@ -94,6 +94,11 @@ class RoomBackend(Protocol):
         """Whether another node put this blob where this one can fetch it."""
     async def share_blob(self, sha: str, data: bytes) -> None: ...
     async def fetch_blob(self, sha: str) -> bytes | None: ...
+    async def hold_recorder(self, room_id: str, holder: str, ttl_s: float) -> str | None:
+        """Take the room's recorder lease for `holder` (or extend it when `holder` has it) for `ttl_s`;
+        returns who holds it now (None: no lease is kept, one node records its rooms)."""
+    async def drop_recorder(self, room_id: str, holder: str) -> None:
+        """Give the room's recorder lease up, if `holder` has it."""
     async def save_layout(self, room_id: str, name: str, layout: Layout) -> LayoutInfo:
         """Save `layout` as the next version of the room's layout `name`."""
     async def list_layouts(self, room_id: str) -> list[LayoutInfo]:
@@ -120,6 +125,22 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[2])
 return 1
+"""
+
+_HOLD_SCRIPT = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return cur
+"""
+"""A lease: taken when free, extended by its holder, read by everyone else (one step)."""
+
+_DROP_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _SAVE_LAYOUT_SCRIPT = """
@@ -240,6 +261,12 @@ class SqliteBackend:
     async def fetch_blob(self, sha: str) -> bytes | None:
         return None
 
+    async def hold_recorder(self, room_id: str, holder: str, ttl_s: float) -> str | None:
+        return None
+
+    async def drop_recorder(self, room_id: str, holder: str) -> None:
+        return None
+
     async def save_layout(self, room_id: str, name: str, layout: Layout) -> LayoutInfo:
         info: LayoutInfo = await self._run(self._store.save_layout, room_id, name, layout)
         return info
@@ -301,7 +328,7 @@ class RedisBackend:
     """Several relay nodes, rooms kept in Redis; new updates announced on a pub/sub channel.
 
     Keys: `<prefix>room:<id>:log` (list of updates), `:ops` (set of applied `op_key`s),
-    `:meta` (the RoomMeta JSON), `<prefix>secret`; channel `<prefix>updates` carries
+    `:meta` (the RoomMeta JSON), `:recorder` (the lease of the node recording the room), `<prefix>secret`; channel `<prefix>updates` carries
     `<node id>|<room id>|<update>` so other nodes merge it into their live copy.
     """
 
@@ -414,6 +441,13 @@ class RedisBackend:
     async def fetch_blob(self, sha: str) -> bytes | None:
         found = await self._redis.get(self.prefix + "blob:" + sha)
         return None if found is None else bytes(found)
+
+    async def hold_recorder(self, room_id: str, holder: str, ttl_s: float) -> str | None:
+        found = await self._redis.eval(_HOLD_SCRIPT, 1, self._key(room_id, "recorder"), holder, max(1, round(ttl_s * 1000)))
+        return bytes(found).decode() if isinstance(found, bytes) else str(found)
+
+    async def drop_recorder(self, room_id: str, holder: str) -> None:
+        await self._redis.eval(_DROP_SCRIPT, 1, self._key(room_id, "recorder"), holder)
 
     async def save_meta(self, room_id: str, meta: RoomMeta) -> None:
         await self._redis.set(self._key(room_id, "meta"), meta.to_json())
