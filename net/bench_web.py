@@ -1,6 +1,6 @@
 """`deeproom bench web`: the browser client in Debian's headless Chromium against a real relay.
 
-One run, in this process: a relay on 127.0.0.1, a Python host who fills a room with
+One run: a relay on 127.0.0.1 (its own process), a Python host who fills a room with
 every panel kind, a Python observer (the baseline), and Chromium (driven by selenium
 with Debian's chromedriver) on the page the relay serves. Measured:
 
@@ -17,7 +17,15 @@ with Debian's chromedriver) on the page the relay serves. Measured:
 - `browser_voice_ms`: mouth to ear, browser ← aiortc: from each burst's first sample
   being "spoken" (paced like a microphone) to the page's analyser seeing it loud
   (polled every 4 ms; the sound card's own buffer is not included);
-- `peak_rss_mb` (this process: relay and Python clients) and `browser_rss_mb` (Chromium).
+- `peak_rss_mb` (this process: the Python clients, and the relay with `--relay embedded`) and
+  `browser_rss_mb` (Chromium);
+- diagnostics, to see where a move's time goes: the medians (`move_to_browser_doc_p50_ms`,
+  `move_to_python_p50_ms`), the page's render calls during the moves (`page_frames_during_moves`,
+  `page_render_p50_ms`, `page_render_p99_ms`: main-thread ms of each), its long tasks (over
+  50 ms: `page_long_tasks`, `page_long_task_max_ms`) and the machine's load average.
+
+The relay runs as its own process (`deeproom serve`), as deployed; `--relay embedded` puts it
+in this process's event loop with the clients (the earlier runs).
 
 The last line of output is one JSON object.
 """
@@ -168,14 +176,57 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
+class RelayProcess:
+    """`deeproom serve` as its own process on a free port of 127.0.0.1, as in production (the
+    relay then does not share this process's event loop and GIL with the clients measuring it);
+    stopped by its PID."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    async def __aenter__(self) -> RelayProcess:
+        import subprocess
+        import sys
+
+        from deeproom.net.bench_relay import _free_port, _wait_port
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.log = open(self.data_dir / "relay.log", "wb")  # noqa: SIM115 - closed in __aexit__
+        self.proc = subprocess.Popen([sys.executable, "-m", "deeproom.cli", "--data-dir", str(self.data_dir), "serve",
+                                      "--port", str(self.port), "--host", "127.0.0.1"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        await asyncio.to_thread(_wait_port, self.port, self.proc)
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        from deeproom.net.bench_relay import _stop_process
+
+        await asyncio.to_thread(_stop_process, self.proc, self.log)
+
+
+_LONG_TASKS = ("window.__longTasks = []; new PerformanceObserver((l) => { for (const e of l.getEntries()) "
+               "window.__longTasks.push(e.duration); }).observe({type: 'longtask'});")
+
+
+def _loadavg() -> float:
+    import os
+
+    return round(os.getloadavg()[0], 2)
+
+
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     from deeproom.net import EmbeddedRelay, RoomClient
     from deeproom.net.voice import ToneTrack, VoiceConfig
     from deeproom.net.voice.room import RoomVoice
 
-    out: dict[str, Any] = {"moves": args.moves, "width": args.width, "height": args.height}
+    out: dict[str, Any] = {"moves": args.moves, "width": args.width, "height": args.height, "relay": args.relay,
+                           "loadavg_1m_at_start": _loadavg()}
     with tempfile.TemporaryDirectory(prefix="deeproom-bench-web-") as tmp:
-        async with EmbeddedRelay(data_dir=Path(tmp) / "relay") as relay, \
+        relay_cm: Any = RelayProcess(Path(tmp) / "relay") if args.relay == "process" else \
+            EmbeddedRelay(data_dir=Path(tmp) / "relay")
+        async with relay_cm as relay, \
                 RoomClient(relay.url, room="bench-web", name="Host", participant_id="aa-host",
                            participant_key="bench-host-key-0123") as host:
             await fill_room(host)
@@ -214,7 +265,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                             seen.setdefault(round(p.transform.position[0], 4), time.time())
 
                     sub = observer.observe(on_change)
-                    await asyncio.to_thread(d.execute_script, "window.deeproom.moves(); window.deeproom.applied()")
+                    await asyncio.to_thread(d.execute_script, "window.deeproom.moves(); window.deeproom.applied(); "
+                                            "window.deeproom.renderMs(); " + _LONG_TASKS)
                     sent: dict[float, float] = {}
                     for i in range(args.moves):
                         x = round(-2.9 + 0.0005 * (i + 1), 4)
@@ -226,6 +278,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                     sub.unsubscribe()
                     log = await asyncio.to_thread(d.execute_script, "return window.deeproom.moves()")
                     applied = await asyncio.to_thread(d.execute_script, "return window.deeproom.applied()")
+                    render_ms = await asyncio.to_thread(d.execute_script, "return window.deeproom.renderMs()")
+                    long_tasks = await asyncio.to_thread(d.execute_script, "return window.__longTasks")
                 # Moves go up in x: a move counts as drawn (applied) in the first frame (update)
                 # showing it or a later one -- several moves arriving during one frame are
                 # drawn together, and only the last of them is in the page's log.
@@ -237,6 +291,15 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 out["move_to_browser_p99_ms"] = round(_p99(browser_ms), 1)
                 out["move_to_browser_doc_p99_ms"] = round(_p99(doc_ms), 1)  # in the page's Y.Doc, before a frame
                 out["move_to_python_p99_ms"] = round(_p99(python_ms), 1)
+                # where the time goes (diagnostics): the same moves' medians, the page's render calls
+                # (main-thread ms per frame) and its long tasks (over 50 ms) during the moves
+                out["move_to_browser_doc_p50_ms"] = round(statistics.median(doc_ms), 1) if doc_ms else None
+                out["move_to_python_p50_ms"] = round(statistics.median(python_ms), 1) if python_ms else None
+                out["page_frames_during_moves"] = len(render_ms)
+                out["page_render_p50_ms"] = round(statistics.median(render_ms), 1) if render_ms else None
+                out["page_render_p99_ms"] = round(_p99(render_ms), 1) if render_ms else None
+                out["page_long_tasks"] = len(long_tasks or [])
+                out["page_long_task_max_ms"] = round(max(long_tasks), 1) if long_tasks else 0.0
 
                 # voice: an aiortc peer sends 440 Hz bursts; the page listens
                 async with RoomClient(relay.url, room="bench-web", name="Tone", participant_id="aa-tone",
@@ -266,6 +329,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await asyncio.to_thread(d.quit)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["loadavg_1m_at_end"] = _loadavg()
     return out
 
 

@@ -82,6 +82,8 @@ def register(commands: Any, bench: Any) -> None:
     w.add_argument("--voice-seconds", type=float, default=8.0, help="seconds of 440 Hz bursts (default 8)")
     w.add_argument("--width", type=int, default=1280, help="page width in pixels (default 1280)")
     w.add_argument("--height", type=int, default=720, help="page height in pixels (default 720)")
+    w.add_argument("--relay", choices=("process", "embedded"), default="process",
+                   help="the relay as its own process (default, as deployed) or inside this process")
     w.set_defaults(func=cmd_bench_web)
 
 

@@ -27,6 +27,7 @@ export function missingFeatures() {
 }
 
 function $(sel) { return document.querySelector(sel); }
+function setText(el, text) { if (el.textContent !== text) el.textContent = text; } // no relayout when unchanged
 
 function showMissing(missing) {
   document.body.innerHTML = '';
@@ -88,6 +89,8 @@ class Page {
     this.scene = new RoomScene($('#stage'));
     this.drawn = new Map(); // panel id → key of what is drawn
     this.dirty = true;
+    this.peopleDirty = true;
+    this.pendingMoves = []; // [panel id, x] placed since the last frame: stamped when it is drawn
     this.drag = null;
     this.voice = null;
     this.keys = new Set();
@@ -98,6 +101,7 @@ class Page {
     this.moveSeen = new Map(); // panel id → epoch ms when its drawn transform last changed
     this.docLog = []; // [panel id, x, epoch ms] per transform change applied to the document
     this.moveLog = []; // [panel id, x, epoch ms] per drawn change (the benchmark matches its moves)
+    this.renderMs = []; // main-thread ms of each render call (the benchmark's diagnostics)
     this.runs = new Map(); // run name → RunState (live training, from "stream" events)
     this.liveLog = []; // [panel id, step, arrived epoch ms, drawn epoch ms]: a run's delta on the pixels
     this.pendingLive = []; // [panel id, step, arrived epoch ms] painted but not yet drawn
@@ -112,6 +116,10 @@ class Page {
     c.addEventListener('poses', () => { this.dirtyAvatars = true; });
     c.addEventListener('event', (e) => this.onEvent(e.detail));
     c.doc.on('update', () => { this.dirty = true; });
+    // The people list and voice follow participants and settings only: rebuilding that DOM on
+    // every panel move cost a style, layout and paint of the overlay per move.
+    c.doc.getMap('participants').observeDeep(() => { this.peopleDirty = true; });
+    c.doc.getMap('settings').observeDeep(() => { this.peopleDirty = true; });
     c.doc.getMap('panels').observeDeep((events) => { // when moves arrive (before any frame draws them)
       const at = performance.timeOrigin + performance.now();
       for (const ev of events) {
@@ -145,6 +153,7 @@ class Page {
       this.banner(null);
       $('#role').textContent = `${this.role()}${this.role() === 'member' && !this.canEdit() ? ' (view only)' : ''}`;
       this.dirty = true;
+      this.peopleDirty = true;
       if (this.params.get('voice') === '1' && !this.voice) this.startVoice();
     } else if (!this.conn.final) {
       this.banner(`Connection to the relay lost (${s.reason || 'gone'}); reconnecting…`, false);
@@ -270,7 +279,6 @@ class Page {
 
   syncPanels() {
     const panels = this.conn.doc.getMap('panels');
-    const now = performance.timeOrigin + performance.now(); // epoch ms: comparable with the sender's clock
     for (const [id, p] of panels) {
       if (!p || typeof p.get !== 'function') continue;
       const view = this.scene.panel(id);
@@ -284,9 +292,8 @@ class Page {
       const tkey = JSON.stringify(transform);
       if (view.tkey !== tkey) {
         view.tkey = tkey;
-        this.moveSeen.set(id, now);
         const pos = transform && Array.isArray(transform.position) ? transform.position : null;
-        if (pos) { this.moveLog.push([id, pos[0], now]); if (this.moveLog.length > 2000) this.moveLog.splice(0, 1000); }
+        this.pendingMoves.push([id, pos ? pos[0] : null]);
       }
       if (!(this.drag && this.drag.id === id)) view.place(transform);
       const title = String(p.get('title') || id);
@@ -322,7 +329,7 @@ class Page {
       if (Array.isArray(refs) && refs.length) wanted.add(refs[0]);
     }
     this.conn.keepBlobs(wanted);
-    this.syncPeople();
+    if (this.peopleDirty) { this.peopleDirty = false; this.syncPeople(); }
     this.syncRuns();
   }
 
@@ -330,19 +337,21 @@ class Page {
     const parts = this.conn.doc.getMap('participants');
     const me = parts.get(this.conn.pid);
     const raised = !!(me && me.get('hand_raised'));
-    $('#hand').textContent = raised ? 'Lower hand' : 'Raise hand';
+    setText($('#hand'), raised ? 'Lower hand' : 'Raise hand');
     $('#hand').classList.toggle('on', raised);
     if (this.conn.joined) this.conn.role = me && me.get('role') ? me.get('role') : this.conn.role;
-    const list = $('#people');
-    list.innerHTML = '';
+    const lines = [];
     for (const [pid, p] of parts) {
       if (!p || typeof p.get !== 'function') continue;
-      const li = document.createElement('li');
-      li.textContent = `${p.get('name') || pid} · ${p.get('role') || ''}${p.get('hand_raised') ? ' ✋' : ''}${pid === this.conn.pid ? ' (you)' : ''}`;
-      list.appendChild(li);
+      lines.push(`${p.get('name') || pid} · ${p.get('role') || ''}${p.get('hand_raised') ? ' ✋' : ''}${pid === this.conn.pid ? ' (you)' : ''}`);
+    }
+    const list = $('#people');
+    if (list.dataset.shown !== JSON.stringify(lines)) {
+      list.dataset.shown = JSON.stringify(lines);
+      list.replaceChildren(...lines.map((t) => { const li = document.createElement('li'); li.textContent = t; return li; }));
     }
     const settings = this.conn.doc.getMap('settings');
-    $('#roomname').textContent = String(settings.get('name') || this.roomId);
+    setText($('#roomname'), String(settings.get('name') || this.roomId));
     if (this.voice) { this.voice.setPeers([...parts.keys()]); this.voice.follow(); }
   }
 
@@ -383,9 +392,16 @@ class Page {
       if (v.cloud && v.cloud.atlas && v.cloud.updateThumbnails(this.scene.viewerIn(v), now)) { draw = true; why.content += 1; }
     }
     if (!draw) return; // nothing changed: no frame (a still room costs no CPU)
+    const r0 = performance.now();
     this.scene.render();
+    const at = performance.timeOrigin + performance.now(); // epoch ms: comparable with the sender's clock
+    this.renderMs.push(at - performance.timeOrigin - r0);
+    if (this.renderMs.length > 2000) this.renderMs.splice(0, 1000);
+    for (const [id, x] of this.pendingMoves.splice(0)) { // a move counts once the frame that draws it was issued
+      this.moveSeen.set(id, at);
+      if (x !== null) { this.moveLog.push([id, x, at]); if (this.moveLog.length > 2000) this.moveLog.splice(0, 1000); }
+    }
     if (this.pendingLive.length) {
-      const at = performance.timeOrigin + performance.now();
       for (const [id, step, arrived] of this.pendingLive.splice(0)) this.liveLog.push([id, step, arrived, at]);
       if (this.liveLog.length > 2000) this.liveLog.splice(0, 1000);
     }
@@ -616,6 +632,7 @@ function boot() {
     op: (op) => page.conn.op(op),
     moves: () => page.moveLog.splice(0),
     live: () => page.liveLog.splice(0),
+    renderMs: () => page.renderMs.splice(0),
     /** Panel-local point (x, y) of panel id → where it is on the screen (CSS px): for clicks in tests. */
     screenPoint: (id, x, y) => page.scene.screenPoint(id, x, y),
     face: (id, dist) => { const ok = page.scene.facePanel(id, dist); page.redraw = true; return ok; },
