@@ -40,11 +40,13 @@ from deeproom.net.backend import RedisBackend, RoomBackend, SqliteBackend
 from deeproom.net.errors import ProtocolError, RateLimited, TooLarge, error_to_wire
 from deeproom.net.ratelimit import TokenBucket
 from deeproom.net.recording import hooks as recording_hooks
+from deeproom.net.recording.election import CHANNEL
 from deeproom.net.relay.admission import Admission
 from deeproom.net.relay.blobs import BlobService
 from deeproom.net.relay.events import forward_event
 from deeproom.net.relay.layouts import LayoutService
 from deeproom.net.relay.presence import Presence, warn
+from deeproom.net.relay.pubsub import RedisEventManager
 from deeproom.net.relay.rooms import RoomHub, is_fatal
 from deeproom.net.relay.settings import RelaySettings
 from deeproom.net.relay.state import LiveRoom, Session
@@ -79,7 +81,7 @@ class RelayServer:
         manager = None
         if settings.redis_url:
             self.backend = RedisBackend(settings.redis_url)
-            manager = socketio.AsyncRedisManager(settings.redis_url, channel="deeproom-socketio")
+            manager = RedisEventManager(settings.redis_url, channel="deeproom-socketio")
         else:
             self.backend = SqliteBackend(settings.store_path, settings.data_dir / "relay-secret")
         self.sio = RelaySocketServer(
@@ -140,7 +142,12 @@ class RelayServer:
         self._started = True
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         if self.backend.shared:
-            await self.backend.start(self.hub.on_remote_update, self.presence.on_remote_message, channels=("poses",))
+            election = recording_hooks.attach(self.hub, self.blob_service.blob_bytes)  # one node records each room
+            if isinstance(self.sio.manager, RedisEventManager):
+                self.sio.manager.on_remote_emit = election.on_remote_emit
+            await self.backend.start(self.hub.on_remote_update,
+                                     recording_hooks.with_recording_messages(self.hub, self.presence.on_remote_message),
+                                     channels=("poses", CHANNEL))
         self._secret = await self.backend.secret()
         app = web.Application(client_max_size=P.MAX_MESSAGE_BYTES)
         self.sio.attach(app)
@@ -191,6 +198,7 @@ class RelayServer:
                 if mgr.thread is not None:
                     mgr.thread.cancel()
         self.admission.close()
+        await recording_hooks.detach(self.hub)  # its leases given up at once: another node takes over
         recording_hooks.stop_all()
         await self.backend.close()
 

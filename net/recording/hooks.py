@@ -5,6 +5,9 @@ on a relay run with `--record`, the relay itself as soon as a room is written to
 it on, and the update that does so starts a recorder; the update that turns it off
 stops it. A room that is not being recorded costs each hook one dictionary lookup (and
 `on_update` one read of the cached room settings).
+
+On a relay of several nodes (`serve --redis`) one node records each room: the one holding the
+room's recorder lease (`deeproom.net.recording.election`); `attach` sets that up per relay.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from deeproom.errors import DeepRoomError
 from deeproom.net.errors import error_to_wire
+from deeproom.net.recording.election import CHANNEL, BlobFetch, RecorderElection
 from deeproom.net.recording.recorder import RoomRecorder, end_draining
 from deeproom.ops import SYSTEM, SetRecording
 from deeproom.recording import RecordingError
@@ -32,16 +37,20 @@ _failed: weakref.WeakSet[LiveRoom] = weakref.WeakSet()
 """Rooms whose recording failed: `--record` does not switch them on again by itself."""
 _switching: weakref.WeakSet[LiveRoom] = weakref.WeakSet()
 _tasks: set[asyncio.Task[None]] = set()
+_elections: weakref.WeakKeyDictionary[RoomHub, RecorderElection] = weakref.WeakKeyDictionary()
+"""Relays of several nodes: each hub's part in electing who records its rooms."""
 
 
 def recorder_of(room: LiveRoom) -> RoomRecorder | None:
     return _recorders.get(room)
 
 
-def on_update(hub: RoomHub, room: LiveRoom, update: bytes) -> None:
-    """After the relay persisted `update` of `room` (the caller holds the room's lock)."""
+def on_update(hub: RoomHub, room: LiveRoom, update: bytes, *, merged: bool = False) -> None:
+    """After the relay persisted `update` of `room` (the caller holds the room's lock); `merged`: another
+    node wrote it and this node merged it into its copy."""
     rec = _recorders.get(room)
     wanted = room.doc.snapshot().settings.recording
+    election = _elections.get(hub)
     if rec is not None:
         if wanted and rec.active:
             rec.update(update)
@@ -49,20 +58,81 @@ def on_update(hub: RoomHub, room: LiveRoom, update: bytes) -> None:
         del _recorders[room]
         rec.update(update)  # the switch itself, so the end state shows it
         rec.stop("stopped by the host" if not wanted else "stopped")
+        if election is not None:
+            election.changed(room)  # gives the lease up
         return
     if wanted and room not in _failed:
-        _start(hub, room, "host")
-    elif not wanted and hub.settings.record and room not in _failed and room not in _switching:
+        if election is not None:
+            election.changed(room)  # the node that takes the room's lease starts the recorder
+        else:
+            _start(hub, room, "host")
+    elif not merged and not wanted and hub.settings.record and room not in _failed and room not in _switching:
         _switch(hub, room, True)  # `serve --record`: the relay turns it on, so everyone sees it
 
 
-def _start(hub: RoomHub, room: LiveRoom, by: str) -> None:
+def _start(hub: RoomHub, room: LiveRoom, by: str, recording_id: str | None = None,
+           header: Mapping[str, Any] | None = None, fetch_blob: BlobFetch | None = None) -> RoomRecorder | None:
     root = hub.settings.data_dir / "recordings"
+    fetch = None
+    if fetch_blob is not None:
+        fetcher = fetch_blob
+
+        async def fetch(sha: str) -> bool:
+            try:
+                await fetcher(sha)
+            except (DeepRoomError, OSError):
+                return False
+            return True
+
     try:
-        _recorders[room] = RoomRecorder(root, room.id, room.doc, blob_source=hub.settings.data_dir / "blobs", by=by,
-                                        on_failed=lambda reason: _on_failed(hub, room, reason))
+        rec = _recorders[room] = RoomRecorder(
+            root, room.id, room.doc, blob_source=hub.settings.data_dir / "blobs", by=by,
+            on_failed=lambda reason: _on_failed(hub, room, reason), recording_id=recording_id, header=header,
+            fetch_blob=fetch)
+        return rec
     except OSError as exc:
         _on_failed(hub, room, f"recording could not start: {exc.strerror or exc}")
+        return None
+
+
+def attach(hub: RoomHub, fetch_blob: BlobFetch) -> RecorderElection:
+    """A relay node sharing rooms with others: its rooms are recorded by whichever node holds each
+    room's lease. `fetch_blob` brings another node's blob onto this one (`BlobService.blob_bytes`)."""
+    election = RecorderElection(
+        hub, fetch_blob, lambda room, rid, header: _start(hub, room, "host", rid, header, fetch_blob),
+        _recorders.get, lambda room: room.doc.snapshot().settings.recording and room not in _failed)
+    _elections[hub] = election
+    return election
+
+
+async def detach(hub: RoomHub) -> None:
+    """The relay node is closing: its recordings end and their leases are given up (others take over)."""
+    election = _elections.pop(hub, None)
+    if election is not None:
+        await election.close()
+
+
+def with_recording_messages(hub: RoomHub, other: Callable[[str, bytes], Awaitable[None]]
+                            ) -> Callable[[str, bytes], Awaitable[None]]:
+    """The listener for other nodes' pub/sub messages: `CHANNEL` to the hub's election, the rest to `other`."""
+    async def listen(channel: str, data: bytes) -> None:
+        election = _elections.get(hub)
+        if channel == CHANNEL:
+            if election is not None:
+                await election.on_message(data)
+            return
+        await other(channel, data)
+
+    return listen
+
+
+async def forward_voice_segment(room: LiveRoom, pid: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """A voice segment for a room this node does not record: on a relay of several nodes, the recording
+    node's ack (or refusal, raised); None on a single node."""
+    for hub, election in list(_elections.items()):
+        if hub.rooms.get(room.id) is room:
+            return await election.forward_voice_segment(room, pid, payload)
+    return None
 
 
 def _on_failed(hub: RoomHub, room: LiveRoom, reason: str) -> None:
@@ -104,7 +174,9 @@ def on_poses(room: LiveRoom, batch: Mapping[str, bytes]) -> None:
     """One presence tick of `room` (`batch`: what the relay sends this tick)."""
     rec = _recorders.get(room)
     if rec is not None:
-        rec.poses(batch, {pid: raw for pid, (raw, _) in room.poses.items()})
+        live = {pid: raw for pid, (raw, _) in room.remote_poses.items()}  # participants on other nodes
+        live.update((pid, raw) for pid, (raw, _) in room.poses.items())
+        rec.poses(batch, live)
 
 
 def on_event(room: LiveRoom, kind: str, sender: str, payload: Mapping[str, Any]) -> None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +49,15 @@ SNAPSHOT_S = 20.0
 CHUNK_S = 1.0
 """Seconds of pose batches per presence chunk."""
 RECORDED_EVENTS = ("stream", "summon")
+SEEN_UPDATES = 4096
+"""Digests of the last updates written, so an update that reaches the room twice (a multi-node relay's
+pub/sub and its catch-up read of the shared log) is written once."""
 VOICE_GRACE_S = 10.0
 """After recording stops, voice segments that began before the stop are still taken for this long
 (each speaker's client flushes its partial segment when it sees the setting turn off, then uploads
 it); then the end mark is written. Nothing else is recorded in that time."""
 
+_fetches: set[asyncio.Task[None]] = set()
 _draining: dict[tuple[Path, str], RoomRecorder] = {}
 """Stopped recorders still taking late voice segments, by (recordings root, room id)."""
 
@@ -82,22 +88,33 @@ def new_recording_id(room_id: str, wall: float | None = None) -> str:
     return f"{room_id}-{stamp}"
 
 
+def free_recording_id(root: Path, room_id: str, wall: float) -> str:
+    """A recording id for `room_id` started at `wall` that no recording under `root` has yet."""
+    rid = new_recording_id(room_id, wall)
+    n = 1
+    while (root / rid).exists():
+        n += 1
+        rid = f"{new_recording_id(room_id, wall)}-{n}"
+    return rid
+
+
 class RoomRecorder:
     """Writes one room's timeline to `root/<recording id>/timeline.drrec`; blobs by hash to `root/blobs/`."""
 
     def __init__(self, root: Path, room_id: str, doc: RoomDocument, *, blob_source: Path | None = None,
-                 by: str = "host", on_failed: Callable[[str], None] | None = None) -> None:
+                 by: str = "host", on_failed: Callable[[str], None] | None = None, recording_id: str | None = None,
+                 header: Mapping[str, Any] | None = None,
+                 fetch_blob: Callable[[str], Awaitable[bool]] | None = None) -> None:
+        """`recording_id`: chosen beforehand (else a free one); `header`: more header fields; `fetch_blob`:
+        brings a blob this relay lacks into `blob_source` (another node's upload), False when nobody has it."""
         self.root = root
         self.room_id = room_id
         self.doc = doc
         self.blob_source = blob_source
         self.on_failed = on_failed
+        self.fetch_blob = fetch_blob
         wall = time.time()
-        rid = new_recording_id(room_id, wall)
-        n = 1
-        while (root / rid).exists():
-            n += 1
-            rid = f"{new_recording_id(room_id, wall)}-{n}"
+        rid = recording_id or free_recording_id(root, room_id, wall)
         self.id = rid
         self.dir = root / rid
         self.started = time.monotonic()
@@ -108,6 +125,8 @@ class RoomRecorder:
         self._chunk: PresenceChunk | None = None
         self._latest: dict[str, bytes] = {}
         self._blobs: set[str] = set()
+        self._fetching: set[str] = set()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
         self.voice: dict[str, list[VoiceSegment]] = {}
         """Voice segments written, per speaker (the relay's checks read the last one)."""
         self.voice_count = 0
@@ -115,8 +134,8 @@ class RoomRecorder:
         """The recording's time when it stopped (late voice segments are still taken, see VOICE_GRACE_S)."""
         self._end_reason = ""
         self._end_timer: asyncio.TimerHandle | None = None
-        self.writer = TimelineWriter(self.dir / "timeline.drrec",
-                                     {"room_id": room_id, "started_wall": wall, "started_by": by, "recording_id": rid})
+        self.writer = TimelineWriter(self.dir / "timeline.drrec", {
+            **(header or {}), "room_id": room_id, "started_wall": wall, "started_by": by, "recording_id": rid})
         self._write(lambda: self._snapshot(0.0))
 
     @property
@@ -147,6 +166,13 @@ class RoomRecorder:
     # --- what the relay reports ------------------------------------------------------------
 
     def update(self, update: bytes) -> None:
+        digest = hashlib.blake2b(update, digest_size=16).digest()
+        if digest in self._seen:
+            return
+        self._seen[digest] = None
+        if len(self._seen) > SEEN_UPDATES:
+            self._seen.popitem(last=False)
+
         def write() -> None:
             t = self.now()
             self.writer.append(UPDATE, t, update)
@@ -272,9 +298,40 @@ class RoomRecorder:
                 if sha in self._blobs:
                     continue
                 if not self._keep(sha):
-                    continue  # not uploaded yet: the next snapshot looks again
+                    self._fetch(sha)  # another node's upload, or not uploaded yet: the next snapshot looks again
+                    continue
                 self._blobs.add(sha)
                 self.writer.append(BLOB, t, sha.encode("ascii"))
+
+    def _fetch(self, sha: str) -> None:
+        """Bring another node's blob here (`fetch_blob`), then keep it (a blob reference at that time)."""
+        if self.fetch_blob is None or sha in self._fetching:
+            return
+        fetch = self.fetch_blob
+        self._fetching.add(sha)
+
+        async def run() -> None:
+            try:
+                if not await fetch(sha):
+                    return
+
+                def write() -> None:
+                    if sha not in self._blobs and self._keep(sha):
+                        self._blobs.add(sha)
+                        self.writer.append(BLOB, self.now(), sha.encode("ascii"))
+
+                if self.stopped_at is None:
+                    self._write(write)
+            finally:
+                self._fetching.discard(sha)
+
+        try:
+            task = asyncio.get_running_loop().create_task(run())
+        except RuntimeError:
+            self._fetching.discard(sha)
+            return
+        _fetches.add(task)
+        task.add_done_callback(_fetches.discard)
 
     def _keep(self, sha: str) -> bool:
         """Copy blob `sha` into the recordings' store (a hard link when it can); False when the relay lacks it."""

@@ -70,6 +70,16 @@ async def take_segment(settings: RelaySettings, sess: Session, room: LiveRoom, p
     pid = sess.participant_id
     assert pid is not None
     rec = hooks.recorder_of(room) or draining_recorder(settings.data_dir / "recordings", room.id)
+    if rec is None:
+        forwarded = await hooks.forward_voice_segment(room, pid, payload)  # another relay node records the room
+        if forwarded is not None:
+            return forwarded
+    return await take_segment_as(settings, pid, room, payload)
+
+
+async def take_segment_as(settings: RelaySettings, pid: str, room: LiveRoom, payload: dict[str, Any]) -> dict[str, Any]:
+    """`take_segment` for participant `pid` (on a multi-node relay, connected to this node or another)."""
+    rec = hooks.recorder_of(room) or draining_recorder(settings.data_dir / "recordings", room.id)
     if rec is None or not rec.active:
         raise NotFound(f"room {room.id!r} is not being recorded; voice segments are kept only while it is")
     extra = set(payload) - _KEYS

@@ -162,7 +162,7 @@ class Presence:
         stale = now - self.settings.stale_pose_s
         wall = time.time()
         for room in list(self.hub.rooms.values()):
-            if not room.sessions and not room.poses:
+            if not room.sessions and not room.poses and recording_hooks.recorder_of(room) is None:
                 continue
             for table in (room.poses, room.remote_poses):
                 for pid in [p for p, (_, t) in table.items() if t < stale]:

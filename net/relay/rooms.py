@@ -193,6 +193,7 @@ class RoomHub:
     async def _merge_remote(self, room: LiveRoom, update: bytes) -> None:
         room.doc.apply_update(update)
         room.log_seen += 1
+        recording_hooks.on_update(self, room, update, merged=True)
         await self.sio.emit_local("update", update, room=room.id)
 
     async def reconcile_loop(self) -> None:
