@@ -510,16 +510,6 @@ SWEEP_KEYS = ("p50_ms", "p99_ms", "delivered_ratio", "server_cpu_pct", "us_per_d
 """What each sweep point keeps of its run."""
 
 
-def _projection(us_per_delivery: float | None, people: int, rate: float, tick_hz: float) -> dict[str, Any]:
-    """What `people` in one room cost at a per-delivery CPU (one point, no fit): every receiver gets
-    every other participant's latest pose each tick (when poses come at least as often as ticks)."""
-    if not us_per_delivery:
-        return {}
-    per_s = people * (people - 1) * min(rate, tick_hz)
-    cores = us_per_delivery * per_s / 1e6
-    return {f"projected_{people}_deliveries_per_s": int(per_s), f"projected_{people}_relay_cores": round(cores, 2)}
-
-
 NODE_BUDGET = 0.6
 """Share of a core a relay node is planned to use in the projections (headroom for bursts, joins, GC)."""
 
@@ -675,6 +665,11 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
                 "multi_node_delivered_ratio": mr["delivered_ratio"],
                 "per_node_cpu_pct": mr["per_node_cpu_pct"],
                 "nodes_us_per_delivery": mr["nodes_us_per_delivery"],
+                "nodes_us_per_batch": mr["nodes_us_per_batch"],
+                "multi_node_generator_cpu_pct": mr["generator_cpu_pct"],
+                "multi_node_other_cpu_pct": mr["other_cpu_pct"],
+                "multi_node_limited_by": mr["limited_by"],
+                "multi_node_load_avg_1min": mr["load_avg_1min"],
                 "redis_cpu_pct": mr["redis_cpu_pct"],
                 "redis_publishes_per_s": mr["redis_publishes_per_s"],
                 "redis_us_per_publish": mr["redis_us_per_publish"],
@@ -707,17 +702,15 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
             result["knee_limited_by"] = sorted({x for p in after[:2] for x in p["limited_by"]})
             result["sweep_generator_limited"] = any("generator" in p["limited_by"] for p in sweep)
         model = _cost_model(result.get("sweep", []))
+        result["projection_basis"] = "fit"
+        if model is None and main["us_per_batch"]:
+            # one point: the main run's relay CPU per delivered batch taken as all per client tick
+            # (what the sweep's fits find: the entries inside a batch cost next to nothing)
+            model = {"us_per_client_tick": main["us_per_batch"], "us_per_entry": 0.0, "runs": 1}
+            result["projection_basis"] = "main_run_per_batch"
         if model is not None:
             result["cost_model"] = model
-            result["projection_basis"] = "fit"
             result.update(_fitted_projection(model, 300, rate, tick))
-        else:
-            # one point: the per-delivery cost of the largest room measured (fixed costs amortised)
-            measured = [(r["clients"], r["us_per_delivery"]) for r in result.get("sweep", []) if r["us_per_delivery"]]
-            basis = max(measured) if measured else (n, main["us_per_delivery"])
-            result["projection_basis"] = "per_delivery"
-            result["projection_basis_clients"] = basis[0]
-            result.update(_projection(basis[1], 300, rate, tick))
         if args.memory_seconds > 0:
             mem = _measure("relay", n, rate, float(args.memory_seconds), procs, work, tick, secure=hostile > 0,
                            hostile=hostile)

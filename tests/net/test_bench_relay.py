@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 
+def bench(*args: str, timeout: float) -> dict[str, Any]:
+    """Run `deeproom bench relay ARGS`; its last line, as JSON (a failure shows the bench's stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "deeproom.cli", "bench", "relay", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_bench_relay_prints_its_json_line() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "deeproom.cli", "bench", "relay", "--clients", "3", "--seconds", "1", "--procs", "1"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout.strip().splitlines()
-    result = json.loads(out[-1])
+    result = bench("--clients", "3", "--seconds", "1", "--procs", "1", timeout=300)
     for key in ("clients", "rate_hz", "expected", "delivered", "delivered_ratio", "p50_ms", "p99_ms",
                 "server_cpu_pct", "us_per_delivery", "us_per_batch", "baseline_p99_ms", "peak_rss_mb",
                 "generator_cpu_pct", "generator_lag_p99_ms", "machine_cpu_pct", "limited_by"):
@@ -30,12 +35,8 @@ def test_bench_relay_prints_its_json_line() -> None:
 @pytest.mark.slow
 def test_bench_relay_hostile_changes_no_stored_state() -> None:
     """A few seconds of hostile clients beside normal ones: the figures are reported and nothing stored changed."""
-    out = subprocess.run(
-        [sys.executable, "-m", "deeproom.cli", "bench", "relay", "--clients", "3", "--seconds", "3", "--procs", "1",
-         "--hostile", "2", "--no-baseline"],
-        capture_output=True, text=True, timeout=600, check=True,
-    ).stdout.strip().splitlines()
-    result = json.loads(out[-1])
+    result = bench("--clients", "3", "--seconds", "3", "--procs", "1", "--hostile", "2", "--no-baseline",
+                   timeout=600)
     for key in ("normal_p99_ms", "hostile_p99_ms", "hostile_p99_ratio", "hostile_state_changes", "relay_rss_growth_mb",
                 "relay_peak_rss_mb", "hostile_tally", "peak_rss_mb"):
         assert key in result, key
@@ -52,14 +53,11 @@ def test_bench_relay_hostile_changes_no_stored_state() -> None:
 @pytest.mark.slow
 def test_bench_relay_two_nodes_through_redis_reports_cross_node_figures() -> None:
     """`--nodes 2`: the room split across two relay processes and a real redis-server; keys present."""
-    out = subprocess.run(
-        [sys.executable, "-m", "deeproom.cli", "bench", "relay", "--clients", "4", "--nodes", "2", "--seconds", "2",
-         "--procs", "2", "--no-baseline"],
-        capture_output=True, text=True, timeout=600, check=True,
-    ).stdout.strip().splitlines()
-    result = json.loads(out[-1])
+    result = bench("--clients", "4", "--nodes", "2", "--seconds", "2", "--procs", "2", "--no-baseline",
+                   timeout=600)
     for key in ("nodes", "cross_node_p99_ms", "per_node_cpu_pct", "single_node_p99_ms", "redis_cpu_pct",
-                "projected_300_relay_cores", "peak_rss_mb"):
+                "nodes_us_per_batch", "multi_node_limited_by", "projected_300_relay_cores", "projected_300_nodes",
+                "peak_rss_mb"):
         assert key in result, key
     assert result["nodes"] == 2 and len(result["per_node_cpu_pct"]) == 2
     # poses crossed between the nodes (through Redis), and none of the four clients was dropped
