@@ -75,14 +75,10 @@ class RecorderElection:
 
     # --- who records ----------------------------------------------------------------------
 
-    def changed(self, room: LiveRoom) -> None:
-        """The room's setting or recorder may have changed: campaign for it (or give it up) now."""
-        if self._closed:
-            return
-        wake = self._wake.get(room.id)
-        if wake is not None:
-            wake.set()
-            return
+    def wanted(self, room: LiveRoom) -> None:
+        """The room's setting is on and this node does not record it: campaign for it (unless it does)."""
+        if self._closed or room.id in self._tasks:
+            return  # a campaign asks every CAMPAIGN_S already (not at every update: a store round trip each)
         if not self._wanted(room):
             return
         try:
@@ -93,6 +89,12 @@ class RecorderElection:
         self._tasks[room.id] = loop.create_task(
             self._campaign(room), name=f"recorder-lease-{room.id}"
         )
+
+    def stopped(self, room: LiveRoom) -> None:
+        """This node's recorder of the room stopped: give the lease up now (and campaign again if still wanted)."""
+        wake = self._wake.get(room.id)
+        if wake is not None:
+            wake.set()
 
     async def _campaign(self, room: LiveRoom) -> None:
         backend = self.hub.backend

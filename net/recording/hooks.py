@@ -59,11 +59,11 @@ def on_update(hub: RoomHub, room: LiveRoom, update: bytes, *, merged: bool = Fal
         rec.update(update)  # the switch itself, so the end state shows it
         rec.stop("stopped by the host" if not wanted else "stopped")
         if election is not None:
-            election.changed(room)  # gives the lease up
+            election.stopped(room)  # gives the lease up
         return
     if wanted and room not in _failed:
         if election is not None:
-            election.changed(room)  # the node that takes the room's lease starts the recorder
+            election.wanted(room)  # the node that takes the room's lease starts the recorder
         else:
             _start(hub, room, "host")
     elif not merged and not wanted and hub.settings.record and room not in _failed and room not in _switching:

@@ -22,7 +22,7 @@ RemoteEmit = Callable[[str, Any, "str | None"], None]
 """(event name, its data, the Socket.IO room it was sent to)."""
 
 
-class RedisEventManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+class RedisEventManager(socketio.AsyncRedisManager):
     on_remote_emit: RemoteEmit | None = None
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
