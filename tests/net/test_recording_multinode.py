@@ -205,3 +205,39 @@ async def test_one_node_records_the_whole_room_and_the_other_takes_over(
     finally:
         for proc in procs:
             stop(proc)
+
+
+@pytest.mark.slow
+async def test_record_all_on_two_nodes_makes_one_recording(tmp_path: Path, redis_url: str) -> None:
+    """`serve --redis URL --record` on both nodes: each node switches the room on, one records it."""
+    dirs = [tmp_path / "node1", tmp_path / "node2"]
+    ports = [free_port(), free_port()]
+    procs = []
+    for d, port in zip(dirs, ports, strict=True):
+        d.mkdir()
+        procs.append(start_relay_process(d, port, "--redis", redis_url, "--record"))
+    try:
+        for proc, port in zip(procs, ports, strict=True):
+            wait_for_port(port, proc)
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        async with (
+            RoomClient(urls[0], room=ROOM, name="Host", connect_timeout=30) as host,
+            RoomClient(urls[1], room=ROOM, name="Bo", connect_timeout=30) as bo,
+        ):
+            await eventually(lambda: host.room.settings.recording and bo.room.settings.recording)
+            await host.apply(
+                {"op": "add_panel", "panel_id": "p1", "kind": "metrics", "title": "Loss"}
+            )
+            for i in range(6):
+                await (host, bo)[i % 2].apply(move(float(i)))
+            await asyncio.sleep(2 * CAMPAIGN_S + 0.5)
+            made = [recordings(d) for d in dirs]
+            assert sorted(len(m) for m in made) == [0, 1], made
+        (path,) = made[0] or made[1]
+        raw: list[Any] = redis.Redis.from_url(redis_url).lrange(f"deeproom:room:{ROOM}:log", 0, -1)
+        tl = read_timeline(path / "timeline.drrec")
+        assert_each_update_once(tl, [bytes(u) for u in raw])
+        assert {float(i) for i in range(6)} <= panel_positions(tl)
+    finally:
+        for proc in procs:
+            stop(proc)
