@@ -330,6 +330,7 @@ def run_bench(
             result["recordings"] = run["recordings"]
             result["voice_segments_sent"] = run["voice_segments_sent"]
             result["voice_errors"] = run["voice_errors"]
+            result["voice_segments_late"] = run["voice_segments_late"]
             result["clients_dropped"] = run["clients_dropped"]
             result["presence_bytes_per_participant_minute"] = round(
                 run["timeline_bytes"] / per_minute

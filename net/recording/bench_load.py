@@ -98,6 +98,8 @@ class Window:
     voice_segments: int = 0
     """Voice segments announced during the whole window."""
     relay_tick_late_mean_ms: float | None = None
+    machine_full: bool = False
+    """Every core was busy (85 % or more): the relay got what it could, not all it wanted."""
     measured_s: float = 0.0
 
 
@@ -110,7 +112,11 @@ class _Speaker:
     sent: int = 0
     bytes_sent: int = 0
     errors: list[str] = field(default_factory=list)
+    late: int = 0
+    """Segments the relay refused for beginning after the stop (a segment boundary passed between
+    the relay's stop and this client hearing of it: what a real client meets too)."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    one_at_a_time: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the room's recording setting as a publishing voice does: segments while it is on."""
@@ -143,7 +149,15 @@ class _Speaker:
         task.add_done_callback(self.tasks.discard)
 
     async def _send(self, data: bytes, started: float, duration: float) -> None:
-        # as `SpeakerRecording._upload`: the blob, then the event naming it
+        # As `SpeakerRecording._upload`: the blob, then the event naming it. One at a time: the
+        # speakers share this process's address, which the relay lets upload 4 blobs at once
+        # (on their own machines each would have its own).
+        async with self.one_at_a_time:
+            await self._send_now(data, started, duration)
+
+    async def _send_now(self, data: bytes, started: float, duration: float) -> None:
+        from deeproom.errors import NotFound
+
         try:
             sha = await self.client.put_blob(data)
             await self.client.wait_connected(30.0)
@@ -157,6 +171,11 @@ class _Speaker:
             )
             self.sent += 1
             self.bytes_sent += len(data)
+        except NotFound as exc:
+            if "stopped recording" in str(exc):
+                self.late += 1
+            else:
+                self.errors.append(f"NotFound: {exc}")
         except Exception as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -216,7 +235,7 @@ async def _run(
 
     from deeproom.net import RoomClient
     from deeproom.net.bench_clients import bench_key, generator_proc, probe_ids
-    from deeproom.net.bench_relay import _gather, _stats, _tick_figures
+    from deeproom.net.bench_relay import SATURATED_PCT, _gather, _stats, _tick_figures
     from deeproom.state import Role
 
     loop = asyncio.get_running_loop()
@@ -312,6 +331,7 @@ async def _run(
                     relay_tick_late_mean_ms=_tick_figures(stats0, stats1).get(
                         "relay_tick_late_mean_ms"
                     ),
+                    machine_full=machine_pct >= SATURATED_PCT * (os.cpu_count() or 1),
                     measured_s=round(wall, 2),
                 )
             )
@@ -347,6 +367,7 @@ async def _run(
         "voice_segments_sent": sum(s.sent for s in speaker_objs),
         "voice_bytes_sent": sum(s.bytes_sent for s in speaker_objs),
         "voice_errors": [e for s in speaker_objs for e in s.errors][:5],
+        "voice_segments_late": sum(s.late for s in speaker_objs),
         "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
         "clients_dropped": sum(r["dropped"] for r in reports),
         "clients_errors": sum(r["errors"] for r in reports),
@@ -401,6 +422,7 @@ def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
         "relay_cpu_pct_plain": round(mean_off, 2),
         "windows_on": len(on),
         "windows_off": len(off),
+        "windows_machine_full": sum(1 for w in windows if w.get("machine_full")),
         "other_cpu_pct_record": round(statistics.fmean(w["other_cpu_pct"] for w in on), 1)
         if on
         else None,
