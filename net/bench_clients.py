@@ -154,6 +154,8 @@ class ProbeTally:
         self.last: dict[int, np.ndarray] = {}
         self.delivered = 0
         self.latencies: list[np.ndarray] = []
+        self.arrivals = array("d")
+        """(arrival time, samples) of each batch in `latencies`: ages can be told apart by when they came."""
         self.cross: list[np.ndarray] = []
 
     def _last(self, own: int) -> np.ndarray:
@@ -176,6 +178,7 @@ class ProbeTally:
             # the age of what arrives during the window (a relay that falls behind shows it here)
             ages = (now - sent_new).astype(np.float32)
             self.latencies.append(ages)
+            self.arrivals.extend((now, float(ages.size)))
             if self.nodes > 1:
                 self.cross.append(ages[(idx[new] % self.nodes) != (own % self.nodes)])
 
@@ -516,6 +519,7 @@ def generator_proc(
                 "probe_delivered": tally.delivered,
                 "batches": record.tobytes(),
                 "latencies": lat.tobytes(),
+                "arrivals": tally.arrivals.tobytes(),
                 "cross": cross.tobytes(),
                 "lag_ms": lag_ms.tobytes(),
                 "slots_skipped": skipped,

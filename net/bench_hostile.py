@@ -51,6 +51,35 @@ def hostile_address(i: int) -> str:
     return f"127.0.1.{10 + i % 240}"
 
 
+class Phases:
+    """Hostile windows inside the measured window [t0, t1): `window` seconds each, the first one
+    quiet, then on and off in turn (so the normal clients' latency with and without the hostile
+    clients is measured in the same run, under the same background load)."""
+
+    def __init__(self, t0: float, t1: float, window: float) -> None:
+        self.t0, self.t1, self.window = t0, t1, window
+
+    def index(self, t: float) -> int:
+        return int((t - self.t0) // self.window)
+
+    def active(self, t: float) -> bool:
+        return self.t0 <= t < self.t1 and self.index(t) % 2 == 1
+
+    def wait(self, t: float) -> float:
+        """Seconds until the next hostile window starts (0 while in one; inf after the last)."""
+        if self.active(t):
+            return 0.0
+        k = max(0, self.index(t) + 1) if t >= self.t0 else 1
+        if k % 2 == 0:
+            k += 1
+        start = self.t0 + k * self.window
+        return start - t if start < self.t1 else math.inf
+
+    def end_of(self, t: float) -> float:
+        """When the window holding `t` ends."""
+        return min(self.t1, self.t0 + (self.index(t) + 1) * self.window)
+
+
 class _Hostile:
     """One hostile participant and its tallies."""
 
@@ -295,13 +324,23 @@ class _Hostile:
         probe = await self.ask(cls + "_probe", sio, "sync", {"sv": b"\x00"}, timeout=5)
         self.count(cls, "survived" if probe is not None else "dropped")
 
-    async def run(self, start: float, offset: int, slice_s: float) -> None:
+    async def run(self, start: float, offset: int, slice_s: float, phases: Phases | None = None) -> None:
+        """Misbehave from `start` to `self.end`, a class per slice; with `phases`, only in its hostile
+        windows (quiet in between, the main connection left open)."""
         await asyncio.sleep(max(0.0, start - time.time()))
         k = offset
         while time.time() < self.end:
+            now = time.time()
+            window_end = self.end
+            if phases is not None:
+                wait = phases.wait(now)
+                if wait > 0:
+                    await asyncio.sleep(min(wait, max(0.0, self.end - now)))
+                    continue
+                window_end = phases.end_of(now)
             cls = CLASSES[k % len(CLASSES)]
             k += 1
-            until = min(self.end, time.time() + slice_s)
+            until = min(self.end, now + slice_s, window_end)
             work: Callable[[float], Awaitable[None]] = getattr(self, cls)
             try:
                 await asyncio.wait_for(work(until), until - time.time() + 15)
@@ -319,8 +358,9 @@ async def _close(sio: Any, session: Any) -> None:
 
 
 def hostile_proc(url: str, ids: list[str], keys: list[str], password: str, ready: Any, go: Any, times: Any,
-                 results: Any, slice_s: float = 1.0) -> None:
-    """A process of hostile clients: join, wait for `go`, misbehave until times[3], report tallies."""
+                 results: Any, slice_s: float = 1.0, window_s: float = 0.0) -> None:
+    """A process of hostile clients: join, wait for `go`, misbehave until times[3], report tallies.
+    `window_s` > 0: only in the hostile windows of `Phases(times[1], times[2], window_s)`."""
     import logging
 
     logging.getLogger("socketio").setLevel(logging.CRITICAL)
@@ -339,8 +379,10 @@ def hostile_proc(url: str, ids: list[str], keys: list[str], password: str, ready
         random.seed(1)
         # Spread the clients' starting classes, and shorten slices in short runs, so every class runs.
         n = len(clients)
-        slice_len = max(0.25, min(slice_s, (times[3] - times[0]) / math.ceil(len(CLASSES) / n)))
-        await asyncio.gather(*(h.run(times[0], i * len(CLASSES) // n, slice_len) for i, h in enumerate(clients)))
+        phases = Phases(times[1], times[2], window_s) if window_s > 0 else None
+        active_s = (times[2] - times[1]) / 2 if phases is not None else times[3] - times[0]
+        slice_len = max(0.25, min(slice_s, active_s / math.ceil(len(CLASSES) / n)))
+        await asyncio.gather(*(h.run(times[0], i * len(CLASSES) // n, slice_len, phases) for i, h in enumerate(clients)))
         total: Counter[str] = Counter()
         for h in clients:
             total.update(h.tally)

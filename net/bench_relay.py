@@ -114,10 +114,12 @@ def _key(pid: str) -> str:
 def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: int, server_pid: int,
               warmup: float = 2.0, password: str | None = None, hostile: int = 0,
               data_dir: Path | None = None, more_nodes: tuple[tuple[str, int], ...] = (),
-              redis_pid: int | None = None) -> dict[str, Any]:
+              redis_pid: int | None = None, hostile_window_s: float = 0.0) -> dict[str, Any]:
     """One load. `more_nodes`: (url, pid) of further relay nodes sharing the room through Redis
     (`redis_pid`); the clients are then split across all nodes. `procs`: generator processes
-    (participants of `deeproom.net.bench_clients`, many per process)."""
+    (participants of `deeproom.net.bench_clients`, many per process). `hostile_window_s` > 0: the
+    hostile clients act only in every other window of the measured time (`bench_hostile.Phases`),
+    and the result's `phases` compares the windows with and without them."""
     import psutil
 
     from deeproom.net.bench_clients import generator_proc, probe_ids
@@ -141,7 +143,8 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         assert password is not None
         h_ids = [f"h{i:03d}" for i in range(hostile)]
         hostiles.append(ctx.Process(target=hostile_proc, args=(url, h_ids, [_key(h) for h in h_ids], password, ready,
-                                                               go, times, hostile_results), daemon=True))
+                                                               go, times, hostile_results, 1.0, hostile_window_s),
+                                    daemon=True))
     for w in workers + hostiles:
         w.start()
     server = psutil.Process(server_pid)
@@ -171,6 +174,7 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         stats0 = _stats(url) if mode == "relay" else {}
         more0 = [_stats(u) for u in urls[1:]] if mode == "relay" else []
         rss0 = server.memory_info().rss
+        marks = _phase_marks(server, url, times[1], times[2], hostile_window_s) if hostile_window_s > 0 else []
         time.sleep(max(0.0, times[2] - time.time()))
         wall1 = time.monotonic()
         cpu1 = _cpu(server)
@@ -184,6 +188,7 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         rss1 = server.memory_info().rss
         sent = entries = batches_in = disconnected = probes_n = probe_sent = probe_delivered = skipped = errors = 0
         lat: list[np.ndarray] = []
+        arrived: list[np.ndarray] = []
         cross_lat: list[np.ndarray] = []
         lags: list[np.ndarray] = []
         for r in _gather(results, workers, len(workers), 120, "report"):
@@ -201,6 +206,8 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
                 entries += int(batches[inside, 1].sum())
                 batches_in += int(inside.sum())
             lat.append(np.frombuffer(r["latencies"], dtype=np.float32))
+            pairs = np.frombuffer(r["arrivals"], dtype=np.float64).reshape(-1, 2)
+            arrived.append(np.repeat(pairs[:, 0], pairs[:, 1].astype(np.int64)))
             cross_lat.append(np.frombuffer(r["cross"], dtype=np.float32))
             lags.append(np.frombuffer(r["lag_ms"], dtype=np.float64))
         tally: dict[str, int] = {}
@@ -215,6 +222,7 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
             if w.is_alive():
                 w.kill()
     latencies = np.concatenate(lat) * 1000.0 if lat else np.zeros(0)
+    arrivals = np.concatenate(arrived) if arrived else np.zeros(0)
     lag = np.concatenate(lags) if lags else np.zeros(0)
     all_poses = sent * (n - 1)
     # what the probes should have seen: every pose the others sent in the window
@@ -288,14 +296,74 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         "server_rss_end_mb": round(rss1 / 2**20, 1),
         "server_rss_growth_mb": round((rss_after - rss_before) / 2**20, 1),
         "server_peak_rss_mb": round(max(sampler.peak, rss_after) / 2**20, 1),
+        **sampler.figures(times[1], times[2]),
         "state_changes": _state_changes(state0, state1) if state0 is not None and state1 is not None else None,
         **(_tick_figures(stats0, stats1) if stats0 else {}),
         **(_relay_rates(stats0, stats1, wall) if stats0 else {}),
         "hostile_tally": tally,
+        **({"phases": _phase_figures(marks, latencies, arrivals, times[1], hostile_window_s)} if marks else {}),
         "normal_clients_dropped": disconnected,
         "normal_clients_errors": errors,
         **multi,
     }
+
+
+PHASE_SETTLE_S = 1.0
+"""Left out at the start of each phase window: hostile work still finishing, or only starting."""
+
+
+def _phase_marks(server: Any, url: str, t0: float, t1: float, window: float) -> list[dict[str, Any]]:
+    """Relay CPU and counters at the measured part of each phase window (from `PHASE_SETTLE_S` into
+    it to its end); sleeps through the windows. Window k is hostile when k is odd."""
+    marks: list[dict[str, Any]] = []
+    k = 0
+    while t0 + k * window < t1 - 1e-6:
+        begin, end = t0 + k * window + PHASE_SETTLE_S, min(t1, t0 + (k + 1) * window)
+        if end - begin < 0.5:
+            break
+        sample: dict[str, Any] = {"k": k, "hostile": k % 2 == 1}
+        for edge, at in (("0", begin), ("1", end)):
+            time.sleep(max(0.0, at - time.time()))
+            sample["wall" + edge] = time.monotonic()
+            sample["cpu" + edge] = _cpu(server)
+            with contextlib.suppress(Exception):
+                sample["stats" + edge] = _stats(url)
+        marks.append(sample)
+        k += 1
+    return marks
+
+
+def _phase_figures(marks: list[dict[str, Any]], latencies: np.ndarray, arrivals: np.ndarray, t0: float,
+                   window: float) -> dict[str, Any]:
+    """The normal clients' latency and the relay's CPU and tick lateness, in the hostile windows
+    against the quiet ones of the same run."""
+    out: dict[str, Any] = {"window_s": window, "settle_s": PHASE_SETTLE_S}
+    k = np.floor((arrivals - t0) / window)
+    into = arrivals - (t0 + k * window)
+    measured = {int(m["k"]) for m in marks}
+    in_marks = np.isin(k, list(measured)) & (into >= PHASE_SETTLE_S)
+    for name, hostile in (("quiet", False), ("hostile", True)):
+        mine = [m for m in marks if m["hostile"] == hostile]
+        sel = in_marks & ((k % 2 == 1) == hostile)
+        lat = latencies[sel] if latencies.size == arrivals.size else np.zeros(0)
+        wall = sum(m["wall1"] - m["wall0"] for m in mine)
+        cpu = sum(m["cpu1"] - m["cpu0"] for m in mine)
+        with_stats = [m for m in mine if "stats0" in m and "stats1" in m]
+        ticks = sum(m["stats1"]["ticks"] - m["stats0"]["ticks"] for m in with_stats)
+        late10 = sum(m["stats1"]["ticks_late_10ms"] - m["stats0"]["ticks_late_10ms"] for m in with_stats)
+        late_ms = sum(m["stats1"]["tick_late_total_ms"] - m["stats0"]["tick_late_total_ms"] for m in with_stats)
+        out[name] = {
+            "windows": len(mine),
+            "samples": int(lat.size),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+            "p99_by_window_ms": [round(float(np.percentile(latencies[in_marks & (k == m["k"])], 99)), 1)
+                                 if np.any(in_marks & (k == m["k"])) else None for m in mine],
+            "relay_cpu_pct": round(100.0 * cpu / wall, 1) if wall else None,
+            "tick_late_mean_ms": round(late_ms / ticks, 2) if ticks else None,
+            "ticks_late_10ms_pct": round(100.0 * late10 / ticks, 2) if ticks else None,
+        }
+    return out
 
 
 SATURATED_PCT = 85.0
@@ -358,19 +426,40 @@ def _tick_figures(stats0: dict[str, Any], stats1: dict[str, Any]) -> dict[str, A
 
 
 class _RssSampler:
-    """The relay's largest RSS while the load runs (sampled 4 times a second on a thread)."""
+    """The relay's largest RSS while the load runs (sampled 4 times a second on a thread), and
+    one (time, RSS) sample every `every_s` seconds."""
 
-    def __init__(self, proc: Any) -> None:
+    def __init__(self, proc: Any, every_s: float = 10.0) -> None:
         import threading
 
         self.proc, self.peak = proc, 0
+        self.every_s = every_s
+        self.series: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        last = 0.0
         while not self._stop.wait(0.25):
             with contextlib.suppress(Exception):
-                self.peak = max(self.peak, self.proc.memory_info().rss)
+                rss = self.proc.memory_info().rss
+                self.peak = max(self.peak, rss)
+                if time.time() - last >= self.every_s:
+                    last = time.time()
+                    self.series.append((last, rss))
+
+    def figures(self, t0: float, t1: float) -> dict[str, Any]:
+        """RSS through the window [t0, t1]: a sample every 30 s or so, and its growth over the
+        second half (a relay holding flat memory grows ~0 there, whatever it took at the start)."""
+        inside = [(t, r) for t, r in self.series if t0 <= t <= t1]
+        if len(inside) < 2:
+            return {}
+        step = max(1, round(30.0 / self.every_s))
+        mid = min(inside, key=lambda tr: abs(tr[0] - (t0 + t1) / 2))
+        return {
+            "server_rss_series_mb": [[round(t - t0), round(r / 2**20, 1)] for t, r in inside[::step]],
+            "server_rss_growth_second_half_mb": round((inside[-1][1] - mid[1]) / 2**20, 1),
+        }
 
     def start(self) -> None:
         self._thread.start()
@@ -557,7 +646,8 @@ BENCH_PASSWORD = "bench-password"
 
 
 def _measure(mode: str, n: int, rate: float, seconds: float, procs: int, workdir: Path,
-             tick_hz: float = 30.0, secure: bool = False, hostile: int = 0) -> dict[str, Any]:
+             tick_hz: float = 30.0, secure: bool = False, hostile: int = 0,
+             hostile_window_s: float = 0.0) -> dict[str, Any]:
     """One load on a fresh relay. `secure`: the room has a password and an owner, every id a key
     (as the hostile run needs; its normal-only twin is made the same way)."""
     data = workdir / f"{mode}-{n}-{time.monotonic_ns()}"
@@ -569,7 +659,7 @@ def _measure(mode: str, n: int, rate: float, seconds: float, procs: int, workdir
             asyncio.run(_make_room(server.url))
         return _run_load(server.url, mode, n, rate, seconds, procs, server.proc.pid,
                          password=BENCH_PASSWORD if secure else None, hostile=hostile,
-                         data_dir=data if secure else None)
+                         data_dir=data if secure else None, hostile_window_s=hostile_window_s)
     finally:
         server.stop()
 
@@ -589,29 +679,43 @@ async def _make_room(url: str) -> None:
         await sio.disconnect()
 
 
+HOSTILE_WINDOW_S = 4.0
+"""Length of each window of the hostile run: quiet and hostile windows alternate."""
+HOSTILE_WINDOWS = 8
+"""Windows in the hostile run at least (half of them hostile)."""
+
+
 def _hostile_figures(hostile: int, normal: dict[str, Any], hr: dict[str, Any]) -> dict[str, Any]:
-    """The hostile run's figures against the normal-only run of the same invocation."""
-    ratio = round(hr["p99_ms"] / normal["p99_ms"], 3) if hr["p99_ms"] and normal["p99_ms"] else None
+    """The hostile run's figures: the normal clients' p99 in its hostile windows against its quiet
+    windows (same relay, same clients, same background load), and the separate normal-only run."""
+    quiet, loud = hr["phases"]["quiet"], hr["phases"]["hostile"]
+    ratio = round(loud["p99_ms"] / quiet["p99_ms"], 3) if loud["p99_ms"] and quiet["p99_ms"] else None
     return {
         "hostile_clients": hostile,
-        "normal_p99_ms": normal["p99_ms"],
-        "hostile_p99_ms": hr["p99_ms"],
+        "normal_p99_ms": quiet["p99_ms"],
+        "hostile_p99_ms": loud["p99_ms"],
         "hostile_p99_ratio": ratio,
-        "hostile_p50_ms": hr["p50_ms"],
+        "normal_p50_ms": quiet["p50_ms"],
+        "hostile_p50_ms": loud["p50_ms"],
+        "hostile_windows": hr["phases"],
+        "normal_only_run_p99_ms": normal["p99_ms"],
+        "normal_relay_cpu_pct": quiet["relay_cpu_pct"],
+        "hostile_relay_cpu_pct": loud["relay_cpu_pct"],
         "hostile_delivered_ratio": hr["delivered_ratio"],
         "hostile_state_changes": hr["state_changes"],
         "hostile_normal_clients_dropped": hr["normal_clients_dropped"],
         "relay_rss_growth_mb": hr["server_rss_growth_mb"],
         "relay_peak_rss_mb": hr["server_peak_rss_mb"],
-        "hostile_server_cpu_pct": hr["server_cpu_pct"],
+        "hostile_run_relay_cpu_pct": hr["server_cpu_pct"],
         "hostile_normal_clients_cpu_pct": hr["clients_cpu_pct"],
         "hostile_process_cpu_pct": hr["hostile_cpu_pct"],
+        "hostile_run_load_avg_1min": hr["load_avg_1min"],
+        "hostile_run_other_cpu_pct": hr["other_cpu_pct"],
         "normal_state_changes": normal["state_changes"],
-        "normal_tick_late_mean_ms": normal.get("relay_tick_late_mean_ms"),
-        "hostile_tick_late_mean_ms": hr.get("relay_tick_late_mean_ms"),
-        "normal_ticks_late_10ms_pct": normal.get("relay_ticks_late_10ms_pct"),
-        "hostile_ticks_late_10ms_pct": hr.get("relay_ticks_late_10ms_pct"),
-        "hostile_ticks_late_50ms_pct": hr.get("relay_ticks_late_50ms_pct"),
+        "normal_tick_late_mean_ms": quiet["tick_late_mean_ms"],
+        "hostile_tick_late_mean_ms": loud["tick_late_mean_ms"],
+        "normal_ticks_late_10ms_pct": quiet["ticks_late_10ms_pct"],
+        "hostile_ticks_late_10ms_pct": loud["ticks_late_10ms_pct"],
         "hostile_relay_refused": hr.get("relay_refused"),
         "hostile_relay_expelled": hr.get("relay_expelled"),
         "hostile_relay_connects_refused": hr.get("relay_connects_refused"),
@@ -634,7 +738,8 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
         print(f"relay   N={n}: {main}", flush=True)
         result: dict[str, Any] = {"bench": "relay", "clients": n, "rate_hz": rate, "tick_hz": tick, "seconds": seconds, **main}
         if hostile:
-            hr = _measure("relay", n, rate, seconds, procs, work, tick, secure=True, hostile=hostile)
+            hr = _measure("relay", n, rate, max(seconds, HOSTILE_WINDOWS * HOSTILE_WINDOW_S), procs, work, tick,
+                          secure=True, hostile=hostile, hostile_window_s=HOSTILE_WINDOW_S)
             print(f"hostile N={n}+{hostile}: {hr}", flush=True)
             result.update(_hostile_figures(hostile, main, hr))
         if not args.no_baseline:
@@ -720,6 +825,8 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
             result["memory_rss_end_mb"] = mem["server_rss_end_mb"]
             result["memory_rss_growth_mb"] = mem["server_rss_growth_mb"]
             result["memory_peak_rss_mb"] = mem["server_peak_rss_mb"]
+            result["memory_rss_series_mb"] = mem.get("server_rss_series_mb")
+            result["memory_rss_growth_second_half_mb"] = mem.get("server_rss_growth_second_half_mb")
             result["memory_p99_ms"] = mem["p99_ms"]
             result["memory_normal_clients_dropped"] = mem["normal_clients_dropped"]
             result["memory_relay_dropped_ping_timeout"] = mem.get("relay_dropped_ping_timeout")

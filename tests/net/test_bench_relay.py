@@ -40,6 +40,10 @@ def test_bench_relay_hostile_changes_no_stored_state() -> None:
     for key in ("normal_p99_ms", "hostile_p99_ms", "hostile_p99_ratio", "hostile_state_changes", "relay_rss_growth_mb",
                 "relay_peak_rss_mb", "hostile_tally", "peak_rss_mb"):
         assert key in result, key
+    # the hostile clients acted in every other window of one run; the quiet windows are the baseline
+    windows = result["hostile_windows"]
+    assert windows["quiet"]["windows"] == windows["hostile"]["windows"] == 4, windows
+    assert windows["quiet"]["samples"] > 0 and windows["hostile"]["samples"] > 0, windows
     tally = result["hostile_tally"]
     # Every class ran, and what the hostile clients sent was answered with refusals.
     for cls in ("join_storm", "flood", "reserved_names", "bad_strings", "deep_nesting", "oversized", "upload_hoarding"):
