@@ -207,4 +207,6 @@ async def test_a_lasting_lag_is_accepted_after_a_second_rather_than_silencing_th
         b.session.recorders[pid].clear()
         await eventually(lambda: len(heard(b, a, 1.0)) >= SAMPLE_RATE, timeout=10)
         assert_tone(heard(b, a, 0.5), 440.0)
-        assert link.frames_late - before == late  # nothing dropped once the lag was accepted
+        # once the lag is accepted frames stop being dropped: a dropping link would lose ~50 more a
+        # second; a few may still come late when a loaded machine stalls the receiving loop
+        assert link.frames_late - before - late <= 10, (late, link.frames_late - before)
