@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 WEB := net/web
-WEB_SOURCES := $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/index.html $(wildcard $(WEB)/src/*.js)
+WEB_SOURCES := $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/index.html $(wildcard $(WEB)/src/*.js) $(wildcard $(WEB)/test/*.js)
 DEMO_ARGS ?=
 
 .PHONY: demo test lint typecheck pytest setup web clean-venv
