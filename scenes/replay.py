@@ -549,16 +549,22 @@ def blobs_dir_for(timeline_path: Path) -> Path:
 def run_replay(timeline: Timeline, *, at: float, speed: float, run: Any, blobs_dir: Path | None = None,
                summons: bool = True) -> int:
     """`deeproom replay`: the recording as a read-only room, in a window or offscreen (snapshot)."""
-    from deeproom.scenes.app import AppOptions, RoomApp
-    from deeproom.scenes.runner import content_settled, wait_for
-
     session = ReplaySession(timeline, blobs_dir if blobs_dir is not None else blobs_dir_for(timeline.path),
                             at=at, speed=speed, playing=True, summons=summons)
+    return open_replay_app(session, run, f"DeepRoom replay · {timeline.room_id}",
+                           lambda app: f"{len(app.panels)} panels, {len(app.avatars)} avatars")
+
+
+def open_replay_app(session: ReplaySession, run: Any, title: str, describe: Callable[[Any], str]) -> int:
+    """A replay session in the app with its timeline panel and recorded voices: a window, or
+    offscreen (one snapshot, then a line ending with `describe(app)`). Closes the session."""
+    from deeproom.scenes.app import AppOptions, RoomApp
     from deeproom.scenes.replay_voice import attach_voice
+    from deeproom.scenes.runner import content_settled, wait_for
 
     attach_voice(session, speakers=not run.headless)  # each speaker's recorded voice, from their avatar
     app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4),
-                                              title=f"DeepRoom replay · {timeline.room_id}"))
+                                              title=title))
     attach_timeline(app)
     try:
         app.start()
@@ -570,8 +576,7 @@ def run_replay(timeline: Timeline, *, at: float, speed: float, run: Any, blobs_d
         app.step(max(run.frames, 1))
         path = app.save_snapshot(run.snapshot or Path("snapshots") / "replay.png")
         c = session.clock
-        print(f"snapshot written to {path} at {format_clock(c.t)} of {format_clock(c.duration)}; "
-              f"{len(app.panels)} panels, {len(app.avatars)} avatars")
+        print(f"snapshot written to {path} at {format_clock(c.t)} of {format_clock(c.duration)}; {describe(app)}")
         return 0
     finally:
         app.close()

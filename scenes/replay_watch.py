@@ -318,29 +318,10 @@ def _first_watch(client: Any, room: str, wait_s: float) -> tuple[WatchState, flo
 
 def run_watch(session: WatchSession, run: Any) -> int:
     """The watch party in the app: a window, or offscreen (one snapshot), like `run_replay`."""
-    from deeproom.scenes.app import AppOptions, RoomApp
-    from deeproom.scenes.replay import attach_timeline
-    from deeproom.scenes.replay_voice import attach_voice
-    from deeproom.scenes.runner import content_settled, wait_for
+    from deeproom.scenes.replay import open_replay_app
 
-    attach_voice(session, speakers=not run.headless)  # the recorded voices, from this machine's copy
-    app = RoomApp(session, options=AppOptions(offscreen=run.headless, size=run.size, start_position=(0.0, 1.7, -1.4),
-                                              title=f"DeepRoom replay · {session.timeline.room_id} · watching together"))
-    attach_timeline(app)
-    try:
-        app.start()
-        if not run.headless:
-            app.limit_fps(60)
-            app.run()
-            return 0
-        wait_for(app, lambda: app.room is not None and content_settled(app), run.wait_s)
-        app.step(max(run.frames, 1))
-        path = app.save_snapshot(run.snapshot or Path("snapshots") / "replay.png")
-        c = session.clock
+    def describe(app: Any) -> str:
         live = sum(1 for pid in app.avatars if pid.startswith(LIVE_PREFIX))
-        print(f"snapshot written to {path} at {format_clock(c.t)} of {format_clock(c.duration)}; "
-              f"{len(app.panels)} panels, {len(app.avatars) - live} recorded avatars, {live} live watchers")
-        return 0
-    finally:
-        app.close()
-        session.close()
+        return f"{len(app.panels)} panels, {len(app.avatars) - live} recorded avatars, {live} live watchers"
+
+    return open_replay_app(session, run, f"DeepRoom replay · {session.timeline.room_id} · watching together", describe)
