@@ -64,6 +64,8 @@ from deeproom.presence import Pose, decode_batch, encode_pose
 from deeproom.state import Role, Room, check_id
 from deeproom.storage import BlobStore, LayoutInfo, check_blob_id, sha256_hex
 
+_COMPACT_POSE = bytes((P.COMPACT_POSE,))
+
 log = logging.getLogger(__name__)
 
 PoseCallback = Callable[[dict[str, Pose]], None]
@@ -156,6 +158,8 @@ class RoomClient:
         self._pose_task: asyncio.Task[None] | None = None
         self._pose_latest: bytes | None = None
         self._pose_wake: asyncio.Event | None = None
+        self._compact_pose = False
+        """Whether this relay takes compact poses (its join ack says so)."""
         self._joined_once: asyncio.Future[None] | None = None
         self._live: asyncio.Event | None = None
         self._lost = asyncio.Event()
@@ -266,6 +270,7 @@ class RoomClient:
                 self._check_not_ahead(ack.get("sv"))
                 self.role = Role(ack.get("role", "member"))
                 self.tick_hz = float(ack.get("tick_hz", 30.0))
+                self._compact_pose = ack.get("compact_pose") is True
                 sfu = ack.get("sfu")
                 self.sfu_url = sfu if isinstance(sfu, str) and sfu.startswith(("http://", "https://")) and len(sfu) <= 2048 else None
                 for message in ack.get("streams", []):
@@ -466,7 +471,11 @@ class RoomClient:
                 # A backed-up socket gets no more poses: a stale one is worth nothing.
                 if sio.eio.queue is not None and sio.eio.queue.qsize() > 4:
                     continue
-                await sio.emit("pose", (data, self._batches_read))
+                if self._compact_pose:
+                    # one binary Engine.IO message, no Socket.IO packet (docs/protocol.md §8)
+                    await sio.eio.send(_COMPACT_POSE + (self._batches_read & 0xFFFFFFFF).to_bytes(4, "little") + data)
+                else:  # a relay that predates the compact form
+                    await sio.emit("pose", (data, self._batches_read))
                 last = time.monotonic()
                 self._acked_at = last
             except Exception:

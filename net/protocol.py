@@ -54,6 +54,12 @@ MAX_EVENT_BYTES = {"signal": 64 * 1024, "stream": 256 * 1024, "steer": 16 * 1024
 """Largest payload per event kind."""
 MAX_POSE_BYTES = 256
 """A pose (deeproom.presence encoding) is at most this many bytes."""
+COMPACT_POSE = 0xC1
+"""First byte of a compact pose: one binary Engine.IO message that no Socket.IO message announces,
+this byte, u32 LE batches read, then the pose (docs/protocol.md §8). 0xC1 starts no valid UTF-8
+(text sent as binary), is msgpack's one never-used byte (a msgpack-parser Socket.IO packet), is
+no Engine.IO packet type (0-6: EIO 3's binary prefix) and no pose or batch version (1), so a
+stray attachment or a bare pose is never read as one."""
 BLOB_CHUNK = 256 * 1024
 """Bytes per blob chunk, both ways."""
 MAX_BLOB_CHUNK = 512 * 1024

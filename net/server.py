@@ -99,12 +99,13 @@ class RelayServer:
         self.sio.refuse = self._refuse_early
         self.sio.gate = self._gate
         self.sio.refusal_pause = self._refusal_pause
+        self.sio.compact_pose = self._on_compact_pose
         self._penalty: dict[str, float] = {}
         """Addresses turned away until a monotonic time (a socket of theirs ran out of strikes)."""
         self._expelling: set[asyncio.Task[None]] = set()
         self._tarpit: Counter[str] = Counter()
         """Refused connections being held for half a second, per address."""
-        self.stats = {"poses_in": 0, "batches_out": 0, "entries_scheduled": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0,
+        self.stats = {"poses_in": 0, "compact_poses_in": 0, "batches_out": 0, "entries_scheduled": 0, "skipped_backed_up": 0, "ops": 0, "refused": 0,
                       "ticks": 0, "ticks_late_10ms": 0, "ticks_late_50ms": 0, "tick_late_total_ms": 0, "expelled": 0,
                       "connects_refused": 0, "dropped_ping_timeout": 0}
         self._secret = b""
@@ -302,14 +303,19 @@ class RelayServer:
             return None
         s = self.settings
         if event == "pose":
-            if not sess.pose_bucket.take():
-                return RateLimited(f"too many poses: at most {s.pose_rate[0]:g}/s; extra poses are dropped")
-        elif event == "op":
+            return self._pose_over_rate(sess)
+        if event == "op":
             if not sess.op_bucket.take():
                 return RateLimited(f"too many operations: at most {s.op_rate[0]:g}/s (bursts of {s.op_rate[1]:g})")
         elif event == "event" and not sess.event_bucket.take():
             return RateLimited(f"too many events: at most {s.event_rate[0]:g}/s")
         return None
+
+    def _pose_over_rate(self, sess: Session) -> RateLimited | None:
+        """One pose from the socket's pose bucket (either form of pose), or the refusal."""
+        if sess.pose_bucket.take():
+            return None
+        return RateLimited(f"too many poses: at most {self.settings.pose_rate[0]:g}/s; extra poses are dropped")
 
     def _refused(self, sess: Session | None, exc: DeepRoomError) -> None:
         """Count a refusal: relay-wide, towards the socket's pause, and (unless it was for being
@@ -420,11 +426,22 @@ class RelayServer:
         if sess is None:
             return
         try:
-            await self.presence.on_pose(sess, data, extra)
+            refusal = self.presence.on_pose(sess, data, extra)
+            if refusal is not None:  # counted and answered as the compact form's (`_on_compact_pose`)
+                await self._refuse_early(sid, False, refusal)
+                await asyncio.sleep(self._refusal_pause(sid))
         except BaseException as exc:
             if is_fatal(exc):
                 raise
             log.error("relay: pose from %s failed", sid, exc_info=exc)
+
+    def _on_compact_pose(self, sid: str, data: bytes) -> DeepRoomError | None:
+        """A compact pose (docs/protocol.md §8): the pose bucket, then `Presence.on_compact_pose`; a
+        refusal is answered by the wire layer through `_refuse_early`, as any refusal without an ack."""
+        sess = self.sessions.get(sid)
+        if sess is None:
+            return None
+        return self._pose_over_rate(sess) or self.presence.on_compact_pose(sess, data)
 
     async def _on_pose_ack(self, sid: str, count: Any = None, *extra: Any) -> None:
         sess = self.sessions.get(sid)

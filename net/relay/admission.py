@@ -186,6 +186,7 @@ class Admission:
             "sv": room.doc.state_vector(),
             "streams": list(room.streams.values()),
             "tick_hz": self.settings.tick_hz,
+            "compact_pose": True,  # this relay takes the one-frame pose (docs/protocol.md §8)
             "recording": recording_hooks.join_notice(room, self.settings.record),
         }
         if self.settings.sfu_url:

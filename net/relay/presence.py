@@ -21,7 +21,7 @@ import socketio
 from deeproom.errors import DeepRoomError, ValidationError
 from deeproom.net import protocol as P
 from deeproom.net.backend import RoomBackend
-from deeproom.net.errors import error_to_wire
+from deeproom.net.errors import TooLarge, error_to_wire
 from deeproom.net.recording import hooks as recording_hooks
 from deeproom.net.relay.rooms import RoomHub
 from deeproom.net.relay.settings import RelaySettings
@@ -36,6 +36,10 @@ _BATCH_HEAD = struct.Struct("<BdH")
 _FLOATS = {flags: struct.Struct(f"<{(pose_size(flags) - _POSE_HEAD.size) // 4}f") for flags in range(16)}
 """The floats after the head of a pose, by its flags (the four known flag bits)."""
 _WITHIN = MAX_COORD.__ge__
+COMPACT_POSE_HEAD = 5
+"""Bytes before the pose in a compact pose: the marker byte and the u32 LE batches-read count."""
+MIN_POSE_BYTES = pose_size(0)
+"""The shortest pose (head only)."""
 
 
 def check_pose(raw: bytes) -> None:
@@ -107,24 +111,50 @@ class Presence:
         if isinstance(count, int) and not isinstance(count, bool) and sess.batches_acked < count <= sess.batches_sent:
             sess.batches_acked = count
 
-    async def on_pose(self, sess: Session, data: Any, extra: tuple[Any, ...]) -> None:
+    def on_pose(self, sess: Session, data: Any, extra: tuple[Any, ...]) -> DeepRoomError | None:
+        """A `pose` event (the Socket.IO form): taken, dropped (not joined), or the refusal to answer."""
         if not sess.joined:
-            return  # poses before joining are dropped (a client may start sending before its join is acked)
-        assert sess.room_id is not None and sess.participant_id is not None
+            return None  # poses before joining are dropped (a client may start sending before its join is acked)
         if extra:
             self.ack_batches(sess, extra[0])
-        room = self.hub.rooms.get(sess.room_id)
-        if room is None:
-            return
         try:
             raw = P.unpack_binary(data, P.MAX_POSE_BYTES, "a pose (deeproom.presence encoding)")
+        except ValidationError as exc:
+            return exc
+        return self._take(sess, raw)
+
+    def on_compact_pose(self, sess: Session, data: bytes) -> DeepRoomError | None:
+        """A compact pose (`protocol.COMPACT_POSE`, u32 LE batches read, the pose): taken, dropped (not
+        joined), or the refusal to answer. The caller checked the marker byte and the rate."""
+        if not sess.joined:
+            return None  # as the Socket.IO form: dropped silently before joining
+        n = len(data)
+        if n > COMPACT_POSE_HEAD + P.MAX_POSE_BYTES:
+            return TooLarge(f"a compact pose is at most {COMPACT_POSE_HEAD + P.MAX_POSE_BYTES} bytes "
+                            f"(marker, u32 batches read, a pose of at most {P.MAX_POSE_BYTES}); got {n}")
+        if n < COMPACT_POSE_HEAD + MIN_POSE_BYTES:
+            return ValidationError(f"a compact pose is at least {COMPACT_POSE_HEAD + MIN_POSE_BYTES} bytes "
+                                   f"(marker, u32 batches read, a pose of at least {MIN_POSE_BYTES}); got {n}")
+        self.ack_batches(sess, int.from_bytes(data[1:COMPACT_POSE_HEAD], "little"))
+        refusal = self._take(sess, data[COMPACT_POSE_HEAD:])
+        if refusal is None:
+            self.stats["compact_poses_in"] += 1
+        return refusal
+
+    def _take(self, sess: Session, raw: bytes) -> DeepRoomError | None:
+        """Keep a participant's pose as its latest, if it is one (`check_pose`)."""
+        assert sess.room_id is not None and sess.participant_id is not None
+        room = self.hub.rooms.get(sess.room_id)
+        if room is None:
+            return None
+        try:
             check_pose(raw)
         except ValidationError as exc:
-            await warn(self.sio, sess, exc)
-            return
+            return exc
         self.stats["poses_in"] += 1
         room.poses[sess.participant_id] = (raw, time.monotonic())
         room.changed.add(sess.participant_id)
+        return None
 
     def _backed_up(self, sid: str) -> bool:
         try:

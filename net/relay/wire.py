@@ -22,7 +22,11 @@ alone, so a flood or an oversized message costs the relay a regular expression, 
 JSON decode. The binary attachments of a refused message are swallowed, not decoded.
 Messages for a socket whose Socket.IO session is gone (nobody to answer) are dropped
 unread, and binary data no message announced is refused with an error event (in
-python-socketio both were tracebacks in the log, one per message).
+python-socketio both were tracebacks in the log, one per message) — except a compact pose:
+one binary Engine.IO message starting with `protocol.COMPACT_POSE` (docs/protocol.md §8), which no
+Socket.IO message announces and which is handed whole to `compact_pose`, never decoded as
+Socket.IO (one websocket frame per pose instead of a text head, a JSON decode and an
+attachment).
 
 Sending: a Socket.IO message with bytes in it is several Engine.IO packets (a text
 head, then one packet per attachment), which python-socketio queues one by one, each
@@ -47,6 +51,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from deeproom.errors import DeepRoomError
+from deeproom.net import protocol as P
 from deeproom.net.errors import ProtocolError
 
 CLIENT_EVENTS = frozenset({
@@ -121,6 +126,10 @@ class RelayPacket(sio_packet.Packet):
 Refuser = Callable[[str, bool, DeepRoomError], Awaitable[dict[str, Any] | None]]
 """Called with (sid, whether the client waits for an ack, the refusal); returns the ack to send."""
 
+CompactPose = Callable[[str, bytes], DeepRoomError | None]
+"""Called with (sid, the whole binary message) for a compact pose of a connected socket; returns
+the refusal to answer with (an `error` event), or None."""
+
 Gate = Callable[[str, str, int], DeepRoomError | None]
 """Called with (sid, event name, length of the message's text) before the message is decoded;
 returns the refusal for a message the relay will not read, or None to decode it."""
@@ -128,6 +137,7 @@ returns the refusal for a message the relay will not read, or None to decode it.
 _HEAD = re.compile(r'([0-6])(?:(\d{1,10})-)?(/[^,]{0,64},)?(\d{1,18})?\s*(?:\[\s*"((?:[^"\\]|\\.){0,64})")?')
 """A Socket.IO packet's head: type, attachment count, namespace, ack id, event name."""
 _EVENT, _BINARY_EVENT = sio_packet.EVENT, sio_packet.BINARY_EVENT
+_COMPACT_POSE_BYTE = bytes((P.COMPACT_POSE,))
 
 
 class RelaySocketServer(socketio.AsyncServer):
@@ -142,6 +152,7 @@ class RelaySocketServer(socketio.AsyncServer):
         """After refusing a message of socket `sid`, wait `refusal_pause(sid)` seconds before reading
         that socket's next one (only that socket waits): a client that floods refused messages is
         served at the relay's pace."""
+        self.compact_pose: CompactPose | None = None
         self._swallow: dict[str, int] = {}
         """Attachments still to come of a binary message refused from its head, per Engine.IO socket."""
         self._closing_tasks: set[asyncio.Task[Any]] = set()
@@ -158,8 +169,12 @@ class RelaySocketServer(socketio.AsyncServer):
                     del self._swallow[eio_sid]
                 return
             if eio_sid not in self._binary_packet:
+                if data[:1] == _COMPACT_POSE_BYTE and self.compact_pose is not None:
+                    await self._compact_pose(eio_sid, bytes(data))
+                    return
                 # python-socketio would fail on it deep inside (int(b"...")) and log a traceback
-                await self._answer(eio_sid, "/", None, ProtocolError("binary data that no message announced"))
+                await self._answer(eio_sid, "/", None, ProtocolError(
+                    "binary data that no message announced (a compact pose starts with byte 0xc1)"))
                 return
         elif isinstance(data, str) and eio_sid not in self._binary_packet:
             head = _HEAD.match(data)
@@ -178,6 +193,19 @@ class RelaySocketServer(socketio.AsyncServer):
                             await asyncio.sleep(self.refusal_pause(sid))
                     return
         await super()._handle_eio_message(eio_sid, data)
+
+    async def _compact_pose(self, eio_sid: str, data: bytes) -> None:
+        """A compact pose: handed to `compact_pose` for a connected socket (dropped for one whose
+        session is gone), its refusal answered like any refusal without an ack."""
+        assert self.compact_pose is not None
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not self.manager.is_connected(sid, "/"):
+            return
+        refusal = self.compact_pose(sid, data)
+        if refusal is not None:
+            await self._answer(eio_sid, "/", None, refusal)
+            if self.refusal_pause is not None:
+                await asyncio.sleep(self.refusal_pause(sid))
 
     def _screen(self, sid: str | None, name: str | None, length: int) -> DeepRoomError | None:
         """The refusal of a message from its head alone, or None to decode it."""

@@ -20,6 +20,7 @@ import socketio
 
 from deeproom.net import EmbeddedRelay, JoinRefused, RoomClient
 from deeproom.net.errors import NetError
+from deeproom.presence import Pose, encode_pose
 
 from .conftest import eventually
 
@@ -420,8 +421,8 @@ async def test_a_socket_refused_again_and_again_is_read_ever_more_slowly(relay: 
         await host.apply(panel("p"))
         flooder = await raw(relay.url, raws)
         assert (await flooder.join("pace", "f1", key=KEY))["ok"]
-        pose = bytes(122)
-        for i in range(600):  # 10 times the pose rate's burst, all at once
+        pose = encode_pose(Pose())  # a valid pose: only being over the rate refuses it (a bad one is a strike)
+        for _ in range(600):  # 10 times the pose rate's burst, all at once
             await flooder.sio.emit("pose", pose)
         stats = relay.server.stats
         await eventually(lambda: stats["refused"] >= 20)  # past the burst, refusals began

@@ -30,6 +30,7 @@ from pycrdt import Doc, Map
 POSE_HEAD = struct.Struct("<BBId7f")  # version, flags, seq, sent_at, head x y z qw qx qy qz
 BATCH_HEAD = struct.Struct("<BdH")  # version, server_time, count
 HAND, POINTER = struct.Struct("<7f"), struct.Struct("<6f")
+COMPACT_POSE = b"\xc1"  # the compact pose's marker byte (§8)
 
 
 def encode_pose(seq: int, pos: tuple[float, float, float], *, speaking: bool = False,
@@ -133,9 +134,13 @@ class Peer:
             self.doc.apply_update(ack["update"])  # one's own change arrives only here
         return ack
 
-    async def send_pose(self, pos: tuple[float, float, float]) -> None:
+    async def send_pose(self, pos: tuple[float, float, float], *, compact: bool = True) -> None:
         self.seq += 1
-        await self.sio.emit("pose", (encode_pose(self.seq, pos), self.batches_read))
+        pose = encode_pose(self.seq, pos)
+        if compact:  # §8: one binary Engine.IO message, 0xC1, u32 batches read, the pose
+            await self.sio.eio.send(COMPACT_POSE + struct.pack("<I", self.batches_read) + pose)
+        else:  # the `pose` event (older clients)
+            await self.sio.emit("pose", (pose, self.batches_read))
 
     async def close(self) -> None:
         await self.sio.disconnect()
@@ -284,15 +289,18 @@ async def test_join_op_ack_update_and_sync(pair: tuple[Peer, Peer]) -> None:
 async def test_presence_batches_flow_control_and_dedupe(pair: tuple[Peer, Peer]) -> None:
     a, b = pair
     await a.sio.emit("pose", encode_pose(99, (9.0, 9.0, 9.0)))  # before join: dropped silently
-    assert (await a.join())["ok"] and (await b.join())["ok"]
-    for i in range(45):  # 1.5 s of poses at 30 Hz
+    await a.sio.eio.send(COMPACT_POSE + struct.pack("<I", 0) + encode_pose(98, (9.0, 9.0, 9.0)))  # so is this
+    ack_a, ack_b = await a.join(), await b.join()
+    assert ack_a["ok"] and ack_b["ok"] and ack_a["compact_pose"] is True
+    for i in range(45):  # 1.5 s of poses at 30 Hz: a compact, b as `pose` events
         await a.send_pose((0.1 * i, 1.6, 0.0))
-        await b.send_pose((0.0, 1.6, 0.1 * i))
+        await b.send_pose((0.0, 1.6, 0.1 * i), compact=False)
         await asyncio.sleep(1 / 30)
     await until(lambda: b.last_seq.get("alice") == 45)
     seqs = [s for pid, s in b.new_poses if pid == "alice"]
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
-    assert 99 not in seqs  # the pose sent before joining never arrived
+    assert 99 not in seqs and 98 not in seqs  # the poses sent before joining never arrived
+    await until(lambda: a.last_seq.get("bob") == 45)  # the `pose` event form arrives as well
     await asyncio.sleep(1.2)  # a keyframe resends every live pose
     assert b.repeats > 0 and b.batches_read > 7
 
@@ -320,6 +328,15 @@ async def test_presence_batches_flow_control_and_dedupe(pair: tuple[Peer, Peer])
     await a.sio.emit("pose", b"\x01\x00short")
     await until(lambda: a.errors)
     assert a.errors[0]["type"] == "ValidationError"
+    # So is a compact pose shorter than 47 bytes, or longer than 261, or binary data without the
+    # marker (at most one error event per 0.5 s: wait between them).
+    for bad, kind in ((COMPACT_POSE + bytes(10), "ValidationError"), (COMPACT_POSE + bytes(300), "TooLarge"),
+                      (b"\x01" + bytes(46), "ProtocolError")):
+        await asyncio.sleep(0.55)
+        seen = len(a.errors)
+        await a.sio.eio.send(bad)
+        await until(lambda: len(a.errors) > seen)  # noqa: B023 - awaited within the iteration
+        assert a.errors[-1]["type"] == kind, a.errors[-1]
 
 
 async def test_blobs_events_and_invites(pair: tuple[Peer, Peer], tmp_path: Path) -> None:
