@@ -9,6 +9,7 @@ import { BrowserVoice, parseSignal } from './voice.js';
 import { decodeBatch, decodeContent, encodePose, seqNewer } from './wire.js';
 import { DELTA_TYPES, FRAME_TYPES, LiveTable, RunState, decodeFrame, isRunEvent } from './live.js';
 import { frozenOf } from './paint.js';
+import { RenderQuality, SCALES, qualityFromParam, qualityLabel } from './quality.js';
 import * as THREE from 'three';
 
 const EDIT_ROLES = new Set(['host', 'presenter', 'member']);
@@ -106,6 +107,11 @@ class Page {
     this.liveLog = []; // [panel id, step, arrived epoch ms, drawn epoch ms]: a run's delta on the pixels
     this.pendingLive = []; // [panel id, step, arrived epoch ms] painted but not yet drawn
     this.streamsDropped = 0; // stream events from someone who does not speak for the run
+    const q = qualityFromParam(params.get('quality'));
+    this.qualityError = q.error;
+    this.quality = new RenderQuality(q.mode); // the render scale, from what drawn frames cost
+    this.drawStart = null; // performance.now() when the last drawn frame began (its cost ends at the next frame)
+    this.burnPerMegapixel = 0; // test hook: main-thread ms burnt per frame per million drawn pixels
   }
 
   start() {
@@ -381,6 +387,7 @@ class Page {
   frame() {
     const why = this.drawReasons;
     let draw = false;
+    const t0 = this.measureFrame();
     if (this.continuous || this.scene.renderer.xr.isPresenting) { draw = true; why.continuous += 1; }
     if (this.redraw) { this.redraw = false; draw = true; why.content += 1; }
     if (this.dirty) { this.dirty = false; this.syncPanels(); draw = true; why.room += 1; }
@@ -392,8 +399,10 @@ class Page {
       if (v.cloud && v.cloud.atlas && v.cloud.updateThumbnails(this.scene.viewerIn(v), now)) { draw = true; why.content += 1; }
     }
     if (!draw) return; // nothing changed: no frame (a still room costs no CPU)
+    this.drawStart = t0;
     const r0 = performance.now();
     this.scene.render();
+    if (this.burnPerMegapixel > 0) this.burn();
     const at = performance.timeOrigin + performance.now(); // epoch ms: comparable with the sender's clock
     this.renderMs.push(at - performance.timeOrigin - r0);
     if (this.renderMs.length > 2000) this.renderMs.splice(0, 1000);
@@ -409,6 +418,44 @@ class Page {
       const views = [...this.scene.panels.values()];
       if (views.length && views.every((v) => v.status !== 'waiting')) this.stats.allDrawnAt = performance.now();
     }
+  }
+
+  /** A drawn frame's cost: from its start to the next animation frame, i.e. its own work plus
+   * whatever held the main thread after it (with software compositing, reading the drawing
+   * buffer back and compositing it: most of a frame here, invisible to timing `render`). */
+  measureFrame() {
+    const now = performance.now();
+    const start = this.drawStart;
+    this.drawStart = null;
+    if (start !== null && !document.hidden && !this.scene.renderer.xr.isPresenting // XR sizes its own buffers
+        && this.quality.record(now - start, now)) this.applyQuality();
+    return now;
+  }
+
+  applyQuality() {
+    this.scene.setRenderScale(this.quality.scale);
+    this.redraw = true;
+    const b = $('#quality');
+    if (b) {
+      setText(b, qualityLabel(this.quality));
+      b.title = this.quality.mode === 'auto'
+        ? 'Resolution adapts to how fast this machine draws; click to always draw at full resolution'
+        : 'Always full resolution; click to let it adapt to how fast this machine draws';
+    }
+  }
+
+  setQualityMode(mode) {
+    this.quality.setMode(mode);
+    this.applyQuality();
+  }
+
+  /** Test hook: an honest slow rasterizer, main-thread time in proportion to the pixels drawn. */
+  burn() {
+    const c = this.scene.renderer.domElement;
+    const until = performance.now() + this.burnPerMegapixel * (c.width * c.height) / 1e6;
+    let x = 0;
+    while (performance.now() < until) x += Math.sqrt(x + 1);
+    this.burnt = x;
   }
 
   walk() {
@@ -523,6 +570,13 @@ class Page {
   }
 
   bindButtons() {
+    // The render scale: shown in the top bar, a click switches between adapting and full.
+    const qb = document.createElement('button');
+    qb.id = 'quality';
+    $('#voicestate').before(qb);
+    qb.addEventListener('click', () => this.setQualityMode(this.quality.mode === 'auto' ? 'full' : 'auto'));
+    this.applyQuality();
+    if (this.qualityError) this.toast(this.qualityError);
     $('#hand').addEventListener('click', () => {
       const me = this.conn.doc.getMap('participants').get(this.conn.pid);
       const raised = !!(me && me.get('hand_raised'));
@@ -596,7 +650,10 @@ class Page {
       toast: $('#toast').hidden ? null : $('#toast').textContent, following: this.following || null,
       drawReasons: { ...this.drawReasons }, streamsDropped: this.streamsDropped,
       xr: { button: !$('#vr').hidden, presenting: this.scene.renderer.xr.isPresenting, sessions: this.xrSessions || 0,
-        frames: this.xrFrames || 0, supported: this.xrSupported ?? null }, softwareGL: this.scene.software, camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
+        frames: this.xrFrames || 0, supported: this.xrSupported ?? null }, softwareGL: this.scene.software,
+      quality: { ...this.quality.summary(), pixelRatio: this.scene.renderer.getPixelRatio(),
+        canvas: [this.scene.renderer.domElement.width, this.scene.renderer.domElement.height], label: $('#quality') ? $('#quality').textContent : null },
+      camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,
       voice: this.voice ? { source: this.voice.source, links: [...this.voice.links].map(([pid, e]) => [pid, e.pc.connectionState]),
         sending: !!this.voice.sending, pushToTalk: !!this.voice.pushToTalk,
         sfu: this.voice.sfu ? { url: this.voice.sfuAccess.url, feeds: [...this.voice.sfu.subs.values()].map((e) => e.display) } : null } : null,
@@ -614,7 +671,7 @@ const wire = {
   },
   decodeBatch: (b64) => decodeBatch(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))),
   encodePose: (pose, sentAt) => btoa(String.fromCharCode(...encodePose(pose, sentAt))),
-  seqNewer, parseSignal, pageLink,
+  seqNewer, parseSignal, pageLink, RenderQuality, SCALES,
 };
 
 function boot() {
@@ -638,6 +695,12 @@ function boot() {
     face: (id, dist) => { const ok = page.scene.facePanel(id, dist); page.redraw = true; return ok; },
     applied: () => page.docLog.splice(0),
     continuous: (on) => { page.continuous = !!on; page.redraw = true; },
+    /** The render scale: mode 'auto' | 'full'; burn(ms per million pixels) slows frames (tests). */
+    quality: {
+      setMode: (mode) => page.setQualityMode(mode),
+      burn: (msPerMegapixel) => { page.burnPerMegapixel = Math.max(0, Number(msPerMegapixel) || 0); page.redraw = true; },
+      pin: (scale) => { page.quality.pin(scale === null ? null : Number(scale)); page.applyQuality(); },
+    },
     watchOnsets: (pid, threshold) => (page.voice ? page.voice.watchOnsets(pid, threshold) : false),
     onsets: (pid) => (page.voice ? page.voice.onsets(pid) : []),
   };

@@ -124,7 +124,8 @@ export class RoomScene {
     this.software = softwareGL();
     // Multisampling in a software rasterizer costs more than the rest of the frame together.
     this.renderer = new THREE.WebGLRenderer({ antialias: !this.software });
-    this.renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
+    this.renderScale = 1; // of the device's pixel ratio: lowered by RenderQuality on slow machines
+    this.renderer.setPixelRatio(this.pixelRatio());
     this.renderer.setSize(container.clientWidth, container.clientHeight);
     this.renderer.xr.enabled = true;
     container.appendChild(this.renderer.domElement);
@@ -146,9 +147,18 @@ export class RoomScene {
     window.addEventListener('resize', () => {
       this.camera.aspect = container.clientWidth / container.clientHeight;
       this.camera.updateProjectionMatrix();
+      this.renderer.setPixelRatio(this.pixelRatio()); // the device's ratio changes with the browser's zoom
       this.renderer.setSize(container.clientWidth, container.clientHeight);
       this.render();
     });
+  }
+
+  pixelRatio() { return Math.min(window.devicePixelRatio || 1, 2) * this.renderScale; }
+
+  /** Draw at `scale` of the device's pixel ratio (the canvas keeps its CSS size). */
+  setRenderScale(scale) {
+    this.renderScale = scale;
+    if (this.renderer.getPixelRatio() !== this.pixelRatio()) this.renderer.setPixelRatio(this.pixelRatio());
   }
 
   look(yawDeg, pitchDeg) {
