@@ -6,9 +6,11 @@ wire protocol (docs/protocol.md §1, §2, §8: Engine.IO 4 and Socket.IO 5 frami
 websocket) on one asyncio event loop shared by every participant of the process; no
 python-socketio client, no task per participant. What makes it cheap:
 
-- poses are made from a prepared template (only seq and send time change) and sent as the
-  two frames python-socketio's own clients send (a `pose` head with `batches_read`, then the
-  pose bytes), both in one write;
+- poses are made from a prepared template (only seq and send time change) and sent either as
+  one compact pose (`pose_frames=1`: one binary frame, byte 0xC1, `batches_read`, the pose;
+  docs/protocol.md §8) or as the two frames python-socketio's own clients send
+  (`pose_frames=2`: a `pose` head with `batches_read`, then the pose bytes), in one write;
+  the naive relay (plain python-socketio) always gets the two frames;
 - one timer per process sends the poses of a slice of the participants at a time, the
   slices spread over the pose period, instead of a timer per participant;
 - a received batch is decoded in full only by a few *probe* participants (the ages of the
@@ -102,6 +104,11 @@ def pose_message(pose: bytes, batches_read: int | None) -> bytes:
     else:
         head = b'451-["pose",{"_placeholder":true,"num":0},%d]' % batches_read
     return ws_frame(1, head) + ws_frame(2, pose)
+
+
+def compact_pose_message(pose: bytes, batches_read: int) -> bytes:
+    """A compact pose (docs/protocol.md §8): one binary frame, 0xC1, u32 LE batches read, the pose."""
+    return ws_frame(2, b"\xc1" + (batches_read & 0xFFFFFFFF).to_bytes(4, "little") + pose)
 
 
 def parse_frames(buf: bytearray, out: list[tuple[int, bytes]]) -> int:
@@ -232,8 +239,10 @@ class Participant(asyncio.Protocol):
     """One simulated participant: a websocket, the Engine.IO/Socket.IO handshake, `join`, then poses
     out and batches in. All of it runs in callbacks of the process's one event loop."""
 
-    def __init__(self, index: int, pid: str, mode: str, probe: bool) -> None:
+    def __init__(self, index: int, pid: str, mode: str, probe: bool, pose_frames: int = 1) -> None:
         self.index, self.pid, self.mode, self.probe = index, pid, mode, probe
+        self.compact = pose_frames == 1 and mode == "relay"
+        """Send compact poses (one frame) rather than `pose` events (two)."""
         self.own_tag = bytes((len(pid),)) + pid.encode() + b"\x01"
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
@@ -370,8 +379,11 @@ class Participant(asyncio.Protocol):
     def send_pose(self, now: float, in_window: bool) -> None:
         if self.closed:
             return
-        read = self.batches_read if self.mode == "relay" else None
-        self._write(pose_message(encode_pose_at(self.seq, now), read))
+        if self.compact:
+            self._write(compact_pose_message(encode_pose_at(self.seq, now), self.batches_read))
+        else:
+            read = self.batches_read if self.mode == "relay" else None
+            self._write(pose_message(encode_pose_at(self.seq, now), read))
         self.seq += 1
         if in_window:
             self.sent_in_window += 1
@@ -382,11 +394,11 @@ class Participant(asyncio.Protocol):
             self.transport.close()
 
 
-async def connect(url: str, index: int, pid: str, mode: str, probe: bool) -> Participant:
+async def connect(url: str, index: int, pid: str, mode: str, probe: bool, pose_frames: int = 1) -> Participant:
     """A participant connected to `url` (http://127.0.0.1:PORT) from its own loopback address."""
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     loop = asyncio.get_running_loop()
-    part = Participant(index, pid, mode, probe)
+    part = Participant(index, pid, mode, probe, pose_frames)
     await loop.create_connection(
         lambda: part, host, int(port), local_addr=(participant_address(index), 0)
     )
@@ -456,10 +468,12 @@ def generator_proc(
     times: Any,
     results: Any,
     password: str | None = None,
+    pose_frames: int = 1,
 ) -> None:
     """A process of participants. `url`: the relay, or one URL per node (participant cNNN joins node
     NNN % nodes). Puts its pid on `ready` once all have joined, waits for `go`, sends poses from
-    times[0] to times[3] (the window is times[1]..times[2]) and puts a report dict on `results`."""
+    times[0] to times[3] (the window is times[1]..times[2]) and puts a report dict on `results`.
+    `pose_frames`: 1 sends compact poses, 2 the two-frame `pose` event (see the module's notes)."""
 
     async def main() -> None:
         urls = [url] if isinstance(url, str) else url
@@ -478,7 +492,7 @@ def generator_proc(
                 join["password"] = password
             for attempt in range(5):
                 async with gate:
-                    part = await connect(urls[i % len(urls)], i, pid, mode, pid in probes)
+                    part = await connect(urls[i % len(urls)], i, pid, mode, pid in probes, pose_frames)
                     try:
                         ack = await part.join(join, 120)
                     except ConnectionError:

@@ -114,12 +114,13 @@ def _key(pid: str) -> str:
 def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: int, server_pid: int,
               warmup: float = 2.0, password: str | None = None, hostile: int = 0,
               data_dir: Path | None = None, more_nodes: tuple[tuple[str, int], ...] = (),
-              redis_pid: int | None = None, hostile_window_s: float = 0.0) -> dict[str, Any]:
+              redis_pid: int | None = None, hostile_window_s: float = 0.0, pose_frames: int = 1) -> dict[str, Any]:
     """One load. `more_nodes`: (url, pid) of further relay nodes sharing the room through Redis
     (`redis_pid`); the clients are then split across all nodes. `procs`: generator processes
     (participants of `deeproom.net.bench_clients`, many per process). `hostile_window_s` > 0: the
     hostile clients act only in every other window of the measured time (`bench_hostile.Phases`),
-    and the result's `phases` compares the windows with and without them."""
+    and the result's `phases` compares the windows with and without them. `pose_frames`: how the
+    participants send poses (1: compact poses, 2: `pose` events; the naive relay always gets 2)."""
     import psutil
 
     from deeproom.net.bench_clients import generator_proc, probe_ids
@@ -136,7 +137,8 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
     target: str | list[str] = url if not more_nodes else urls
     probes = probe_ids(n)
     workers = [ctx.Process(target=generator_proc,
-                           args=(target, mode, g, n, rate, probes, ready, go, times, results, password), daemon=True)
+                           args=(target, mode, g, n, rate, probes, ready, go, times, results, password, pose_frames),
+                           daemon=True)
                for g in groups if g]
     hostiles = []
     if hostile:
@@ -281,6 +283,9 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         "batches_per_s": round(batches_in / wall, 1),
         "entries_per_s": round(received / wall, 1),
         "generator_procs": len(workers),
+        "pose_frames": pose_frames if mode == "relay" else 2,
+        "compact_poses_in_per_s": round((stats1.get("compact_poses_in", 0) - stats0.get("compact_poses_in", 0)) / wall, 1)
+        if stats0 else None,
         "generator_cpu_pct": round(sum(gen_pcts), 1),
         "generator_busiest_proc_cpu_pct": round(max(gen_pcts), 1) if gen_pcts else None,
         "generator_lag_p99_ms": round(lag_p99, 2) if lag_p99 is not None else None,
@@ -566,7 +571,7 @@ class _Redis:
 
 
 def _measure_nodes(n: int, nodes: int, rate: float, seconds: float, procs: int, workdir: Path,
-                   tick_hz: float = 30.0) -> dict[str, Any]:
+                   tick_hz: float = 30.0, pose_frames: int = 1) -> dict[str, Any]:
     """One load of n clients split across `nodes` relay processes sharing the room through a
     real redis-server (client cNNN on node NNN % nodes)."""
     data = workdir / f"nodes{nodes}-{n}-{time.monotonic_ns()}"
@@ -580,7 +585,8 @@ def _measure_nodes(n: int, nodes: int, rate: float, seconds: float, procs: int, 
             servers.append(_Server("relay", d, tick_hz, ("--redis", redis.url)))
         first, rest = servers[0], servers[1:]
         return _run_load(first.url, "relay", n, rate, seconds, max(procs, nodes), first.proc.pid,
-                         more_nodes=tuple((s.url, s.proc.pid) for s in rest), redis_pid=redis.proc.pid)
+                         more_nodes=tuple((s.url, s.proc.pid) for s in rest), redis_pid=redis.proc.pid,
+                         pose_frames=pose_frames)
     finally:
         for srv in servers:
             srv.stop()
@@ -647,7 +653,7 @@ BENCH_PASSWORD = "bench-password"
 
 def _measure(mode: str, n: int, rate: float, seconds: float, procs: int, workdir: Path,
              tick_hz: float = 30.0, secure: bool = False, hostile: int = 0,
-             hostile_window_s: float = 0.0) -> dict[str, Any]:
+             hostile_window_s: float = 0.0, pose_frames: int = 1) -> dict[str, Any]:
     """One load on a fresh relay. `secure`: the room has a password and an owner, every id a key
     (as the hostile run needs; its normal-only twin is made the same way)."""
     data = workdir / f"{mode}-{n}-{time.monotonic_ns()}"
@@ -659,7 +665,8 @@ def _measure(mode: str, n: int, rate: float, seconds: float, procs: int, workdir
             asyncio.run(_make_room(server.url))
         return _run_load(server.url, mode, n, rate, seconds, procs, server.proc.pid,
                          password=BENCH_PASSWORD if secure else None, hostile=hostile,
-                         data_dir=data if secure else None, hostile_window_s=hostile_window_s)
+                         data_dir=data if secure else None, hostile_window_s=hostile_window_s,
+                         pose_frames=pose_frames)
     finally:
         server.stop()
 
@@ -723,23 +730,63 @@ def _hostile_figures(hostile: int, normal: dict[str, Any], hr: dict[str, Any]) -
     }
 
 
+COMPARE_KEYS = ("us_per_batch", "server_cpu_pct", "p50_ms", "p99_ms", "delivered_ratio", "batches_per_s",
+                "compact_poses_in_per_s", "generator_cpu_pct", "other_cpu_pct", "load_avg_1min", "limited_by")
+"""What each run of the pose-form comparison keeps."""
+
+
+def _compare_pose_frames(main: dict[str, Any], forms: list[int], n: int, rate: float, seconds: float, procs: int,
+                         work: Path, tick: float, rounds: int) -> dict[str, Any]:
+    """The same load with each pose form, in one invocation: the main run (the first form) and then
+    runs alternating the forms (`rounds` per form in all, main included: A B, A B B A, ...), so a
+    change in the machine's background load falls on both. Reports each run and, per form, the
+    median relay CPU per delivered batch (`us_per_batch`: one client tick, its pose in and its batch
+    out) as `us_per_batch_pose_frames_<form>`."""
+    runs: dict[int, list[dict[str, Any]]] = {f: [] for f in forms}
+    runs[forms[0]].append(main)
+    order: list[int] = []
+    for k in range(rounds):
+        order += forms if k % 2 == 0 else forms[::-1]
+    for f in order[1:]:  # the first is the main run
+        run = _measure("relay", n, rate, seconds, procs, work, tick, pose_frames=f)
+        print(f"frames={f} N={n}: {run}", flush=True)
+        runs[f].append(run)
+    out: dict[str, Any] = {"pose_frames_runs": {str(f): [{k: r.get(k) for k in COMPARE_KEYS} for r in rs]
+                                                for f, rs in runs.items()}}
+    for f, rs in runs.items():
+        costs = [r["us_per_batch"] for r in rs if r.get("us_per_batch")]
+        out[f"us_per_batch_pose_frames_{f}"] = round(float(np.median(costs)), 1) if costs else None
+        out[f"server_cpu_pct_pose_frames_{f}"] = round(float(np.median([r["server_cpu_pct"] for r in rs])), 1)
+        p99s = [r["p99_ms"] for r in rs if r.get("p99_ms") is not None]
+        out[f"p99_ms_pose_frames_{f}"] = round(float(np.median(p99s)), 2) if p99s else None
+    one, two = out.get("us_per_batch_pose_frames_1"), out.get("us_per_batch_pose_frames_2")
+    if one and two:
+        out["us_per_batch_1_vs_2"] = round(one / two, 3)
+    return out
+
+
 def run_bench(args: argparse.Namespace, config: Config) -> int:
     from deeproom.bench import emit
 
     n, rate, seconds, procs = int(args.clients), float(args.rate), float(args.seconds), max(1, int(args.procs))
     tick = float(getattr(args, "tick_hz", 30.0))
     hostile = int(getattr(args, "hostile", 0) or 0)
+    forms = list(dict.fromkeys(int(f) for f in (getattr(args, "pose_frames", None) or [1])))
+    frames = forms[0]  # the form of every run but the comparison's
     if n < 2:
         raise SystemExit("--clients must be at least 2 (poses go to the others)")
     with tempfile.TemporaryDirectory(prefix="deeproom-bench-relay-") as tmp:
         work = Path(tmp)
-        main = _measure("relay", n, rate, seconds, procs, work, tick, secure=hostile > 0)
+        main = _measure("relay", n, rate, seconds, procs, work, tick, secure=hostile > 0, pose_frames=frames)
         main.pop("hostile_tally")
         print(f"relay   N={n}: {main}", flush=True)
         result: dict[str, Any] = {"bench": "relay", "clients": n, "rate_hz": rate, "tick_hz": tick, "seconds": seconds, **main}
+        if len(forms) > 1:
+            result.update(_compare_pose_frames(main, forms, n, rate, seconds, procs, work, tick,
+                                               int(getattr(args, "compare_rounds", 1) or 1)))
         if hostile:
             hr = _measure("relay", n, rate, max(seconds, HOSTILE_WINDOWS * HOSTILE_WINDOW_S), procs, work, tick,
-                          secure=True, hostile=hostile, hostile_window_s=HOSTILE_WINDOW_S)
+                          secure=True, hostile=hostile, hostile_window_s=HOSTILE_WINDOW_S, pose_frames=frames)
             print(f"hostile N={n}+{hostile}: {hr}", flush=True)
             result.update(_hostile_figures(hostile, main, hr))
         if not args.no_baseline:
@@ -758,7 +805,7 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
         if nodes > 1:
             # the same load (same room size, rate, seconds) split across nodes through Redis; the
             # single-node figures are the main run's above, measured in this same invocation
-            mr = _measure_nodes(n, nodes, rate, seconds, procs, work, tick)
+            mr = _measure_nodes(n, nodes, rate, seconds, procs, work, tick, pose_frames=frames)
             print(f"nodes={nodes} N={n}: {mr}", flush=True)
             result.update({
                 "nodes": nodes,
@@ -787,7 +834,7 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
             sweep: list[dict[str, Any]] = []
             sweep_max = int(getattr(args, "sweep_max", 300) or 300)
             for size in (x for x in SWEEP_SIZES if x <= sweep_max):
-                r = _measure("relay", size, rate, max(3.0, seconds / 2), procs, work, tick)
+                r = _measure("relay", size, rate, max(3.0, seconds / 2), procs, work, tick, pose_frames=frames)
                 print(f"sweep   N={size}: {r}", flush=True)
                 sweep.append({k: r.get(k) for k in SWEEP_KEYS} | {"clients": size})
                 if r["p99_ms"] is not None and r["p99_ms"] <= 100.0 and r["delivered_ratio"] >= 0.95:
@@ -801,6 +848,7 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
                     knee_found = knee_found or misses >= 2
             result["sweep"] = sweep
             result["sweep_max"] = sweep_max
+            result["sweep_pose_frames"] = frames
             result["max_clients_p99_le_100ms"] = best
             after = [p for p in sweep if best is None or p["clients"] > best]
             # what ran out just past the knee: the relay, the generator, or the machine (others' load)
@@ -818,7 +866,7 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
             result.update(_fitted_projection(model, 300, rate, tick))
         if args.memory_seconds > 0:
             mem = _measure("relay", n, rate, float(args.memory_seconds), procs, work, tick, secure=hostile > 0,
-                           hostile=hostile)
+                           hostile=hostile, pose_frames=frames)
             print(f"memory  N={n}{f'+{hostile} hostile' if hostile else ''} {args.memory_seconds}s: {mem}", flush=True)
             result["memory_seconds"] = args.memory_seconds
             result["memory_rss_start_mb"] = mem["server_rss_start_mb"]

@@ -70,6 +70,13 @@ def register(commands: Any, bench: Any) -> None:
                    help="also run this long at the given load and report relay RSS at start and end")
     b.add_argument("--no-baseline", action="store_true", help="skip the naive forward-every-pose relay")
     b.add_argument("--tick-hz", type=float, default=30.0, help="the relay's presence batches per second (default 30)")
+    b.add_argument("--pose-frames", type=int, nargs="+", choices=(1, 2), default=[1], metavar="1|2",
+                   help="how the clients send poses: 1 = compact pose (one websocket frame), 2 = the two-frame "
+                        "`pose` event (older clients); default 1. Two values (e.g. 1 2): the main load also runs "
+                        "with the other form in the same invocation and both us_per_batch are reported "
+                        "(every other run uses the first)")
+    b.add_argument("--compare-rounds", type=int, default=1, metavar="N",
+                   help="with two --pose-frames: runs per form, alternating (default 1)")
     b.add_argument("--hostile", type=int, nargs="?", const=10, default=0, metavar="N",
                    help="also run with N hostile clients (default 10) cycling through refused messages, floods, "
                         "join storms and upload hoarding; compares p99 and counts stored-state changes")
