@@ -8,7 +8,7 @@
 
 import { io } from 'socket.io-client';
 import * as Y from 'yjs';
-import { decodeBatch, encodePose, readStateVector, seqNewer, toU8 } from './wire.js';
+import { decodeBatch, encodeCompactPose, encodePose, readStateVector, seqNewer, toU8 } from './wire.js';
 import { sha256hex } from './sha256.js';
 
 const CHUNK = 256 * 1024;
@@ -46,6 +46,7 @@ export class RoomConnection extends EventTarget {
     this.joined = false;
     this.final = null; // a refusal that ends retrying
     this.tickHz = 30;
+    this.compactPose = false; // the relay takes compact poses (its join ack says so)
     this.batchesRead = 0;
     this.lastPa = 0;
     this.seq = 0;
@@ -105,6 +106,7 @@ export class RoomConnection extends EventTarget {
     // the relay's SFU (if it has one): the only SFU the page's voice will talk to
     this.sfuUrl = typeof ack.sfu === 'string' && /^https?:\/\//.test(ack.sfu) && ack.sfu.length <= 2048 ? ack.sfu : null;
     this.tickHz = ack.tick_hz || 30;
+    this.compactPose = ack.compact_pose === true;
     this.joined = true;
     for (const ev of ack.streams || []) this._emit('event', ev);
     this._emit('status', { connected: true, role: this.role });
@@ -159,7 +161,15 @@ export class RoomConnection extends EventTarget {
   sendPose(head, pointer, speaking) {
     if (!this.joined) return;
     this.seq = (this.seq + 1) >>> 0;
-    this.socket.emit('pose', encodePose({ seq: this.seq, head, pointer, speaking }), this.batchesRead);
+    const pose = encodePose({ seq: this.seq, head, pointer, speaking });
+    const engine = this.socket.io.engine;
+    if (this.compactPose && engine) {
+      // one binary Engine.IO message, no Socket.IO packet (docs/protocol.md §8): the socket.io-client
+      // engine sends an ArrayBuffer/Uint8Array given to write() as one binary websocket frame
+      engine.write(encodeCompactPose(pose, this.batchesRead));
+    } else {
+      this.socket.emit('pose', pose, this.batchesRead); // a relay without compact poses
+    }
     this.lastPa = this.batchesRead;
   }
 

@@ -32,6 +32,17 @@ export function encodePose(pose, sentAt = Date.now() / 1000) {
   return new Uint8Array(buf);
 }
 
+/** A compact pose (§8): one binary Engine.IO message — 0xC1, u32 LE batchesRead, the pose bytes. */
+export function encodeCompactPose(poseBytes, batchesRead) {
+  const out = new Uint8Array(5 + poseBytes.byteLength);
+  out[0] = COMPACT_POSE;
+  new DataView(out.buffer).setUint32(1, batchesRead >>> 0, true);
+  out.set(poseBytes, 5);
+  return out;
+}
+
+export const COMPACT_POSE = 0xc1;
+
 function clampCoord(x) {
   return Number.isFinite(x) ? Math.max(-MAX_COORD, Math.min(MAX_COORD, x)) : 0;
 }
