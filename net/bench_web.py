@@ -24,6 +24,12 @@ with Debian's chromedriver) on the page the relay serves. Measured:
   `page_render_p50_ms`, `page_render_p99_ms`: main-thread ms of each), its long tasks (over
   50 ms: `page_long_tasks`, `page_long_task_max_ms`) and the machine's load average.
 
+The page adapts its render resolution to what its frames cost (`net/web/src/quality.js`);
+`--quality full` pins full resolution and `--quality both` measures fps and moves in both, the
+moves in alternating blocks (auto, full, auto, full) so both see the same load, full's keys
+ending in `_full`. `render_scale_during_moves` is the auto scale averaged over each auto
+block, `render_scale_end` where it settled.
+
 The relay runs as its own process (`deeproom serve`), as deployed; `--relay embedded` puts it
 in this process's event loop with the clients (the earlier runs).
 
@@ -206,8 +212,10 @@ class RelayProcess:
         await asyncio.to_thread(_stop_process, self.proc, self.log)
 
 
-_LONG_TASKS = ("window.__longTasks = []; new PerformanceObserver((l) => { for (const e of l.getEntries()) "
-               "window.__longTasks.push(e.duration); }).observe({type: 'longtask'});")
+_LONG_TASKS = ("window.__longTasks = []; if (!window.__longTaskObserver) { window.__longTaskObserver = "
+               "new PerformanceObserver((l) => { for (const e of l.getEntries()) window.__longTasks.push(e.duration); }); "
+               "window.__longTaskObserver.observe({type: 'longtask'}); }")
+"""One observer for the page's long tasks (over 50 ms); each run of this empties the list."""
 
 
 def _loadavg() -> float:
@@ -222,7 +230,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     from deeproom.net.voice.room import RoomVoice
 
     out: dict[str, Any] = {"moves": args.moves, "width": args.width, "height": args.height, "relay": args.relay,
-                           "loadavg_1m_at_start": _loadavg()}
+                           "quality": args.quality, "loadavg_1m_at_start": _loadavg()}
     with tempfile.TemporaryDirectory(prefix="deeproom-bench-web-") as tmp:
         relay_cm: Any = RelayProcess(Path(tmp) / "relay") if args.relay == "process" else \
             EmbeddedRelay(data_dir=Path(tmp) / "relay")
@@ -235,27 +243,33 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 # join: page request to every panel drawn
                 t0 = time.time()
-                await asyncio.to_thread(d.get, f"{relay.url}/r/bench-web?id=zz-browser&name=Browser&voice=1")
+                start_mode = "auto" if args.quality == "both" else args.quality
+                await asyncio.to_thread(d.get, f"{relay.url}/r/bench-web?id=zz-browser&name=Browser&voice=1"
+                                        f"&quality={start_mode}")
                 state = await _until(d, "s.allDrawnAt !== null", 60)
                 out["browser_join_s"] = round((state["timeOrigin"] + state["allDrawnAt"]) / 1000 - t0, 3)
                 out["panels_drawn"] = sum(p["status"] == "drawn" for p in state["panels"].values())
                 out["panels_failed"] = sum(p["status"] == "error" for p in state["panels"].values())
 
+                modes = ["auto", "full"] if args.quality == "both" else [args.quality]
                 # fps drawing every frame (the page draws only on changes otherwise, as in XR it draws all)
-                await asyncio.to_thread(d.execute_script, "window.deeproom.continuous(true)")
-                await asyncio.sleep(0.5)
-                state = await _state(d)
-                f0, c0 = state["frames"], time.monotonic()
-                await asyncio.sleep(args.fps_seconds)
-                state = await _state(d)
-                out["browser_fps"] = round((state["frames"] - f0) / (time.monotonic() - c0), 1)
+                for mode in modes:
+                    await _set_quality(d, mode)
+                    fps = await _fps(d, args.fps_seconds)
+                    out["browser_fps" + _suffix(mode, modes)] = fps
+                    if mode == "auto":
+                        out["fps_render_scale"] = (await _state(d))["quality"]["scale"]
                 await asyncio.to_thread(d.execute_script, "window.deeproom.continuous(false)")
                 await asyncio.sleep(0.3)
                 idle0 = (await _state(d))["frames"]
                 await asyncio.sleep(2.0)
                 out["idle_frames_per_s"] = ((await _state(d))["frames"] - idle0) / 2  # a still room draws nothing
 
-                # moves: host → browser (drawn), host → Python observer (baseline)
+                # moves: host → browser (drawn), host → Python observer (baseline); with both qualities
+                # in alternating blocks (auto, full, auto, full), so both see the same load
+                blocks = [m for _ in range(2) for m in modes] if len(modes) > 1 else modes
+                per_block = args.moves // 2 if len(modes) > 1 else args.moves
+                x_next = -2.9
                 async with RoomClient(relay.url, room="bench-web", name="Observer") as observer:
                     seen: dict[float, float] = {}
 
@@ -265,41 +279,64 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                             seen.setdefault(round(p.transform.position[0], 4), time.time())
 
                     sub = observer.observe(on_change)
-                    await asyncio.to_thread(d.execute_script, "window.deeproom.moves(); window.deeproom.applied(); "
-                                            "window.deeproom.renderMs(); " + _LONG_TASKS)
-                    sent: dict[float, float] = {}
-                    for i in range(args.moves):
-                        x = round(-2.9 + 0.0005 * (i + 1), 4)
-                        sent[x] = time.time()
-                        await host.apply({"op": "move_panel", "panel_id": "image",
-                                          "transform": {"position": [x, 2.2, 3.0]}})
-                        await asyncio.sleep(1 / args.move_hz)
-                    await asyncio.sleep(0.5)
+                    got: dict[str, dict[str, list[Any]]] = {m: {"sent": [], "log": [], "applied": [], "render": [],
+                                                                "long": [], "scales": []} for m in modes}
+                    for mode in blocks:
+                        await _set_quality(d, mode)
+                        await asyncio.to_thread(d.execute_script, "window.deeproom.moves(); window.deeproom.applied(); "
+                                                "window.deeproom.renderMs(); " + _LONG_TASKS)
+                        t_start = await asyncio.to_thread(d.execute_script, "return performance.now()")
+                        sent: dict[float, float] = {}
+                        for _ in range(per_block):
+                            x_next = round(x_next + 0.0005, 4)
+                            sent[x_next] = time.time()
+                            await host.apply({"op": "move_panel", "panel_id": "image",
+                                              "transform": {"position": [x_next, 2.2, 3.0]}})
+                            await asyncio.sleep(1 / args.move_hz)
+                        await asyncio.sleep(0.5)
+                        g = got[mode]
+                        g["sent"].append(sent)
+                        g["log"] += await asyncio.to_thread(d.execute_script, "return window.deeproom.moves()")
+                        g["applied"] += await asyncio.to_thread(d.execute_script, "return window.deeproom.applied()")
+                        g["render"] += await asyncio.to_thread(d.execute_script, "return window.deeproom.renderMs()")
+                        g["long"] += await asyncio.to_thread(d.execute_script, "return window.__longTasks") or []
+                        q = (await _state(d))["quality"]
+                        t_end = await asyncio.to_thread(d.execute_script, "return performance.now()")
+                        g["scales"].append(_scale_over(q["changes"], t_start, t_end))
                     sub.unsubscribe()
-                    log = await asyncio.to_thread(d.execute_script, "return window.deeproom.moves()")
-                    applied = await asyncio.to_thread(d.execute_script, "return window.deeproom.applied()")
-                    render_ms = await asyncio.to_thread(d.execute_script, "return window.deeproom.renderMs()")
-                    long_tasks = await asyncio.to_thread(d.execute_script, "return window.__longTasks")
-                # Moves go up in x: a move counts as drawn (applied) in the first frame (update)
-                # showing it or a later one -- several moves arriving during one frame are
-                # drawn together, and only the last of them is in the page's log.
-                browser_ms = _arrivals(sent, [(x, at / 1000) for pid, x, at in log if pid == "image"])
-                doc_ms = _arrivals(sent, [(x, at / 1000) for pid, x, at in applied if pid == "image"])
-                python_ms = [(seen[x] - t) * 1000 for x, t in sent.items() if x in seen]
-                out["moves_seen_by_browser"] = len(log)
-                out["move_to_browser_p50_ms"] = round(statistics.median(browser_ms), 1) if browser_ms else None
-                out["move_to_browser_p99_ms"] = round(_p99(browser_ms), 1)
-                out["move_to_browser_doc_p99_ms"] = round(_p99(doc_ms), 1)  # in the page's Y.Doc, before a frame
-                out["move_to_python_p99_ms"] = round(_p99(python_ms), 1)
-                # where the time goes (diagnostics): the same moves' medians, the page's render calls
-                # (main-thread ms per frame) and its long tasks (over 50 ms) during the moves
-                out["move_to_browser_doc_p50_ms"] = round(statistics.median(doc_ms), 1) if doc_ms else None
-                out["move_to_python_p50_ms"] = round(statistics.median(python_ms), 1) if python_ms else None
-                out["page_frames_during_moves"] = len(render_ms)
-                out["page_render_p50_ms"] = round(statistics.median(render_ms), 1) if render_ms else None
-                out["page_render_p99_ms"] = round(_p99(render_ms), 1) if render_ms else None
-                out["page_long_tasks"] = len(long_tasks or [])
-                out["page_long_task_max_ms"] = round(max(long_tasks), 1) if long_tasks else 0.0
+                for mode in modes:
+                    g = got[mode]
+                    browser_ms, doc_ms, python_ms = [], [], []
+                    for sent in g["sent"]:
+                        # Moves go up in x: a move counts as drawn (applied) in the first frame (update)
+                        # showing it or a later one -- several moves arriving during one frame are
+                        # drawn together, and only the last of them is in the page's log.
+                        browser_ms += _arrivals(sent, [(x, at / 1000) for pid, x, at in g["log"] if pid == "image"])
+                        doc_ms += _arrivals(sent, [(x, at / 1000) for pid, x, at in g["applied"] if pid == "image"])
+                        python_ms += [(seen[x] - t) * 1000 for x, t in sent.items() if x in seen]
+                    sfx = _suffix(mode, modes)
+                    out["moves_seen_by_browser" + sfx] = len(g["log"])
+                    out["move_to_browser_p50_ms" + sfx] = round(statistics.median(browser_ms), 1) if browser_ms else None
+                    out["move_to_browser_p99_ms" + sfx] = round(_p99(browser_ms), 1)
+                    out["move_to_browser_doc_p99_ms" + sfx] = round(_p99(doc_ms), 1)  # in the page's Y.Doc
+                    out["move_to_python_p99_ms" + sfx] = round(_p99(python_ms), 1)
+                    # where the time goes (diagnostics): the same moves' medians, the page's render calls
+                    # (main-thread ms per frame) and its long tasks (over 50 ms) during the moves
+                    out["move_to_browser_doc_p50_ms" + sfx] = round(statistics.median(doc_ms), 1) if doc_ms else None
+                    out["move_to_python_p50_ms" + sfx] = round(statistics.median(python_ms), 1) if python_ms else None
+                    render_ms, long_tasks = g["render"], g["long"]
+                    out["page_frames_during_moves" + sfx] = len(render_ms)
+                    out["page_render_p50_ms" + sfx] = round(statistics.median(render_ms), 1) if render_ms else None
+                    out["page_render_p99_ms" + sfx] = round(_p99(render_ms), 1) if render_ms else None
+                    out["page_long_tasks" + sfx] = len(long_tasks)
+                    out["page_long_task_max_ms" + sfx] = round(max(long_tasks), 1) if long_tasks else 0.0
+                    if mode == "auto":  # the scale the page drew the moves at: time-weighted per block, and at the end
+                        out["render_scale_during_moves"] = [round(v, 2) for v in g["scales"]]
+                q = (await _state(d))["quality"]
+                out["render_scale_changes"] = len(q["changes"])
+                if "auto" in modes:
+                    await _set_quality(d, "auto")
+                    out["render_scale_end"] = (await _state(d))["quality"]["scale"]
 
                 # voice: an aiortc peer sends 440 Hz bursts; the page listens
                 async with RoomClient(relay.url, room="bench-web", name="Tone", participant_id="aa-tone",
@@ -331,6 +368,37 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["loadavg_1m_at_end"] = _loadavg()
     return out
+
+
+def _suffix(mode: str, modes: list[str]) -> str:
+    """Keys of the first quality measured are bare; the other's end in `_full` / `_auto`."""
+    return "" if mode == modes[0] else f"_{mode}"
+
+
+async def _set_quality(d: Any, mode: str) -> None:
+    await asyncio.to_thread(d.execute_script, "window.deeproom.quality.setMode(arguments[0])", mode)
+    await asyncio.sleep(0.2)
+
+
+async def _fps(d: Any, seconds: float) -> float:
+    """Frames per second drawing every frame, after a second to settle (auto: to adapt)."""
+    await asyncio.to_thread(d.execute_script, "window.deeproom.continuous(true)")
+    await asyncio.sleep(1.0)
+    f0, c0 = (await _state(d))["frames"], time.monotonic()
+    await asyncio.sleep(seconds)
+    return round(((await _state(d))["frames"] - f0) / (time.monotonic() - c0), 1)
+
+
+def _scale_over(changes: list[list[Any]], t0: float, t1: float) -> float:
+    """The auto render scale averaged over the page-clock window [t0, t1] (ms), from the page's
+    changes ([ms, scale, why]; before the first, 1)."""
+    scale = next((float(c[1]) for c in reversed(changes) if c[0] <= t0), 1.0)
+    total, at = 0.0, t0
+    for ms, s, _why in (c for c in changes if t0 < c[0] <= t1):
+        total += scale * (ms - at)
+        scale, at = float(s), ms
+    total += scale * (t1 - at)
+    return total / (t1 - t0) if t1 > t0 else scale
 
 
 async def _state(d: Any) -> dict[str, Any]:

@@ -91,6 +91,9 @@ def register(commands: Any, bench: Any) -> None:
     w.add_argument("--height", type=int, default=720, help="page height in pixels (default 720)")
     w.add_argument("--relay", choices=("process", "embedded"), default="process",
                    help="the relay as its own process (default, as deployed) or inside this process")
+    w.add_argument("--quality", choices=("auto", "full", "both"), default="auto",
+                   help="the page's render resolution: auto (adapts to frame cost, default), full, or both "
+                        "(fps and moves in alternating blocks; full's keys end in _full)")
     w.set_defaults(func=cmd_bench_web)
 
 
