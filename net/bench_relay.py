@@ -318,8 +318,11 @@ PHASE_SETTLE_S = 1.0
 
 
 def _phase_marks(server: Any, url: str, t0: float, t1: float, window: float) -> list[dict[str, Any]]:
-    """Relay CPU and counters at the measured part of each phase window (from `PHASE_SETTLE_S` into
-    it to its end); sleeps through the windows. Window k is hostile when k is odd."""
+    """Relay CPU, the machine's busy time and the relay's counters at the measured part of each phase
+    window (from `PHASE_SETTLE_S` into it to its end); sleeps through the windows. Window k is
+    hostile when k is odd."""
+    import psutil
+
     marks: list[dict[str, Any]] = []
     k = 0
     while t0 + k * window < t1 - 1e-6:
@@ -331,6 +334,7 @@ def _phase_marks(server: Any, url: str, t0: float, t1: float, window: float) -> 
             time.sleep(max(0.0, at - time.time()))
             sample["wall" + edge] = time.monotonic()
             sample["cpu" + edge] = _cpu(server)
+            sample["machine" + edge] = _busy(psutil.cpu_times())
             with contextlib.suppress(Exception):
                 sample["stats" + edge] = _stats(url)
         marks.append(sample)
@@ -353,6 +357,7 @@ def _phase_figures(marks: list[dict[str, Any]], latencies: np.ndarray, arrivals:
         lat = latencies[sel] if latencies.size == arrivals.size else np.zeros(0)
         wall = sum(m["wall1"] - m["wall0"] for m in mine)
         cpu = sum(m["cpu1"] - m["cpu0"] for m in mine)
+        machine = sum(m["machine1"] - m["machine0"] for m in mine)
         with_stats = [m for m in mine if "stats0" in m and "stats1" in m]
         ticks = sum(m["stats1"]["ticks"] - m["stats0"]["ticks"] for m in with_stats)
         late10 = sum(m["stats1"]["ticks_late_10ms"] - m["stats0"]["ticks_late_10ms"] for m in with_stats)
@@ -365,6 +370,7 @@ def _phase_figures(marks: list[dict[str, Any]], latencies: np.ndarray, arrivals:
             "p99_by_window_ms": [round(float(np.percentile(latencies[in_marks & (k == m["k"])], 99)), 1)
                                  if np.any(in_marks & (k == m["k"])) else None for m in mine],
             "relay_cpu_pct": round(100.0 * cpu / wall, 1) if wall else None,
+            "machine_cpu_pct": round(100.0 * machine / wall, 1) if wall else None,
             "tick_late_mean_ms": round(late_ms / ticks, 2) if ticks else None,
             "ticks_late_10ms_pct": round(100.0 * late10 / ticks, 2) if ticks else None,
         }
