@@ -119,6 +119,7 @@ class AvatarView:
         if name != self.name:
             self.name = name
             self.tag.text = name
+            self.tag.background = True  # Ursina sizes the background once, for the text it had then
         if colour != self.colour:
             self.colour = colour
             c = colormap.hex_rgb(colour)

@@ -46,7 +46,9 @@ while time.monotonic() < end:
 app.step(3)
 av = app.avatars[bob.participant_id]
 x, y = app.world_to_screen(first)
-out["first"] = {"screen": [x, y], "pixel": pixel(app, x, y), "name": av.tag.text, "head": av.head_pos.tolist()}
+lo, hi = av.tag.getTightBounds(av.root)
+out["first"] = {"screen": [x, y], "pixel": pixel(app, x, y), "name": av.tag.text, "head": av.head_pos.tolist(),
+                "tag_width": float(hi[0] - lo[0]), "id_len": len(bob.participant_id)}
 second = (-0.6, 1.4, 2.5)
 end = time.monotonic() + 30
 while time.monotonic() < end:
@@ -114,6 +116,8 @@ def test_remote_avatar_appears_where_its_pose_says(tmp_path: Path) -> None:
     out = parse(proc.returncode, proc.stdout, proc.stderr)
     bob = (0x20, 0xE0, 0x40)
     assert out["first"]["name"] == "Bob"
+    # the tag's background fits "Bob", not the participant id the avatar was made with
+    assert out["first"]["tag_width"] < 0.35, out["first"]
     assert close(out["first"]["pixel"], bob), out["first"]
     assert close(out["second"]["pixel"], bob), out["second"]
     assert not close(out["second"]["old_pixel"], bob, tol=40)  # it left its old place
