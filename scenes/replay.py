@@ -442,7 +442,9 @@ class TimelineView:
             b = Entity(parent=self.root, model="quad", scale=(BUTTON, ROW), position=(g.button_u(i), g.button_v, 0.003),
                        color=color.rgb(0.2, 0.32, 0.55))
             label = "play" if i == 0 else f"{SPEEDS[i - 1]:g}x"
-            t = Text(label, parent=self.root, origin=(0, 0), scale=1.6, position=(g.button_u(i), g.button_v, -0.001),
+            # "pause" is the longest label: smaller on the play button so it stays inside it
+            t = Text(label, parent=self.root, origin=(0, 0), scale=1.3 if i == 0 else 1.6,
+                     position=(g.button_u(i), g.button_v, -0.001),
                      color=color.rgb(0.95, 0.96, 1))
             self.buttons.append((b, t))
         self.clock_text = Text("", parent=self.root, origin=(0.5, 0), scale=1.6,
