@@ -40,8 +40,9 @@ from deeproom.state import check_json
 
 PROTOCOL_VERSION = 1
 
-EVENT_KINDS = ("signal", "stream", "steer", "summon", "watch")
-"""Kinds of `event` the relay forwards."""
+EVENT_KINDS = ("signal", "stream", "steer", "summon", "watch", "voice_segment")
+"""Kinds of `event` a client may send. All are forwarded but `voice_segment`, which the relay
+checks and keeps in the room's recording (`deeproom.net.recording.voice`)."""
 
 MAX_MESSAGE_BYTES = 1280 * 1024
 """Engine.IO closes a connection that sends one message bigger than this (read from the frame's
@@ -50,7 +51,7 @@ is an `event` of `MAX_TEXT_CHARS["event"]` (1 MiB), the largest binary a blob ch
 MAX_OP_BYTES = 64 * 1024
 """An operation as JSON (content sources are capped at 16 KiB by the core)."""
 MAX_EVENT_BYTES = {"signal": 64 * 1024, "stream": 256 * 1024, "steer": 16 * 1024, "summon": 4 * 1024,
-                   "watch": 1024}
+                   "watch": 1024, "voice_segment": 1024}
 """Largest payload per event kind."""
 MAX_POSE_BYTES = 256
 """A pose (deeproom.presence encoding) is at most this many bytes."""
@@ -67,10 +68,6 @@ MAX_UPLOADS_PER_CLIENT = 4
 MAX_STATE_VECTOR = 64 * 1024
 MAX_DEPTH = 16
 """Deepest nesting of a payload (an op, an event's payload)."""
-EVENT_KINDS = (*EVENT_KINDS, "voice_segment")
-"""`voice_segment` is not forwarded: the relay checks it and keeps it in the room's recording
-(`deeproom.net.recording.voice`)."""
-MAX_EVENT_BYTES["voice_segment"] = 1024
 MAX_TEXT_CHARS = {"op": 4 * MAX_OP_BYTES, "event": 4 * MAX_EVENT_BYTES["stream"], "pose": 4096, "pa": 4096}
 """Longest text of one message by event name (other events: `MAX_TEXT_CHARS_OTHER`), checked
 before the JSON is decoded: four times the payload cap (numbers and escapes take more room as
