@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +56,42 @@ def start_relay_process(data_dir: Path, port: int, *extra: str) -> subprocess.Po
     )
     log.close()
     return proc
+
+
+class RedisNodes:
+    """`deeproom serve --redis URL` processes sharing rooms (node i in `tmp/node<i+1>`), started
+    and waited for on entry, stopped by PID on exit; `kill(i)` and `restart(i)` for outages."""
+
+    def __init__(self, tmp: Path, redis_url: str, *extra: str, n: int = 2) -> None:
+        self.dirs = [tmp / f"node{i + 1}" for i in range(n)]
+        self.ports = [free_port() for _ in range(n)]
+        self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
+        self.args = ("--redis", redis_url, *extra)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> RedisNodes:
+        try:
+            for d, port in zip(self.dirs, self.ports, strict=True):
+                d.mkdir()
+                self.procs.append(start_relay_process(d, port, *self.args))
+            for proc, port in zip(self.procs, self.ports, strict=True):
+                wait_for_port(port, proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            stop(proc)
+
+    def kill(self, i: int) -> None:
+        os.kill(self.procs[i].pid, signal.SIGKILL)
+        self.procs[i].wait(10)
+
+    def restart(self, i: int) -> None:
+        self.procs[i] = start_relay_process(self.dirs[i], self.ports[i], *self.args)
+        wait_for_port(self.ports[i], self.procs[i])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:

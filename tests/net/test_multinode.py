@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from deeproom.net import RoomClient
 from deeproom.presence import Pose
 
-from .conftest import eventually, free_port, start_relay_process, stop, wait_for_port
+from .conftest import RedisNodes, eventually
 
 
 def panel(pid: str) -> dict[str, object]:
@@ -22,16 +20,8 @@ def panel(pid: str) -> dict[str, object]:
 
 @pytest.mark.slow
 async def test_two_relays_share_rooms_through_redis(tmp_path: Path, redis_url: str) -> None:
-    dirs = [tmp_path / "node1", tmp_path / "node2"]
-    ports = [free_port(), free_port()]
-    procs = []
-    for d, port in zip(dirs, ports, strict=True):
-        d.mkdir()
-        procs.append(start_relay_process(d, port, "--redis", redis_url))
-    try:
-        for proc, port in zip(procs, ports, strict=True):
-            wait_for_port(port, proc)
-        url1, url2 = (f"http://127.0.0.1:{p}" for p in ports)
+    with RedisNodes(tmp_path, redis_url) as nodes:
+        url1, url2 = nodes.urls
         async with (
             RoomClient(url1, room="shared", name="Alice", backoff=(0.2, 0.5), connect_timeout=30) as alice,
             RoomClient(url2, room="shared", name="Bob", backoff=(0.2, 0.5), connect_timeout=30) as bob,
@@ -59,18 +49,14 @@ async def test_two_relays_share_rooms_through_redis(tmp_path: Path, redis_url: s
             sha = await alice.put_blob(b"weights" * 1000)
             assert await bob.get_blob(sha) == b"weights" * 1000
             # node 1 dies; the room lives on in redis and on node 2
-            os.kill(procs[0].pid, signal.SIGKILL)
-            procs[0].wait(10)
+            nodes.kill(0)
             offline = alice.submit(panel("during-outage"))
             await bob.apply(panel("b1"))
-            procs[0] = start_relay_process(dirs[0], ports[0], "--redis", redis_url)
-            wait_for_port(ports[0], procs[0])
+            nodes.restart(0)
             await asyncio.wait_for(offline, 30)
             await eventually(lambda: {"a1", "b1", "during-outage"} <= set(alice.room.panels), timeout=20)
             await eventually(lambda: alice.room.panels == bob.room.panels, timeout=20)
             async with RoomClient(url1, room="shared", name="Late", connect_timeout=30) as late:
                 assert set(late.room.panels) == {"a1", "b1", "during-outage"}
                 assert late.room.participants[alice.participant_id].role.value == "host"
-    finally:
-        for proc in procs:
-            stop(proc)
+

@@ -4,8 +4,6 @@ records the whole room once; when it is killed, the other takes over with a reco
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from deeproom.net.voice.segments import encode_ogg_opus
 from deeproom.presence import Pose
 from deeproom.recording import Player, Timeline, read_timeline
 
-from .conftest import eventually, free_port, start_relay_process, stop, wait_for_port
+from .conftest import RedisNodes, eventually
 
 ROOM = "lecture"
 
@@ -76,16 +74,8 @@ def participants_with_poses(tl: Timeline) -> set[str]:
 async def test_one_node_records_the_whole_room_and_the_other_takes_over(
     tmp_path: Path, redis_url: str
 ) -> None:
-    dirs = [tmp_path / "node1", tmp_path / "node2"]
-    ports = [free_port(), free_port()]
-    procs = []
-    for d, port in zip(dirs, ports, strict=True):
-        d.mkdir()
-        procs.append(start_relay_process(d, port, "--redis", redis_url))
-    try:
-        for proc, port in zip(procs, ports, strict=True):
-            wait_for_port(port, proc)
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
+    with RedisNodes(tmp_path, redis_url) as nodes:
+        dirs, urls = nodes.dirs, nodes.urls
         async with (
             RoomClient(
                 urls[0], room=ROOM, name="Host", backoff=(0.2, 0.5), connect_timeout=30
@@ -133,8 +123,7 @@ async def test_one_node_records_the_whole_room_and_the_other_takes_over(
             await asyncio.sleep(1.5)  # the recorder flushes once a second
 
             # --- the recording node dies; the other takes the lease over once it runs out
-            os.kill(procs[r].pid, signal.SIGKILL)
-            procs[r].wait(10)
+            nodes.kill(r)
             killed_at = time.monotonic()
             await eventually(lambda: recordings(dirs[other]), timeout=LEASE_S + 3 * CAMPAIGN_S + 5)
             takeover_s = time.monotonic() - killed_at
@@ -145,8 +134,7 @@ async def test_one_node_records_the_whole_room_and_the_other_takes_over(
                 await asyncio.sleep(0.1)
             await survivor.send_event("summon", {"position": [1.0, 1.6, -2.0], "yaw": 0.0})
             # the killed node comes back: its client reconnects and moves the panel; it must not record
-            procs[r] = start_relay_process(dirs[r], ports[r], "--redis", redis_url)
-            wait_for_port(ports[r], procs[r])
+            nodes.restart(r)
             returning = clients[r]
             await eventually(
                 lambda: returning.connected and returning.room.settings.recording, timeout=30
@@ -202,24 +190,14 @@ async def test_one_node_records_the_whole_room_and_the_other_takes_over(
             f"takeover after {takeover_s:.1f} s; first {len(first.updates)} updates (log {lo1}-{hi1}), "
             f"second {len(second.updates)} (log {lo2}-{hi2}), log {len(log)}"
         )
-    finally:
-        for proc in procs:
-            stop(proc)
+
 
 
 @pytest.mark.slow
 async def test_record_all_on_two_nodes_makes_one_recording(tmp_path: Path, redis_url: str) -> None:
     """`serve --redis URL --record` on both nodes: each node switches the room on, one records it."""
-    dirs = [tmp_path / "node1", tmp_path / "node2"]
-    ports = [free_port(), free_port()]
-    procs = []
-    for d, port in zip(dirs, ports, strict=True):
-        d.mkdir()
-        procs.append(start_relay_process(d, port, "--redis", redis_url, "--record"))
-    try:
-        for proc, port in zip(procs, ports, strict=True):
-            wait_for_port(port, proc)
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
+    with RedisNodes(tmp_path, redis_url, "--record") as nodes:
+        dirs, urls = nodes.dirs, nodes.urls
         async with (
             RoomClient(urls[0], room=ROOM, name="Host", connect_timeout=30) as host,
             RoomClient(urls[1], room=ROOM, name="Bo", connect_timeout=30) as bo,
@@ -238,6 +216,4 @@ async def test_record_all_on_two_nodes_makes_one_recording(tmp_path: Path, redis
         tl = read_timeline(path / "timeline.drrec")
         assert_each_update_once(tl, [bytes(u) for u in raw])
         assert {float(i) for i in range(6)} <= panel_positions(tl)
-    finally:
-        for proc in procs:
-            stop(proc)
+
