@@ -165,29 +165,19 @@ def _run_load(url: str, mode: str, n: int, rate: float, seconds: float, procs: i
         time.sleep(max(0.0, times[1] - time.time()))
         procs_ps = [psutil.Process(w.pid) for w in workers]
         hostile_ps = [psutil.Process(w.pid) for w in hostiles]
-        # CPU times and the wall clock together (a loaded relay can take a while to answer /health)
-        wall0 = time.monotonic()
-        cpu0 = _cpu(server)
-        ncpu0 = [_cpu(p) for p in nodes_ps]
-        rcpu0 = _cpu(redis_ps) if redis_ps is not None else 0.0
-        gcpu0 = [_cpu(p) for p in procs_ps]
-        hcpu0 = sum(_cpu(p) for p in hostile_ps)
-        machine0 = psutil.cpu_times()
-        stats0 = _stats(url) if mode == "relay" else {}
-        more0 = [_stats(u) for u in urls[1:]] if mode == "relay" else []
-        rss0 = server.memory_info().rss
+        def snapshot() -> tuple[Any, ...]:
+            """The wall clock, CPU times, the relays' counters and the relay's RSS, read together (CPU
+            times first: a loaded relay can take a while to answer /health)."""
+            return (time.monotonic(), _cpu(server), [_cpu(p) for p in nodes_ps],
+                    _cpu(redis_ps) if redis_ps is not None else 0.0, [_cpu(p) for p in procs_ps],
+                    sum(_cpu(p) for p in hostile_ps), psutil.cpu_times(),
+                    _stats(url) if mode == "relay" else {}, [_stats(u) for u in urls[1:]] if mode == "relay" else [],
+                    server.memory_info().rss)
+
+        wall0, cpu0, ncpu0, rcpu0, gcpu0, hcpu0, machine0, stats0, more0, rss0 = snapshot()
         marks = _phase_marks(server, url, times[1], times[2], hostile_window_s) if hostile_window_s > 0 else []
         time.sleep(max(0.0, times[2] - time.time()))
-        wall1 = time.monotonic()
-        cpu1 = _cpu(server)
-        ncpu1 = [_cpu(p) for p in nodes_ps]
-        rcpu1 = _cpu(redis_ps) if redis_ps is not None else 0.0
-        gcpu1 = [_cpu(p) for p in procs_ps]
-        hcpu1 = sum(_cpu(p) for p in hostile_ps)
-        machine1 = psutil.cpu_times()
-        stats1 = _stats(url) if mode == "relay" else {}
-        more1 = [_stats(u) for u in urls[1:]] if mode == "relay" else []
-        rss1 = server.memory_info().rss
+        wall1, cpu1, ncpu1, rcpu1, gcpu1, hcpu1, machine1, stats1, more1, rss1 = snapshot()
         sent = entries = batches_in = disconnected = probes_n = probe_sent = probe_delivered = skipped = errors = 0
         lat: list[np.ndarray] = []
         arrived: list[np.ndarray] = []
