@@ -190,6 +190,7 @@ class RelayServer:
         # Say goodbye to every client first; otherwise aiohttp waits for open websockets.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.sio.shutdown(), 5)
+        await self.sio.end_background_tasks()  # each socket's pending ping, the ping-timeout service
         if self._runner is not None:
             with contextlib.suppress(Exception):
                 await self._runner.cleanup()

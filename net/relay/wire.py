@@ -43,6 +43,7 @@ import asyncio
 import json
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -156,6 +157,24 @@ class RelaySocketServer(socketio.AsyncServer):
         self._swallow: dict[str, int] = {}
         """Attachments still to come of a binary message refused from its head, per Engine.IO socket."""
         self._closing_tasks: set[asyncio.Task[Any]] = set()
+        # Engine.IO's own tasks (each socket's next ping sleeps 5 s, the ping-timeout service),
+        # kept so that closing the relay ends them rather than leaving them to be destroyed pending.
+        self._eio_tasks: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
+        start = self.eio.start_background_task
+
+        def tracked(target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            task = start(target, *args, **kwargs)
+            self._eio_tasks.add(task)
+            return task
+
+        self.eio.start_background_task = tracked  # type: ignore[method-assign]
+
+    async def end_background_tasks(self) -> None:
+        """Cancel Engine.IO's tasks still pending (after `shutdown`, when the relay closes)."""
+        pending = [t for t in self._eio_tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # --- receiving ----------------------------------------------------------------------
 
