@@ -704,7 +704,10 @@ def _hostile_figures(hostile: int, normal: dict[str, Any], hr: dict[str, Any]) -
         "normal_only_run_p99_ms": normal["p99_ms"],
         "normal_relay_cpu_pct": quiet["relay_cpu_pct"],
         "hostile_relay_cpu_pct": loud["relay_cpu_pct"],
+        # entries the relay scheduled include the hostile members' own batches, which they never
+        # confirm (so they are skipped): coverage is what the normal clients' probes missed
         "hostile_delivered_ratio": hr["delivered_ratio"],
+        "hostile_pose_coverage": hr["pose_coverage"],
         "hostile_state_changes": hr["state_changes"],
         "hostile_normal_clients_dropped": hr["normal_clients_dropped"],
         "relay_rss_growth_mb": hr["server_rss_growth_mb"],
