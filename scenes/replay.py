@@ -33,7 +33,6 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +55,7 @@ from deeproom.scenes.session import (
     SceneMessage,
     StatusUpdate,
 )
-from deeproom.state import Room
+from deeproom.state import Room, is_sha256
 
 if TYPE_CHECKING:
     from deeproom.scenes.app import RoomApp
@@ -70,7 +69,6 @@ CATCH_UP_S = 5.0
 """A follower this far behind a playing driver plays forward to it (passing its summons); further, it seeks."""
 VIEWER_ID = "replay-viewer"
 """The viewer's participant id: never one of the recorded participants, so all of them show."""
-_SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ReadOnly(DeepRoomError):
@@ -290,7 +288,7 @@ class ReplaySession:
 
     def fetch_blob(self, sha: str) -> bytes:
         """A panel's content from the recording's blob store (the content worker's thread)."""
-        if not isinstance(sha, str) or not _SHA.match(sha):
+        if not is_sha256(sha):
             raise KeyError(f"not a blob id: {str(sha)[:20]!r}")
         if self.blobs_dir is None:
             raise KeyError("this recording has no blob store")

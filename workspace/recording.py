@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import re
 import struct
 import zlib
 from collections.abc import Iterator, Mapping
@@ -29,7 +28,7 @@ from typing import Any, BinaryIO
 from deeproom.document import RoomDocument
 from deeproom.errors import DeepRoomError
 from deeproom.presence import Pose, decode_batch, encode_batch
-from deeproom.state import Room
+from deeproom.state import Room, is_sha256
 
 FORMAT_VERSION = 2
 """The timeline format this code writes and the newest it reads. Version 2 added voice segments
@@ -42,7 +41,6 @@ _CRC = struct.Struct("<I")
 _BATCH = struct.Struct("<dI")  # time, batch length (inside a presence chunk)
 MAX_RECORD_BYTES = 64 << 20
 MAX_HEADER_BYTES = 1 << 20
-_SHA = re.compile(r"^[0-9a-f]{64}$")
 
 UPDATE, POSES, EVENT, SNAPSHOT, BLOB, CHAPTER, END, VOICE = 1, 2, 3, 4, 5, 6, 7, 8
 KIND_NAMES = {UPDATE: "room update", POSES: "presence chunk", EVENT: "event", SNAPSHOT: "snapshot",
@@ -114,7 +112,7 @@ def encode_voice_segment(segment: VoiceSegment) -> bytes:
 def decode_voice_segment(payload: bytes) -> VoiceSegment:
     d = json.loads(payload)
     seg = VoiceSegment(str(d["participant"]), str(d["sha"]), float(d["start"]), float(d["duration"]), int(d["bytes"]))
-    if not _SHA.match(seg.sha):
+    if not is_sha256(seg.sha):
         raise ValueError(f"voice segment blob {seg.sha[:70]!r} is not a sha256 id")
     if not (math.isfinite(seg.start) and 0 < seg.duration <= MAX_VOICE_SEGMENT_S and seg.bytes > 0):
         raise ValueError(f"voice segment at {seg.start} s lasting {seg.duration} s is impossible")

@@ -54,6 +54,11 @@ joins, leaves, kicks. No participant may have it as their id."""
 E = TypeVar("E", bound=StrEnum)
 
 
+def is_sha256(value: object) -> bool:
+    """Whether `value` is a blob id: 64 lowercase hex digits, nothing before or after (not even a newline)."""
+    return isinstance(value, str) and _SHA256_RE.fullmatch(value) is not None
+
+
 class PanelKind(StrEnum):
     """What a panel shows."""
 

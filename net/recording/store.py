@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from deeproom.recording import FORMAT_VERSION, NewerFormat, RecordingError, Timeline, read_timeline
+from deeproom.state import is_sha256
 
 ARCHIVE_FORMAT = "deeproom-recording-archive"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SHA = re.compile(r"^[0-9a-f]{64}$")
 MAX_MANIFEST_BYTES = 4 << 20
 
 
@@ -167,9 +167,9 @@ class RecordingStore:
                         continue
                     if name == "timeline.drrec":
                         out = target / "timeline.drrec"
-                    elif name.startswith("blobs/") and _SHA.match(name[6:]):
+                    elif name.startswith("blobs/") and is_sha256(name[6:]):
                         out = target / f".blob-{name[6:]}"
-                    elif name.startswith("voice/") and _SHA.match(name[6:]):
+                    elif name.startswith("voice/") and is_sha256(name[6:]):
                         out = target / f".voice-{name[6:]}"
                     else:
                         damage.append(f"{name}: not part of a recording, skipped")
@@ -233,7 +233,7 @@ class RecordingStore:
                               f"{FORMAT_VERSION} (open it with a DeepRoom that reads version {version})")
         for key in ("blobs", "voice"):
             if not isinstance(manifest.get(key, []), list) or not all(
-                    isinstance(s, str) and _SHA.match(s) for s in manifest.get(key, [])):
+                    is_sha256(s) for s in manifest.get(key, [])):
                 raise RecordingError(f"{src}: manifest.json lists {key} that are not sha256 ids")
         return manifest
 

@@ -182,6 +182,38 @@ def test_damaged_recordings(recorded: tuple[Path, dict[str, Any]], tmp_path: Pat
     assert ARCHIVE_FORMAT in (tmp_path / "a.tar").read_bytes()[:2048].decode("latin-1")
 
 
+def test_an_archive_naming_things_that_are_not_blob_ids_is_refused_or_skipped(tmp_path: Path) -> None:
+    """Members and manifest entries must be exactly 64 hex digits: a trailing newline or a path after
+    them is not a blob (an archive may come from anyone, a watch party's driver included)."""
+    import io
+    import json
+    import tarfile
+
+    sha = "ab" * 32
+
+    def archive(name: str, manifest_blobs: list[str]) -> Path:
+        path = tmp_path / f"a{len(list(tmp_path.iterdir()))}.tar"
+        with tarfile.open(path, "w") as tar:
+            for member, data in (
+                ("manifest.json", json.dumps({"format": ARCHIVE_FORMAT, "version": 1, "id": "x",
+                                              "blobs": manifest_blobs}).encode()),
+                (name, b"not a blob"),
+            ):
+                ti = tarfile.TarInfo(member)
+                ti.size = len(data)
+                tar.addfile(ti, io.BytesIO(data))
+        return path
+
+    with pytest.raises(RecordingError, match="not sha256 ids"):
+        RecordingStore(tmp_path / "s1").import_(archive("timeline.drrec", [sha + "\n"]))
+    for name in (f"blobs/{sha}\n", f"blobs/{sha}/../../escape", f"voice/{sha}/x"):
+        store = RecordingStore(tmp_path / "s2")
+        with pytest.raises(RecordingError, match="no timeline"):
+            store.import_(archive(name, []))
+        assert not (tmp_path / "escape").exists()
+        assert not any(p.name.startswith(".blob-") for p in (tmp_path / "s2").rglob("*"))
+
+
 def test_disk_full_stops_recording_room_goes_on(tmp_path: Path) -> None:
     """A recorder whose writes fail (a full disk: /dev/full) stops, the host is told, the room goes on."""
     if not os.path.exists("/dev/full"):
