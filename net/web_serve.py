@@ -19,7 +19,7 @@ from aiohttp import web
 WEB_DIR = Path(__file__).resolve().parent / "web"
 BUNDLE = WEB_DIR / "dist" / "deeproom.js"
 INDEX = WEB_DIR / "index.html"
-_ROOM = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_ROOM = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def headers(sfu_url: str | None = None) -> dict[str, str]:
@@ -53,7 +53,7 @@ class WebAssets:
 
     async def page(self, request: web.Request) -> web.Response:
         room = request.match_info.get("room")
-        if room is not None and not _ROOM.match(room):
+        if room is not None and not _ROOM.fullmatch(room):
             return web.Response(status=404, text="a room name is 1-64 characters from A-Z a-z 0-9 _ . : -\n")
         if not self.available:
             return _missing()
@@ -101,7 +101,7 @@ def page_link(link: str) -> str:
     if parts.scheme not in ("deeproom", "http", "https") or not parts.netloc:
         raise ValueError(f"not a DeepRoom link: {link[:80]!r}")
     room = parts.path.strip("/").removeprefix("r/")
-    if not _ROOM.match(room):
+    if not _ROOM.fullmatch(room):
         raise ValueError(f"not a room name in the link: {room[:80]!r}")
     scheme = "https" if parts.scheme == "https" else "http"
     query = f"?{parts.query}" if parts.query else ""

@@ -32,8 +32,8 @@ from deeproom.models.engine.link import EngineLink
 log = logging.getLogger(__name__)
 
 ROLE_RANK = {"viewer": 0, "member": 1, "presenter": 2, "host": 3}
-_NAME_RE = re.compile(r"^[a-z0-9_]{1,32}$")
-_RID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_NAME_RE = re.compile(r"[a-z0-9_]{1,32}")
+_RID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 PER_IMAGE = ("feature_maps", "gradcam", "gradcam_pp", "scorecam", "layercam", "saliency", "integrated_gradients",
              "occlusion", "attention")
 """Analyses computed on the chosen input (recomputed when another input is chosen)."""
@@ -446,14 +446,14 @@ class EngineService:
     def _steer(self, sender: str, payload: dict[str, Any]) -> None:
         rid = payload.get("request_id")
         action = payload.get("action")
-        if not isinstance(rid, str) or not _RID_RE.match(rid) or not isinstance(action, str):
+        if not isinstance(rid, str) or not _RID_RE.fullmatch(rid) or not isinstance(action, str):
             return  # not an action request (a training run's steer command): nothing to answer to
         panel = payload.get("panel_id")
         params = payload.get("params", {})
         req = Request(rid, action, panel if isinstance(panel, str) else "", sender,
                       dict(params) if isinstance(params, Mapping) else {})
         try:
-            if not _NAME_RE.match(action):
+            if not _NAME_RE.fullmatch(action):
                 raise Refused(f"unknown action {action[:40]!r}")
             if action == "cancel":
                 self._cancel(rid, "cancelled by request")

@@ -21,12 +21,12 @@ import torch
 
 from deeproom.models.training.errors import CheckpointError
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def check_checkpoint_name(name: Any) -> str:
     """A checkpoint name is 1-64 letters, digits, `_`, `.` or `-` (it becomes a file name)."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith("."):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.startswith("."):
         raise CheckpointError(
             f"checkpoint name must be 1-64 characters of letters, digits, _ . - (not starting with .); got {name!r:.80}"
         )

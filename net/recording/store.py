@@ -26,7 +26,7 @@ from deeproom.recording import FORMAT_VERSION, NewerFormat, RecordingError, Time
 from deeproom.state import is_sha256
 
 ARCHIVE_FORMAT = "deeproom-recording-archive"
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_MANIFEST_BYTES = 4 << 20
 
 
@@ -52,7 +52,7 @@ class ImportResult:
 
 
 def check_recording_id(rid: str) -> str:
-    if not isinstance(rid, str) or not _ID.match(rid):
+    if not isinstance(rid, str) or not _ID.fullmatch(rid):
         raise RecordingError(f"a recording id is 1-128 letters, digits, '.', '_' or '-'; got {rid!r:.140}")
     return rid
 

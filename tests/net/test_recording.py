@@ -204,6 +204,8 @@ def test_an_archive_naming_things_that_are_not_blob_ids_is_refused_or_skipped(tm
                 tar.addfile(ti, io.BytesIO(data))
         return path
 
+    with pytest.raises(RecordingError, match="recording id"):  # an id may not end in a newline either
+        RecordingStore(tmp_path / "s0").import_(archive("timeline.drrec", []), rid="x\n")
     with pytest.raises(RecordingError, match="not sha256 ids"):
         RecordingStore(tmp_path / "s1").import_(archive("timeline.drrec", [sha + "\n"]))
     for name in (f"blobs/{sha}\n", f"blobs/{sha}/../../escape", f"voice/{sha}/x"):
