@@ -267,7 +267,8 @@ class Harness:
     def __init__(self, tmp: Path) -> None:
         self.lt = LoopThread()
         # thousands of refused messages through the same sockets: no strike limit here (tested above)
-        self.relay = EmbeddedRelay(data_dir=tmp, strikes=(10**9, 10.0), pose_rate=(1e6, 1e6))
+        # nor does a pose age out between examples (a slow run takes longer than `stale_pose_s`)
+        self.relay = EmbeddedRelay(data_dir=tmp, strikes=(10**9, 10.0), pose_rate=(1e6, 1e6), stale_pose_s=1e9)
         self.lt.run(self.relay.start())
         self.host = RoomClient(self.relay.url, room="fz", name="Host", participant_id="host")
         self.lt.run(self.host.connect())
