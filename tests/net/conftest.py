@@ -176,3 +176,22 @@ def assert_tone(samples: Any, hz: float, min_rms: float = 0.15, min_voiced: floa
     got = dominant_hz(sound)
     assert abs(got - hz) < hz * TONE_TOLERANCE, f"heard {got:.1f} Hz, expected {hz:.0f} Hz"
     assert rms(sound) > min_rms, f"the {hz:.0f} Hz tone arrived at rms {rms(sound):.3f}, expected > {min_rms}"
+
+
+def assert_tone_soon(fetch: Callable[[], Any], hz: float, timeout: float = 10.0, **kw: Any) -> None:
+    """`assert_tone` on the latest window from `fetch()`, retried until it holds or `timeout` passes.
+
+    On a loaded machine a window can hold a late packet's concealment (a phase jump that moves
+    the spectrum's peak by a few hertz); the speaker is still the right one if the next windows
+    carry the tone. Fails with the last window's reason and how many windows were looked at."""
+    deadline = time.monotonic() + timeout
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            assert_tone(fetch(), hz, **kw)
+            return
+        except AssertionError as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{e} (in each of {tries} windows over {timeout:.0f} s)") from None
+        time.sleep(0.3)

@@ -134,6 +134,19 @@ out["hand_sphere"] = [app.select_sphere_at(p3, 0.05), [int(i) for i in cv.conten
 out["hand_sphere_big"] = app.select_sphere_at(cv.frame().world(0.0, 0.0), 2.0)
 out["hand_sphere_nowhere"] = app.select_sphere_at((5.0, 1.6, -3.0), 0.2)
 
+# A cloud whose trail starts ten times wider than where its points are now (an embedding that
+# contracted): the trail is drawn in the same frame as the points, on the panel, not beyond it.
+trails = np.stack([pos[:, :2] * 10.0, pos[:, :2] * 3.0, pos[:, :2]]).astype(np.float32)
+tc = put({"kind": "latent_cloud"}, {"positions": pos[:, :2], "labels": np.zeros(5, np.int16), "trails": trails})
+add("trailed", "latent_cloud", [2.0, 1.6, 2.0], [1.0, 0.8], [tc])
+settle(app)
+tv = app.panels["trailed"].content
+tnode = next(nd for nd in tv.nodes if nd.name == "cloud-trails")
+lo, hi = tnode.get_tight_bounds(tv.parent)
+out["trail_bounds"] = [[float(lo[0]), float(lo[1])], [float(hi[0]), float(hi[1])]]
+out["trail_points_span"] = float(np.ptp(tv.pos[:, 0]))
+doc.apply({"op": "remove_panel", "panel_id": "trailed"}, "host")
+
 # A model graph with 600 layers in 3 groups opens collapsed; click a group to expand it, then a layer.
 n = 600
 nodes = [{"id": i, "name": f"layer{i}", "op": "Conv", "group": i // 200, "rank": i, "order": 0, "params": 10} for i in range(n)]
@@ -193,6 +206,14 @@ def seen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
     proc = subprocess.run([sys.executable, str(path)], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     return parse(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.slow
+def test_a_clouds_trail_stays_on_its_panel(seen: dict[str, Any]) -> None:
+    (x0, y0), (x1, y1) = seen["trail_bounds"]
+    assert x0 >= -0.5 and x1 <= 0.5 and y0 >= -0.4 and y1 <= 0.4, seen["trail_bounds"]
+    assert x1 - x0 > 0.8  # the widest trail frame fills the face
+    assert 0.05 < seen["trail_points_span"] < 0.2  # the points are where they are now, inside it
 
 
 @pytest.mark.slow
