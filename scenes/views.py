@@ -348,6 +348,8 @@ GLIDE_RATE = 9.0
 """How fast a gliding panel reaches its place (1/s): ~95% within a third of a second."""
 ROOM_SCALE = 2.5
 """A latent cloud panel scaled at least this much is a room-scale cloud (drawn without its frame)."""
+MAX_TRAIL_POINTS = 3000
+"""Trails are drawn for the first this many points of a cloud."""
 TEXT_LINE = 0.025
 """Line height of an Ursina Text of scale 1, in its parent's units (`Text.size`)."""
 
@@ -371,15 +373,31 @@ class CloudView(ContentView):
         self._last_viewer: np.ndarray | None = None
         self.thumbs_shown = 0
 
-    def local_positions(self) -> np.ndarray:
+    def _fit_frame(self) -> tuple[np.ndarray, float]:
+        """Centre and span of what is drawn: the positions and, when there are trails, every trail
+        frame too, so a cloud that grew or moved keeps its trail on the panel."""
         p = self.content.positions
-        fitted, _, _ = geometry.fit_unit(p)
-        if fitted.shape[1] == 2:
-            fitted = np.concatenate([fitted, np.zeros((len(fitted), 1), np.float32)], axis=1)
+        trails = self.content.trails
+        if trails is not None and len(trails) > 1:
+            keep = min(trails.shape[1], MAX_TRAIL_POINTS)
+            p = np.concatenate([trails[:, :keep].reshape(-1, trails.shape[2]), p])
+        _, centre, span = geometry.fit_unit(p)
+        return centre, span
+
+    def _place(self, arr: np.ndarray) -> np.ndarray:
+        """Data coordinates → panel-local coordinates (the cloud floats in front of the face)."""
+        centre, span = self._fit
+        f = (np.nan_to_num(np.asarray(arr, np.float32)) - centre) / span
+        if f.shape[-1] == 2:
+            f = np.concatenate([f, np.zeros((*f.shape[:-1], 1), np.float32)], axis=-1)
         s = np.array([self.width * 0.9, self.height * 0.9, min(self.width, self.height) * 0.9], np.float32)
-        out = fitted * s
-        out[:, 2] -= s[2] * 0.5 + 0.02  # the cloud floats in front of the face
+        out = f * s
+        out[..., 2] -= s[2] * 0.5 + 0.02
         return out
+
+    def local_positions(self) -> np.ndarray:
+        self._fit = self._fit_frame()
+        return self._place(self.content.positions)
 
     def colours(self) -> np.ndarray:
         c = self.content
@@ -402,11 +420,8 @@ class CloudView(ContentView):
         trails = self.content.trails
         if trails is not None and len(trails) > 1:
             t, n_pts, _ = trails.shape
-            keep = np.arange(min(n_pts, 3000))
-            fitted_all, _, _ = geometry.fit_unit(np.concatenate([trails[:, keep].reshape(-1, trails.shape[2]),
-                                                                self.content.positions[keep]]))
-            # trails are drawn in the same fitted frame as the cloud
-            tr = self._fit_like(trails[:, keep])
+            keep = np.arange(min(n_pts, MAX_TRAIL_POINTS))
+            tr = self._place(trails[:, keep])  # in the same frame as the cloud
             pts = tr.reshape(-1, 3)
             idx = (np.arange(t - 1)[:, None] * len(keep) + np.arange(len(keep))[None, :]).ravel()
             segs = np.stack([idx, idx + len(keep)], axis=1)
@@ -415,22 +430,10 @@ class CloudView(ContentView):
             node = batch.lines("cloud-trails", pts, segs, cols, thickness=1.0)
             node.reparent_to(self.parent)
             self.nodes.append(node)
-            del fitted_all
         self.sphere = Entity(parent=self.parent, model="sphere", color=color.rgba(1, 1, 1, 0.18), enabled=False)
         self.sphere.set_transparency(TransparencyAttrib.M_alpha)
         self.box = Entity(parent=self.parent, model="wireframe_cube", color=color.white, enabled=False)
         self.entities += [self.sphere, self.box]
-
-    def _fit_like(self, arr: np.ndarray) -> np.ndarray:
-        p = self.content.positions
-        _, centre, span = geometry.fit_unit(p)
-        f = (np.asarray(arr, np.float32) - centre) / span
-        if f.shape[-1] == 2:
-            f = np.concatenate([f, np.zeros((*f.shape[:-1], 1), np.float32)], axis=-1)
-        s = np.array([self.width * 0.9, self.height * 0.9, min(self.width, self.height) * 0.9], np.float32)
-        out = f * s
-        out[..., 2] -= s[2] * 0.5 + 0.02
-        return out
 
     def recolour(self, colour_by: str) -> None:
         self.colour_by = colour_by

@@ -123,8 +123,9 @@ async def test_cloud_thumbnails_near_the_viewer_trails_and_frames(
             await eventually(lambda: _dropped(browsers, d), timeout=10)
         assert (await browsers.state(d))["panels"]["c"]["cloud"]["frames"] == 0
 
-        # the run's own frame moves the cloud and grows its trail
-        moved = (pos * 1.5 + 0.25).astype(np.float32)
+        # the run's own frame moves the cloud and grows its trail; the cloud contracted to a
+        # third, so its trail reaches three times further than its points: both stay on the panel
+        moved = (pos * 0.3 + 0.25).astype(np.float32)
         await alice.send_event("stream", frame_event(moved))
 
         async def taken() -> dict[str, Any] | None:
@@ -136,6 +137,33 @@ async def test_cloud_thumbnails_near_the_viewer_trails_and_frames(
         assert c["first"] == pytest.approx(
             moved[0].astype(np.float16).astype(np.float32).tolist(), abs=1e-6
         )
+        x0, y0, x1, y1 = c["extent"]
+        half_w, half_h = 1.3 * 0.45 + 1e-3, 0.95 * 0.45 + 1e-3
+        assert -half_w <= x0 and x1 <= half_w and -half_h <= y0 and y1 <= half_h, c["extent"]
+        assert x1 - x0 > 1.3 * 0.8, "the widest trail frame spans the face"
+
+        # a new blob for the cloud (a run publishes one every few seconds): the drawn cloud stays
+        # until the new one is fetched, never a "waiting for content" card in between
+        shown = (await browsers.state(d))["panels"]["c"]["placeholders"]
+        blob2 = encode_content(
+            {"kind": "latent_cloud", "classes": [str(i) for i in range(10)]},
+            {"positions": moved, "labels": (np.arange(N) % 10).astype(np.int16)},
+        )
+        sha2 = await alice.put_blob(blob2)
+        await alice.apply(
+            {
+                "op": "set_content",
+                "panel_id": "c",
+                "content": {"source": source, "refs": [sha2]},
+            }
+        )
+
+        async def replaced() -> dict[str, Any] | None:
+            q = (await browsers.state(d))["panels"]["c"]
+            return q if q["cloud"] and not q["cloud"]["hasThumbnails"] else None
+
+        q = await eventually(replaced, timeout=10)
+        assert q["status"] == "drawn" and q["placeholders"] == shown
 
 
 async def _dropped(b: Browsers, d: Any) -> bool:

@@ -237,14 +237,29 @@ export class CloudFace {
     this.build();
   }
 
-  /** Centre and span of the current positions (geometry.fit_unit) and the per-axis scale. */
+  /** Centre and span of what is drawn (geometry.fit_unit over the positions and, when there are
+   * trails, every trail frame, as the app's CloudView), and the per-axis scale. */
   frame() {
     const { n, dims, positions: p } = this;
     const lo = [Infinity, Infinity, Infinity], hi = [-Infinity, -Infinity, -Infinity];
-    for (let i = 0; i < n; i++) for (let k = 0; k < dims; k++) { const x = p[i * dims + k]; if (x < lo[k]) lo[k] = x; if (x > hi[k]) hi[k] = x; }
+    const grow = (src, count) => {
+      for (let i = 0; i < count; i++) for (let k = 0; k < dims; k++) {
+        const x = src[i * dims + k];
+        if (!Number.isFinite(x)) continue;
+        if (x < lo[k]) lo[k] = x; if (x > hi[k]) hi[k] = x;
+      }
+    };
+    grow(p, n);
+    if (this.trails && this.trailFrames > 1) {
+      const keep = Math.min(n, MAX_TRAIL_POINTS), per = n * dims;
+      for (let t = 0; t < this.trailFrames; t++) grow(this.trails.subarray(t * per), keep);
+    }
     const centre = [0, 0, 0];
     let span = 0;
-    for (let k = 0; k < dims; k++) { centre[k] = (lo[k] + hi[k]) / 2; span = Math.max(span, hi[k] - lo[k]); }
+    for (let k = 0; k < dims; k++) {
+      if (lo[k] > hi[k]) continue;
+      centre[k] = (lo[k] + hi[k]) / 2; span = Math.max(span, hi[k] - lo[k]);
+    }
     const [w, h] = this.size;
     return { centre, span: span || 1, scale: [w * 0.9, h * 0.9, Math.min(w, h) * 0.9] };
   }
@@ -378,7 +393,15 @@ export class CloudFace {
 
   summary() {
     return { points: this.n, dims: this.dims, trailFrames: this.trailFrames, thumbsShown: this.thumbsShown,
-      hasThumbnails: !!this.atlas, frames: this.frames, first: Array.from(this.positions.subarray(0, this.dims)) };
+      hasThumbnails: !!this.atlas, frames: this.frames, first: Array.from(this.positions.subarray(0, this.dims)),
+      extent: this.extent() };
+  }
+
+  /** Panel-local [x0, y0, x1, y1] of the points and trails (thumbnails aside). */
+  extent() {
+    const box = new THREE.Box3();
+    for (const o of this.body ? this.body.children : []) if (o.geometry && o !== this.thumbs) { o.geometry.computeBoundingBox(); box.union(o.geometry.boundingBox); }
+    return box.isEmpty() ? null : [box.min.x, box.min.y, box.max.x, box.max.y];
   }
 }
 

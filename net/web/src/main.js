@@ -305,11 +305,16 @@ class Page {
       const title = String(p.get('title') || id);
       const key = JSON.stringify([kind, size, refs[0] || null, source.text ?? null]);
       if (view.key !== key) {
+        // A new blob for a panel already drawn as the same kind and size (a live run publishes one
+        // every few seconds) keeps the old face until the new one is fetched: no flicker to "waiting".
+        const shape = JSON.stringify([kind, size]);
+        const keepFace = view.status === 'drawn' && view.shape === shape;
         view.key = key;
+        view.shape = shape;
         view.size = size;
         view.setTitle(title);
         if (refs.length) {
-          this.scene.drawContent(view, kind, size, null, null);
+          if (!keepFace) this.scene.drawContent(view, kind, size, null, null);
           this.conn.blob(refs[0]).then(
             (bytes) => {
               if (view.key !== key) return;
@@ -638,7 +643,7 @@ class Page {
   state() {
     const panels = {};
     for (const [id, v] of this.scene.panels) {
-      panels[id] = { kind: v.kind, status: v.status, message: v.message, position: fromThreePos(v.group.position),
+      panels[id] = { kind: v.kind, status: v.status, placeholders: v.placeholders, message: v.message, position: fromThreePos(v.group.position),
         movedAt: this.moveSeen.get(id) || null, rect: this.scene.screenRect(v), badge: v.badgeText || null,
         graph: v.graph ? v.graph.summary() : null, cloud: v.cloud ? v.cloud.summary() : null,
         live: v.table ? { step: v.table.lastStep, rows: v.table.arrays.step ? v.table.arrays.step.data.length : 0, status: v.table.meta.status ?? null } : null };

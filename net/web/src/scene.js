@@ -52,7 +52,9 @@ class PanelView {
     this.face = null;
     this.title = null;
     this.key = '';
+    this.shape = ''; // JSON [kind, size] of the content last asked for
     this.status = 'waiting';
+    this.placeholders = 0; // times "waiting for content…" was drawn
     this.message = '';
     this.size = [1, 0.75];
     this.badge = null;
@@ -221,8 +223,10 @@ export class RoomScene {
     const [W, H] = textureSize(size);
     try {
       if (!blob) {
+        view.graph = null; view.cloud = null; view.decoded = null;
         if (kind === 'note') { view.setFace(quad(paintNote(sourceText ?? '(empty note)', W, H), size), 'drawn'); return; }
         view.setFace(quad(paintMessage('…', 'waiting for content…', W, H, false), size), 'waiting');
+        view.placeholders += 1;
         return;
       }
       let decoded;
