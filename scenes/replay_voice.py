@@ -11,8 +11,9 @@ Segments are decoded off the render thread (one decoder thread, a few seconds ah
 the playhead) and kept decoded near it.
 
 Following the timeline: a seek (the playhead jumps) drops what was queued and goes on
-from the new time; paused, nothing is pushed. At a speed other than 1x voice is muted
-(sped-up or slowed speech is not resampled): it comes back when 1x is chosen again.
+from the new time; paused, nothing is pushed. At another speed (0.5x to 4x) each voice is
+time-stretched at its own pitch (`net/voice/stretch.py`, WSOLA): a lecture at 2x sounds like
+a fast speaker, not a chipmunk. Above 4x (skimming: `--speed` up to 64) voice is muted.
 
 A damaged segment (its blob missing, its bytes not hashing to its name, not decodable,
 or much shorter or longer than recorded) is reported once as a notice and is silence
@@ -37,6 +38,7 @@ from deeproom.errors import DeepRoomError
 from deeproom.net.voice.audio import SAMPLE_RATE
 from deeproom.net.voice.segments import decode_ogg_opus
 from deeproom.net.voice.spatial import SpatialMixer
+from deeproom.net.voice.stretch import TimeStretch
 from deeproom.presence import Pose
 from deeproom.recording import MAX_VOICE_SEGMENT_S, Timeline, VoiceSegment, format_clock
 
@@ -53,6 +55,8 @@ PREFETCH_S = 3.0
 KEEP_DECODED = 24
 """Decoded segments kept in memory (about 4 minutes of one speaker: 1.9 MB each)."""
 LENGTH_SLACK_S = 0.1
+VOICE_SPEEDS = (0.25, 4.0)
+"""Speeds at which voice is played (time-stretched when not 1x); muted outside them."""
 
 
 class ReplayVoice:
@@ -81,6 +85,9 @@ class ReplayVoice:
         self._positions: dict[str, tuple[float, float, float]] = {}
         self._fed: float | None = None
         """Recording time up to which audio has been pushed; None: nothing queued."""
+        self._speed = 1.0
+        self._stretch: dict[str, TimeStretch] = {}
+        """Per speaker, at speeds other than 1x: the time-stretcher feeding the mixer."""
         self._decoded: dict[str, concurrent.futures.Future[np.ndarray | None]] = {}
         self._decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="deeproom-replay-voice-decode")
         self._closed = threading.Event()
@@ -139,25 +146,34 @@ class ReplayVoice:
 
     def _step(self) -> None:
         head, playing, speed = self.playhead()
-        if not playing or abs(speed - 1.0) > 1e-9:
+        if not playing or not VOICE_SPEEDS[0] <= speed <= VOICE_SPEEDS[1]:
             if self._fed is not None:
                 self._drop_queued()
             return
-        if self._fed is None or abs(self._fed - (head + LOOKAHEAD_S)) > RESYNC_S:
+        ahead = head + LOOKAHEAD_S * speed
+        if self._fed is None or speed != self._speed or abs(self._fed - ahead) > RESYNC_S * max(speed, 1.0):
             if self._fed is not None:
                 self._drop_queued()
-            self._fed = head
+            self._fed, self._speed = head, speed
+            if abs(speed - 1.0) > 1e-9:
+                start = round(head * SAMPLE_RATE)
+                self._stretch = {pid: TimeStretch(self._source(pid), start, speed) for pid in self.speakers}
         self._prefetch(head)
-        n = min(round((head + LOOKAHEAD_S - self._fed) * SAMPLE_RATE), 10 * BLOCK)
+        n = min(round((ahead - self._fed) * SAMPLE_RATE / speed), 10 * BLOCK)  # samples to play
         if n <= 0:
             return
         for pid in self.speakers:
-            self.mixer.push(pid, self.samples(pid, self._fed, n))
-        self._fed += n / SAMPLE_RATE
+            stretch = self._stretch.get(pid)
+            self.mixer.push(pid, stretch.read(n) if stretch is not None else self.samples(pid, self._fed, n))
+        self._fed += n * speed / SAMPLE_RATE
+
+    def _source(self, pid: str) -> Callable[[int, int], np.ndarray]:
+        return lambda first, n: self.samples(pid, first / SAMPLE_RATE, n)
 
     def _drop_queued(self) -> None:
         """A seek, pause or speed change: what was queued must not play."""
         self._fed = None
+        self._stretch = {}
         for pid in self.speakers:
             self.mixer.remove(pid)
             pos = self._positions.get(pid)

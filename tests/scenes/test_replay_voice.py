@@ -4,7 +4,7 @@ Host (avatar on the listener's left) speaks a 440 Hz tone, then Bo (on the right
 tone; each client uploads its own voice as Ogg Opus segments while the room records. The
 replay's mixer, pulled in real time as a sound card would, plays at each chosen time the
 right speaker's tone (within 1.5 %) from that speaker's side; seeking, pausing and speed
-are followed; export -> import elsewhere still plays; deletion removes the voice blobs;
+are followed (at 0.5x and 2x the voice is time-stretched at its own pitch); export -> import elsewhere still plays; deletion removes the voice blobs;
 a damaged segment is reported and skipped while the rest plays.
 """
 
@@ -148,11 +148,19 @@ def test_replay_plays_the_right_speaker_from_their_side_and_follows_the_timeline
     assert abs(hz - 440.0) < 440.0 * TONE_TOLERANCE and side == "left", (hz, side)
     hz, side = _tone_side(_hear(tl, blobs, live["bo_on"] + 0.8)[0])
     assert abs(hz - 660.0) < 660.0 * TONE_TOLERANCE and side == "right", (hz, side)
-    # between the two, and paused, and at 2x: silence
+    # between the two, and paused: silence
     gap = (live["host_off"] + live["bo_on"]) / 2
     assert rms(_hear(tl, blobs, gap - 0.1, 0.3)[0][int(0.1 * 48000):]) < 0.01
     assert rms(_hear(tl, blobs, live["host_on"] + 1.0, 0.5, playing=False)[0]) < 1e-4
-    assert rms(_hear(tl, blobs, live["host_on"] + 1.0, 0.5, speed=2.0)[0]) < 1e-4
+    # at 2x and at 0.5x the voice is time-stretched, its pitch kept; beyond 4x (skimming) it is muted
+    for speed in (2.0, 0.5):
+        hz, side = _tone_side(_hear(tl, blobs, live["host_on"] + 0.5, 0.6, speed=speed)[0])
+        assert abs(hz - 440.0) < 440.0 * TONE_TOLERANCE and side == "left", (speed, hz, side)
+    assert rms(_hear(tl, blobs, live["host_on"] + 1.0, 0.5, speed=8.0)[0]) < 1e-4
+    # at 2x, the second speaker's tone comes after half the recorded gap
+    fast = _hear(tl, blobs, live["bo_on"] - 0.8, 1.2, speed=2.0)[0]
+    hz, side = _tone_side(fast[int(0.6 * 48000):])
+    assert abs(hz - 660.0) < 660.0 * TONE_TOLERANCE and side == "right", (hz, side)
 
     # a seek while playing: the voice jumps with the playhead
     session = ReplaySession(tl, blobs, at=live["host_on"] + 0.5, playing=True)
