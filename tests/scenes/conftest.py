@@ -44,6 +44,30 @@ def until(app, check, timeout):
         time.sleep(0.05)
     return False
 
+def wait(app, cond, timeout=90.0):
+    """Step frames until cond() holds (then two more, to draw it); False after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        app.step()
+        if cond():
+            app.step(2)
+            return True
+        time.sleep(0.02)
+    return False
+
+def click_row(app, label_start):
+    """A rendered click on the open menu's first row whose text starts with label_start (a row
+    "name · action" matches on its action too, when no row starts so); returns the click's time."""
+    g = app.menus.geometry
+    rows = [i for i, t in enumerate(g.items) if t.startswith(label_start)]
+    rows += [i for i, t in enumerate(g.items) if " · " in t and t.split(" · ", 1)[1].startswith(label_start)]
+    u, v = g.row_centre(rows[0])
+    ray = app.screen_ray(*app.world_to_screen(g.frame().world(u - g.size[0] * 0.3, v)))
+    t = time.monotonic()
+    app.pointer_press(*ray); app.pointer_release()
+    app.step(2)
+    return t
+
 def click_graph_node(app, panel_id, index):
     """Click (press and release) node `index` of the model graph in panel `panel_id`."""
     g = app.panels[panel_id]

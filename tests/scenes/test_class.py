@@ -28,25 +28,8 @@ from deeproom.scenes import menu as menu_mod
 SHARED = Path(sys.argv[1])
 def mark(name):
     (SHARED / name).write_text("1")
-def wait(app, cond, timeout=90.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        app.step()
-        if cond():
-            app.step(2)
-            return True
-        time.sleep(0.02)
-    return False
 def wait_mark(app, name, timeout=120.0):
     return wait(app, lambda: (SHARED / name).exists(), timeout)
-def click_row(app, label_start):
-    """A rendered click on the first row of the open menu whose text starts with label_start."""
-    g = app.menus.geometry
-    row = next(i for i, t in enumerate(g.items) if t.startswith(label_start))
-    u, v = g.row_centre(row)
-    x, y = app.world_to_screen(g.frame().world(u - g.size[0] * 0.3, v))
-    app.pointer_press(*app.screen_ray(x, y)); app.pointer_release()
-    app.step(2)
 def open_people(app):
     if app.menus.is_open:
         app.key("escape")

@@ -18,22 +18,6 @@ SCRIPT = '''
 from deeproom.net import BackgroundClient
 from deeproom.scenes.session import RelaySession
 SFU = {sfu!r}
-def wait(app, cond, timeout=60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        app.step()
-        if cond():
-            app.step(2)
-            return True
-        time.sleep(0.02)
-    return False
-def click_row(app, label_start):
-    g = app.menus.geometry
-    row = next(i for i, t in enumerate(g.items) if t.startswith(label_start))
-    u, v = g.row_centre(row)
-    x, y = app.world_to_screen(g.frame().world(u - g.size[0] * 0.3, v))
-    app.pointer_press(*app.screen_ray(x, y)); app.pointer_release()
-    app.step(2)
 def items(app):
     g = app.menus.geometry
     return [(t, bool(g.is_enabled(i))) for i, t in enumerate(g.items)]

@@ -32,15 +32,6 @@ from deeproom.scenes.session import RelaySession
 SHARED = Path(sys.argv[1])
 def mark(name, text="1"):
     (SHARED / name).write_text(text)
-def wait(app, cond, timeout=90.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        app.step()
-        if cond():
-            app.step(2)
-            return True
-        time.sleep(0.02)
-    return False
 def wait_mark(app, name, timeout=150.0):
     return wait(app, lambda: (SHARED / name).exists(), timeout)
 def drawn(app, pid):
@@ -56,16 +47,6 @@ def conv1_on_screen(app):
     g = app.panels["run.graph"].content
     i = [nd.name for nd in g.layout.nodes].index("conv1")
     return app.world_to_screen(app.panels["run.graph"].frame().world(float(g.world[i, 0]), float(g.world[i, 1])))
-def click_row(app, label_start):
-    """A rendered click on the first row of the open menu whose text starts with label_start; its time."""
-    g = app.menus.geometry
-    row = next(i for i, t in enumerate(g.items) if t.startswith(label_start) or (" · " in t and t.split(" · ", 1)[1].startswith(label_start)))
-    u, v = g.row_centre(row)
-    ray = app.screen_ray(*app.world_to_screen(g.frame().world(u - g.size[0] * 0.3, v)))
-    t = time.monotonic()
-    app.pointer_press(*ray); app.pointer_release()
-    app.step(2)
-    return t
 '''
 
 HOST = COMMON + '''
