@@ -61,15 +61,6 @@ def train():
         time.sleep(0.04)
 t = threading.Thread(target=train, daemon=True); t.start()
 out = {}
-def wait(cond, timeout=90.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        app.step()
-        if cond():
-            app.step(2)
-            return True
-        time.sleep(0.02)
-    return False
 def face(pid, dist=1.3):
     f = app.panels[pid].frame()
     spot = f.centre + f.normal * dist
@@ -83,7 +74,7 @@ def drawn(pid):
     v = app.panels.get(pid)
     return v is not None and v.content is not None and pid not in app.pump.pending_content and not (
         v.prepared is not None and getattr(v.prepared, "waiting", False))
-out["panels"] = wait(lambda: drawn("run.metrics") and drawn("run.graph") and "layer_rows" in app.blob_facts.get("run.metrics", {}), 120)
+out["panels"] = wait(app, lambda: drawn("run.metrics") and drawn("run.graph") and "layer_rows" in app.blob_facts.get("run.metrics", {}), 120)
 # --- live curves: each delta that arrives is on the pixels within a second, without a blob fetch
 face("run.metrics")
 arrived = []
@@ -99,9 +90,9 @@ app.session.fetch_blob = lambda sha: (fetches.append(sha), orig_fetch(sha))[1]
 lat, changed = [], []
 for _ in range(4):
     n = len(arrived)
-    wait(lambda: len(arrived) > n, 10)
+    wait(app, lambda: len(arrived) > n, 10)
     step, t_in, before = arrived[-1]
-    ok = wait(lambda: app.runs.drawn.get("run.metrics", (-1, 0))[0] >= step, 5)
+    ok = wait(app, lambda: app.runs.drawn.get("run.metrics", (-1, 0))[0] >= step, 5)
     after = app.screenshot()
     lat.append(app.runs.drawn["run.metrics"][1] - t_in if ok else None)
     changed.append(bool((abs(after[..., :3].astype(int) - before[..., :3].astype(int)) > 8).any()))
@@ -109,7 +100,7 @@ out["delta_to_pixels_s"] = lat
 out["pixels_changed"] = changed
 out["fetched_during"] = len(fetches)
 # --- the embedding cloud moves with the run's embedding frames, keeping a selection
-out["cloud"] = wait(lambda: drawn("run.embedding"), 90)
+out["cloud"] = wait(app, lambda: drawn("run.embedding"), 90)
 face("run.embedding")
 cv = app.panels["run.embedding"]
 app.select_sphere_at(cv.to_world(cv.content.pos.mean(axis=0)), 0.3, announce=False)
@@ -122,8 +113,8 @@ def spy_frames(sender, payload):
 app.runs.on_stream = spy_frames
 first = cv.content.content.positions.copy()
 n = len(frames)
-wait(lambda: len(frames) > n, 30)
-moved = wait(lambda: not np.array_equal(app.panels["run.embedding"].content.content.positions, first), 5)
+wait(app, lambda: len(frames) > n, 30)
+moved = wait(app, lambda: not np.array_equal(app.panels["run.embedding"].content.content.positions, first), 5)
 out["cloud_moved_s"] = (time.monotonic() - frames[-1]) if moved and frames else None
 cc = app.panels["run.embedding"].content
 out["cloud_trail"] = None if cc.content.trails is None else len(cc.content.trails)
@@ -148,9 +139,9 @@ u, v = mg.row_centre(row)
 mx, my = app.world_to_screen(mg.frame().world(u - mg.size[0] * 0.3, v))
 app.pointer_press(*app.screen_ray(mx, my)); app.pointer_release()
 out["sent"] = [s["action"] for s in app.menus.sent]
-out["frozen_seen"] = wait(lambda: "conv1" in app.runs.state("run").frozen, 30)
+out["frozen_seen"] = wait(app, lambda: "conv1" in app.runs.state("run").frozen, 30)
 t_frozen = time.monotonic()
-wait(lambda: time.monotonic() - t_frozen > 1.5, 5)
+wait(app, lambda: time.monotonic() - t_frozen > 1.5, 5)
 app.step(3)
 out["graph_px_before"] = before_px
 out["graph_px_after"] = pixel(app, sx, sy)
@@ -160,13 +151,17 @@ w_now = [w for s, w in weights if s > run.step - 5]
 out["weights_after_freeze"] = sorted(set(round(w, 6) for s, w in weights[-10:]))
 # --- the metrics panel's conv1 row shows it frozen; its conv2 row offers the graph's layer actions
 face("run.metrics")
-wait(lambda: app.runs.drawn.get("run.metrics", (-1, 0))[0] > run.step - 3, 10)
+wait(app, lambda: app.runs.drawn.get("run.metrics", (-1, 0))[0] > run.step - 3, 10)
 mv = app.panels["run.metrics"]
-pu, pv = app.menus.layer_row_point(mv, "conv1")
-lay = painting.rows_layout(len(app.blob_facts["run.metrics"]["layer_rows"]), *painting_size(mv))
-dv = lay.row_h / painting_size(mv)[1] * mv.size[1]
-samples = [pixel(app, *app.world_to_screen(mv.frame().world(-mv.size[0] * (0.5 - k / 40), pv - 0.3 * dv))) for k in range(1, 12)]
-out["row_px"] = [int(np.median([s[c] for s in samples])) for c in range(3)]
+def row_px():  # conv1's row, left part: the median of eleven pixels along it
+    pu, pv = app.menus.layer_row_point(mv, "conv1")
+    lay = painting.rows_layout(len(app.blob_facts["run.metrics"]["layer_rows"]), *painting_size(mv))
+    dv = lay.row_h / painting_size(mv)[1] * mv.size[1]
+    samples = [pixel(app, *app.world_to_screen(mv.frame().world(-mv.size[0] * (0.5 - k / 40), pv - 0.3 * dv))) for k in range(1, 12)]
+    return [int(np.median([s[c] for s in samples])) for c in range(3)]
+# the row turns ice blue once a delta or blob of the run says conv1 is frozen (slow on a loaded machine)
+wait(app, lambda: all(abs(a - b) < 16 for a, b in zip(row_px(), painting.FROZEN_TINT)), 30)
+out["row_px"] = row_px()
 out["row_tint"] = list(painting.FROZEN_TINT)
 pu2, pv2 = app.menus.layer_row_point(mv, "conv2")
 app.pointer_context(*app.screen_ray(*app.world_to_screen(mv.frame().world(pu2, pv2))))
@@ -180,20 +175,20 @@ from deeproom.scenes import actions as act
 spec = next(a for a in act.parse_actions(gv.panel.content.source)[0] if a.name == "freeze")
 app.menus.send(act.ActionFlow("run.graph", gv.panel.content.source["engine"], spec, {"layer": "no_such_layer"}))
 step0 = run.step
-out["refused"] = wait(lambda: any(r.failed and r.panel_id == "run.graph" for r in app.menus.reports), 30)
+out["refused"] = wait(app, lambda: any(r.failed and r.panel_id == "run.graph" for r in app.menus.reports), 30)
 out["refusal"] = next((r.message for r in app.menus.reports if r.failed), None)
 out["strip"] = app.menus._strips.get("run.graph").state if "run.graph" in app.menus._strips else None
-wait(lambda: run.step > step0 + 5, 20)
+wait(app, lambda: run.step > step0 + 5, 20)
 out["training_went_on"] = run.step > step0 + 5
 # --- someone else's claim to speak for the run is dropped
 host.send_event("stream", {"run": "run", "type": "steered", "cmd": "stop", "by": host.participant_id,
                            "state": "stopped"}).result(30)
 t_claim = time.monotonic()
-wait(lambda: time.monotonic() - t_claim > 1.5, 5)
+wait(app, lambda: time.monotonic() - t_claim > 1.5, 5)
 out["spoofed"] = [app.runs.state("run").status, app.runs.badge("run.metrics")]
 # --- made a viewer, Ann's steering is refused and she is told
 host.apply({"op": "set_role", "participant_id": client.participant_id, "role": "viewer"}).result(30)
-wait(lambda: app.menus.role() == "viewer", 20)
+wait(app, lambda: app.menus.role() == "viewer", 20)
 face("run.metrics")
 app.notices.clear()
 app.pointer_context(*app.screen_ray(*app.world_to_screen(mv.frame().centre)))
@@ -209,7 +204,7 @@ out["viewer_told"] = app.hud.notice.text
 app.menus.close()
 spec = next(a for a in act.parse_actions(mv.panel.content.source)[0] if a.name == "pause")
 app.menus.send(act.ActionFlow("run.metrics", mv.panel.content.source["engine"], spec, {}))
-out["viewer_refused"] = wait(lambda: any(r.state == "refused" and r.panel_id == "run.metrics" for r in app.menus.reports), 20)
+out["viewer_refused"] = wait(app, lambda: any(r.state == "refused" and r.panel_id == "run.metrics" for r in app.menus.reports), 20)
 out["viewer_refusal"] = app.hud.notice.text
 out["still_running"] = run.status == "running"
 app.save_snapshot("run.png")

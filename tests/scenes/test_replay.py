@@ -151,6 +151,11 @@ def diff_at(xy, r=6):
 out["diff_a"] = diff_at(out["a_screen"])
 out["diff_b"] = diff_at(out["b_screen"])
 av = app.avatars[HOST]
+def head_still():  # the avatar eases toward its recorded head at frame rate: wait until it is there
+    before = [float(c) for c in av.head_pos]
+    app.step()
+    return max(abs(a - b) for a, b in zip(before, av.head_pos)) < 1e-3
+wait(head_still, 15)
 out["laser"] = bool(av.laser.shown)
 out["avatar_head"] = [float(c) for c in av.head_pos]
 # a rendered click on the timeline's bar
