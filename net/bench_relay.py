@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from deeproom.config import Config
+from deeproom.net.procs import stop_process
 
 ROOM = "bench"
 
@@ -65,13 +66,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) 
 
 def _stop_process(proc: subprocess.Popen[bytes], log: Any) -> None:
     """Stop a process this bench started, by its PID (terminate, then kill), and close its log."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    stop_process(proc)
     log.close()
 
 

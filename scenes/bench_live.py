@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deeproom.net.procs import stop_process
+
 
 def step_to_pixels(*, samples: int = 8, size: tuple[int, int] = (960, 540), stream_every_s: float = 0.25,
                    timeout: float = 180.0) -> dict[str, Any]:
@@ -106,12 +108,7 @@ def step_to_pixels(*, samples: int = 8, size: tuple[int, int] = (960, 540), stre
                 prev = last
             time.sleep(0.002)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, wait_s=20)
         thread.join(10)
         app.close()
         viewer.close()

@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from deeproom.net.procs import stop_process
+
 from .errors import XRRootError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,13 +172,7 @@ class MonadoService:
     def stop(self) -> None:
         proc, self.process = self.process, None
         if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            stop_process(proc)
             if proc.stdin is not None:
                 with contextlib.suppress(OSError):
                     proc.stdin.close()

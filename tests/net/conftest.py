@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from deeproom.net import EmbeddedRelay
+from deeproom.net.procs import stop_process
 
 
 @pytest.fixture
@@ -108,16 +109,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeou
 
 
 def stop(proc: subprocess.Popen[Any], sig_kill: bool = False) -> None:
-    if proc.poll() is None:
-        if sig_kill:
-            proc.kill()
-        else:
-            proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    stop_process(proc, kill=sig_kill)
 
 
 @pytest.fixture
