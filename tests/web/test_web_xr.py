@@ -12,6 +12,13 @@ Headless Chromium on Linux has no XR runtime, so two honest checks instead of a 
   changing in the room) and draws both eyes: the panel straight ahead is on the left and on the
   right half of the canvas. Ending the session (as a headset's own exit does) puts the page back
 to drawing only on change.
+
+With the emulated headset's controllers (IWER's Quest 3 pair, as a headset reports them): each
+hand has a laser ending on the panel it points at; the room sees the active hand's ray as this
+participant's pointer (a Python client reads it from the poses); a member's trigger on the panel,
+a swing of the controller and a release moves the panel for everyone, along the ray at the
+distance it was grabbed; a press without a swing is a click; once the host makes them a viewer,
+the same swing moves nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import pytest
 
 from deeproom.net import RoomClient
 from deeproom.net.bench_web import IMAGE_RGB, chrome
-from deeproom.net.web_serve import WEB_DIR
+from deeproom.net.web_serve import WEB_DIR, page_link
 
 from .conftest import HEIGHT, WIDTH, Browsers, eventually, every_kind_blobs, page_url
 
@@ -81,6 +88,7 @@ async def test_no_xr_runtime_no_enter_vr_button(relay, browsers: Browsers) -> No
             "sessions": 0,
             "frames": 0,
             "supported": False,
+            "input": {"hands": [], "pointing": None, "dragging": None, "clicks": 0, "moves": 0},
         }
         assert await browsers.js(d, "return document.querySelector('#vr').hidden") is True
     finally:
@@ -144,3 +152,101 @@ async def test_enter_vr_with_an_emulated_headset(relay, browsers: Browsers) -> N
 async def _presenting(b: Browsers, d: Any, want: bool) -> dict[str, Any] | None:
     s = await b.state(d)
     return s if s["xr"]["presenting"] is want else None
+
+
+async def emulated_headset(browsers: Browsers, url: str) -> Any:
+    """Chromium with IWER injected before the page's scripts (a WebXR runtime in the page)."""
+    assert EMULATION.exists(), f"{EMULATION} is not built (make web: npm ci and the build)"
+    d = await asyncio.to_thread(chrome, WIDTH, HEIGHT)
+    browsers.drivers.append(d)
+    await asyncio.to_thread(
+        d.execute_cdp_cmd,
+        "Page.addScriptToEvaluateOnNewDocument",
+        {"source": Path(EMULATION).read_text()},
+    )
+    await asyncio.to_thread(d.get, url)
+    return d
+
+
+RIGHT = "window.__xrEmulation.device.controllers.right"
+
+
+async def test_controllers_point_click_and_move_panels_in_vr(relay, browsers: Browsers) -> None:
+    alice = await room_with_an_image_ahead(relay.url, "xr3")
+    try:
+        link = await alice.create_invite_link(role="member")
+        d = await emulated_headset(browsers, page_link(link) + "&id=vrmember&name=Quest")
+        s = await drawn(browsers, d)
+        assert s["role"] == "member" and s["xr"]["button"]
+        await asyncio.to_thread(lambda: d.find_element("css selector", "#vr").click())
+
+        async def pointing() -> dict[str, Any] | None:
+            st = await browsers.state(d)
+            i = st["xr"]["input"]
+            return st if st["xr"]["presenting"] and sorted(i["hands"]) == ["left", "right"] and i["pointing"] == "image" else None
+
+        await eventually(pointing, timeout=15)
+        # the controllers' rays come straight ahead from the hands (IWER's default pose): the
+        # room sees the pointer leave the right hand towards the panel (+z, room coordinates)
+        async def seen() -> Any:
+            p = alice.poses.get("vrmember")
+            return p if p is not None and p.pointer is not None else None
+
+        pose = await eventually(seen, timeout=10)
+        assert pose.pointer.direction[2] > 0.95 and abs(pose.pointer.origin[0] - pose.head_position[0]) > 0.05
+        x0 = alice.room.panels["image"].transform.position
+
+        # press without a swing: a click, nothing moves
+        await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 1)")
+        await asyncio.sleep(0.4)
+        await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 0)")
+        await eventually(lambda: _input(browsers, d, "clicks", 1), timeout=10)
+        assert (await browsers.state(d))["xr"]["input"]["moves"] == 0
+
+        # trigger, swing 10 degrees to the right, release: the panel follows the ray
+        await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 1)")
+        await eventually(lambda: _dragging(browsers, d, "image"), timeout=10)
+        for deg in (3, 6, 10):
+            await browsers.js(d, f"{RIGHT}.quaternion.set(0, {-np.sin(np.radians(deg) / 2)}, 0, {np.cos(np.radians(deg) / 2)})")
+            await asyncio.sleep(0.3)
+        await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 0)")
+        await eventually(lambda: _dragging(browsers, d, None), timeout=10)
+
+        async def moved() -> Any:
+            t = alice.room.panels["image"].transform.position
+            return t if abs(t[0] - x0[0]) > 0.25 else None
+
+        x1 = await eventually(moved, timeout=10)
+        # 10 degrees at ~2.8 m: ~0.5 m sideways, height and depth about the same
+        assert 0.3 < abs(x1[0] - x0[0]) < 0.8 and abs(x1[1] - x0[1]) < 0.1 and abs(x1[2] - x0[2]) < 0.3, (x0, x1)
+        assert (await browsers.state(d))["xr"]["input"]["moves"] >= 1
+
+        # a viewer's swing moves nothing
+        await alice.apply({"op": "set_role", "participant_id": "vrmember", "role": "viewer"})
+        await eventually(lambda: _role(browsers, d, "viewer"), timeout=10)
+        await browsers.js(d, f"{RIGHT}.quaternion.set(0, 0, 0, 1)")
+        await asyncio.sleep(0.3)
+        moves = (await browsers.state(d))["xr"]["input"]["moves"]
+        await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 1)")
+        await asyncio.sleep(0.3)
+        await browsers.js(d, f"{RIGHT}.quaternion.set(0, {np.sin(np.radians(10) / 2)}, 0, {np.cos(np.radians(10) / 2)})")
+        await asyncio.sleep(0.3)
+        await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 0)")
+        await asyncio.sleep(1.0)
+        st = await browsers.state(d)
+        assert st["xr"]["input"]["moves"] == moves and st["xr"]["input"]["dragging"] is None
+        assert alice.room.panels["image"].transform.position == x1
+    finally:
+        await alice.close()
+
+
+async def _input(b: Browsers, d: Any, key: str, n: int) -> bool:
+    return (await b.state(d))["xr"]["input"][key] >= n
+
+
+async def _dragging(b: Browsers, d: Any, panel: str | None) -> bool:
+    return (await b.state(d))["xr"]["input"]["dragging"] == panel
+
+
+async def _role(b: Browsers, d: Any, role: str) -> bool:
+    return (await b.state(d))["role"] == role

@@ -10,6 +10,7 @@ import { decodeBatch, decodeContent, encodePose, seqNewer } from './wire.js';
 import { DELTA_TYPES, FRAME_TYPES, LiveTable, RunState, decodeFrame, isRunEvent } from './live.js';
 import { frozenOf } from './paint.js';
 import { RenderQuality, SCALES, qualityFromParam, qualityLabel } from './quality.js';
+import { XRInput } from './xrinput.js';
 import * as THREE from 'three';
 
 const EDIT_ROLES = new Set(['host', 'presenter', 'member']);
@@ -138,6 +139,11 @@ class Page {
     c.start();
     this.bindInput();
     this.bindButtons();
+    this.xrInput = new XRInput(this.scene, { // controllers in an immersive session (lasers, trigger)
+      canEdit: () => this.canEdit(),
+      click: (hit, local) => this.click(hit, local),
+      move: (id) => this.sendMove(id).then(() => { this.dirty = true; }),
+    });
     // In XR, three.js drives this from XRSession.requestAnimationFrame and passes the XRFrame.
     this.scene.renderer.setAnimationLoop((time, xrFrame) => { if (xrFrame) this.xrFrames = (this.xrFrames || 0) + 1; this.frame(); });
     setInterval(() => this.sendPose(), 33);
@@ -301,7 +307,7 @@ class Page {
         const pos = transform && Array.isArray(transform.position) ? transform.position : null;
         this.pendingMoves.push([id, pos ? pos[0] : null]);
       }
-      if (!(this.drag && this.drag.id === id)) view.place(transform);
+      if (!this.held(id)) view.place(transform);
       const title = String(p.get('title') || id);
       const key = JSON.stringify([kind, size, refs[0] || null, source.text ?? null]);
       if (view.key !== key) {
@@ -394,6 +400,7 @@ class Page {
     let draw = false;
     const t0 = this.measureFrame();
     if (this.continuous || this.scene.renderer.xr.isPresenting) { draw = true; why.continuous += 1; }
+    if (this.scene.renderer.xr.isPresenting) this.xrInput.update(t0);
     if (this.redraw) { this.redraw = false; draw = true; why.content += 1; }
     if (this.dirty) { this.dirty = false; this.syncPanels(); draw = true; why.room += 1; }
     if (this.dirtyAvatars) { this.dirtyAvatars = false; this.syncAvatars(); draw = true; why.poses += 1; }
@@ -476,9 +483,17 @@ class Page {
   sendPose() {
     if (!this.conn.joined) return;
     const head = this.scene.headPose();
-    let pointer = null;
-    if (this.pointerRay) pointer = this.pointerRay;
+    let pointer = this.pointerRay || null;
+    if (this.scene.renderer.xr.isPresenting) { // in a headset the room sees the controller's ray
+      const p = this.xrInput.pointer();
+      pointer = p ? [...fromThreePos(p.origin), ...fromThreePos(p.direction)] : null;
+    }
     this.conn.sendPose(head, pointer, false);
+  }
+
+  /** A panel this participant is dragging (mouse or controller): the document's echo does not move it back. */
+  held(id) {
+    return (this.drag && this.drag.id === id) || (this.xrInput && this.xrInput.drag && this.xrInput.drag.id === id);
   }
 
   // --- input ---------------------------------------------------------------------------------
@@ -534,7 +549,10 @@ class Page {
         if (press && press.moved) this.sendMove(id).then(() => { this.dirty = true; });
       }
       this.look = null;
-      if (press && !press.moved && press.hit) this.click(press.hit, press.ndc);
+      if (press && !press.moved && press.hit) {
+        const view = this.scene.panels.get(press.hit.id);
+        this.click(press.hit, view ? this.scene.facePoint(view, press.ndc) : null); // on the face plane, as the app's click(u, v)
+      }
     };
     el.addEventListener('pointerup', up);
     el.addEventListener('pointercancel', up);
@@ -553,10 +571,9 @@ class Page {
 
   /** A click on a panel (no drag): a graph expands or collapses the group there; a viewer is
    * told why panels do not move for them. */
-  click(hit, ndc) {
+  click(hit, local) {
     const view = this.scene.panels.get(hit.id);
     if (view && view.graph) {
-      const local = this.scene.facePoint(view, ndc); // on the face plane, as the app's click(u, v)
       const done = local && view.graph.click(local.x, local.y);
       if (done) { this.redraw = true; view.collapsed = new Set(view.graph.collapsed); return; }
     }
@@ -655,7 +672,7 @@ class Page {
       toast: $('#toast').hidden ? null : $('#toast').textContent, following: this.following || null,
       drawReasons: { ...this.drawReasons }, streamsDropped: this.streamsDropped,
       xr: { button: !$('#vr').hidden, presenting: this.scene.renderer.xr.isPresenting, sessions: this.xrSessions || 0,
-        frames: this.xrFrames || 0, supported: this.xrSupported ?? null }, softwareGL: this.scene.software,
+        frames: this.xrFrames || 0, supported: this.xrSupported ?? null, input: this.xrInput ? this.xrInput.summary() : null }, softwareGL: this.scene.software,
       quality: { ...this.quality.summary(), pixelRatio: this.scene.renderer.getPixelRatio(),
         canvas: [this.scene.renderer.domElement.width, this.scene.renderer.domElement.height], label: $('#quality') ? $('#quality').textContent : null },
       camera: this.scene.headPose(), batchesRead: this.conn.batchesRead,

@@ -336,12 +336,19 @@ export class RoomScene {
   pick(ndc) {
     const ray = new THREE.Raycaster();
     ray.setFromCamera(ndc, this.camera);
-    const hits = ray.intersectObjects([...this.panels.values()].map((v) => v.group), true);
+    return this.pickRay(ray.ray);
+  }
+
+  /** The first panel a ray (world coordinates) meets: {id, point, distance}, or null. */
+  pickRay(ray) {
+    const caster = new THREE.Raycaster(ray.origin, ray.direction);
+    caster.camera = this.camera; // title sprites need it
+    const hits = caster.intersectObjects([...this.panels.values()].map((v) => v.group), true);
     for (const h of hits) {
       if (h.object.isLine || h.object.isPoints) continue; // their pick distance is loose (1 m): faces decide
       let o = h.object;
       while (o && !o.userData.panelId) o = o.parent; // faces rebuilt in place (a graph's groups) add children
-      if (o) return { id: o.userData.panelId, point: h.point };
+      if (o) return { id: o.userData.panelId, point: h.point, distance: h.distance };
     }
     return null;
   }
@@ -350,10 +357,15 @@ export class RoomScene {
   facePoint(view, ndc) {
     const ray = new THREE.Raycaster();
     ray.setFromCamera(ndc, this.camera);
+    return this.rayFacePoint(view, ray.ray);
+  }
+
+  /** Where a ray (world coordinates) meets a panel's face plane, panel-local (or null). */
+  rayFacePoint(view, ray) {
     view.group.updateMatrixWorld(true);
     const normal = new THREE.Vector3(0, 0, 1).applyQuaternion(view.group.getWorldQuaternion(new THREE.Quaternion()));
     const plane = new THREE.Plane().setFromNormalAndCoplanarPoint(normal, view.group.getWorldPosition(new THREE.Vector3()));
-    const p = ray.ray.intersectPlane(plane, new THREE.Vector3());
+    const p = ray.intersectPlane(plane, new THREE.Vector3());
     return p ? view.group.worldToLocal(p) : null;
   }
 
