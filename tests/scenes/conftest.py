@@ -45,12 +45,12 @@ def until(app, check, timeout):
     return False
 
 def wait(app, cond, timeout=90.0):
-    """Step frames until cond() holds (then two more, to draw it); False after `timeout` seconds."""
+    """Step frames until cond() holds (then three more, to draw it); False after `timeout` seconds."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         app.step()
         if cond():
-            app.step(2)
+            app.step(3)
             return True
         time.sleep(0.02)
     return False

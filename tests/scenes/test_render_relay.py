@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from deeproom.net.procs import stop_process
 from tests.scenes.conftest import PRELUDE, parse  # type: ignore[import-not-found]
 
 AVATAR = '''
@@ -156,15 +156,6 @@ def plate_pixel(app, pid):
     return pixel(app, *app.world_to_screen(view.frame().world(-0.46 * fw, -0.44 * fh)))
 def position(app, pid):
     return list(app.room.panels[pid].transform.position)
-def wait(app, cond, timeout=90.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        app.step()
-        if cond():
-            app.step(3)
-            return True
-        time.sleep(0.02)
-    return False
 '''
 
 ALICE = COMMON + '''
@@ -255,13 +246,7 @@ def _start_relay(data: Path, port: int) -> subprocess.Popen[str]:
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    stop_process(proc, wait_s=20)
 
 
 def _run(path: Path, url: str, timeout: float = 240) -> dict[str, Any]:

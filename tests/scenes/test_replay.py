@@ -119,16 +119,7 @@ out = {}
 def p1x():
     v = app.panels.get("p1")
     return None if v is None else v.transform[0][0]
-def wait(check, timeout=30):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        app.step()
-        if check():
-            app.step(3)
-            return True
-        time.sleep(0.02)
-    return False
-out["a_ok"] = wait(lambda: p1x() is not None and abs(session.clock.t - T_A) < 1e-6 and settle(app, 1.0)
+out["a_ok"] = wait(app, lambda: p1x() is not None and abs(session.clock.t - T_A) < 1e-6 and settle(app, 1.0)
                    and HOST in app.avatars)
 out["a_x"] = p1x()
 out["p2_error"] = app.panels["p2"].is_error
@@ -139,7 +130,7 @@ out["a_screen"] = screen_of(out["a_x"])
 img_a = app.screenshot()[:, :, :3].astype(int)
 app.save_snapshot("a.png")
 session.seek(T_B)
-out["b_ok"] = wait(lambda: abs(session.clock.t - T_B) < 1e-6 and abs(p1x() - out["a_x"]) > 0.3)
+out["b_ok"] = wait(app, lambda: abs(session.clock.t - T_B) < 1e-6 and abs(p1x() - out["a_x"]) > 0.3)
 app.step(20)
 out["b_x"] = p1x()
 out["b_screen"] = screen_of(out["b_x"])
@@ -155,7 +146,7 @@ def head_still():  # the avatar eases toward its recorded head at frame rate: wa
     before = [float(c) for c in av.head_pos]
     app.step()
     return max(abs(a - b) for a, b in zip(before, av.head_pos)) < 1e-3
-wait(head_still, 15)
+wait(app, head_still, 15)
 out["laser"] = bool(av.laser.shown)
 out["avatar_head"] = [float(c) for c in av.head_pos]
 # a rendered click on the timeline's bar
@@ -164,19 +155,19 @@ sx, sy = app.world_to_screen(g.world(g.u_of(T_SEEK), g.bar_v))
 out["bar_pixel"] = pixel(app, sx, sy)
 app.pointer_press(*app.screen_ray(sx, sy))
 app.pointer_release()
-out["seek_ok"] = wait(lambda: abs(session.clock.t - T_B) > 0.5)
+out["seek_ok"] = wait(app, lambda: abs(session.clock.t - T_B) > 0.5)
 out["seek_t"] = session.clock.t
-out["seek_x"] = wait(lambda: True) and p1x()
+out["seek_x"] = wait(app, lambda: True) and p1x()
 # an edit is refused locally, with a notice; the room stays as recorded
 app.apply({"op": "move_panel", "panel_id": "p1", "transform": {"position": [9.0, 1.5, 2.0]}})
-wait(lambda: any("read-only" in s for _, s, _ in app.notices), 10)
+wait(app, lambda: any("read-only" in s for _, s, _ in app.notices), 10)
 out["notices"] = [s for _, s, _ in app.notices]
 out["after_edit_x"] = p1x()
 # play at 4x: the playhead moves
 app.pointer_press(*app.screen_ray(*app.world_to_screen(g.world(g.button_u(4), g.button_v))))
 app.pointer_press(*app.screen_ray(*app.world_to_screen(g.world(g.button_u(0), g.button_v))))
 t0 = session.clock.t
-wait(lambda: session.clock.t > t0 + 1.0, 20)
+wait(app, lambda: session.clock.t > t0 + 1.0, 20)
 out["played"] = [t0, session.clock.t, session.clock.speed]
 app.close(); session.close()
 done(out)

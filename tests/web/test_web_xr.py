@@ -96,18 +96,9 @@ async def test_no_xr_runtime_no_enter_vr_button(relay, browsers: Browsers) -> No
 
 
 async def test_enter_vr_with_an_emulated_headset(relay, browsers: Browsers) -> None:
-    # `make web` (run by `make test`) builds it; a missing build is a failure, not a skip
-    assert EMULATION.exists(), f"{EMULATION} is not built (make web: npm ci and the build)"
     alice = await room_with_an_image_ahead(relay.url, "xr2")
     try:
-        d = await asyncio.to_thread(chrome, WIDTH, HEIGHT)
-        browsers.drivers.append(d)
-        await asyncio.to_thread(
-            d.execute_cdp_cmd,
-            "Page.addScriptToEvaluateOnNewDocument",
-            {"source": Path(EMULATION).read_text()},
-        )
-        await asyncio.to_thread(d.get, page_url(relay.url, "xr2"))
+        d = await emulated_headset(browsers, page_url(relay.url, "xr2"))
         s = await drawn(browsers, d)
         assert (
             s["xr"]["supported"] is True and s["xr"]["button"] is True and not s["xr"]["presenting"]
@@ -156,6 +147,7 @@ async def _presenting(b: Browsers, d: Any, want: bool) -> dict[str, Any] | None:
 
 async def emulated_headset(browsers: Browsers, url: str) -> Any:
     """Chromium with IWER injected before the page's scripts (a WebXR runtime in the page)."""
+    # `make web` (run by `make test`) builds it; a missing build is a failure, not a skip
     assert EMULATION.exists(), f"{EMULATION} is not built (make web: npm ci and the build)"
     d = await asyncio.to_thread(chrome, WIDTH, HEIGHT)
     browsers.drivers.append(d)
