@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import re
 import struct
 import zlib
 from collections.abc import Iterator, Mapping
@@ -28,7 +29,7 @@ from typing import Any, BinaryIO
 from deeproom.document import RoomDocument
 from deeproom.errors import DeepRoomError
 from deeproom.presence import Pose, decode_batch, encode_batch
-from deeproom.state import Room, is_sha256
+from deeproom.state import Room, check_id, is_sha256
 
 FORMAT_VERSION = 2
 """The timeline format this code writes and the newest it reads. Version 2 added voice segments
@@ -218,6 +219,24 @@ class Timeline:
         return str(self.header.get("room_id", "recording"))
 
 
+_RECORDING_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _check_header(header: Mapping[str, Any]) -> None:
+    """The header fields that are shown or used (a recording may come from anyone, by import):
+    ids well-formed, times finite numbers. Raises ValueError naming the field."""
+    for key in ("room_id", "started_by", "node"):
+        if key in header:
+            check_id(header[key], key)
+    if "started_wall" in header:
+        wall = header["started_wall"]
+        if isinstance(wall, bool) or not isinstance(wall, int | float) or not math.isfinite(wall) or wall < 0:
+            raise ValueError(f"started_wall must be a time in seconds; got {str(wall)[:40]!r}")
+    for key in ("follows", "recording_id"):
+        if key in header and not (isinstance(header[key], str) and _RECORDING_ID.fullmatch(header[key])):
+            raise ValueError(f"{key} must be a recording id; got {str(header[key])[:40]!r}")
+
+
 def read_timeline(path: str | Path) -> Timeline:
     """Read a timeline: every intact record up to the first damaged one (named in `damage`).
 
@@ -245,7 +264,8 @@ def read_timeline(path: str | Path) -> Timeline:
             header = json.loads(fh.read(hlen))
             if not isinstance(header, dict):
                 raise ValueError("not an object")
-        except ValueError as exc:
+            _check_header(header)
+        except (ValueError, RecursionError) as exc:
             raise RecordingError(f"{path}: damaged header ({exc})") from None
         tl = Timeline(path, header)
         offset = _FILE_HEADER.size + hlen

@@ -88,6 +88,8 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.started_wall)) if i.started_wall else "?"
         line = (f"{i.id}  room {i.room_id}  {started}  {format_clock(i.duration)}  {i.bytes / 1e6:.1f} MB  "
                 f"{i.chapters} chapters  {i.blobs} blobs  {i.voice_segments} voice segments")
+        if i.follows:
+            line += f"  continues {i.follows} (another relay node recorded the room until it stopped)"
         if i.damage:
             line += f"  DAMAGED: {i.damage}"
         print(line)

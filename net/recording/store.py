@@ -42,6 +42,8 @@ class RecordingInfo:
     damage: str | None
     ended: str | None
     voice_segments: int = 0
+    follows: str | None = None
+    """The recording this one continues (a relay node took the room over after the recording node died)."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,11 @@ class RecordingStore:
         tl = self.open(rid)
         size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
         size += sum(self.blob_path(s).stat().st_size for s in self.referenced(tl) if self.blob_path(s).is_file())
+        follows = tl.header.get("follows")
+        if not (isinstance(follows, str) and _ID.fullmatch(follows)):
+            follows = None  # a header from an imported file: only a well-formed id is shown
         return RecordingInfo(rid, tl.room_id, float(tl.header.get("started_wall", 0.0)), tl.duration, size,
-                             len(set(tl.blobs)), len(tl.chapters), tl.damage, tl.ended, len(tl.voice))
+                             len(set(tl.blobs)), len(tl.chapters), tl.damage, tl.ended, len(tl.voice), follows)
 
     def all(self) -> list[RecordingInfo]:
         out = []

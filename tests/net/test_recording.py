@@ -249,6 +249,48 @@ def test_disk_full_stops_recording_room_goes_on(tmp_path: Path) -> None:
 
 
 
+def test_a_header_with_hostile_fields_is_damage_named_and_the_list_goes_on(tmp_path: Path) -> None:
+    """A recording's header is shown by `record list` and the replay's title (a recording may come
+    from anyone, by import): ids must be ids, times numbers; a takeover's `follows` is listed."""
+    import subprocess
+    import sys
+
+    from deeproom.document import new_room
+    from deeproom.recording import SNAPSHOT, TimelineWriter, encode_snapshot
+
+    store = RecordingStore(tmp_path / "data" / "recordings")
+    doc = new_room("lecture", name="lecture", host_id="host", host_name="Host")
+
+    def write(rid: str, header: dict[str, Any]) -> Path:
+        (store.root / rid).mkdir(parents=True)
+        w = TimelineWriter(store.root / rid / "timeline.drrec", header)
+        w.append(SNAPSHOT, 0.0, encode_snapshot(0, doc.update_since(None)))
+        w.close()
+        return store.root / rid / "timeline.drrec"
+
+    write("good", {"room_id": "lecture", "started_wall": 1.8e9})
+    write("second", {"room_id": "lecture", "started_wall": 1.8e9, "follows": "good", "node": "ab12"})
+    hostile = {
+        "wall": {"room_id": "lecture", "started_wall": "soon"},
+        "inf": {"room_id": "lecture", "started_wall": float("inf")},
+        "escape": {"room_id": "\x1b[2J\x1b[31mpwned", "started_wall": 1.0},
+        "follow": {"room_id": "lecture", "follows": "../good\n"},
+        "deep": {"room_id": "lecture", "node": [[[[1]]]]},
+    }
+    for rid, header in hostile.items():
+        path = write(rid, header)
+        with pytest.raises(RecordingError, match="damaged header"):
+            read_timeline(path)
+    out = subprocess.run([sys.executable, "-m", "deeproom.cli", "--data-dir", str(tmp_path / "data"), "record", "list"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out
+    lines = {ln.split()[0]: ln for ln in out.stdout.splitlines()}
+    assert "DAMAGED" not in lines["good"] and "continues good" in lines["second"]
+    for rid in hostile:
+        assert "DAMAGED" in lines[rid] and "damaged header" in lines[rid], lines[rid]
+    assert "\x1b" not in out.stdout and "Traceback" not in out.stderr
+
+
 def test_commands(recorded: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     import subprocess
     import sys
