@@ -21,6 +21,7 @@ from typing import Any
 
 from deeproom.config import Config
 from deeproom.errors import DeepRoomError
+from deeproom.terminal import PrintableStream
 
 PARTS = (
     "deeproom.net.commands",
@@ -131,6 +132,17 @@ def _register_core(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # every command's output is text: names from model files, recordings and rooms cannot
+    # drive the terminal (deeproom.terminal)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PrintableStream(out), PrintableStream(err)  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -562,3 +562,20 @@ def test_inspect_command_refuses_without_running_anything(genuine: dict[str, Pat
                           capture_output=True, text=True, timeout=300)
     assert good.returncode == 0, good.stderr
     assert "torchscript model, 9 layers, 38,282 parameters" in good.stdout
+
+
+def test_names_in_a_model_file_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """Layer and tensor names are the file author's: `inspect` prints ESC sequences (clear the
+    screen, retitle the window) and direction overrides as visible escapes."""
+    x = helper.make_tensor_value_info("x\x1b[31m", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    node = helper.make_node("MatMul", ["x\x1b[31m", "w"], ["y"], name="evil\x1b[2J\x1b]0;pwned\x07\u202ename")
+    graph = helper.make_graph([node], "g", [x], [y], [w])
+    path = tmp_path / "names.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    out = subprocess.run([sys.executable, "-m", "deeproom.cli", "--data-dir", str(tmp_path / "data"), "inspect",
+                          str(path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert not any(c in out.stdout + out.stderr for c in "\x1b\x07\u202e")
+    assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\u202ename" in out.stdout
