@@ -190,7 +190,7 @@ async def test_controllers_point_click_and_move_panels_in_vr(relay, browsers: Br
 
         # press without a swing: a click, nothing moves
         await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 1)")
-        await asyncio.sleep(0.4)
+        await xr_frames_pass(browsers, d, 2)  # IWER applies a button's value at the next frame
         await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 0)")
         await eventually(lambda: _input(browsers, d, "clicks", 1), timeout=10)
         assert (await browsers.state(d))["xr"]["input"]["moves"] == 0
@@ -200,7 +200,7 @@ async def test_controllers_point_click_and_move_panels_in_vr(relay, browsers: Br
         await eventually(lambda: _dragging(browsers, d, "image"), timeout=10)
         for deg in (3, 6, 10):
             await browsers.js(d, f"{RIGHT}.quaternion.set(0, {-np.sin(np.radians(deg) / 2)}, 0, {np.cos(np.radians(deg) / 2)})")
-            await asyncio.sleep(0.3)
+            await xr_frames_pass(browsers, d, 3)  # the page drew the panel there (slow frames on a loaded machine)
         await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 0)")
         await eventually(lambda: _dragging(browsers, d, None), timeout=10)
 
@@ -217,19 +217,29 @@ async def test_controllers_point_click_and_move_panels_in_vr(relay, browsers: Br
         await alice.apply({"op": "set_role", "participant_id": "vrmember", "role": "viewer"})
         await eventually(lambda: _role(browsers, d, "viewer"), timeout=10)
         await browsers.js(d, f"{RIGHT}.quaternion.set(0, 0, 0, 1)")
-        await asyncio.sleep(0.3)
+        await xr_frames_pass(browsers, d, 2)
         moves = (await browsers.state(d))["xr"]["input"]["moves"]
         await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 1)")
-        await asyncio.sleep(0.3)
+        await xr_frames_pass(browsers, d, 2)
         await browsers.js(d, f"{RIGHT}.quaternion.set(0, {np.sin(np.radians(10) / 2)}, 0, {np.cos(np.radians(10) / 2)})")
-        await asyncio.sleep(0.3)
+        await xr_frames_pass(browsers, d, 3)
         await browsers.js(d, f"{RIGHT}.updateButtonValue('trigger', 0)")
-        await asyncio.sleep(1.0)
+        await xr_frames_pass(browsers, d, 2)
+        await asyncio.sleep(0.5)
         st = await browsers.state(d)
         assert st["xr"]["input"]["moves"] == moves and st["xr"]["input"]["dragging"] is None
         assert alice.room.panels["image"].transform.position == x1
     finally:
         await alice.close()
+
+
+async def xr_frames_pass(b: Browsers, d: Any, n: int) -> None:
+    f0 = (await b.state(d))["xr"]["frames"]
+
+    async def passed() -> bool:
+        return (await b.state(d))["xr"]["frames"] >= f0 + n
+
+    await eventually(passed, timeout=15)
 
 
 async def _input(b: Browsers, d: Any, key: str, n: int) -> bool:
