@@ -157,8 +157,9 @@ def test_replay_plays_the_right_speaker_from_their_side_and_follows_the_timeline
         hz, side = _tone_side(_hear(tl, blobs, live["host_on"] + 0.5, 0.6, speed=speed)[0])
         assert abs(hz - 440.0) < 440.0 * TONE_TOLERANCE and side == "left", (speed, hz, side)
     assert rms(_hear(tl, blobs, live["host_on"] + 1.0, 0.5, speed=8.0)[0]) < 1e-4
-    # at 2x, the second speaker's tone comes after half the recorded gap
-    fast = _hear(tl, blobs, live["bo_on"] - 0.8, 1.2, speed=2.0)[0]
+    # at 2x from the silence before the second speaker: their tone follows, from the right
+    # (0.2 s of the replay's time before it is 0.1 s at 2x; the rest leaves room for a slow start)
+    fast = _hear(tl, blobs, live["bo_on"] - 0.2, 1.4, speed=2.0)[0]
     hz, side = _tone_side(fast[int(0.6 * 48000):])
     assert abs(hz - 660.0) < 660.0 * TONE_TOLERANCE and side == "right", (hz, side)
 
