@@ -202,7 +202,7 @@ async def test_a_watched_run_is_live_in_the_browser(
             c = st["panels"]["run.embedding"]["cloud"]
             return (
                 st
-                if c["frames"] >= c0["frames"] + 2
+                if c["framesApplied"] >= c0["framesApplied"] + 2  # the run's new blobs rebuild the cloud between
                 and c["trailFrames"] >= 3
                 and c["thumbsShown"] > 0
                 else None

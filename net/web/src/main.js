@@ -250,7 +250,10 @@ class Page {
       const what = ev.type === 'filter_embedding' ? ['filter_embedding'] : ['latent_cloud', undefined, null];
       for (const [id, p] of this.panelsOf(name)) {
         const view = this.scene.panels.get(id);
-        if (view && view.cloud && what.includes(p.get('content').source.what) && view.cloud.moveTo(frame)) this.redraw = true;
+        if (view && view.cloud && what.includes(p.get('content').source.what) && view.cloud.moveTo(frame)) {
+          view.framesApplied += 1; // across the run's new blobs, which rebuild the cloud
+          this.redraw = true;
+        }
       }
     }
     if (st.version !== version) this.syncRuns();
@@ -662,7 +665,7 @@ class Page {
     for (const [id, v] of this.scene.panels) {
       panels[id] = { kind: v.kind, status: v.status, placeholders: v.placeholders, message: v.message, position: fromThreePos(v.group.position),
         movedAt: this.moveSeen.get(id) || null, rect: this.scene.screenRect(v), badge: v.badgeText || null,
-        graph: v.graph ? v.graph.summary() : null, cloud: v.cloud ? v.cloud.summary() : null,
+        graph: v.graph ? v.graph.summary() : null, cloud: v.cloud ? { ...v.cloud.summary(), framesApplied: v.framesApplied } : null,
         live: v.table ? { step: v.table.lastStep, rows: v.table.arrays.step ? v.table.arrays.step.data.length : 0, status: v.table.meta.status ?? null } : null };
     }
     return {

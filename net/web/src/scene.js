@@ -55,6 +55,7 @@ class PanelView {
     this.shape = ''; // JSON [kind, size] of the content last asked for
     this.status = 'waiting';
     this.placeholders = 0; // times "waiting for content…" was drawn
+    this.framesApplied = 0; // a run's stream frames that moved this panel's cloud
     this.message = '';
     this.size = [1, 0.75];
     this.badge = null;
