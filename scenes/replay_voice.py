@@ -11,7 +11,7 @@ Segments are decoded off the render thread (one decoder thread, a few seconds ah
 the playhead) and kept decoded near it.
 
 Following the timeline: a seek (the playhead jumps) drops what was queued and goes on
-from the new time; paused, nothing is pushed. At another speed (0.5x to 4x) each voice is
+from the new time; paused, nothing is pushed. At another speed (0.25x to 4x) each voice is
 time-stretched at its own pitch (`net/voice/stretch.py`, WSOLA): a lecture at 2x sounds like
 a fast speaker, not a chipmunk. Above 4x (skimming: `--speed` up to 64) voice is muted.
 
