@@ -123,14 +123,21 @@ app.runs.on_stream = orig
 app.session.fetch_blob = orig_fetch
 # --- freeze conv1 from the graph: rendered right-click on its box, rendered click on the row
 face("run.graph", 1.1)
-g = app.panels["run.graph"].content
-names = [nd.name for nd in g.layout.nodes]
-i = names.index("conv1")
 gv = app.panels["run.graph"]
-sx, sy = app.world_to_screen(gv.frame().world(float(g.world[i, 0]), float(g.world[i, 1])))
-before_px = pixel(app, sx, sy)
-app.pointer_context(*app.screen_ray(sx, sy))
-app.step(2)
+def conv1_menu():
+    """Right-click conv1's box; True once the menu offers its layer actions (the run's next graph
+    blob can rebuild the face under the click on a loaded machine: then close and click again)."""
+    global sx, sy, before_px
+    if app.menus.is_open:  # a menu stands in front of the eyes: close it before clicking again
+        app.menus.close(); app.step(1)
+    g = app.panels["run.graph"].content
+    i = [nd.name for nd in g.layout.nodes].index("conv1")
+    sx, sy = app.world_to_screen(gv.frame().world(float(g.world[i, 0]), float(g.world[i, 1])))
+    before_px = pixel(app, sx, sy)
+    app.pointer_context(*app.screen_ray(sx, sy))
+    app.step(2)
+    return any(r[0] == "action" and r[1].name == "freeze" for r in app.menus.rows)
+wait(app, conv1_menu, 30)
 labels = [r[1].label if r[0] == "action" else str(r[1]) for r in app.menus.rows]
 out["menu"] = labels
 row = next(k for k, r in enumerate(app.menus.rows) if r[0] == "action" and r[1].name == "freeze")
@@ -163,9 +170,14 @@ def row_px():  # conv1's row, left part: the median of eleven pixels along it
 wait(app, lambda: all(abs(a - b) < 16 for a, b in zip(row_px(), painting.FROZEN_TINT)), 30)
 out["row_px"] = row_px()
 out["row_tint"] = list(painting.FROZEN_TINT)
-pu2, pv2 = app.menus.layer_row_point(mv, "conv2")
-app.pointer_context(*app.screen_ray(*app.world_to_screen(mv.frame().world(pu2, pv2))))
-app.step(2)
+def conv2_row_menu():  # as conv1_menu: a new metrics blob may repaint the rows under the click
+    if app.menus.is_open:
+        app.menus.close(); app.step(1)
+    pu2, pv2 = app.menus.layer_row_point(mv, "conv2")
+    app.pointer_context(*app.screen_ray(*app.world_to_screen(mv.frame().world(pu2, pv2))))
+    app.step(2)
+    return any(r[0] == "action" and r[1].name == "freeze" for r in app.menus.rows)
+wait(app, conv2_row_menu, 30)
 out["row_menu_title"] = app.menus.geometry.title if app.menus.geometry else None
 out["row_menu"] = [r[1].name for r in app.menus.rows if r[0] == "action"]
 out["row_flow"] = [app.menus.flow.panel_id, dict(app.menus.flow.values)] if app.menus.flow else None
