@@ -47,6 +47,17 @@ def conv1_on_screen(app):
     g = app.panels["run.graph"].content
     i = [nd.name for nd in g.layout.nodes].index("conv1")
     return app.world_to_screen(app.panels["run.graph"].frame().world(float(g.world[i, 0]), float(g.world[i, 1])))
+def conv1_menu(app):
+    """Right-click conv1 until the menu offers its layer actions (the script's next graph blob
+    can rebuild the face under the click on a loaded machine: then close and click again)."""
+    def once():
+        if app.menus.is_open:
+            app.menus.close(); app.step(1)
+        app.pointer_context(*app.screen_ray(*conv1_on_screen(app)))
+        app.step(2)
+        g = app.menus.geometry
+        return g is not None and any(t.startswith("Freeze this layer") for t in g.items)
+    return wait(app, once, 30)
 '''
 
 HOST = COMMON + '''
@@ -69,8 +80,7 @@ wait(app, lambda: steps() >= n0 + 3, 90)  # the script trains on past the viewer
 face_graph(app)
 sx, sy = conv1_on_screen(app)
 out["px_before"] = pixel(app, sx, sy)
-app.pointer_context(*app.screen_ray(sx, sy))
-app.step(2)
+conv1_menu(app)
 out["menu"] = list(app.menus.geometry.items)
 t_click = click_row(app, "Freeze this layer")
 out["t_click"] = t_click
@@ -104,8 +114,7 @@ wait_mark(app, "h_viewer")
 out["viewer"] = wait(app, lambda: app.menus.role() == "viewer" and drawn(app, "run.graph"), 150)
 face_graph(app)
 app.notices.clear()
-app.pointer_context(*app.screen_ray(*conv1_on_screen(app)))
-app.step(2)
+conv1_menu(app)
 out["menu"] = list(app.menus.geometry.items) if app.menus.geometry else []
 click_row(app, "Freeze this layer")
 out["why"] = app.hud.notice.text
